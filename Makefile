@@ -1,0 +1,29 @@
+# The two commands README starts with: `make quickstart` (the main job) and `make test`.
+# Both run the setup step once; the stamp makes a second run reinstall nothing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup quickstart test test-all bench env clean-venv
+
+$(STAMP): scripts/setup_env.sh setup.py
+	LAMBDA_DET_VENV=$(VENV) bash scripts/setup_env.sh
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+quickstart: $(STAMP)
+	$(PY) tools/quickstart.py
+
+# CI (CI=true) also runs the tests marked slow; locally `make test-all` does.
+test: $(STAMP)
+	$(PY) -m pytest tests $(if $(filter true,$(CI)),-m "slow or not slow",)
+
+test-all: $(STAMP)
+	$(PY) -m pytest tests -m "slow or not slow"
+
+env: $(STAMP)
+	$(PY) -m lambda_det.collect_env
+
+clean-venv:
+	rm -rf $(VENV) $(VENV).setup.log
