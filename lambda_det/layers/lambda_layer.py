@@ -1,0 +1,234 @@
+"""The lambda layer of LambdaNetworks (Bello, ICLR 2021), Sec. 3 and App. B-E, for NCHW maps."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .position_lambdas import IMPL_ALIASES, IMPL_CHOICES, POSITION_LAMBDA_IMPLS, choose_impl
+
+Tensor = torch.Tensor
+
+NORM_CHOICES = ("BN", "SyncBN", "FrozenBN", "GN", "")
+
+
+class LambdaLayer(nn.Module):
+    """Multi-query lambda layer with content and relative position lambdas.
+
+    For each query position n (paper Sec. 3, App. B; symbols as in the paper):
+
+        Q = BN(X W_Q)  (h*k channels)      K = X W_K  (k*u)      V = BN(X W_V)  (v*u), v = d_out / h
+        content lambda    lc   = softmax_m(K)^T V          (k x v, shared by all positions)
+        position lambdas  lp_n = E_n^T V, E_{n,m} = R[pos(m) - pos(n)]   (k x v per position)
+        output            y_n  = concat_h (lc + lp_n)^T q_n^h              (d_out = h * v)
+
+    The h queries share one lambda (keys and values have no head axis); keys are normalized by a
+    softmax over context positions only; there is no 1/sqrt(k) scaling. With intra-depth u > 1 the
+    sums also run over u. Context = the input map itself.
+
+    Args:
+        in_channels: d, channels of the input map.
+        out_channels: d_out; must be divisible by ``heads``.
+        dim_k: query/key depth k (paper default 16).
+        heads: number of queries h (paper default 4).
+        dim_u: intra-depth u (paper default 1; 4 with a 7x7 scope in its ablation).
+        scope: odd r for local r x r position lambdas (the "lambda convolution"; any input size and
+            aspect ratio, zero padding at the borders), or ``None`` for global position lambdas
+            over the whole map. Global embeddings are a relative table sized for
+            ``global_max_size`` and cropped to the input, so inputs up to that size work.
+        stride: 1, or 2 for a 3x3 average pool with stride 2 after the layer (App. D).
+        impl: how the position lambdas are computed: "conv" / "conv2d", "conv3d", "einsum", "fft",
+            or "auto" (the fastest for the shape and device). All compute the same function from
+            the same parameters. See ``lambda_det.layers.position_lambdas``.
+        norm: normalization of queries and values, by Detectron2's ``get_norm``: "BN", "SyncBN",
+            "FrozenBN", "GN" or "" (none; an ablation that costs 2.2 points in App. A).
+        global_max_size: (height, width) or side of the largest map a global layer accepts.
+
+    Under ``torch.autocast`` the projections run in the autocast dtype, while the key softmax,
+    the lambdas and their application accumulate in float32 (public ports produced NaN in fp16
+    here); the output is cast back to the autocast dtype.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        dim_k: int = 16,
+        heads: int = 4,
+        dim_u: int = 1,
+        scope: Optional[int] = 23,
+        stride: int = 1,
+        impl: str = "auto",
+        norm: str = "BN",
+        global_max_size: Union[int, Tuple[int, int]] = 64,
+    ) -> None:
+        super().__init__()
+        _check_positive("in_channels", in_channels)
+        _check_positive("out_channels", out_channels)
+        _check_positive("dim_k", dim_k)
+        _check_positive("heads", heads)
+        _check_positive("dim_u", dim_u)
+        if out_channels % heads != 0:
+            raise ValueError(f"out_channels={out_channels} must be divisible by heads={heads}")
+        if scope is not None and (not isinstance(scope, int) or scope < 1 or scope % 2 == 0):
+            raise ValueError(f"scope={scope!r} must be a positive odd integer, or None for global")
+        if stride not in (1, 2):
+            raise ValueError(f"stride={stride!r} must be 1 or 2")
+        if impl not in IMPL_CHOICES:
+            raise ValueError(f"impl={impl!r} is not one of {list(IMPL_CHOICES)}")
+        if norm is None:
+            norm = ""
+        if norm not in NORM_CHOICES:
+            raise ValueError(f"norm={norm!r} is not one of {list(NORM_CHOICES)}")
+        if isinstance(global_max_size, int):
+            global_max_size = (global_max_size, global_max_size)
+        if len(global_max_size) != 2 or min(global_max_size) < 1:
+            raise ValueError(f"global_max_size={global_max_size!r} must be a positive side or (height, width)")
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.dim_k = dim_k
+        self.heads = heads
+        self.dim_u = dim_u
+        self.dim_v = out_channels // heads
+        self.scope = scope
+        self.stride = stride
+        self.impl = IMPL_ALIASES.get(impl, impl)
+        self.norm = norm
+        self.global_max_size = tuple(global_max_size)
+
+        self.to_q = nn.Conv2d(in_channels, heads * dim_k, 1, bias=False)
+        self.to_k = nn.Conv2d(in_channels, dim_k * dim_u, 1, bias=False)
+        self.to_v = nn.Conv2d(in_channels, self.dim_v * dim_u, 1, bias=False)
+        self.norm_q = _make_norm(norm, heads * dim_k)
+        self.norm_v = _make_norm(norm, self.dim_v * dim_u)
+        # R, the relative position embeddings, indexed [offset_y, offset_x, k, u] as in the paper.
+        rh, rw = (scope, scope) if scope is not None else (2 * global_max_size[0] - 1, 2 * global_max_size[1] - 1)
+        self.rel_pos_emb = nn.Parameter(torch.empty(rh, rw, dim_k, dim_u))
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False) if stride == 2 else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialization of App. E.1: W_K, W_V ~ N(0, d^-1/2), W_Q ~ N(0, (k d)^-1/2), R ~ N(0, 1)."""
+        d = self.in_channels
+        nn.init.normal_(self.to_q.weight, std=(self.dim_k * d) ** -0.5)
+        nn.init.normal_(self.to_k.weight, std=d ** -0.5)
+        nn.init.normal_(self.to_v.weight, std=d ** -0.5)
+        nn.init.normal_(self.rel_pos_emb, std=1.0)
+
+    def extra_repr(self) -> str:
+        scope = "global" if self.scope is None else f"{self.scope}x{self.scope}"
+        return (
+            f"{self.in_channels}, {self.out_channels}, k={self.dim_k}, h={self.heads}, u={self.dim_u}, "
+            f"scope={scope}, stride={self.stride}, impl={self.impl}, norm={self.norm or 'none'}"
+        )
+
+    def position_kernel(self, height: int, width: int) -> Tensor:
+        """R as a convolution weight (k, u, rh, rw), cropped to the offsets a height x width map has.
+
+        Offsets beyond (height - 1, width - 1) only ever meet zero padding, so cropping them is
+        exact; for a global scope it is what makes one table serve every input size.
+        """
+        rh_full, rw_full = self.rel_pos_emb.shape[:2]
+        if self.scope is None and (height > self.global_max_size[0] or width > self.global_max_size[1]):
+            raise ValueError(
+                f"input map {height}x{width} is larger than global_max_size={self.global_max_size} of this "
+                "global-scope LambdaLayer; build it with a larger global_max_size or use a local scope"
+            )
+        ch, cw = min(rh_full // 2, height - 1), min(rw_full // 2, width - 1)
+        oy, ox = rh_full // 2 - ch, rw_full // 2 - cw
+        emb = self.rel_pos_emb[oy : oy + 2 * ch + 1, ox : ox + 2 * cw + 1]
+        return emb.permute(2, 3, 0, 1)
+
+    def resolve_impl(self, height: int, width: int, device: torch.device) -> str:
+        """The position-lambda form used for a map of this size (resolves impl="auto")."""
+        if self.impl != "auto":
+            return self.impl
+        rh_full, rw_full = self.rel_pos_emb.shape[:2]
+        rh, rw = min(rh_full, 2 * height - 1), min(rw_full, 2 * width - 1)
+        return choose_impl(height, width, rh, rw, device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"LambdaLayer expects an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        b, _, height, width = x.shape
+        n = height * width
+        q = self.to_q(x)
+        keys = self.to_k(x)
+        values = self.to_v(x)
+        if self.norm_q is not None:
+            q = self.norm_q(q)
+            values = self.norm_v(values)
+
+        out_dtype = _autocast_dtype(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+            q = q.to(compute_dtype).reshape(b, self.heads, self.dim_k, n)
+            keys = keys.to(compute_dtype).reshape(b, self.dim_u, self.dim_k, n).softmax(dim=-1)
+            values = values.to(compute_dtype).reshape(b, self.dim_u, self.dim_v, height, width)
+            content = torch.einsum("bukm,buvm->bkv", keys, values.reshape(b, self.dim_u, self.dim_v, n))
+            kernel = self.position_kernel(height, width).to(compute_dtype)
+            impl = self.resolve_impl(height, width, x.device)
+            position = POSITION_LAMBDA_IMPLS[impl](values, kernel)  # (b, k, v, H, W)
+            lambdas = position.reshape(b, self.dim_k, self.dim_v, n) + content.unsqueeze(-1)
+            out = torch.einsum("bhkn,bkvn->bhvn", q, lambdas).reshape(b, self.out_channels, height, width)
+        out = out.to(out_dtype)
+        if self.pool is not None:
+            out = self.pool(out)
+        return out
+
+
+def lambda_layer_num_params(
+    in_channels: int,
+    out_channels: int,
+    *,
+    dim_k: int = 16,
+    heads: int = 4,
+    dim_u: int = 1,
+    scope: Optional[int] = 23,
+    norm: str = "BN",
+    global_max_size: Union[int, Tuple[int, int]] = 64,
+) -> int:
+    """Closed-form parameter count: projections + norm affine parameters + embeddings."""
+    dim_v = out_channels // heads
+    projections = in_channels * (heads * dim_k + dim_k * dim_u + dim_v * dim_u)
+    norms = 2 * (heads * dim_k + dim_v * dim_u) if norm in ("BN", "SyncBN", "GN") else 0
+    if scope is None:
+        gh, gw = (global_max_size, global_max_size) if isinstance(global_max_size, int) else global_max_size
+        taps = (2 * gh - 1) * (2 * gw - 1)
+    else:
+        taps = scope * scope
+    return projections + norms + taps * dim_k * dim_u
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def _make_norm(norm: str, channels: int) -> Optional[nn.Module]:
+    from detectron2.layers import get_norm
+
+    if not norm:
+        return None
+    if norm == "GN" and channels % 32 != 0:
+        raise ValueError(
+            f"norm='GN' is Detectron2's GroupNorm with 32 groups, which needs a multiple of 32 channels; "
+            f"this lambda layer normalizes {channels} (queries h*k or values v*u): use BN/SyncBN or wider layers"
+        )
+    return get_norm(norm, channels)
+
+
+def _autocast_dtype(x: Tensor) -> torch.dtype:
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+__all__ = ["LambdaLayer", "lambda_layer_num_params"]

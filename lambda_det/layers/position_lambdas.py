@@ -1,0 +1,135 @@
+"""Interchangeable forms of the lambda layer's position term (LambdaNetworks, Sec. 3.2, App. B/C).
+
+Every function here computes the same quantity from the same tensors,
+
+    out[b, k, v, y, x] = sum_{u, dy, dx} kernel[k, u, cy + dy, cx + dx] * values[b, u, v, y + dy, x + dx]
+
+i.e. the position lambdas ``lambda^p_n = E_n^T V`` for every query position n = (y, x), with
+``E_{n,m} = R[pos(m) - pos(n)]`` (relative, so translation equivariant) and values outside the map
+taken as zero. ``kernel`` is the relative-position embedding R laid out as a convolution weight of
+shape (k, u, rh, rw) with odd rh, rw and centre (cy, cx) = (rh // 2, rw // 2); a global scope is
+the same thing with a kernel that spans every offset (rh = 2H - 1, rw = 2W - 1).
+
+The forms differ only in speed and memory (paper_notes §1, Table 2):
+
+* ``einsum``  the paper's masked global einsum: gathers E (n, m, k, u) and contracts it with V.
+              Memory Theta(n m k u): only for small maps.
+* ``conv2d``  the lambda convolution with the value depth folded into the batch.
+* ``conv3d``  the paper's stated form: a 3-D convolution over (H, W, v), kernel (rh, rw, 1).
+* ``fft``     the same correlation through the convolution theorem, on the smallest circular size
+              that cannot alias into the output (H + rh // 2). Cost independent of the scope, which
+              is why it wins for the paper's r = 23 on a CPU.
+
+Inputs are float32/float64; autocast is the caller's business (see LambdaLayer).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable, Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def position_lambdas_einsum(values: Tensor, kernel: Tensor) -> Tensor:
+    """Masked global einsum: build E_{n,m} for all pairs and contract over m and u."""
+    b, u, v, h, w = values.shape
+    e = relative_embedding_matrix(kernel, h, w)  # (n, m, k, u)
+    lam = torch.einsum("nmku,buvm->bkvn", e, values.reshape(b, u, v, h * w))
+    return lam.reshape(b, -1, v, h, w)
+
+
+def relative_embedding_matrix(kernel: Tensor, height: int, width: int) -> Tensor:
+    """E[n, m, k, u] = kernel[k, u, pos(m) - pos(n) + centre], zero outside the kernel's window."""
+    k, u, rh, rw = kernel.shape
+    index, inside = _relative_index(height, width, rh, rw, str(kernel.device))
+    flat = kernel.reshape(k * u, rh * rw).t()  # (rh*rw, k*u)
+    e = flat[index] * inside.unsqueeze(-1).to(kernel.dtype)  # (n, m, k*u)
+    return e.reshape(height * width, height * width, k, u)
+
+
+@lru_cache(maxsize=64)
+def _relative_index(height: int, width: int, rh: int, rw: int, device: str) -> Tuple[Tensor, Tensor]:
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    dy = ys[None, :] - ys[:, None] + rh // 2  # row n = query, column m = context
+    dx = xs[None, :] - xs[:, None] + rw // 2
+    inside = (dy >= 0) & (dy < rh) & (dx >= 0) & (dx < rw)
+    index = dy.clamp(0, rh - 1) * rw + dx.clamp(0, rw - 1)
+    return index.to(device), inside.to(device)
+
+
+def position_lambdas_conv2d(values: Tensor, kernel: Tensor) -> Tensor:
+    """Lambda convolution with v folded into the batch: (b v, u, H, W) * (k, u, rh, rw)."""
+    b, u, v, h, w = values.shape
+    k, _, rh, rw = kernel.shape
+    folded = values.transpose(1, 2).reshape(b * v, u, h, w)
+    lam = F.conv2d(folded, kernel, padding=(rh // 2, rw // 2))  # (b v, k, H, W)
+    return lam.reshape(b, v, k, h, w).transpose(1, 2)
+
+
+def position_lambdas_conv3d(values: Tensor, kernel: Tensor) -> Tensor:
+    """The paper's form: Conv3d over (H, W, v) with u input and k output channels, kernel (rh, rw, 1)."""
+    b, u, v, h, w = values.shape
+    k, _, rh, rw = kernel.shape
+    volume = values.permute(0, 1, 3, 4, 2)  # (b, u, H, W, v)
+    lam = F.conv3d(volume, kernel.unsqueeze(-1), padding=(rh // 2, rw // 2, 0))  # (b, k, H, W, v)
+    return lam.permute(0, 1, 4, 2, 3)
+
+
+def position_lambdas_fft(values: Tensor, kernel: Tensor) -> Tensor:
+    """Correlation theorem: lambda = IFFT(FFT(V) * conj(FFT(kernel centred at index 0)))."""
+    b, u, v, h, w = values.shape
+    k, _, rh, rw = kernel.shape
+    # A circular correlation of size P equals the zero-padded one on [0, H) once P >= H + rh // 2:
+    # everything that wraps around lands on the zero padding.
+    ph, pw = fft_size(h + rh // 2), fft_size(w + rw // 2)
+    v_hat = torch.fft.rfft2(values, s=(ph, pw))  # (b, u, v, ph, pw//2+1)
+    centred = F.pad(kernel, (0, pw - rw, 0, ph - rh)).roll(shifts=(-(rh // 2), -(rw // 2)), dims=(-2, -1))
+    k_hat = torch.fft.rfft2(centred).conj()  # (k, u, ph, pw//2+1)
+    if u == 1:
+        lam_hat = v_hat[:, 0].unsqueeze(1) * k_hat[:, 0].unsqueeze(1)  # (b, k, v, ., .)
+    else:
+        lam_hat = torch.einsum("buvxy,kuxy->bkvxy", v_hat, k_hat)
+    lam = torch.fft.irfft2(lam_hat, s=(ph, pw))
+    return lam[..., :h, :w]
+
+
+@lru_cache(maxsize=512)
+def fft_size(minimum: int) -> int:
+    """Smallest 5-smooth integer >= minimum (pocketfft and cuFFT are fastest on those)."""
+    n = minimum
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+POSITION_LAMBDA_IMPLS: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "einsum": position_lambdas_einsum,
+    "conv2d": position_lambdas_conv2d,
+    "conv3d": position_lambdas_conv3d,
+    "fft": position_lambdas_fft,
+}
+# "conv" is the name the paper and the issue use for the lambda convolution.
+IMPL_ALIASES = {"conv": "conv2d"}
+IMPL_CHOICES = ("auto", "conv", *POSITION_LAMBDA_IMPLS)
+
+
+def choose_impl(height: int, width: int, rh: int, rw: int, device: torch.device) -> str:
+    """The fastest form for this shape and device, from benchmarks/lambda_layer (docs/lambda_layer.md).
+
+    On the CPU, the FFT's cost does not grow with the scope while the direct convolution's grows
+    with rh * rw, so small kernels go to conv2d and large ones to the FFT. On CUDA, cuDNN's direct
+    convolution is used for small kernels as well.
+    """
+    taps = rh * rw
+    if device.type == "cuda":
+        return "conv2d" if taps <= 7 * 7 else "fft"
+    return "conv2d" if taps <= 5 * 5 else "fft"

@@ -1,0 +1,278 @@
+"""The lambda layer against a slow reference written straight from the paper's definitions."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lambda_det.layers import POSITION_LAMBDA_IMPLS, LambdaLayer, lambda_layer_num_params
+
+IMPLS = sorted(POSITION_LAMBDA_IMPLS)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference: loops over query and context positions, float64, embeddings looked up by offset.
+# Channel layout of the projections (the layer's documented convention): queries (h, k),
+# keys (u, k), values (u, v).
+# --------------------------------------------------------------------------------------------
+def _batch_norm(z: np.ndarray, bn: torch.nn.Module, training: bool) -> np.ndarray:
+    gamma = bn.weight.detach().double().numpy()[None, :, None, None]
+    beta = bn.bias.detach().double().numpy()[None, :, None, None]
+    if training:
+        mean = z.mean(axis=(0, 2, 3), keepdims=True)
+        var = z.var(axis=(0, 2, 3), keepdims=True)  # biased, as BN normalizes with it
+    else:
+        mean = bn.running_mean.double().numpy()[None, :, None, None]
+        var = bn.running_var.double().numpy()[None, :, None, None]
+    return (z - mean) / np.sqrt(var + bn.eps) * gamma + beta
+
+
+def reference_lambda_layer(layer: LambdaLayer, x: torch.Tensor) -> np.ndarray:
+    x = x.detach().double().numpy()
+    b, d, height, width = x.shape
+    h, k, u, v = layer.heads, layer.dim_k, layer.dim_u, layer.dim_v
+
+    def project(conv):
+        w = conv.weight.detach().double().numpy()[:, :, 0, 0]
+        return np.einsum("od,bdyx->boyx", w, x)
+
+    q = _batch_norm(project(layer.to_q), layer.norm_q, layer.training)
+    keys = project(layer.to_k)
+    values = _batch_norm(project(layer.to_v), layer.norm_v, layer.training)
+    emb = layer.rel_pos_emb.detach().double().numpy()  # R[offset_y, offset_x, k, u]
+    cy, cx = emb.shape[0] // 2, emb.shape[1] // 2
+    positions = [(y, x_) for y in range(height) for x_ in range(width)]
+
+    out = np.zeros((b, h * v, height, width))
+    for bi in range(b):
+        Q = {p: q[bi, :, p[0], p[1]].reshape(h, k) for p in positions}
+        K = {p: keys[bi, :, p[0], p[1]].reshape(u, k).T for p in positions}  # (k, u)
+        V = {p: values[bi, :, p[0], p[1]].reshape(u, v).T for p in positions}  # (v, u)
+        # softmax over context positions m, separately for every (k, u)
+        logits = np.stack([K[p] for p in positions])  # (m, k, u)
+        sm = np.exp(logits - logits.max(axis=0)) / np.exp(logits - logits.max(axis=0)).sum(axis=0)
+        content = np.zeros((k, v))
+        for mi, m in enumerate(positions):
+            for kk in range(k):
+                for uu in range(u):
+                    content[kk] += sm[mi, kk, uu] * V[m][:, uu]
+        for n in positions:
+            lam_p = np.zeros((k, v))
+            for m in positions:
+                dy, dx = m[0] - n[0], m[1] - n[1]
+                if abs(dy) > cy or abs(dx) > cx:
+                    continue  # outside the local scope: contributes nothing
+                e = emb[cy + dy, cx + dx]  # (k, u) = R[pos(m) - pos(n)]
+                lam_p += e @ V[m].T
+            lam = content + lam_p
+            for head in range(h):
+                out[bi, head * v : (head + 1) * v, n[0], n[1]] = lam.T @ Q[n][head]
+    if layer.stride == 2:
+        out = _avg_pool_3x3_s2(out)
+    return out
+
+
+def _avg_pool_3x3_s2(a: np.ndarray) -> np.ndarray:
+    """3x3 average with stride 2, padding 1, averaging only the positions inside the map."""
+    b, c, height, width = a.shape
+    oh, ow = (height + 1) // 2, (width + 1) // 2
+    out = np.zeros((b, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            ys = range(max(0, 2 * i - 1), min(height, 2 * i + 2))
+            xs = range(max(0, 2 * j - 1), min(width, 2 * j + 2))
+            out[:, :, i, j] = np.mean([a[:, :, y, x_] for y in ys for x_ in xs], axis=0)
+    return out
+
+
+def _randomize_norms(layer: LambdaLayer, seed: int) -> None:
+    """Non-trivial BN affine parameters and running statistics, so eval mode tests them."""
+    g = torch.Generator().manual_seed(seed)
+    for bn in (layer.norm_q, layer.norm_v):
+        c = bn.num_features
+        bn.weight.data = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+        bn.bias.data = torch.randn(c, generator=g, dtype=torch.float64)
+        bn.running_mean = torch.randn(c, generator=g, dtype=torch.float64)
+        bn.running_var = torch.rand(c, generator=g, dtype=torch.float64) + 0.5
+
+
+# (batch, height, width, heads, dim_u, scope, stride, training) — together every value the issue
+# lists: square/non-square, odd/even sides, u 1/4, heads 1/4/8, scope 3/7/23/global, stride 1/2,
+# batch 1/3, eval/train.
+REFERENCE_CASES = [
+    (1, 5, 5, 4, 1, 3, 1, False),
+    (3, 4, 6, 1, 1, 7, 1, True),
+    (1, 6, 6, 8, 4, 3, 2, True),
+    (3, 5, 7, 4, 4, 23, 1, False),
+    (1, 7, 4, 4, 1, None, 1, True),
+    (3, 6, 5, 8, 1, 7, 2, False),
+    (1, 8, 6, 1, 4, None, 2, False),
+    (1, 9, 10, 4, 1, 23, 2, True),
+]
+
+
+@pytest.mark.parametrize("batch,height,width,heads,dim_u,scope,stride,training", REFERENCE_CASES)
+def test_every_impl_matches_reference_float64(batch, height, width, heads, dim_u, scope, stride, training):
+    torch.manual_seed(batch * 1000 + height * 10 + width)
+    layer = LambdaLayer(
+        6, 8 * heads, dim_k=3, heads=heads, dim_u=dim_u, scope=scope, stride=stride, global_max_size=10
+    ).double()
+    _randomize_norms(layer, seed=height)
+    layer.train(training)
+    x = torch.randn(batch, 6, height, width, dtype=torch.float64)
+    expected = reference_lambda_layer(layer, x)
+    assert np.abs(expected).max() > 1e-3  # the comparison below is not against zeros
+    for impl in [*IMPLS, "auto", "conv"]:
+        layer.impl = {"conv": "conv2d"}.get(impl, impl)
+        got = layer(x).detach().numpy()
+        assert got.shape == expected.shape, impl
+        err = np.abs(got - expected).max()
+        assert err <= 1e-10 * max(1.0, np.abs(expected).max()), f"impl={impl}: max error {err:.3g}"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_position_term_is_translation_equivariant(impl):
+    """Values nonzero only on an interior patch: shifting them shifts the position lambdas exactly."""
+    torch.manual_seed(0)
+    kernel = torch.randn(4, 2, 5, 5, dtype=torch.float64)
+    values = torch.zeros(2, 2, 3, 20, 20, dtype=torch.float64)
+    values[..., 6:10, 5:9] = torch.randn(2, 2, 3, 4, 4, dtype=torch.float64)
+    shifted = values.roll(shifts=(4, 5), dims=(-2, -1))  # patch stays >= 2 (= scope // 2) from borders
+    f = POSITION_LAMBDA_IMPLS[impl]
+    expected = f(values, kernel).roll(shifts=(4, 5), dims=(-2, -1))
+    torch.testing.assert_close(f(shifted, kernel), expected, rtol=0, atol=1e-12)
+    assert f(values, kernel).abs().max() > 0.1
+
+
+def test_content_output_is_permutation_equivariant_without_position_lambdas():
+    """With R = 0 the output is q_n^T lambda_c; lambda_c sums over context positions, so permuting
+    the pixels of the input permutes the output the same way (and nothing else changes)."""
+    torch.manual_seed(0)
+    layer = LambdaLayer(8, 16, dim_k=4, heads=2, scope=5).double().eval()
+    _randomize_norms(layer, seed=1)
+    with torch.no_grad():
+        layer.rel_pos_emb.zero_()
+    x = torch.randn(2, 8, 6, 7, dtype=torch.float64)
+    perm = torch.randperm(6 * 7)
+    x_perm = x.flatten(2)[:, :, perm].reshape_as(x)
+    out = layer(x).flatten(2)[:, :, perm]
+    torch.testing.assert_close(layer(x_perm).flatten(2), out, rtol=0, atol=1e-12)
+    # with position lambdas switched back on, the same permutation is no longer an invariance
+    with torch.no_grad():
+        layer.rel_pos_emb.normal_()
+    assert (layer(x_perm).flatten(2) - layer(x).flatten(2)[:, :, perm]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("scope", [3, None])
+def test_gradcheck_float64(impl, scope):
+    torch.manual_seed(0)
+    layer = LambdaLayer(3, 4, dim_k=2, heads=2, dim_u=2, scope=scope, impl=impl, global_max_size=4).double()
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+    params = [layer.rel_pos_emb, layer.to_k.weight]
+
+    def f(inp, *_):
+        return layer(inp)
+
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "d,d_out,k,h,u,scope,norm",
+    [(64, 64, 16, 4, 1, 23, "BN"), (128, 256, 16, 4, 4, 7, "GN"), (32, 32, 8, 8, 1, None, "")],
+)
+def test_parameter_count_closed_form(d, d_out, k, h, u, scope, norm):
+    layer = LambdaLayer(d, d_out, dim_k=k, heads=h, dim_u=u, scope=scope, norm=norm, global_max_size=12)
+    v = d_out // h
+    taps = scope * scope if scope else (2 * 12 - 1) ** 2
+    by_hand = d * h * k + d * k * u + d * v * u + (2 * (h * k + v * u) if norm else 0) + taps * k * u
+    assert sum(p.numel() for p in layer.parameters()) == by_hand
+    kwargs = dict(dim_k=k, heads=h, dim_u=u, scope=scope, norm=norm, global_max_size=12)
+    assert lambda_layer_num_params(d, d_out, **kwargs) == by_hand
+
+
+def test_initialization_follows_the_paper():
+    d, k = 256, 16
+    layer = LambdaLayer(d, 256, dim_k=k, heads=4, scope=23)
+    assert layer.to_q.weight.std().item() == pytest.approx((k * d) ** -0.5, rel=0.05)
+    assert layer.to_k.weight.std().item() == pytest.approx(d**-0.5, rel=0.05)
+    assert layer.to_v.weight.std().item() == pytest.approx(d**-0.5, rel=0.05)
+    assert layer.rel_pos_emb.std().item() == pytest.approx(1.0, rel=0.05)
+    assert all(conv.bias is None for conv in (layer.to_q, layer.to_k, layer.to_v))
+
+
+def test_bf16_autocast_large_inputs_are_finite_and_close_to_float32():
+    torch.manual_seed(0)
+    layer = LambdaLayer(32, 32, scope=7).eval()
+    with torch.no_grad():  # running statistics far from the input's, as in an untrained model
+        layer.norm_v.running_var.fill_(1e-4)
+        layer.norm_q.running_var.fill_(1e-4)
+    x = 300.0 * torch.randn(2, 32, 24, 24)
+    expected = layer(x)
+    xa = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(xa)
+    assert out.dtype == torch.bfloat16
+    assert torch.isfinite(out).all()
+    rel = ((out.float() - expected).norm() / expected.norm()).item()
+    assert rel < 3e-2, rel
+    out.float().square().mean().backward()
+    assert torch.isfinite(xa.grad).all() and xa.grad.abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+
+
+def test_global_scope_accepts_sizes_up_to_the_maximum():
+    layer = LambdaLayer(8, 8, heads=2, dim_k=4, scope=None, global_max_size=(6, 9))
+    assert layer(torch.randn(1, 8, 6, 9)).shape == (1, 8, 6, 9)
+    assert layer(torch.randn(1, 8, 3, 2)).shape == (1, 8, 3, 2)
+    with pytest.raises(ValueError, match="larger than global_max_size"):
+        layer(torch.randn(1, 8, 7, 9))
+
+
+def test_local_scope_accepts_any_size_and_stride_two_halves():
+    layer = LambdaLayer(8, 16, heads=4, dim_k=4, scope=23, stride=2)
+    assert layer(torch.randn(2, 8, 37, 3)).shape == (2, 16, 19, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(in_channels=8, out_channels=10, heads=4), "out_channels=10"),
+        (dict(in_channels=8, out_channels=8, scope=4), "scope=4"),
+        (dict(in_channels=8, out_channels=8, scope=-3), "scope=-3"),
+        (dict(in_channels=8, out_channels=8, scope=0), "scope=0"),
+        (dict(in_channels=8, out_channels=8, dim_k=0), "dim_k=0"),
+        (dict(in_channels=8, out_channels=8, impl="fast"), "impl='fast'"),
+        (dict(in_channels=8, out_channels=8, norm="LayerNorm"), "norm='LayerNorm'"),
+        (dict(in_channels=8, out_channels=8, stride=3), "stride=3"),
+        (dict(in_channels=8, out_channels=8, dim_u=0), "dim_u=0"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        LambdaLayer(**kwargs)
+
+
+def test_group_norm_with_too_few_channels_is_explained():
+    with pytest.raises(ValueError, match="norm='GN'.*16"):
+        LambdaLayer(64, 64, heads=4, norm="GN")
+
+
+def test_wrong_channel_count_at_forward():
+    layer = LambdaLayer(8, 8, heads=2, dim_k=4, scope=3)
+    with pytest.raises(ValueError, match=r"\(N, 8, H, W\), got \(1, 5, 4, 4\)"):
+        layer(torch.randn(1, 5, 4, 4))
+
+
+@pytest.mark.parametrize("norm", ["BN", "SyncBN", "FrozenBN", "GN"])
+def test_norms_from_detectron2(norm):
+    from detectron2.layers import FrozenBatchNorm2d
+
+    layer = LambdaLayer(64, 128, norm=norm, scope=3)
+    out = layer(torch.randn(2, 64, 5, 5))
+    assert torch.isfinite(out).all()
+    if norm == "FrozenBN":
+        assert isinstance(layer.norm_q, FrozenBatchNorm2d)
