@@ -1,6 +1,21 @@
 """lambda_det: LambdaNetworks (Bello, ICLR 2021) backbones for Detectron2.
 
-``import lambda_det`` registers the LambdaResNet backbones in Detectron2's ``BACKBONE_REGISTRY``
-and the embedded toy dataset in its ``DatasetCatalog``; importing it again is harmless.
+``import lambda_det`` registers the LambdaResNet backbones in Detectron2's ``BACKBONE_REGISTRY``;
+importing it again is harmless.
 """
 __version__ = "0.1.0"
+
+try:
+    import detectron2  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by tests/test_environment.py
+    raise ImportError(
+        f"lambda_det needs detectron2, which is not importable ({exc}). Run scripts/setup_env.sh "
+        "(or `make setup`), or install detectron2 into this environment; "
+        "`python lambda_det/collect_env.py` reports what is missing."
+    ) from exc
+
+from .config import add_lambda_config  # noqa: E402
+from .layers import LambdaLayer  # noqa: E402
+from . import data, modeling  # noqa: E402,F401  (registers the backbones)
+
+__all__ = ["add_lambda_config", "LambdaLayer", "modeling", "__version__"]

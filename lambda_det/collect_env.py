@@ -2,10 +2,12 @@
 
     python -m lambda_det.collect_env            # print versions, CUDA, detectron2's _C
     python -m lambda_det.collect_env --check    # also exit 1 with the reason when something is broken
+    python lambda_det/collect_env.py --check    # the same without importing lambda_det first, so
+                                                # it still reports when detectron2 is missing
     python lambda_det/collect_env.py --check-torch   # torch/torchvision only (setup runs this
-                                                     # before lambda_det is installed)
+                                                     # before detectron2 is installed)
 
-This module must stay importable without detectron2 or lambda_det installed: setup runs it by path.
+This module must stay runnable without detectron2 or lambda_det installed: setup runs it by path.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ EXTRAS="${LAMBDA_DET_EXTRAS:-test}"
 TORCH_PIN="torch==2.13.0"
 TORCHVISION_PIN="torchvision==0.28.0"
 DETECTRON2_DIST="sal-detectron2==0.7.2"
-LOG="$ROOT/$VENV.setup.log"
+LOG="$(cd "$(dirname "$VENV")" 2>/dev/null && pwd || pwd)/$(basename "$VENV").setup.log"
 
 fail() {
   echo "setup failed: $1" >&2
@@ -93,5 +93,5 @@ pip_clean install -e ".[$EXTRAS]" "setuptools<81" \
   || fail "pip could not install lambda_det's dependencies (no network?): see the log, fix, rerun"
 
 # 6. Verify --------------------------------------------------------------------------------------
-"$VENV/bin/python" -m lambda_det.collect_env --check || fail "the installed environment does not work (see above)"
+"$VENV/bin/python" "$ROOT/lambda_det/collect_env.py" --check || fail "the installed environment does not work (see above)"
 step "done: $VENV is ready"

@@ -1,0 +1,64 @@
+"""Config keys of lambda_det: one function that adds new nodes and never changes Detectron2's defaults."""
+from detectron2.config import CfgNode as CN
+
+
+def add_lambda_config(cfg: CN) -> CN:
+    """Add MODEL.LAMBDA_RESNET and INPUT.LSJ to a Detectron2 config (idempotent).
+
+    Usage:
+        cfg = get_cfg(); add_lambda_config(cfg); cfg.merge_from_file("configs/...yaml")
+    """
+    if "LAMBDA_RESNET" in cfg.MODEL:
+        return cfg
+    # Set MODEL.BACKBONE.NAME to "build_lambda_resnet_fpn_backbone" (or "build_lambda_resnet_backbone")
+    # to use these; MODEL.BACKBONE.FREEZE_AT keeps Detectron2's meaning (0 = train everything, which
+    # training from scratch needs; 2 = freeze stem and res2).
+    cfg.MODEL.LAMBDA_RESNET = CN()
+    c = cfg.MODEL.LAMBDA_RESNET
+    # Depth of the paper's family: 50, 101, 152, 200, 270, 350 or 420 (blocks per stage from App. D).
+    c.DEPTH = 50
+    # Blocks per stage [res2, res3, res4, res5], overriding DEPTH for a custom (e.g. small) network.
+    c.STAGE_BLOCKS = []
+    # Which 3x3s are lambda layers: "lambda" (the paper's LambdaResNet-DEPTH placement), "lambda-c4"
+    # (LambdaResNet-DEPTH-C4: all of c4 and c5), "conv" (the ResNet-RS-style baseline), "all-lambda"
+    # (every 3x3), or "custom" (LAYOUT below).
+    c.VARIANT = "lambda"
+    # With VARIANT "custom": 4 entries, each one letter for a whole stage or one per block,
+    # C = conv, L = lambda. ["C", "C", "L", "L"] is the paper's C-C-L-L hybrid.
+    c.LAYOUT = []
+    # Bottleneck width of res2; stages double it; block output = 4 x width.
+    c.WIDTH_PER_GROUP = 64
+    # Norm of the whole backbone, lambda layers' query/value norms included: BN, SyncBN, FrozenBN, GN.
+    c.NORM = "BN"
+    # Squeeze-excite on the conv blocks of SE_STAGES; hidden = SE_RATIO x block output channels.
+    c.SE_RATIO = 0.25
+    # Stages whose conv blocks carry SE. The paper's counts imply ["res2", "res3"] for its
+    # LambdaResNets and all four stages for "ResNet + SE" (see tests/test_parameter_counts.py).
+    c.SE_STAGES = []
+    # Start the gamma of every block's last norm at zero (ResNet-RS; the paper trains this way).
+    c.ZERO_INIT_RESIDUAL = True
+    # Lambda layer query/key depth k (Sec. 3, App. E.1).
+    c.DIM_K = 16
+    # Number of queries h ("heads"); they share one lambda. Bottleneck width must divide by it.
+    c.HEADS = 4
+    # Intra-depth u (App. B); the paper pairs u = 4 with a 7x7 scope.
+    c.DIM_U = 1
+    # Local scope r of the position lambdas (odd; the paper's 23), or 0 for global position lambdas.
+    c.SCOPE = 23
+    # Largest side of a map a global-scope (SCOPE 0) lambda layer accepts; sizes its embedding table.
+    c.GLOBAL_MAX_SIZE = 64
+    # Position-lambda implementation: auto, conv, conv2d, conv3d, einsum, fft (same function).
+    c.IMPL = "auto"
+    # Features the backbone returns (the FPN reads MODEL.FPN.IN_FEATURES out of these).
+    c.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+
+    # Large-scale jitter (Ghiasi et al. 2021), the paper's COCO augmentation: resize so the image
+    # fits IMAGE_SIZE x IMAGE_SIZE times a scale drawn from [MIN_SCALE, MAX_SCALE], then a random
+    # IMAGE_SIZE x IMAGE_SIZE crop padded to that size (Detectron2's ResizeScale + FixedSizeCrop).
+    # Test images are resized to fit IMAGE_SIZE. Used by lambda_det.data.build_lsj_train_loader.
+    cfg.INPUT.LSJ = CN()
+    cfg.INPUT.LSJ.ENABLED = False
+    cfg.INPUT.LSJ.IMAGE_SIZE = 1024
+    cfg.INPUT.LSJ.MIN_SCALE = 0.1
+    cfg.INPUT.LSJ.MAX_SCALE = 2.0
+    return cfg

@@ -1,0 +1,29 @@
+"""Backbones: LambdaResNets for Detectron2, registered in BACKBONE_REGISTRY on import."""
+from .lambda_resnet import (
+    DeepStem,
+    LambdaBottleneck,
+    SqueezeExcite,
+    build_lambda_resnet,
+    build_lambda_resnet_backbone,
+    build_lambda_resnet_fpn_backbone,
+    imagenet_num_params,
+    register_backbones,
+)
+from .layouts import PAPER_C4_LAMBDA_BLOCKS, STAGE_BLOCKS, parse_layout, variant_layout
+
+register_backbones()
+
+__all__ = [
+    "DeepStem",
+    "LambdaBottleneck",
+    "SqueezeExcite",
+    "build_lambda_resnet",
+    "build_lambda_resnet_backbone",
+    "build_lambda_resnet_fpn_backbone",
+    "imagenet_num_params",
+    "register_backbones",
+    "PAPER_C4_LAMBDA_BLOCKS",
+    "STAGE_BLOCKS",
+    "parse_layout",
+    "variant_layout",
+]
