@@ -1,4 +1,16 @@
-"""Data: dataset mappers (large-scale jitter) and datasets."""
+"""Data: dataset registration (the embedded toy dataset, COCO checks) and mappers (large-scale jitter)."""
+from .datasets import TOY_DATASETS, prepare_dataset, register_toy_datasets
 from .mappers import build_lsj_augmentations, build_train_mapper
+from .toy import TOY_CLASSES, generate_toy_dataset
 
-__all__ = ["build_lsj_augmentations", "build_train_mapper"]
+register_toy_datasets()
+
+__all__ = [
+    "TOY_CLASSES",
+    "TOY_DATASETS",
+    "build_lsj_augmentations",
+    "build_train_mapper",
+    "generate_toy_dataset",
+    "prepare_dataset",
+    "register_toy_datasets",
+]

@@ -189,9 +189,11 @@ def apply_position_lambdas(q: Tensor, lambdas: Tensor) -> Tensor:
     A loop over the small k of whole-map multiply-adds: about 1.6x faster forward+backward on a
     CPU than einsum's per-position batched matmul (which has n tiny (h x k)(k x v) products).
     """
-    out = q[:, :, 0].unsqueeze(2) * lambdas[:, 0].unsqueeze(1)
-    for i in range(1, q.shape[2]):
-        out = out + q[:, :, i].unsqueeze(2) * lambdas[:, i].unsqueeze(1)
+    # unbind, not indexing: indexing's backward would write k full-size zero gradients
+    queries, per_k = q.unbind(2), lambdas.unbind(1)
+    out = queries[0].unsqueeze(2) * per_k[0].unsqueeze(1)
+    for q_i, lambda_i in zip(queries[1:], per_k[1:]):
+        out = out + q_i.unsqueeze(2) * lambda_i.unsqueeze(1)
     return out
 
 

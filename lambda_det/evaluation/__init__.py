@@ -1,0 +1,14 @@
+"""Evaluation: COCO box/mask AP and the AP-by-object-size reports (paper Table 6 shape)."""
+from .ap_by_size import PAPER_TABLE6, compare, load_ap_by_size, markdown_table, summarize, write_ap_by_size
+from .coco import build_coco_evaluator, has_detectron2_ops
+
+__all__ = [
+    "PAPER_TABLE6",
+    "build_coco_evaluator",
+    "compare",
+    "has_detectron2_ops",
+    "load_ap_by_size",
+    "markdown_table",
+    "summarize",
+    "write_ap_by_size",
+]

@@ -1,0 +1,137 @@
+"""AP by object size: JSON, a markdown table in the shape of the paper's Table 6, a bar chart."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+TASKS = (("bbox", "box"), ("segm", "mask"))
+
+# LambdaNetworks Table 6 (COCO val, Mask R-CNN 1024x1024 from scratch). AP50/AP75 not reported.
+PAPER_TABLE6: Dict[str, Dict[str, Dict[str, float]]] = {
+    name: {
+        "bbox": {"AP": bb[0], "APs": bb[1], "APm": bb[2], "APl": bb[3]},
+        "segm": {"AP": mk[0], "APs": mk[1], "APm": mk[2], "APl": mk[3]},
+    }
+    for name, bb, mk in [
+        ("ResNet-101", (48.2, 29.9, 50.9, 64.9), (42.6, 24.2, 45.6, 60.0)),
+        ("ResNet-101 + SE", (48.5, 29.9, 51.5, 65.3), (42.8, 24.0, 46.0, 60.2)),
+        ("LambdaResNet-101", (49.4, 31.7, 52.2, 65.6), (43.5, 25.9, 46.5, 60.8)),
+        ("ResNet-152", (48.9, 29.9, 51.8, 66.0), (43.2, 24.2, 46.1, 61.2)),
+        ("ResNet-152 + SE", (49.4, 30.0, 52.3, 66.7), (43.5, 24.6, 46.8, 61.8)),
+        ("LambdaResNet-152", (50.0, 31.8, 53.4, 67.0), (43.9, 25.5, 47.3, 62.0)),
+    ]
+}
+
+Summary = Dict[str, Dict[str, Optional[float]]]
+
+
+def summarize(results: Mapping[str, Mapping[str, float]]) -> Summary:
+    """The six size metrics of each task from Detectron2's evaluation results (NaN -> None)."""
+    out: Summary = {}
+    for task, _ in TASKS:
+        if task in results:
+            out[task] = {m: _clean(results[task].get(m)) for m in METRICS}
+    if not out:
+        raise ValueError(f"no bbox or segm results to summarize (got tasks {sorted(results)})")
+    return out
+
+
+def _clean(value) -> Optional[float]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def markdown_table(rows: Sequence[Tuple[str, Summary]]) -> str:
+    """| run | AP bb | AP50 | AP75 | APs | APm | APl | AP mask | ... |: one row per run."""
+    head = ["run"] + [f"{m} {label}" for _, label in TASKS for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, summary in rows:
+        cells = [name]
+        for task, _ in TASKS:
+            values = summary.get(task, {})
+            cells += ["-" if values.get(m) is None else f"{values[m]:.1f}" for m in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows: Sequence[Tuple[str, Summary]], path: Path, title: str = "AP by object size") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = ["APs", "APm", "APl", "AP"]
+    labels = ["small", "medium", "large", "all"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    width = 0.8 / max(1, len(rows))
+    for ax, (task, label) in zip(axes, TASKS):
+        x = np.arange(len(groups))
+        for i, (name, summary) in enumerate(rows):
+            values = [summary.get(task, {}).get(g) for g in groups]
+            heights = [v if v is not None else 0.0 for v in values]
+            bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, heights, width, label=name)
+            for bar, v in zip(bars, values):
+                ax.annotate("-" if v is None else f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels)
+        ax.set_title(f"{label} AP")
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("AP (COCO, IoU .50:.95)")
+    axes[1].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_ap_by_size(
+    results: Mapping[str, Mapping[str, float]], out_dir: Path, run_name: str, extra: Optional[dict] = None
+) -> Dict[str, Path]:
+    """Write ap_by_size.json, ap_by_size.md and ap_by_size.png into ``out_dir``; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results)
+    paths = {"json": out_dir / "ap_by_size.json", "md": out_dir / "ap_by_size.md", "png": out_dir / "ap_by_size.png"}
+    payload = {"run": run_name, **(extra or {}), **summary}
+    paths["json"].write_text(json.dumps(payload, indent=2))
+    paths["md"].write_text(f"# AP by object size: {run_name}\n\n" + markdown_table([(run_name, summary)]))
+    bar_chart([(run_name, summary)], paths["png"], f"AP by object size: {run_name}")
+    return paths
+
+
+def load_ap_by_size(path: Path) -> Tuple[str, Summary]:
+    """(run name, summary) from an ap_by_size.json or an output directory that holds one."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.rglob("ap_by_size.json"))
+        if not found:
+            raise FileNotFoundError(f"no ap_by_size.json under {path}: evaluate the run first (train_net.py --eval-only)")
+        path = found[-1]
+    data = json.loads(path.read_text())
+    return data.get("run", path.parent.name), {t: data[t] for t, _ in TASKS if t in data}
+
+
+def compare(run_paths: Sequence[Path], out_dir: Path, paper_rows: Sequence[str] = (), names: Sequence[str] = ()) -> Dict[str, Path]:
+    """One table and one chart for several runs, with rows of the paper's Table 6 as reference."""
+    unknown = [r for r in paper_rows if r not in PAPER_TABLE6]
+    if unknown:
+        raise ValueError(f"unknown paper rows {unknown}; Table 6 has {list(PAPER_TABLE6)}")
+    rows: List[Tuple[str, Summary]] = []
+    for i, path in enumerate(run_paths):
+        name, summary = load_ap_by_size(path)
+        rows.append((names[i] if i < len(names) else name, summary))
+    rows += [(f"paper: {r}", {t: {m: PAPER_TABLE6[r][t].get(m) for m in METRICS} for t in PAPER_TABLE6[r]}) for r in paper_rows]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out_dir / "comparison.md", "png": out_dir / "comparison.png", "json": out_dir / "comparison.json"}
+    paths["md"].write_text("# AP by object size, side by side\n\n" + markdown_table(rows))
+    paths["json"].write_text(json.dumps([{"run": n, **s} for n, s in rows], indent=2))
+    bar_chart(rows, paths["png"], "AP by object size, side by side")
+    return paths
