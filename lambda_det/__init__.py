@@ -14,8 +14,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by te
         "`python lambda_det/collect_env.py` reports what is missing."
     ) from exc
 
-from .config import add_lambda_config  # noqa: E402
+from .config import add_lambda_config, load_config  # noqa: E402
 from .layers import LambdaLayer  # noqa: E402
 from . import data, modeling  # noqa: E402,F401  (registers the backbones)
 
-__all__ = ["add_lambda_config", "LambdaLayer", "modeling", "__version__"]
+__all__ = ["add_lambda_config", "load_config", "LambdaLayer", "modeling", "__version__"]

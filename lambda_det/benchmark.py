@@ -393,6 +393,48 @@ def run(
     return result
 
 
+def scope_sweep(
+    out_dir: Path, sides: Sequence[int], scopes: Sequence[int], device: str = "cpu", repeats: int = 3,
+    spec: Optional[LayerSpec] = None, log: Callable[[str], None] = print,
+) -> List[dict]:
+    """Forward+backward time of every position-lambda form per (map side, scope): the data behind
+    ``choose_impl`` (impl="auto"). Writes scope_sweep_<device>.{json,md}."""
+    spec = spec or LayerSpec()
+    dev = torch.device(device)
+    impls = sorted(POSITION_LAMBDA_IMPLS)
+    records = []
+    for side in sides:
+        x = torch.randn(spec.batch, spec.channels, side, side, device=dev, requires_grad=True)
+        for scope in scopes:
+            row = {"side": side, "scope": scope}
+            for impl in impls + ["auto"]:
+                if impl == "einsum" and side > 32:
+                    continue
+                torch.manual_seed(0)
+                layer = LambdaLayer(spec.channels, spec.channels, dim_k=spec.dim_k, heads=spec.heads, scope=scope, impl=impl).to(dev)
+                row[impl] = time_forward_backward(layer, x, repeats)["median_s"]
+            row["auto picks"] = LambdaLayer(spec.channels, spec.channels, scope=scope).resolve_impl(side, side, dev)
+            records.append(row)
+            log(json.dumps(row))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"scope_sweep_{dev.type}.json").write_text(json.dumps({"environment": environment_summary(dev), "records": records}, indent=2))
+    head = ["side", "scope", *impls, "auto", "auto picks", "fastest"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        timed = {i: r[i] for i in impls if i in r}
+        fastest = min(timed, key=timed.get)
+        cells = [f"{r['side']}x{r['side']}", f"{r['scope']}x{r['scope']}"]
+        cells += [f"{r[i] * 1000:.0f} ms" if i in r else "-" for i in impls + ["auto"]]
+        cells += [r["auto picks"], fastest]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out_dir / f"scope_sweep_{dev.type}.md").write_text(
+        f"# Position-lambda forms by map size and scope ({dev.type})\n\n`{json.dumps(environment_summary(dev))}`; "
+        f"batch {spec.batch}, d = {spec.channels}, k = {spec.dim_k}, h = {spec.heads}; median of {repeats} "
+        "forward+backward runs.\n\n" + "\n".join(lines) + "\n"
+    )
+    return records
+
+
 def _memory_worker(payload: str) -> None:
     args = json.loads(payload)
     spec = LayerSpec(**args["spec"])

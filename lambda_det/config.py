@@ -1,5 +1,8 @@
 """Config keys of lambda_det: one function that adds new nodes and never changes Detectron2's defaults."""
+from typing import Sequence
+
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 
 def add_lambda_config(cfg: CN) -> CN:
@@ -61,4 +64,12 @@ def add_lambda_config(cfg: CN) -> CN:
     cfg.INPUT.LSJ.IMAGE_SIZE = 1024
     cfg.INPUT.LSJ.MIN_SCALE = 0.1
     cfg.INPUT.LSJ.MAX_SCALE = 2.0
+    return cfg
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """Detectron2's defaults + lambda_det's keys, then the YAML file, then KEY VALUE overrides."""
+    cfg = add_lambda_config(get_cfg())
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
     return cfg

@@ -11,13 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def small_cfg(**lambda_resnet):
     """Mask R-CNN config from the base yaml with a 1-block-per-stage LambdaResNet (C-C-L-L) unless overridden."""
-    from detectron2.config import get_cfg
+    from lambda_det import load_config
 
-    import lambda_det
-
-    cfg = get_cfg()
-    lambda_det.add_lambda_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs" / "Base-LambdaResNet-FPN.yaml"))
+    cfg = load_config(str(REPO / "configs" / "Base-LambdaResNet-FPN.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
     c = cfg.MODEL.LAMBDA_RESNET

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
@@ -19,9 +18,7 @@ LEAF = re.compile(r"mask_rcnn_(?P<family>LambdaR|R)_(?P<depth>\d+)(?P<se>_SE)?_F
 
 
 def load(path: Path):
-    cfg = get_cfg()
-    lambda_det.add_lambda_config(cfg)
-    cfg.merge_from_file(str(path))
+    cfg = lambda_det.load_config(str(path))
     cfg.MODEL.DEVICE = "cpu"
     return cfg
 

@@ -104,15 +104,11 @@ def test_resume_after_sigkill_restores_iteration_optimizer_and_scheduler(tmp_pat
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     last_record = [r for r in records if "lr" in r][-1]
     assert last_record["iteration"] == 9
-    from detectron2.config import get_cfg
     from detectron2.solver import build_lr_scheduler
 
-    import lambda_det
+    from lambda_det import load_config
 
-    cfg = get_cfg()
-    lambda_det.add_lambda_config(cfg)
-    cfg.merge_from_file(str(TOY_CONFIG))
-    cfg.merge_from_list(["SOLVER.MAX_ITER", "10", "SOLVER.WARMUP_ITERS", "10", "SOLVER.STEPS", "(8,)"])
+    cfg = load_config(str(TOY_CONFIG), ["SOLVER.MAX_ITER", "10", "SOLVER.WARMUP_ITERS", "10", "SOLVER.STEPS", "(8,)"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
     sched = build_lr_scheduler(cfg, opt)
     for _ in range(9):
@@ -132,15 +128,11 @@ def test_eval_only_without_weights_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    import lambda_det
+    from lambda_det import load_config
 
-    cfg = get_cfg()
-    lambda_det.add_lambda_config(cfg)
-    cfg.merge_from_file(str(TOY_CONFIG))
-    cfg.merge_from_list(TINY)
+    cfg = load_config(str(TOY_CONFIG), TINY)
     path = tmp_path_factory.mktemp("weights")
     DetectionCheckpointer(build_model(cfg), save_dir=str(path)).save("tiny")
     return path / "tiny.pth"

@@ -11,8 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from detectron2.config import get_cfg
-
 import lambda_det
 from lambda_det.demo import Demo, collect_inputs, run_demo
 
@@ -25,10 +23,7 @@ def main() -> int:
     parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score to draw")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     args = parser.parse_args()
-    cfg = get_cfg()
-    lambda_det.add_lambda_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = lambda_det.load_config(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     import torch
 

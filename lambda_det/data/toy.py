@@ -1,14 +1,15 @@
 """The embedded default dataset: seeded synthetic shapes in real COCO format, generated on first use.
 
-Four classes of distinct geometry (circle, square, triangle, star) in varied colors and textures
-(solid, stripes, noise) on varied backgrounds (flat, gradient, stripes, blurred clutter), drawn in
-sequence so that later shapes occlude earlier ones; masks are the visible parts. Object sizes are
+Four classes of distinct geometry (circle, square, triangle, star) in varied colors (each class
+its own hue band, random saturation and value) and textures (solid, stripes, noise) on varied backgrounds (flat, gradient, stripes, blurred clutter), drawn in
+sequence so that later shapes occlude earlier ones (at most 30% of a shape is hidden by any
+one other); masks are the visible parts. Object sizes are
 log-uniform, so the areas spread over COCO's small (< 32^2), medium and large (> 96^2) ranges.
 
 Files (not committed; under LAMBDA_DET_CACHE, default ~/.cache/lambda_det):
 
-    toy_shapes_v1/{train,val}/NNNNNN.png
-    toy_shapes_v1/annotations/instances_{train,val}.json   (COCO, RLE segmentations)
+    toy_shapes_v5/{train,val}/NNNNNN.png
+    toy_shapes_v5/annotations/instances_{train,val}.json   (COCO, RLE segmentations)
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 TOY_CLASSES = ["circle", "square", "triangle", "star"]
+TOY_HUES = [0, 90, 180, 270]  # each class's hue band centre (degrees); the bands do not overlap
 TOY_COLORS = [(230, 57, 70), (69, 123, 157), (42, 157, 143), (233, 196, 106)]  # RGB, for the Visualizer
 TOY_SPLITS = {"train": 500, "val": 100}
-TOY_VERSION = "toy_shapes_v1"
+TOY_VERSION = "toy_shapes_v5"
 TOY_IMAGE_SIZE = 256
 # Object "size" (side of the bounding square) in pixels, drawn log-uniformly.
-TOY_SIZE_RANGE = (16.0, 280.0)  # about 45% small, 43% medium, 12% large instances
+TOY_SIZE_RANGE = (20.0, 280.0)
 
 
 def default_toy_root() -> Path:
@@ -76,22 +78,30 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         img = np.where(stripes[..., None] == 1, other, base).astype(np.float32)
     else:  # blurred clutter: ellipses and lines that are not objects
         img = np.broadcast_to(base, (h, w, 3)).copy()
-        for _ in range(rng.integers(3, 9)):
+        for _ in range(rng.integers(2, 6)):
             color = rng.integers(0, 256, size=3).tolist()
             if rng.random() < 0.5:
                 axes = (int(rng.integers(5, 40)), int(rng.integers(2, 12)))
                 cv2.ellipse(img, (int(rng.integers(w)), int(rng.integers(h))), axes, float(rng.integers(180)), 0, 360, color, -1)
             else:
                 cv2.line(img, (int(rng.integers(w)), int(rng.integers(h))), (int(rng.integers(w)), int(rng.integers(h))), color, int(rng.integers(1, 4)))
-        img = cv2.GaussianBlur(img, (0, 0), 3)
-    img += rng.normal(0, rng.uniform(2, 12), size=img.shape).astype(np.float32)
+        img = cv2.GaussianBlur(img, (0, 0), 4)
+    img += rng.normal(0, rng.uniform(2, 6), size=img.shape).astype(np.float32)
     return img
 
 
-def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> None:
-    """Fill the mask with a random color and texture (in place)."""
+def class_color(rng: np.random.Generator, kind: int) -> np.ndarray:
+    """An RGB color from the class's hue band (+-20 degrees around its own hue) with random
+    saturation and value: colors vary widely, and hint at the class without deciding it."""
+    hue = (TOY_HUES[kind] + rng.uniform(-20, 20)) % 360
+    hsv = np.uint8([[[hue / 2, rng.integers(120, 256), rng.integers(120, 256)]]])  # OpenCV: H in [0, 180)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, kind: int) -> None:
+    """Fill the mask with a color of the class's hue band and a random texture (in place)."""
     h, w = mask.shape
-    color = rng.integers(0, 256, size=3).astype(np.float32)
+    color = class_color(rng, kind)
     texture = rng.integers(3)
     if texture == 0:
         fill = np.broadcast_to(color, (h, w, 3))
@@ -112,17 +122,22 @@ def render_toy_image(rng: np.random.Generator, image_size: int = TOY_IMAGE_SIZE)
     img = _background(rng, h, w)
     placed: List[Tuple[int, np.ndarray, int]] = []  # (class index, visible mask, full area)
     lo, hi = np.log(TOY_SIZE_RANGE[0]), np.log(TOY_SIZE_RANGE[1])
-    for _ in range(rng.integers(2, 7)):
+    for _ in range(rng.integers(2, 6)):
         kind = int(rng.integers(len(TOY_CLASSES)))
-        size = float(np.exp(rng.uniform(lo, hi)))
-        margin = size / 3  # shapes may leave the image partly
-        center = (rng.uniform(-margin, w + margin - 1), rng.uniform(-margin, h + margin - 1))
-        mask = shape_mask(TOY_CLASSES[kind], center, size, rng.uniform(0, 2 * math.pi), (h, w))
-        if mask.sum() < 20:
+        for _attempt in range(10):
+            size = float(np.exp(rng.uniform(lo, hi)))
+            margin = size / 6  # shapes may leave the image a little
+            center = (rng.uniform(-margin, w + margin - 1), rng.uniform(-margin, h + margin - 1))
+            mask = shape_mask(TOY_CLASSES[kind], center, size, rng.uniform(0, 2 * math.pi), (h, w))
+            area = int(mask.sum())
+            # occlusion, but moderate: no placement that hides over 30% of a shape (or of itself)
+            if area >= 20 and all(int((m & mask).sum()) <= 0.3 * min(a, area) for _, m, a in placed):
+                break
+        else:
             continue
-        _paint(rng, img, mask)
+        _paint(rng, img, mask, kind)
         placed = [(k, m & (1 - mask), a) for k, m, a in placed]  # the new shape occludes the earlier ones
-        placed.append((kind, mask, int(mask.sum())))
+        placed.append((kind, mask, area))
     # shapes occluded beyond recognition (less than a quarter visible) are not annotated
     instances = [
         {"category_id": kind + 1, "mask": mask}
@@ -137,7 +152,8 @@ def generate_toy_dataset(root: Optional[Path] = None, splits: Optional[Dict[str,
     root = Path(root) if root is not None else default_toy_root()
     splits = dict(splits or TOY_SPLITS)
     stamp = root / "complete.json"
-    recipe = {"version": TOY_VERSION, "splits": splits, "seed": seed, "image_size": TOY_IMAGE_SIZE}
+    # everything the images depend on: a changed recipe regenerates instead of reusing stale files
+    recipe = {"version": TOY_VERSION, "splits": splits, "seed": seed, "image_size": TOY_IMAGE_SIZE, "size_range": list(TOY_SIZE_RANGE)}
     if stamp.exists() and json.loads(stamp.read_text()) == recipe:
         return root
     (root / "annotations").mkdir(parents=True, exist_ok=True)

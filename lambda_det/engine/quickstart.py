@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
 
-from ..config import add_lambda_config
+from ..config import load_config
 from ..data import prepare_dataset
 from ..demo import Demo, Inputs, run_demo
 from ..evaluation import markdown_table, summarize
@@ -33,10 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_cfg(args):
-    cfg = get_cfg()
-    add_lambda_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if args.output:
         cfg.OUTPUT_DIR = args.output
     if args.max_iter:

@@ -5,10 +5,9 @@ import logging
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 
-from ..config import add_lambda_config
+from ..config import load_config
 from .trainer import Trainer
 
 logger = logging.getLogger("lambda_det")
@@ -30,10 +29,7 @@ def argument_parser():
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_lambda_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if args.amp:
         cfg.SOLVER.AMP.ENABLED = True
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Several evaluated runs side by side: one markdown table and one bar chart of AP by object size,
+with rows of the paper's Table 6 as reference.
+
+    python tools/compare_runs.py output/lambda_r101 output/r101 --names LambdaResNet-101 ResNet-101 \
+        --paper LambdaResNet-101 ResNet-101 --output output/compare
+
+Each run is an OUTPUT_DIR (its newest inference/*/ap_by_size.json) or an ap_by_size.json file.
+Logic: lambda_det/evaluation/ap_by_size.py.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from lambda_det.evaluation import PAPER_TABLE6, compare
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="output directories or ap_by_size.json files")
+    parser.add_argument("--names", nargs="*", default=[], help="row names (default: the run names)")
+    parser.add_argument("--paper", nargs="*", default=[], choices=list(PAPER_TABLE6), metavar="ROW",
+                        help=f"reference rows of the paper's Table 6: {', '.join(PAPER_TABLE6)}")
+    parser.add_argument("--output", type=Path, default=Path("output/compare"))
+    args = parser.parse_args()
+    try:
+        paths = compare(args.runs, args.output, paper_rows=args.paper, names=args.names)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(paths["md"].read_text())
+    print(f"wrote {paths['md']}, {paths['png']}, {paths['json']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
