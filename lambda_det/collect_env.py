@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import platform
 import sys
 from typing import Dict, List, Optional, Tuple
@@ -46,7 +47,13 @@ def _version(module: str) -> Tuple[str, Optional[object]]:
         mod = importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001
         return f"not importable ({type(exc).__name__}: {exc})", None
-    return str(getattr(mod, "__version__", "unknown")), mod
+    version = getattr(mod, "__version__", None)
+    if version is None:  # e.g. pycocotools: ask the installed distribution
+        try:
+            version = importlib.metadata.version(module)
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+    return str(version), mod
 
 
 def collect_env() -> Tuple[List[Tuple[str, str]], List[str]]:

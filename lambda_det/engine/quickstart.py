@@ -14,7 +14,7 @@ from detectron2.engine import default_setup
 from ..config import load_config
 from ..data import prepare_dataset
 from ..demo import Demo, Inputs, run_demo
-from ..evaluation import markdown_table, summarize
+from ..evaluation import load_ap_by_size, markdown_table
 from .trainer import Trainer
 
 TOY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml"
@@ -61,7 +61,7 @@ def run(argv: Optional[List[str]] = None) -> dict:
     trainer.resume_or_load(resume=not args.no_resume)
     if trainer.start_iter >= cfg.SOLVER.MAX_ITER:
         log.info("%s already holds a finished run (iteration %d): evaluating it again", out, trainer.start_iter)
-    results = trainer.train()  # Detectron2 logs progress with ETA every 20 iterations, then evaluates
+    trainer.train()  # Detectron2 logs progress with ETA every 20 iterations, then evaluates
     train_minutes = (time.perf_counter() - start) / 60
 
     val_name = cfg.DATASETS.TEST[0]
@@ -74,8 +74,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
     demo_dir = out / "demo"
     run_demo(Demo(demo_cfg), Inputs(images=val_images), demo_dir, report=log.info)
 
-    summary = summarize(results)
     report_dir = out / "inference" / val_name
+    _, summary = load_ap_by_size(report_dir / "ap_by_size.json")  # written by Trainer.test
     print()
     print(f"Trained and evaluated in {train_minutes:.1f} min; demo on {len(val_images)} validation images.")
     print(markdown_table([(f"{out.name} on {val_name}", summary)]))
