@@ -9,10 +9,11 @@ import cv2
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# An untrained Mask R-CNN scores ~0 AP on the toy val; 200 iterations of the real recipe reach
-# roughly 10-15 (calibration in README). The floors sit well between.
-BOX_AP_FLOOR = 5.0
-MASK_AP_FLOOR = 5.0
+# An untrained Mask R-CNN scores ~0 AP on the toy val; 200 iterations of the shipped recipe
+# reached box 24.6 / mask 30.3 in a clean-clone CI run here. The floors leave room for run-to-run
+# variation and sit far above what an untrained or broken model reaches.
+BOX_AP_FLOOR = 15.0
+MASK_AP_FLOOR = 18.0
 
 
 @pytest.mark.slow
