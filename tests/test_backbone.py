@@ -6,7 +6,7 @@ import importlib
 import pytest
 import torch
 from conftest import small_cfg, synthetic_batch
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.structures import ImageList
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from detectron2.utils.events import EventStorage
@@ -255,4 +255,3 @@ def test_bottleneck_is_a_detectron2_cnn_block():
     assert block.freeze() is block
     assert not any(p.requires_grad for p in block.parameters())
     assert block(torch.randn(1, 64, 9, 9)).shape == (1, 256, 5, 5)
-    assert ShapeSpec(channels=block.out_channels, stride=block.stride) == ShapeSpec(channels=256, stride=2)
