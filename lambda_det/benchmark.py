@@ -52,7 +52,6 @@ class Method:
     build: Callable[[LayerSpec], nn.Module]
     max_side_time: int  # larger maps are skipped: too slow or too large to be worth waiting for
     max_side_memory: int
-    note: str = ""
 
 
 class GlobalSelfAttention(nn.Module):
@@ -78,8 +77,7 @@ def available_methods(include_competitors: bool = True) -> List[Method]:
                 s.channels, s.channels, dim_k=s.dim_k, heads=s.heads, dim_u=s.dim_u, scope=s.scope, impl=impl
             ),
             max_side_time=32 if impl == "einsum" else 128,
-            max_side_memory=32 if impl == "einsum" else 256,
-            note="masked n x m x k einsum: memory quadratic in positions" if impl == "einsum" else "",
+            max_side_memory=32 if impl == "einsum" else 256,  # einsum's E is n x m x k
         )
         for impl in ["auto", *sorted(POSITION_LAMBDA_IMPLS)]
     ]
@@ -87,7 +85,7 @@ def available_methods(include_competitors: bool = True) -> List[Method]:
         Method("conv3x3", lambda s: nn.Conv2d(s.channels, s.channels, 3, padding=1, bias=False), 128, 256)
     )
     methods.append(
-        Method("attention", lambda s: GlobalSelfAttention(s.channels, s.heads), 64, 64, "global SDPA, 4 heads")
+        Method("attention", lambda s: GlobalSelfAttention(s.channels, s.heads), 64, 64)
     )
     if include_competitors:
         try:
@@ -99,7 +97,6 @@ def available_methods(include_competitors: bool = True) -> List[Method]:
                     lambda s: TimmLambdaLayer(s.channels, s.channels, num_heads=s.heads, dim_head=s.dim_k, r=s.scope),
                     128,
                     128,
-                    "timm.layers.LambdaLayer(r=23): Conv3d position lambdas",
                 )
             )
         except ImportError:
@@ -115,7 +112,6 @@ def available_methods(include_competitors: bool = True) -> List[Method]:
                     ),
                     128,
                     128,
-                    "lambda_networks.LambdaLayer(r=23): Conv3d position lambdas",
                 )
             )
         except ImportError:
@@ -157,7 +153,11 @@ def _proc_status_kib(field: str) -> int:
 
 
 def peak_memory_bytes(module: nn.Module, x: torch.Tensor) -> int:
-    """Peak memory added by one forward+backward (inputs and parameters excluded)."""
+    """Peak memory added by one forward+backward (inputs and parameters excluded).
+
+    On the CPU this is peak RSS, which Linux updates in batches of page faults: it resolves
+    megabytes, not a few pages, so measure layers at sizes whose tensors are at least ~1 MiB.
+    """
     gc.collect()
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)

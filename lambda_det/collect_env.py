@@ -16,7 +16,7 @@ import importlib
 import importlib.metadata
 import platform
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 TORCH_HINT = (
     "torch and torchvision must come from the same build: rerun scripts/setup_env.sh after "

@@ -55,8 +55,8 @@ def test_two_cpu_processes_train_to_identical_weights(tmp_path):
 def _train_cmd(out_dir, *extra):
     return [
         sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(TOY_CONFIG), *extra, *TINY,
-        "SOLVER.MAX_ITER", "10", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "10",
-        "SOLVER.STEPS", "(8,)", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out_dir),
+        "SOLVER.MAX_ITER", "20", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "10",
+        "SOLVER.STEPS", "(16,)", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out_dir),
     ]
 
 
@@ -64,11 +64,15 @@ def test_resume_after_sigkill_restores_iteration_optimizer_and_scheduler(tmp_pat
     out = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
     deadline = time.time() + 400
-    while not (out / "model_0000005.pth").exists():  # iteration 6 done and saved
+    def last_saved():
+        path = out / "last_checkpoint"  # Detectron2 writes it after the checkpoint file is complete
+        return path.read_text().strip() if path.exists() else ""
+
+    while last_saved() != "model_0000005.pth":  # iteration 6 done and saved
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         assert time.time() < deadline, "training made no checkpoint in time"
-        time.sleep(0.2)
-    time.sleep(0.5)
+        time.sleep(0.05)
+    # at once: last_checkpoint names only fully written files, and 14 iterations are left to run
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "model_final.pth").exists()
@@ -99,19 +103,19 @@ def test_resume_after_sigkill_restores_iteration_optimizer_and_scheduler(tmp_pat
     log = (out / "log.txt").read_text()
     assert f"Starting training from iteration {saved_iter + 1}" in log
     final = torch.load(out / "model_final.pth", weights_only=False)
-    assert final["iteration"] == 9
-    # the scheduler continued: lr at the last iteration is the schedule's value at iteration 9
+    assert final["iteration"] == 19
+    # the scheduler continued: lr at the last iteration is the schedule's value at iteration 19
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     last_record = [r for r in records if "lr" in r][-1]
-    assert last_record["iteration"] == 9
+    assert last_record["iteration"] == 19
     from detectron2.solver import build_lr_scheduler
 
     from lambda_det import load_config
 
-    cfg = load_config(str(TOY_CONFIG), ["SOLVER.MAX_ITER", "10", "SOLVER.WARMUP_ITERS", "10", "SOLVER.STEPS", "(8,)"])
+    cfg = load_config(str(TOY_CONFIG), ["SOLVER.MAX_ITER", "20", "SOLVER.WARMUP_ITERS", "10", "SOLVER.STEPS", "(16,)"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
     sched = build_lr_scheduler(cfg, opt)
-    for _ in range(9):
+    for _ in range(19):
         opt.step()
         sched.step()
     assert last_record["lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)

@@ -7,7 +7,6 @@ import os
 import weakref
 from pathlib import Path
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
@@ -94,10 +93,3 @@ def _current_iteration():
     except AssertionError:  # evaluation outside training (--eval-only)
         return None
 
-
-def model_device_check(cfg) -> None:
-    """A clear message when the config asks for CUDA on a machine without it."""
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but CUDA is not available here: add `MODEL.DEVICE cpu` to the command"
-        )

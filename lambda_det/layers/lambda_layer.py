@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .position_lambdas import IMPL_ALIASES, IMPL_CHOICES, POSITION_LAMBDA_IMPLS, choose_impl
