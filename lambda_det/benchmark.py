@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .checks import UserError
 from .layers import LambdaLayer
 from .layers.position_lambdas import POSITION_LAMBDA_IMPLS
 
@@ -356,7 +357,7 @@ def run(
     if methods:
         unknown = set(methods) - {m.name for m in chosen}
         if unknown:
-            raise ValueError(f"unknown or unavailable methods {sorted(unknown)}; have {[m.name for m in chosen]}")
+            raise UserError(f"unknown or unavailable methods {sorted(unknown)}; have {[m.name for m in chosen]}")
         chosen = [m for m in chosen if m.name in methods]
     log(f"timing on {dev} ({environment_summary(dev)}), {spec}")
     timing = run_timing(chosen, sides, spec, dev, repeats, log)

@@ -1,5 +1,10 @@
 """Config keys of lambda_det: one function that adds new nodes and never changes Detectron2's defaults."""
+import difflib
+import re
+from pathlib import Path
 from typing import Sequence
+
+import yaml
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
@@ -68,8 +73,46 @@ def add_lambda_config(cfg: CN) -> CN:
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
-    """Detectron2's defaults + lambda_det's keys, then the YAML file, then KEY VALUE overrides."""
+    """Detectron2's defaults + lambda_det's keys, then the YAML file, then KEY VALUE overrides.
+
+    Raises ConfigError naming the file, key or override that is wrong.
+    """
+    from .checks import ConfigError
+
     cfg = add_lambda_config(get_cfg())
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    path = Path(config_file)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {config_file} {what}")
+    try:
+        cfg.merge_from_file(str(path))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {config_file} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except FileNotFoundError as exc:  # a _BASE_ it names
+        raise ConfigError(f"config file {config_file}: {exc.strerror}: {exc.filename}") from None
+    except (KeyError, AssertionError, ValueError) as exc:
+        raise ConfigError(f"config file {config_file}: {_explain(cfg, exc)}") from None
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(f"config overrides must be KEY VALUE pairs; {opts[-1]!r} has no value (overrides: {opts})")
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, AssertionError, ValueError) as exc:
+        raise ConfigError(f"config override: {_explain(cfg, exc)}") from None
     return cfg
+
+
+def _explain(cfg: CN, exc: Exception) -> str:
+    """yacs' messages, with the closest existing key for a misspelt one."""
+    text = str(exc.args[0]) if exc.args else str(exc)
+    match = re.search(r"Non-existent (?:config )?key: ([\w.]+)", text)
+    if not match:
+        return text
+    key = match.group(1)
+    parent, _, leaf = key.rpartition(".")
+    node = cfg
+    for part in parent.split(".") if parent else []:
+        node = node.get(part) if isinstance(node, CN) else None
+    close = difflib.get_close_matches(leaf, list(node.keys()), n=1) if isinstance(node, CN) else []
+    hint = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+    return f"{key} is not a config key{hint}"

@@ -1,7 +1,15 @@
 """Inference demo: images, globs, directories and videos in; pictures with masks, boxes, class names
-and scores (Detectron2's Visualizer) out. Used by tools/demo.py and the main job."""
+and scores (Detectron2's Visualizer) out. Used by tools/demo.py and the main job.
+
+Images are read as Detectron2's dataset loading reads them (``detection_utils.read_image``: EXIF
+orientation applied), so the demo sees what training and evaluation see. The user's files are
+safe: an output folder that is an input folder or an existing file is refused, pictures of an
+earlier run are not replaced without ``overwrite``, the output folder is never scanned as input,
+and every write is checked.
+"""
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 from dataclasses import dataclass, field
@@ -11,8 +19,14 @@ from typing import Callable, Iterable, List, Optional, Tuple
 import cv2
 import numpy as np
 from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
+from PIL import Image, UnidentifiedImageError
+
+from .checkpoint import Checkpointer, WeightsError
+from .checks import ConfigError
+from .outputs import OutputError, check_written, ensure_writable_dir, imwrite, is_within, refuse_file, refuse_overwrite
 
 logger = logging.getLogger("lambda_det")
 
@@ -25,20 +39,34 @@ class Inputs:
     images: List[Path] = field(default_factory=list)
     videos: List[Path] = field(default_factory=list)
     not_found: List[str] = field(default_factory=list)
+    empty_dirs: List[Path] = field(default_factory=list)  # directories without images or videos
+    directories: List[Path] = field(default_factory=list)  # every directory named as input
 
 
-def collect_inputs(patterns: Iterable[str]) -> Inputs:
-    """Expand files, globs and directories (images inside, recursively) into images and videos."""
+def collect_inputs(patterns: Iterable[str], exclude: Optional[Path] = None) -> Inputs:
+    """Expand files, globs and directories (images inside, recursively) into images and videos.
+
+    Files under ``exclude`` (the output folder) are left out of directory and glob scans, so a
+    second run never takes its own earlier pictures for inputs; a file named explicitly is kept.
+    """
     found = Inputs()
     seen = set()
+    media = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            candidates = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
+            found.directories.append(path)
+            candidates = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in media)
+            if exclude is not None:
+                candidates = [p for p in candidates if not is_within(p, exclude)]
+            if not candidates:
+                found.empty_dirs.append(path)
         elif path.is_file():
             candidates = [path]
         elif glob.has_magic(pattern):
             candidates = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            if exclude is not None:
+                candidates = [p for p in candidates if not is_within(p, exclude)]
             if not candidates:
                 found.not_found.append(pattern)
         else:
@@ -53,10 +81,12 @@ def collect_inputs(patterns: Iterable[str]) -> Inputs:
 
 
 def to_bgr8(image: np.ndarray) -> np.ndarray:
-    """Any image OpenCV reads -> 8-bit, 3-channel BGR: grayscale replicated, alpha dropped,
+    """Any decoded image -> 8-bit, 3-channel BGR: grayscale replicated, alpha dropped,
     16-bit scaled by 1/257 (full range to full range), float taken as 0..1 when it fits there."""
     if image.dtype == np.uint16:
         image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif image.dtype in (np.int32, np.uint32):  # PIL's mode "I" holds 16-bit data
+        image = (np.clip(image, 0, 65535).astype(np.float32) / 257.0).round().astype(np.uint8)
     elif image.dtype in (np.float32, np.float64):
         scale = 255.0 if image.max(initial=0) <= 1.0 else 1.0
         image = np.clip(image * scale, 0, 255).round().astype(np.uint8)
@@ -72,19 +102,48 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
 
 
 def read_image_bgr(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError("not a readable image")
-    return to_bgr8(image)
+    """The image as Detectron2's ``read_image(path, "BGR")`` gives it (EXIF orientation applied).
+
+    PIL's 16-bit and float modes, which ``convert("RGB")`` would clip, are scaled to 8 bits.
+    """
+    try:
+        with Image.open(path) as image:
+            image = _apply_exif_orientation(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                return to_bgr8(np.asarray(image))
+            return np.ascontiguousarray(convert_PIL_to_numpy(image, "BGR"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"not a readable image ({type(exc).__name__})") from None
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 class Demo:
-    """A predictor plus Detectron2's Visualizer, for the classes of the config's test dataset."""
+    """A predictor whose weights must fit the config, plus Detectron2's Visualizer."""
 
     def __init__(self, cfg) -> None:
         if not cfg.MODEL.WEIGHTS:
-            raise ValueError("the demo needs trained weights: add `--opts MODEL.WEIGHTS path/to/model_final.pth`")
-        self.predictor = DefaultPredictor(cfg)
+            raise WeightsError("the demo needs trained weights: add `--opts MODEL.WEIGHTS path/to/model_final.pth`")
+        if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
+            raise ConfigError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}: the demo's predictor takes 'BGR' or 'RGB' models")
+        unloaded = cfg.clone()
+        unloaded.defrost()
+        unloaded.MODEL.WEIGHTS = ""
+        with _quiet("fvcore.common.checkpoint", "detectron2.checkpoint.detection_checkpoint"):
+            self.predictor = DefaultPredictor(unloaded)
+        # the whole model must come from the file: a partial load would draw a half-random model's guesses
+        Checkpointer(self.predictor.model, strict=True, cfg=cfg).load(cfg.MODEL.WEIGHTS)
         names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
         self.metadata = MetadataCatalog.get(names[0]) if names else MetadataCatalog.get("__unused")
         self.threshold = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
@@ -100,39 +159,73 @@ class Demo:
         if len(instances) == 0:
             return f"no detections above score {self.threshold:.2f}"
         classes = self.metadata.get("thing_classes", None)
-        labels = [classes[c] if classes else str(c) for c in instances.pred_classes.tolist()]
+        labels = [classes[c] if classes and c < len(classes) else str(c) for c in instances.pred_classes.tolist()]
         counts = {label: labels.count(label) for label in sorted(set(labels))}
         return f"{len(instances)} detections (" + ", ".join(f"{n} {label}" for label, n in counts.items()) + ")"
 
 
-def _unique_output(out_dir: Path, stem: str, suffix: str, used: set) -> Path:
-    candidate, i = out_dir / f"{stem}{suffix}", 1
-    while candidate in used:
-        candidate, i = out_dir / f"{stem}_{i}{suffix}", i + 1
-    used.add(candidate)
-    return candidate
+def plan_outputs(inputs: Inputs, out_dir: Path) -> List[Tuple[Path, Path]]:
+    """(input, output file) for every input: <stem>.png per image, <stem>.mp4 per video, numbered on clashes."""
+    used: set = set()
+    plan = []
+    for path, suffix in [(p, ".png") for p in inputs.images] + [(p, ".mp4") for p in inputs.videos]:
+        candidate, i = out_dir / f"{path.stem}{suffix}", 1
+        while candidate in used:
+            candidate, i = out_dir / f"{path.stem}_{i}{suffix}", i + 1
+        used.add(candidate)
+        plan.append((path, candidate))
+    return plan
 
 
-def run_demo(demo: Demo, inputs: Inputs, out_dir: Path, report: Callable[[str], None] = print) -> int:
-    """Process every input, write pictures / videos under ``out_dir``; return how many were processed."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def check_outputs(inputs: Inputs, plan: List[Tuple[Path, Path]], out_dir: Path, overwrite: bool, flag: str = "--output") -> None:
+    """Refuse, before any work, an output that would overwrite an input or an earlier run's picture."""
+    refuse_file(out_dir, flag)
+    for directory in inputs.directories:
+        if Path(out_dir).resolve() == directory.resolve():
+            raise OutputError(
+                f"{flag} {out_dir} is the input folder {directory}: the pictures would mix with (and could replace) "
+                f"your images, and a later run would take them for inputs. Choose another folder, e.g. {directory / 'detections'}"
+            )
+    inputs_resolved = {p.resolve() for p, _ in plan}
+    clashes = [target for _, target in plan if target.resolve() in inputs_resolved]
+    if clashes:
+        raise OutputError(f"{flag} {out_dir}: writing {clashes[0]} would overwrite that input; choose another output folder")
+    if not overwrite:
+        refuse_overwrite([target for _, target in plan if target.exists()], flag, "from an earlier demo run")
+
+
+def run_demo(
+    demo: Demo, inputs: Inputs, out_dir: Path, report: Callable[[str], None] = print, overwrite: bool = False
+) -> int:
+    """Process every input, write pictures / videos under ``out_dir``; return how many were processed.
+
+    Raises OutputError before any work when the output would lose data, and as soon as a write fails.
+    """
+    out_dir = Path(out_dir)
+    plan = plan_outputs(inputs, out_dir)
+    check_outputs(inputs, plan, out_dir, overwrite)
     for pattern in inputs.not_found:
         report(f"skipped {pattern}: no such file, directory or matching glob")
-    processed, used = 0, set()
-    for path in inputs.images:
+    for directory in inputs.empty_dirs:
+        excluded = " (its only images are in the output folder, which is never read as input)" if is_within(out_dir, directory) else ""
+        report(f"skipped {directory}: no images or videos in it{excluded}; looked for {', '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))}")
+    if not plan:
+        return 0
+    ensure_writable_dir(out_dir, "--output")
+    processed = 0
+    for path, target in plan:
+        if path.suffix.lower() in VIDEO_EXTENSIONS:
+            processed += _run_video(demo, path, target, report) > 0
+            continue
         try:
             bgr = read_image_bgr(path)
         except ValueError as exc:
             report(f"skipped {path}: {exc}")
             continue
         instances, drawn = demo(bgr)
-        target = _unique_output(out_dir, path.stem, ".png", used)
-        cv2.imwrite(str(target), drawn)
+        imwrite(target, drawn)
         report(f"{path}: {demo.describe(instances)} -> {target}")
         processed += 1
-    for path in inputs.videos:
-        frames = _run_video(demo, path, _unique_output(out_dir, path.stem, ".mp4", used), report)
-        processed += frames > 0
     return processed
 
 
@@ -152,6 +245,8 @@ def _run_video(demo: Demo, path: Path, target: Path, report: Callable[[str], Non
             instances, drawn = demo(to_bgr8(frame))
             if writer is None:
                 writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (drawn.shape[1], drawn.shape[0]))
+                if not writer.isOpened():
+                    raise OutputError(f"could not write video {target}: OpenCV could not open it for writing (mp4v)")
             writer.write(drawn)
             frames += 1
             detections += len(instances)
@@ -161,6 +256,7 @@ def _run_video(demo: Demo, path: Path, target: Path, report: Callable[[str], Non
             writer.release()
     if frames == 0:
         report(f"skipped {path}: no frames could be read")
-    else:
-        report(f"{path}: {frames} frames, {detections} detections in all -> {target}")
+        return 0
+    check_written(target, "video")
+    report(f"{path}: {frames} frames, {detections} detections in all -> {target}")
     return frames

@@ -1,12 +1,59 @@
 """Shared helpers: small configs and synthetic inputs that keep the suite fast on a 2-core CPU."""
 from __future__ import annotations
 
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+TOY_CONFIG = REPO / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml"
+# a tiny network and small images keep each iteration near a second on 2 cores
+TINY = [
+    "MODEL.LAMBDA_RESNET.STAGE_BLOCKS", "[1,1,1,1]", "MODEL.LAMBDA_RESNET.WIDTH_PER_GROUP", "32",
+    "MODEL.LAMBDA_RESNET.DIM_K", "8", "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
+]
+
+
+def save_tiny_weights(path: Path, *overrides: str) -> Path:
+    """A checkpoint of the tiny toy model (random weights), as Detectron2's checkpointer writes it,
+    with the config that built it beside it (config.yaml, as training leaves it)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from lambda_det import load_config
+
+    cfg = load_config(str(TOY_CONFIG), [*TINY, *overrides])
+    path.mkdir(parents=True, exist_ok=True)
+    DetectionCheckpointer(build_model(cfg), save_dir=str(path)).save("model_final")
+    (path / "config.yaml").write_text(cfg.dump())
+    return path / "model_final.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    return save_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+def run_tool(script: str, *argv: str):
+    """Run tools/<script> in this process as `python tools/<script> ARGV` would: its exit status.
+
+    In-process saves the ~5 s of imports a subprocess costs; capture output with pytest's capsys.
+    """
+    old = sys.argv
+    sys.argv = [str(REPO / "tools" / script), *map(str, argv)]
+    try:
+        runpy.run_path(str(REPO / "tools" / script), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old
+    return 0
 
 
 def small_cfg(**lambda_resnet):
@@ -52,3 +99,23 @@ def synthetic_batch(height: int = 96, width: int = 128, num_images: int = 1, see
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Tools run in-process set up Detectron2's loggers (console on the test's captured streams, a log
+    file in its tmp dir); take those handlers away again so later tests do not write into them."""
+    import logging
+
+    from detectron2.utils.logger import setup_logger
+
+    before = {name: list(lg.handlers) for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    yield
+    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+        if not isinstance(lg, logging.Logger):
+            continue
+        for handler in lg.handlers[:]:
+            if handler not in before.get(name, []):
+                lg.removeHandler(handler)
+                handler.close()
+    setup_logger.cache_clear()

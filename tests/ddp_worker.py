@@ -1,4 +1,5 @@
-"""Run by tests/test_workflows.py: train with N CPU processes (gloo), each rank saves its weights."""
+"""Run by tests/test_workflows.py: train with N CPU processes (gloo), each rank saves its weights and
+the number of CPU threads it was given."""
 import sys
 
 import torch
@@ -11,10 +12,12 @@ from lambda_det.engine import Trainer, argument_parser, setup_cfg
 
 def train_and_dump(args, out_dir):
     cfg = setup_cfg(args)
+    rank = comm.get_rank()
+    with open(f"{out_dir}/rank{rank}_threads.txt", "w") as f:
+        f.write(str(torch.get_num_threads()))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
-    rank = comm.get_rank()
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, f"{out_dir}/rank{rank}_init.pth")
     trainer.train()
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, f"{out_dir}/rank{rank}.pth")

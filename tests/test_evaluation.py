@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from conftest import small_cfg
+from lambda_det.checks import UserError
 from lambda_det.data import TOY_CLASSES, generate_toy_dataset
 from lambda_det.evaluation import PAPER_TABLE6, build_coco_evaluator, compare, load_ap_by_size, write_ap_by_size
 
@@ -128,6 +129,6 @@ def test_compare_runs_side_by_side_with_the_paper(tmp_path):
     with pytest.raises(ValueError, match="unknown paper rows"):
         compare([tmp_path / "run_a"], tmp_path / "cmp", paper_rows=["ResNet-9000"])
     (tmp_path / "not_evaluated").mkdir()
-    with pytest.raises(FileNotFoundError, match="no ap_by_size.json"):
+    with pytest.raises(UserError, match="not_evaluated: no ap_by_size.json"):
         compare([tmp_path / "not_evaluated"], tmp_path / "cmp")
     assert set(PAPER_TABLE6) >= {"ResNet-101", "LambdaResNet-152"}

@@ -27,6 +27,8 @@ def test_short_main_job_learns_and_reports(tmp_path):
     assert ap["bbox"]["AP"] >= BOX_AP_FLOOR, ap["bbox"]
     assert ap["segm"]["AP"] >= MASK_AP_FLOOR, ap["segm"]
     assert all(ap[t][m] is not None for t in ("bbox", "segm") for m in ("APs", "APm", "APl"))
+    assert ap["provenance"]["iterations_trained"] == 200
+    assert ap["provenance"]["weights"] == str((out / "model_final.pth").resolve())
     assert (report / "ap_by_size.md").read_text().startswith("# AP by object size")
     assert cv2.imread(str(report / "ap_by_size.png")) is not None
     assert (out / "model_final.pth").exists() and (out / "metrics.json").exists()

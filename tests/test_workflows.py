@@ -14,30 +14,24 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-TOY_CONFIG = REPO / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml"
-# a tiny network and small images keep each iteration near a second on 2 cores
-TINY = [
-    "MODEL.LAMBDA_RESNET.STAGE_BLOCKS", "[1,1,1,1]", "MODEL.LAMBDA_RESNET.WIDTH_PER_GROUP", "32",
-    "MODEL.LAMBDA_RESNET.DIM_K", "8", "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "128", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
-]
+from conftest import REPO, TINY, TOY_CONFIG
 
 
 def _env():
     return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 
 
-def test_two_cpu_processes_train_to_identical_weights(tmp_path):
+def test_two_cpu_processes_train_to_identical_weights_each_on_its_share_of_the_cores(tmp_path):
     cmd = [
         sys.executable, str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), "--num-gpus", "2",
         "--config-file", str(TOY_CONFIG), *TINY, "SOLVER.MAX_ITER", "3", "SOLVER.BASE_LR", "0.02",
         "SOLVER.WARMUP_ITERS", "0", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "out"),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    env = {k: v for k, v in _env().items() if k != "OMP_NUM_THREADS"}  # the processes must split the cores themselves
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    share = max(1, len(os.sched_getaffinity(0)) // 2)  # all cores each made every iteration ~10x slower
+    assert [int((tmp_path / f"rank{r}_threads.txt").read_text()) for r in (0, 1)] == [share, share]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pth") for r in (0, 1))
     assert rank0.keys() == rank1.keys()
     for key in rank0:
@@ -127,19 +121,6 @@ def test_eval_only_without_weights_is_refused(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode != 0
     assert "--eval-only needs weights" in done.stderr
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_model
-
-    from lambda_det import load_config
-
-    cfg = load_config(str(TOY_CONFIG), TINY)
-    path = tmp_path_factory.mktemp("weights")
-    DetectionCheckpointer(build_model(cfg), save_dir=str(path)).save("tiny")
-    return path / "tiny.pth"
 
 
 def _demo(tiny_weights, out_dir, *inputs, threshold="0.99"):

@@ -5,14 +5,18 @@
         --input photos/ "more/*.jpg" clip.mp4 --output output/demo \
         --opts MODEL.WEIGHTS output/toy_lambda_resnet26/model_final.pth
 
-Exit status 1 when nothing could be processed. Logic: lambda_det/demo.py.
+Refused before any work: an --output that is an existing file or an input folder, one whose
+pictures would replace an input, or pictures of an earlier run there (unless --overwrite).
+The output folder is never scanned for inputs. Exit status: 0 done, 1 nothing could be processed,
+2 bad arguments, config, weights or output location. Logic: lambda_det/demo.py.
 """
 import argparse
 import sys
 from pathlib import Path
 
 import lambda_det
-from lambda_det.demo import Demo, collect_inputs, run_demo
+from lambda_det.checks import UserError, probability, validate_config
+from lambda_det.demo import Demo, check_outputs, collect_inputs, plan_outputs, run_demo
 
 
 def main() -> int:
@@ -20,22 +24,26 @@ def main() -> int:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--input", nargs="+", required=True, help="image files, globs, directories, videos")
     parser.add_argument("--output", required=True, help="directory for the drawn images / videos")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score to draw")
+    parser.add_argument("--confidence-threshold", type=probability, default=0.5, help="minimum score to draw, in [0, 1]")
+    parser.add_argument("--overwrite", action="store_true", help="replace pictures an earlier run left in --output")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     args = parser.parse_args()
-    cfg = lambda_det.load_config(args.config_file, args.opts)
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
-    import torch
-
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
     try:
-        demo = Demo(cfg)
-    except ValueError as exc:
+        cfg = lambda_det.load_config(args.config_file, args.opts)
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+        import torch
+
+        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+            cfg.MODEL.DEVICE = "cpu"
+        cfg.freeze()
+        validate_config(cfg, training=False)
+        output = Path(args.output)
+        inputs = collect_inputs(args.input, exclude=output)
+        check_outputs(inputs, plan_outputs(inputs, output), output, args.overwrite)  # before the model is loaded
+        processed = run_demo(Demo(cfg), inputs, output, overwrite=args.overwrite)
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    processed = run_demo(demo, collect_inputs(args.input), Path(args.output))
     if processed == 0:
         print("error: nothing could be processed", file=sys.stderr)
         return 1

@@ -4,8 +4,15 @@ evaluate AP by object size, run the demo, print where the results are. Logic: la
 
     python tools/quickstart.py [--output DIR] [--max-iter N] [--no-resume] [KEY VALUE ...]
 """
+import sys
+
 import lambda_det  # noqa: F401
+from lambda_det.checks import UserError
 from lambda_det.engine.quickstart import run
 
 if __name__ == "__main__":
-    run()
+    try:
+        run()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

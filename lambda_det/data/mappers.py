@@ -6,17 +6,19 @@ from typing import List
 import detectron2.data.transforms as T
 from detectron2.data import DatasetMapper
 
+from ..checks import ConfigError
+
 
 def build_lsj_augmentations(cfg) -> List[T.Augmentation]:
     """Large-scale jitter (Ghiasi et al. 2021): random scale in [MIN_SCALE, MAX_SCALE] of an
     IMAGE_SIZE square fit, IMAGE_SIZE x IMAGE_SIZE crop (padded), horizontal flip."""
     lsj = cfg.INPUT.LSJ
     if not 0 < lsj.MIN_SCALE <= lsj.MAX_SCALE:
-        raise ValueError(
+        raise ConfigError(
             f"INPUT.LSJ.MIN_SCALE={lsj.MIN_SCALE!r} and MAX_SCALE={lsj.MAX_SCALE!r} need 0 < MIN_SCALE <= MAX_SCALE"
         )
     if not isinstance(lsj.IMAGE_SIZE, int) or lsj.IMAGE_SIZE < 32:
-        raise ValueError(f"INPUT.LSJ.IMAGE_SIZE={lsj.IMAGE_SIZE!r} must be an integer >= 32")
+        raise ConfigError(f"INPUT.LSJ.IMAGE_SIZE={lsj.IMAGE_SIZE!r} must be an integer >= 32")
     size = lsj.IMAGE_SIZE
     augs: List[T.Augmentation] = [
         T.ResizeScale(min_scale=lsj.MIN_SCALE, max_scale=lsj.MAX_SCALE, target_height=size, target_width=size),

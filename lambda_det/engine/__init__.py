@@ -1,5 +1,5 @@
 """Engine: the trainer and the train_net entry point."""
-from .train import argument_parser, launch_from_args, main, setup_cfg
+from .train import argument_parser, launch_from_args, load_cfg, main, preflight, run_cli, setup_cfg
 from .trainer import Trainer
 
-__all__ = ["Trainer", "argument_parser", "launch_from_args", "main", "setup_cfg"]
+__all__ = ["Trainer", "argument_parser", "launch_from_args", "load_cfg", "main", "preflight", "run_cli", "setup_cfg"]

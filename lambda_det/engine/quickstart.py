@@ -11,10 +11,14 @@ from typing import List, Optional
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
 
+from ..checkpoint import check_resume
+from ..checks import check_datasets, non_negative_int, positive_int, validate_config
 from ..config import load_config
 from ..data import prepare_dataset
 from ..demo import Demo, Inputs, run_demo
 from ..evaluation import load_ap_by_size, markdown_table
+from ..outputs import OutputError, refuse_file
+from .train import existing_run
 from .trainer import Trainer
 
 TOY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml"
@@ -24,9 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config-file", default=str(TOY_CONFIG), help="toy config to train")
     parser.add_argument("--output", default=None, help="output directory (default: the config's OUTPUT_DIR)")
-    parser.add_argument("--max-iter", type=int, default=None, help="shorter or longer training (steps scale along)")
-    parser.add_argument("--demo-images", type=int, default=8, help="validation images to run the demo on")
-    parser.add_argument("--no-resume", action="store_true", help="start at iteration 0 even if OUTPUT_DIR has checkpoints")
+    parser.add_argument("--max-iter", type=positive_int, default=None, help="shorter or longer training (steps scale along)")
+    parser.add_argument("--demo-images", type=non_negative_int, default=8, help="validation images to run the demo on")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="a new run from iteration 0 (refused if the output directory already holds a run)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser
 
@@ -37,7 +42,8 @@ def build_cfg(args):
         cfg.OUTPUT_DIR = args.output
     if args.max_iter:
         scale = args.max_iter / cfg.SOLVER.MAX_ITER
-        cfg.SOLVER.STEPS = tuple(int(round(s * scale)) for s in cfg.SOLVER.STEPS)
+        steps = {int(round(s * scale)) for s in cfg.SOLVER.STEPS}
+        cfg.SOLVER.STEPS = tuple(sorted(s for s in steps if 0 < s < args.max_iter))
         cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, args.max_iter // 4))
         cfg.SOLVER.MAX_ITER = args.max_iter
     cfg.MODEL.DEVICE = "cpu"
@@ -46,9 +52,21 @@ def build_cfg(args):
 
 
 def run(argv: Optional[List[str]] = None) -> dict:
+    """The main job. Raises UserError (before anything is written) for bad flags, config or output."""
     args = build_parser().parse_args(argv)
     cfg = build_cfg(args)
+    validate_config(cfg, training=True)
+    check_datasets(cfg, (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST), "DATASETS")
+    refuse_file(Path(cfg.OUTPUT_DIR), "--output")
+    if args.no_resume and existing_run(cfg.OUTPUT_DIR):
+        raise OutputError(
+            f"--no-resume: {cfg.OUTPUT_DIR} already holds a run; nothing was written. Retrain into another "
+            "--output, or move the old run away yourself"
+        )
+    if not args.no_resume:
+        check_resume(cfg.OUTPUT_DIR)
     default_setup(cfg, argparse.Namespace(config_file=args.config_file, eval_only=False, opts=args.opts, resume=not args.no_resume))
+    Trainer.run_context = {"config_file": args.config_file}
     log = logging.getLogger("lambda_det")
     start = time.perf_counter()
     out = Path(cfg.OUTPUT_DIR)
@@ -72,7 +90,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
     demo_cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.5
     demo_cfg.freeze()
     demo_dir = out / "demo"
-    run_demo(Demo(demo_cfg), Inputs(images=val_images), demo_dir, report=log.info)
+    # the run's own pictures: a resumed run draws them again from its final weights
+    run_demo(Demo(demo_cfg), Inputs(images=val_images), demo_dir, report=log.info, overwrite=True)
 
     report_dir = out / "inference" / val_name
     _, summary = load_ap_by_size(report_dir / "ap_by_size.json")  # written by Trainer.test

@@ -1,26 +1,33 @@
-"""Detectron2's DefaultTrainer, adapted: LSJ mapper, COCO evaluation with AP-by-size reports,
-and DDP / AMP that also work (or fail clearly) on the CPU."""
+"""Detectron2's DefaultTrainer, adapted: LSJ mapper, COCO evaluation with AP-by-size reports that
+record what produced them, weights that must fit when resuming, and DDP / AMP that also work (or
+fail clearly) on the CPU."""
 from __future__ import annotations
 
 import logging
 import os
 import weakref
 from pathlib import Path
+from typing import Optional
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_train_loader
+from detectron2.data import DatasetCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import Checkpointer
+from ..checks import ConfigError, check_dataset_dicts
 from ..data import build_train_mapper, prepare_dataset
-from ..evaluation import build_coco_evaluator, write_ap_by_size
+from ..evaluation import build_coco_evaluator, evaluation_provenance, write_ap_by_size
 
 logger = logging.getLogger("lambda_det")
 
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with lambda_det's data, evaluation and CPU-aware distributed training."""
+
+    # What this process evaluates, for the provenance in ap_by_size.json (set by train_net's main):
+    # {"config_file": ..., "weights": file evaluated by --eval-only, or None while training}.
+    run_context: dict = {}
 
     def __init__(self, cfg):
         # Same construction as DefaultTrainer.__init__ (Detectron2 0.7), except for two things it
@@ -30,7 +37,7 @@ class Trainer(DefaultTrainer):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
-            raise ValueError(
+            raise ConfigError(
                 "SOLVER.AMP.ENABLED=True needs a CUDA device (Detectron2's AMPTrainer); on the CPU set "
                 "SOLVER.AMP.ENABLED False (the lambda layers compute in float32 either way)"
             )
@@ -43,17 +50,33 @@ class Trainer(DefaultTrainer):
         )
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, cfg=cfg, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def resume_or_load(self, resume=True):
+        """Detectron2's: a resumed run's checkpoint must fit the model exactly (the same run goes on);
+        MODEL.WEIGHTS for a new run may differ (fine-tuning with new heads), with Detectron2's warnings."""
+        self.checkpointer.strict = bool(resume and self.checkpointer.has_checkpoint())
+        try:
+            super().resume_or_load(resume=resume)
+        finally:
+            self.checkpointer.strict = False
+
     @classmethod
     def build_train_loader(cls, cfg):
         for name in cfg.DATASETS.TRAIN:
             prepare_dataset(name)
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        check_dataset_dicts(cfg, dataset, cfg.DATASETS.TRAIN)  # before the first iteration, not in it
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg), dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -73,23 +96,46 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process() and results:
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
             run_name = Path(cfg.OUTPUT_DIR).name
-            storage_iter = _current_iteration()
+            trained = _iterations_trained(cfg)
+            if trained is None and cls.run_context.get("iteration") is not None:  # --eval-only of a checkpoint
+                trained = cls.run_context["iteration"] + 1
             for dataset_name, dataset_results in per_dataset.items():
                 if not dataset_results:
                     continue
                 out = Path(cfg.OUTPUT_DIR) / "inference" / dataset_name
+                provenance = evaluation_provenance(
+                    cfg,
+                    dataset_name,
+                    weights=cls.run_context.get("weights"),
+                    iterations_trained=trained,
+                    config_file=cls.run_context.get("config_file"),
+                    num_images=_dataset_size(dataset_name),
+                )
                 paths = write_ap_by_size(
-                    dataset_results, out, run_name, extra={"dataset": dataset_name, "iteration": storage_iter}
+                    dataset_results, out, run_name, extra={"dataset": dataset_name, "iterations_trained": trained},
+                    provenance=provenance,
                 )
                 logger.info("AP by object size for %s: %s", dataset_name, ", ".join(str(p) for p in paths.values()))
         return results
 
 
-def _current_iteration():
+def _iterations_trained(cfg) -> Optional[int]:
+    """Iterations behind the model evaluated during training (None outside training).
+
+    Detectron2's storage holds the iteration being run (periodic evaluation, after its step), or
+    MAX_ITER and beyond after training (a finished run resumed again counts one more).
+    """
     from detectron2.utils.events import get_event_storage
 
     try:
-        return get_event_storage().iter
+        current = get_event_storage().iter
     except AssertionError:  # evaluation outside training (--eval-only)
         return None
+    return min(current + 1, cfg.SOLVER.MAX_ITER)
 
+
+def _dataset_size(name: str) -> Optional[int]:
+    try:
+        return len(DatasetCatalog.get(name))
+    except Exception:  # the count is informative only
+        return None

@@ -1,9 +1,25 @@
 """Evaluation: COCO box/mask AP and the AP-by-object-size reports (paper Table 6 shape)."""
-from .ap_by_size import PAPER_TABLE6, compare, load_ap_by_size, markdown_table, summarize, write_ap_by_size
+from .ap_by_size import (
+    PAPER_TABLE6,
+    ResultFileError,
+    compare,
+    load_ap_by_size,
+    load_run,
+    markdown_table,
+    provenance_table,
+    summarize,
+    write_ap_by_size,
+)
 from .coco import build_coco_evaluator, has_detectron2_ops
+from .provenance import describe_model, evaluation_provenance
 
 __all__ = [
     "PAPER_TABLE6",
+    "ResultFileError",
+    "describe_model",
+    "evaluation_provenance",
+    "load_run",
+    "provenance_table",
     "build_coco_evaluator",
     "compare",
     "has_detectron2_ops",

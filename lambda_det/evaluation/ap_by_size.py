@@ -6,6 +6,9 @@ import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..checks import UserError
+from ..outputs import OutputError, ensure_writable_dir, existing, refuse_overwrite, write_text
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASKS = (("bbox", "box"), ("segm", "mask"))
 
@@ -87,51 +90,136 @@ def bar_chart(rows: Sequence[Tuple[str, Summary]], path: Path, title: str = "AP 
     axes[1].legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise OutputError(f"could not write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
 
 
 def write_ap_by_size(
-    results: Mapping[str, Mapping[str, float]], out_dir: Path, run_name: str, extra: Optional[dict] = None
+    results: Mapping[str, Mapping[str, float]], out_dir: Path, run_name: str, extra: Optional[dict] = None,
+    provenance: Optional[dict] = None,
 ) -> Dict[str, Path]:
-    """Write ap_by_size.json, ap_by_size.md and ap_by_size.png into ``out_dir``; return their paths."""
+    """Write ap_by_size.json, ap_by_size.md and ap_by_size.png into ``out_dir``; return their paths.
+
+    ``provenance`` (what produced the numbers: weights, config, input size, dataset) goes into the
+    JSON and under the markdown table.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     paths = {"json": out_dir / "ap_by_size.json", "md": out_dir / "ap_by_size.md", "png": out_dir / "ap_by_size.png"}
     payload = {"run": run_name, **(extra or {}), **summary}
-    paths["json"].write_text(json.dumps(payload, indent=2))
-    paths["md"].write_text(f"# AP by object size: {run_name}\n\n" + markdown_table([(run_name, summary)]))
+    if provenance:
+        payload["provenance"] = provenance
+    write_text(paths["json"], json.dumps(payload, indent=2))
+    md = f"# AP by object size: {run_name}\n\n" + markdown_table([(run_name, summary)])
+    if provenance:
+        md += "\n" + provenance_table([(run_name, provenance)])
+    write_text(paths["md"], md)
     bar_chart([(run_name, summary)], paths["png"], f"AP by object size: {run_name}")
     return paths
 
 
+def provenance_table(rows: Sequence[Tuple[str, Optional[dict]]]) -> str:
+    """| run | dataset | weights | iterations | test size | model | config |: what produced each row."""
+    head = ["run", "dataset", "weights", "iterations", "test size", "model", "config"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, p in rows:
+        if not p:
+            lines.append("| " + " | ".join([name] + ["-"] * (len(head) - 1)) + " |")
+            continue
+        weights = str(p.get("weights") or "-")
+        if p.get("weights_sha256"):
+            weights += f" (sha256 {p['weights_sha256'][:8]})"
+        size = p.get("input_size_test") or {}
+        dataset = str(p.get("dataset", "-")) + (f" ({p['images']} images)" if p.get("images") else "")
+        config = p.get("config_file") or "-"
+        if p.get("config_sha256"):
+            config += f" (sha256 {p['config_sha256'][:8]})"
+        cells = [name, dataset, weights, str(p.get("iterations_trained", "-")), f"{size.get('min', '-')}/{size.get('max', '-')}",
+                 str(p.get("model", "-")), config]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+class ResultFileError(UserError):
+    """A run or result file given to compare_runs that is not an evaluated run."""
+
+
+def find_ap_by_size(path: Path) -> Path:
+    """The ap_by_size.json of a run: the file itself, or the only one under an output directory."""
+    path = Path(path)
+    if not path.exists():
+        raise ResultFileError(f"{path}: no such file or directory")
+    if path.is_file():
+        return path
+    found = sorted(path.rglob("ap_by_size.json"))
+    if not found:
+        raise ResultFileError(f"{path}: no ap_by_size.json under it; evaluate the run first (tools/train_net.py --eval-only ...)")
+    if len(found) > 1:
+        listed = ", ".join(str(p) for p in found[:4])
+        raise ResultFileError(f"{path} holds {len(found)} evaluations ({listed}): name the ap_by_size.json you mean")
+    return found[0]
+
+
 def load_ap_by_size(path: Path) -> Tuple[str, Summary]:
     """(run name, summary) from an ap_by_size.json or an output directory that holds one."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(path.rglob("ap_by_size.json"))
-        if not found:
-            raise FileNotFoundError(f"no ap_by_size.json under {path}: evaluate the run first (train_net.py --eval-only)")
-        path = found[-1]
-    data = json.loads(path.read_text())
-    return data.get("run", path.parent.name), {t: data[t] for t, _ in TASKS if t in data}
+    name, summary, _ = load_run(path)
+    return name, summary
 
 
-def compare(run_paths: Sequence[Path], out_dir: Path, paper_rows: Sequence[str] = (), names: Sequence[str] = ()) -> Dict[str, Path]:
+def load_run(path: Path) -> Tuple[str, Summary, Optional[dict]]:
+    """(run name, summary, provenance or None), checking that the file is what it should be."""
+    path = find_ap_by_size(path)
+    try:
+        data = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise ResultFileError(f"{path} is not an ap_by_size.json: not a text file") from None
+    except json.JSONDecodeError as exc:
+        raise ResultFileError(f"{path} is not an ap_by_size.json: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or not any(isinstance(data.get(t), dict) for t, _ in TASKS):
+        raise ResultFileError(f"{path} is not an ap_by_size.json: it has no 'bbox' or 'segm' results")
+    summary: Summary = {}
+    for task, _ in TASKS:
+        if isinstance(data.get(task), dict):
+            values = data[task]
+            wrong = [m for m in METRICS if values.get(m) is not None and not isinstance(values.get(m), (int, float))]
+            if wrong:
+                raise ResultFileError(f"{path}: {task} {wrong[0]}={values[wrong[0]]!r} is not a number")
+            summary[task] = {m: values.get(m) for m in METRICS}
+    return str(data.get("run", path.parent.name)), summary, data.get("provenance")
+
+
+def compare(
+    run_paths: Sequence[Path], out_dir: Path, paper_rows: Sequence[str] = (), names: Sequence[str] = (),
+    overwrite: bool = False,
+) -> Dict[str, Path]:
     """One table and one chart for several runs, with rows of the paper's Table 6 as reference."""
     unknown = [r for r in paper_rows if r not in PAPER_TABLE6]
     if unknown:
-        raise ValueError(f"unknown paper rows {unknown}; Table 6 has {list(PAPER_TABLE6)}")
-    rows: List[Tuple[str, Summary]] = []
-    for i, path in enumerate(run_paths):
-        name, summary = load_ap_by_size(path)
-        rows.append((names[i] if i < len(names) else name, summary))
-    rows += [(f"paper: {r}", {t: {m: PAPER_TABLE6[r][t].get(m) for m in METRICS} for t in PAPER_TABLE6[r]}) for r in paper_rows]
+        raise ResultFileError(f"unknown paper rows {unknown}; Table 6 has {list(PAPER_TABLE6)}")
+    if len(names) > len(run_paths):
+        raise ResultFileError(f"--names gives {len(names)} names for {len(run_paths)} runs")
+    runs = [load_run(path) for path in run_paths]  # every input is checked before anything is written
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "comparison.md", "png": out_dir / "comparison.png", "json": out_dir / "comparison.json"}
-    paths["md"].write_text("# AP by object size, side by side\n\n" + markdown_table(rows))
-    paths["json"].write_text(json.dumps([{"run": n, **s} for n, s in rows], indent=2))
+    if not overwrite:
+        refuse_overwrite(existing(paths.values()), "--output", "from an earlier comparison")
+    ensure_writable_dir(out_dir, "--output")
+    rows: List[Tuple[str, Summary]] = []
+    provenance: List[Tuple[str, Optional[dict]]] = []
+    for i, (name, summary, prov) in enumerate(runs):
+        label = names[i] if i < len(names) else name
+        rows.append((label, summary))
+        provenance.append((label, prov))
+    rows += [(f"paper: {r}", {t: {m: PAPER_TABLE6[r][t].get(m) for m in METRICS} for t in PAPER_TABLE6[r]}) for r in paper_rows]
+    text = "# AP by object size, side by side\n\n" + markdown_table(rows)
+    text += "\n## What produced each run\n\n" + provenance_table(provenance)
+    write_text(paths["md"], text)
+    prov_by_name = dict(provenance)
+    write_text(paths["json"], json.dumps([{"run": n, **s, "provenance": prov_by_name.get(n)} for n, s in rows], indent=2))
     bar_chart(rows, paths["png"], "AP by object size, side by side")
     return paths

@@ -25,6 +25,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
+from ..checks import ConfigError
 from ..layers import LambdaLayer
 from ..layers.position_lambdas import IMPL_CHOICES
 from .layouts import STAGE_BLOCKS, STAGE_NAMES, VARIANTS, parse_layout, stage_blocks, variant_layout
@@ -147,22 +148,10 @@ def build_lambda_resnet(
     ``num_classes=1000`` with ``out_features=["res5", "linear"]`` gives the ImageNet form whose parameters
     the paper reports.
     """
-    blocks = tuple(blocks_per_stage) if blocks_per_stage else stage_blocks(depth)
-    if len(blocks) != 4 or min(blocks) < 1:
-        raise ValueError(f"MODEL.LAMBDA_RESNET.STAGE_BLOCKS={list(blocks)!r} needs 4 positive block counts")
-    if variant == "custom":
-        if not layout:
-            raise ValueError("MODEL.LAMBDA_RESNET.VARIANT='custom' needs MODEL.LAMBDA_RESNET.LAYOUT (4 entries)")
-        stage_layouts = parse_layout(layout, blocks)
-    else:
-        if layout:
-            raise ValueError(
-                f"MODEL.LAMBDA_RESNET.LAYOUT={list(layout)!r} is only read with VARIANT='custom' (got VARIANT={variant!r})"
-            )
-        stage_layouts = variant_layout(variant, blocks, depth)
+    stage_layouts = resolve_layout(depth=depth, variant=variant, layout=layout, blocks_per_stage=blocks_per_stage)
     unknown = set(se_stages) - set(STAGE_NAMES)
     if unknown:
-        raise ValueError(f"MODEL.LAMBDA_RESNET.SE_STAGES has {sorted(unknown)}; allowed: {list(STAGE_NAMES)}")
+        raise ConfigError(f"MODEL.LAMBDA_RESNET.SE_STAGES has {sorted(unknown)}; allowed: {list(STAGE_NAMES)}")
 
     lambda_kwargs = dict(dim_k=dim_k, heads=heads, dim_u=dim_u, scope=scope, impl=impl, global_max_size=global_max_size)
     stem = DeepStem(in_channels, norm=norm)
@@ -192,17 +181,48 @@ def build_lambda_resnet(
     return model
 
 
+def resolve_layout(*, depth: int, variant: str, layout: Sequence[str] = (), blocks_per_stage: Sequence[int] = ()):
+    """One string per stage, one letter per block: "C" conv block, "L" lambda block."""
+    blocks = tuple(blocks_per_stage) if blocks_per_stage else stage_blocks(depth)
+    if len(blocks) != 4 or min(blocks) < 1:
+        raise ConfigError(f"MODEL.LAMBDA_RESNET.STAGE_BLOCKS={list(blocks)!r} needs 4 positive block counts")
+    if variant == "custom":
+        if not layout:
+            raise ConfigError("MODEL.LAMBDA_RESNET.VARIANT='custom' needs MODEL.LAMBDA_RESNET.LAYOUT (4 entries)")
+        return parse_layout(layout, blocks)
+    if layout:
+        raise ConfigError(
+            f"MODEL.LAMBDA_RESNET.LAYOUT={list(layout)!r} is only read with VARIANT='custom' (got VARIANT={variant!r})"
+        )
+    return variant_layout(variant, blocks, depth)
+
+
+def lambda_block_input_strides(kwargs: Dict) -> Dict[str, int]:
+    """{"res4.1": 16, ...}: the stride of the map each lambda block's layer runs on (a downsampling
+    block's layer runs at the previous stage's resolution, then pools)."""
+    layouts = resolve_layout(
+        depth=kwargs["depth"], variant=kwargs["variant"], layout=kwargs["layout"], blocks_per_stage=kwargs["blocks_per_stage"]
+    )
+    strides = {}
+    for index, (name, letters) in enumerate(zip(STAGE_NAMES, layouts)):
+        stage_stride = 4 * 2**index
+        for i, letter in enumerate(letters):
+            if letter == "L":
+                strides[f"{name}.{i}"] = stage_stride // 2 if (i == 0 and index > 0) else stage_stride
+    return strides
+
+
 def lambda_resnet_kwargs_from_cfg(cfg, input_channels: int) -> Dict:
     """Read MODEL.LAMBDA_RESNET (see lambda_det/config.py), checking every value."""
     c = cfg.MODEL.LAMBDA_RESNET
 
     def allowed(key: str, value, choices) -> None:
         if value not in choices:
-            raise ValueError(f"MODEL.LAMBDA_RESNET.{key}={value!r} is not allowed; choose from {list(choices)}")
+            raise ConfigError(f"MODEL.LAMBDA_RESNET.{key}={value!r} is not allowed; choose from {list(choices)}")
 
     def positive(key: str, value) -> None:
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"MODEL.LAMBDA_RESNET.{key}={value!r} must be a positive integer")
+            raise ConfigError(f"MODEL.LAMBDA_RESNET.{key}={value!r} must be a positive integer")
 
     allowed("VARIANT", c.VARIANT, VARIANTS)
     allowed("NORM", c.NORM, NORMS)
@@ -212,15 +232,15 @@ def lambda_resnet_kwargs_from_cfg(cfg, input_channels: int) -> Dict:
     if not c.STAGE_BLOCKS:
         allowed("DEPTH", c.DEPTH, sorted(STAGE_BLOCKS))
     if not isinstance(c.SCOPE, int) or c.SCOPE < 0 or (c.SCOPE > 0 and c.SCOPE % 2 == 0):
-        raise ValueError(f"MODEL.LAMBDA_RESNET.SCOPE={c.SCOPE!r} must be an odd size r (r x r scope) or 0 for global")
+        raise ConfigError(f"MODEL.LAMBDA_RESNET.SCOPE={c.SCOPE!r} must be an odd size r (r x r scope) or 0 for global")
     if not 0.0 <= c.SE_RATIO <= 1.0:
-        raise ValueError(f"MODEL.LAMBDA_RESNET.SE_RATIO={c.SE_RATIO!r} must lie in [0, 1]")
+        raise ConfigError(f"MODEL.LAMBDA_RESNET.SE_RATIO={c.SE_RATIO!r} must lie in [0, 1]")
     unknown = set(c.OUT_FEATURES) - set(STAGE_NAMES) - {"stem"}
     if not c.OUT_FEATURES or unknown:
-        raise ValueError(f"MODEL.LAMBDA_RESNET.OUT_FEATURES={list(c.OUT_FEATURES)!r}: choose from {['stem', *STAGE_NAMES]}")
+        raise ConfigError(f"MODEL.LAMBDA_RESNET.OUT_FEATURES={list(c.OUT_FEATURES)!r}: choose from {['stem', *STAGE_NAMES]}")
     freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
     if not isinstance(freeze_at, int) or not 0 <= freeze_at <= 5:
-        raise ValueError(f"MODEL.BACKBONE.FREEZE_AT={freeze_at!r} must be 0 (nothing) .. 5 (stem and all stages)")
+        raise ConfigError(f"MODEL.BACKBONE.FREEZE_AT={freeze_at!r} must be 0 (nothing) .. 5 (stem and all stages)")
     return dict(
         depth=c.DEPTH,
         variant=c.VARIANT,
@@ -253,7 +273,7 @@ def build_lambda_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     bottom_up = build_lambda_resnet_backbone(cfg, input_shape)
     missing = set(cfg.MODEL.FPN.IN_FEATURES) - set(bottom_up.output_shape())
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.FPN.IN_FEATURES={list(cfg.MODEL.FPN.IN_FEATURES)} asks for {sorted(missing)}, which "
             f"MODEL.LAMBDA_RESNET.OUT_FEATURES={list(cfg.MODEL.LAMBDA_RESNET.OUT_FEATURES)} does not provide"
         )

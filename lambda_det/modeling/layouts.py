@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
+from ..checks import ConfigError
+
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
 # blocks per stage c2-c3-c4-c5 (App. D)
@@ -36,7 +38,7 @@ VARIANTS = ("lambda", "lambda-c4", "conv", "all-lambda", "custom")
 
 def stage_blocks(depth: int) -> Tuple[int, int, int, int]:
     if depth not in STAGE_BLOCKS:
-        raise ValueError(f"MODEL.LAMBDA_RESNET.DEPTH={depth!r} is not one of {sorted(STAGE_BLOCKS)}")
+        raise ConfigError(f"MODEL.LAMBDA_RESNET.DEPTH={depth!r} is not one of {sorted(STAGE_BLOCKS)}")
     return STAGE_BLOCKS[depth]
 
 
@@ -56,13 +58,13 @@ def variant_layout(variant: str, blocks: Sequence[int], depth: int) -> List[str]
         return ["C" * blocks[0], "C" * blocks[1], "L" * blocks[2], "L" * blocks[3]]
     if variant == "lambda":
         if depth not in PAPER_C4_LAMBDA_BLOCKS or tuple(blocks) != STAGE_BLOCKS[depth]:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.LAMBDA_RESNET.VARIANT='lambda' places lambda blocks as the paper does for depths "
                 f"{sorted(PAPER_C4_LAMBDA_BLOCKS)}; with STAGE_BLOCKS={list(blocks)} use VARIANT='custom' and LAYOUT"
             )
         c4 = "".join("L" if i + 1 in PAPER_C4_LAMBDA_BLOCKS[depth] else "C" for i in range(blocks[2]))
         return ["C" * blocks[0], "C" * blocks[1], c4, "L" * blocks[3]]
-    raise ValueError(f"MODEL.LAMBDA_RESNET.VARIANT={variant!r} is not one of {list(VARIANTS)}")
+    raise ConfigError(f"MODEL.LAMBDA_RESNET.VARIANT={variant!r} is not one of {list(VARIANTS)}")
 
 
 def parse_layout(layout: Sequence[str], blocks: Sequence[int]) -> List[str]:
@@ -71,16 +73,16 @@ def parse_layout(layout: Sequence[str], blocks: Sequence[int]) -> List[str]:
     ["C", "C", "L", "L"] is the paper's C-C-L-L hybrid; ["C", "C", "CCLCCL", "L"] places per block.
     """
     if len(layout) != 4:
-        raise ValueError(f"MODEL.LAMBDA_RESNET.LAYOUT={list(layout)!r} needs 4 entries (res2..res5)")
+        raise ConfigError(f"MODEL.LAMBDA_RESNET.LAYOUT={list(layout)!r} needs 4 entries (res2..res5)")
     out = []
     for name, spec, n in zip(STAGE_NAMES, layout, blocks):
         spec = str(spec).upper()
         if not spec or set(spec) - {"C", "L"}:
-            raise ValueError(f"MODEL.LAMBDA_RESNET.LAYOUT entry {spec!r} for {name} must be letters C (conv) / L (lambda)")
+            raise ConfigError(f"MODEL.LAMBDA_RESNET.LAYOUT entry {spec!r} for {name} must be letters C (conv) / L (lambda)")
         if len(spec) == 1:
             spec = spec * n
         if len(spec) != n:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.LAMBDA_RESNET.LAYOUT entry {spec!r} for {name} has {len(spec)} letters; the stage has {n} blocks"
             )
         out.append(spec)

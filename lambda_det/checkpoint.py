@@ -1,0 +1,246 @@
+"""Reading weights: errors that name the file and what is wrong with it, weights that must fit the
+model they are loaded into, and the intact checkpoints of a run whose last one is damaged."""
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import yaml
+from detectron2.checkpoint import DetectionCheckpointer
+
+from .checks import UserError
+
+logger = logging.getLogger("lambda_det")
+
+
+class WeightsError(UserError):
+    """A weights file that cannot be read, or that does not fit the model."""
+
+
+def is_local(path: str) -> bool:
+    return "://" not in str(path)
+
+
+def weights_problem(path: str) -> Optional[str]:
+    """What is wrong with a local weights file, or None when it opens as a checkpoint.
+
+    Cheap: PyTorch zip checkpoints are memory-mapped, so a large file is not read.
+    """
+    problem = file_problem(path)
+    if problem:
+        return problem
+    file = Path(path)
+    try:
+        if file.suffix == ".pkl":
+            with open(file, "rb") as f:
+                loaded = pickle.load(f, encoding="latin1")
+        elif zipfile.is_zipfile(file):
+            loaded = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+        else:
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # every failure is reported as a fact about the file
+        return describe_load_error(file, exc)
+    if not isinstance(loaded, dict):
+        return f"is not a checkpoint: it holds a {type(loaded).__name__}, not a dict of tensors"
+    return None
+
+
+def file_problem(path: str) -> Optional[str]:
+    """Missing, not a file, or empty: what can be told without reading the file."""
+    file = Path(path)
+    if not file.exists():
+        return "no such file"
+    if not file.is_file():
+        return "is a directory, not a checkpoint file" if file.is_dir() else "is not a regular file"
+    if file.stat().st_size == 0:
+        return "is empty (0 bytes)"
+    return None
+
+
+def describe_load_error(file: Path, exc: BaseException) -> str:
+    """torch's / pickle's failure in words about the file (never the advice to unpickle unsafely)."""
+    text = str(exc)
+    with open(file, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK") and ("central directory" in text or "zip archive" in text or isinstance(exc, EOFError)):
+        return "is truncated or corrupt (a zip archive whose end is missing: a save that was cut off, or a partial copy)"
+    if isinstance(exc, EOFError) or "Ran out of input" in text:
+        return "is truncated (it ends in the middle of its data)"
+    if "Weights only load failed" in text:
+        return "holds Python objects other than tensors and plain containers, which torch does not load safely; it is not a checkpoint this project wrote"
+    if isinstance(exc, pickle.UnpicklingError) or "invalid load key" in text or "could not find MARK" in text:
+        return "is not a checkpoint (neither a PyTorch archive nor a pickle)"
+    return f"could not be read as a checkpoint ({type(exc).__name__}: {text.splitlines()[0][:200] if text else ''})"
+
+
+class Checkpointer(DetectionCheckpointer):
+    """DetectionCheckpointer whose errors name the file, and which can refuse weights that do not fit.
+
+    ``strict=True``: missing, unexpected or differently shaped tensors raise WeightsError with a
+    short summary (evaluation, the demo, --resume). ``strict=False`` keeps Detectron2's warnings,
+    which fine-tuning with new heads relies on.
+    """
+
+    def __init__(self, model, save_dir: str = "", *, strict: bool = False, cfg=None, **checkpointables) -> None:
+        super().__init__(model, save_dir, **checkpointables)
+        self.strict = strict
+        self.cfg = cfg
+        self._path: Optional[str] = None
+
+    def load(self, path, *args, **kwargs):
+        problem = file_problem(path) if path and is_local(path) else None
+        if problem:
+            raise WeightsError(f"weights {path} {problem}")
+        self._path = path
+        try:
+            return super().load(path, *args, **kwargs)
+        except (OSError, RuntimeError) as exc:
+            if path and not is_local(path):  # Detectron2 downloads URLs on first use
+                raise WeightsError(f"weights {path} could not be fetched: {exc}") from None
+            raise
+        finally:
+            self._path = None
+
+    def _torch_load(self, f):
+        loaded = super()._torch_load(f)
+        if not isinstance(loaded, dict):
+            raise WeightsError(f"weights {f} is not a checkpoint: it holds a {type(loaded).__name__}, not a dict of tensors")
+        return loaded
+
+    def _load_file(self, filename):
+        try:
+            checkpoint = super()._load_file(filename)
+        except WeightsError:
+            raise
+        except Exception as exc:
+            raise WeightsError(f"weights {filename} {describe_load_error(Path(filename), exc)}") from None
+        if not isinstance(checkpoint.get("model"), dict):
+            raise WeightsError(f"weights {filename} is not a checkpoint: it holds no state dict of tensors")
+        return checkpoint
+
+    def _load_model(self, checkpoint):
+        bad = [k for k, v in checkpoint["model"].items() if not hasattr(v, "shape")]
+        if bad:
+            raise WeightsError(f"weights {self._path} is not a state dict of tensors (e.g. {bad[0]!r} is a {type(checkpoint['model'][bad[0]]).__name__})")
+        return super()._load_model(checkpoint)
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        if self.strict and (incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes):
+            raise WeightsError(fit_report(self._path, incompatible, self.cfg))
+        super()._log_incompatible_keys(incompatible)
+
+
+def fit_report(path: str, incompatible, cfg=None, limit: int = 4) -> str:
+    """A few lines on what of a checkpoint does not fit the model (not a line per tensor)."""
+    lines = [f"weights {path} do not fit the model this config builds:"]
+    if incompatible.incorrect_shapes:
+        shown = [f"{k} {tuple(a)} in the file, {tuple(b)} in the model" for k, a, b in incompatible.incorrect_shapes[:limit]]
+        more = len(incompatible.incorrect_shapes) - limit
+        lines.append(f"  other shapes ({len(incompatible.incorrect_shapes)}): " + "; ".join(shown) + (f"; ... {more} more" if more > 0 else ""))
+    for keys, what in ((incompatible.missing_keys, "in the model but not in the file"),
+                       (incompatible.unexpected_keys, "in the file but not in the model")):
+        if keys:
+            lines.append(f"  {what} ({len(keys)} tensors): {_group(keys, limit)}")
+    saved_cfg = Path(path).parent / "config.yaml"
+    if saved_cfg.is_file():
+        differences = config_differences(saved_cfg, cfg) if cfg is not None else []
+        if differences:
+            lines.append(f"  the run that saved it used {saved_cfg}, which differs in: " + "; ".join(differences))
+        else:
+            lines.append(f"  the run that saved it left its config in {saved_cfg}")
+    lines.append("  (pass the config the weights were trained with, or weights trained with this config)")
+    return "\n".join(lines)
+
+
+def _group(keys: Sequence[str], limit: int) -> str:
+    modules: Dict[str, int] = {}
+    for key in keys:
+        module = ".".join(key.split(".")[:-1][:5]) or key
+        modules[module] = modules.get(module, 0) + 1
+    names = sorted(modules)
+    shown = ", ".join(f"{m} ({modules[m]})" for m in names[:limit])
+    return shown + (f", ... {len(names) - limit} more modules" if len(names) > limit else "")
+
+
+def config_differences(saved_config: Path, cfg, limit: int = 6) -> List[str]:
+    """MODEL.* values of a saved config.yaml that differ from ``cfg`` (weights and device aside)."""
+    try:
+        saved = yaml.safe_load(saved_config.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(saved, dict) or not isinstance(saved.get("MODEL"), dict):
+        return []
+    ours = _flatten(yaml.safe_load(cfg.dump())["MODEL"], "MODEL")
+    theirs = _flatten(saved["MODEL"], "MODEL")
+    skip = {"MODEL.WEIGHTS", "MODEL.DEVICE"}
+    keys = [k for k in sorted(set(ours) | set(theirs)) if k not in skip and not k.endswith("_TEST") and ours.get(k) != theirs.get(k)]
+    shown = [f"{k} = {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in keys[:limit]]
+    return shown + ([f"... {len(keys) - limit} more"] if len(keys) > limit else [])
+
+
+def _flatten(node, prefix: str) -> Dict[str, object]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: Dict[str, object] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}"))
+    return out
+
+
+def checkpoint_iteration(name: str) -> Optional[int]:
+    match = re.fullmatch(r"model_(\d+)\.pth", name)
+    return int(match.group(1)) if match else None
+
+
+def intact_checkpoints(output_dir: Path, exclude: Sequence[Path] = ()) -> List[Tuple[Path, Optional[int]]]:
+    """(file, iteration) of the checkpoints in a run directory that open, newest first."""
+    excluded = {Path(p).resolve() for p in exclude}
+    found = []
+    for path in Path(output_dir).glob("model_*.pth"):
+        if path.resolve() in excluded:
+            continue
+        iteration = checkpoint_iteration(path.name)
+        found.append((path, iteration if iteration is not None else float("inf")))
+    found.sort(key=lambda item: (item[1], item[0].stat().st_mtime), reverse=True)
+    return [(p, None if it == float("inf") else it) for p, it in found if weights_problem(str(p)) is None]
+
+
+def check_resume(output_dir: str) -> Optional[Path]:
+    """The checkpoint --resume will load (None: the run starts at iteration 0); WeightsError if it is damaged."""
+    marker = Path(output_dir) / "last_checkpoint"
+    if not marker.is_file():
+        return None
+    name = marker.read_text().strip()
+    last = Path(output_dir) / name
+    problem = weights_problem(str(last))
+    if problem is None:
+        return last
+    intact = intact_checkpoints(Path(output_dir), exclude=[last])
+    lines = [f"--resume: the last checkpoint {last} (named in {marker}) {problem}; nothing was changed."]
+    if intact:
+        path, iteration = intact[0]
+        at = f" (iteration {iteration})" if iteration is not None else ""
+        lines.append(
+            f"  The newest intact checkpoint is {path}{at}. To resume from it, point last_checkpoint at it:\n"
+            f"    echo {path.name} > {marker}\n  and run the same command again with --resume."
+        )
+    else:
+        lines.append(f"  No intact checkpoint is left in {output_dir}: start a new run in another OUTPUT_DIR.")
+    raise WeightsError("\n".join(lines))
+
+
+__all__ = [
+    "Checkpointer",
+    "WeightsError",
+    "check_resume",
+    "config_differences",
+    "describe_load_error",
+    "fit_report",
+    "intact_checkpoints",
+    "weights_problem",
+]

@@ -1,0 +1,61 @@
+"""What a registered COCO-format dataset holds: images, instances per class, and the share of
+instances in COCO's small / medium / large area ranges (the ranges AP by object size uses)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List
+
+from detectron2.data import MetadataCatalog
+
+from ..checks import UserError, check_registered
+from .datasets import prepare_dataset
+
+# COCOeval's area ranges (pixels of the instance's segmentation area)
+SMALL_MAX_AREA = 32**2
+LARGE_MIN_AREA = 96**2
+
+
+def dataset_statistics(name: str) -> Dict:
+    """Counts from the dataset's COCO json (generated first for the toy sets)."""
+    check_registered(name, "the command line")
+    prepare_dataset(name)
+    json_file = MetadataCatalog.get(name).get("json_file", None)
+    if not json_file:
+        raise UserError(f"dataset {name!r} has no COCO json file in its metadata; statistics need one")
+    try:
+        coco = json.loads(Path(json_file).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{json_file} (dataset {name!r}) could not be read as COCO json: {exc}") from None
+    areas = [a["area"] for a in coco.get("annotations", []) if not a.get("iscrowd", 0)]
+    names = {c["id"]: c["name"] for c in coco.get("categories", [])}
+    per_class: Dict[str, int] = {n: 0 for n in names.values()}
+    for a in coco.get("annotations", []):
+        per_class[names.get(a["category_id"], str(a["category_id"]))] += 1
+    n = len(areas)
+    small = sum(a < SMALL_MAX_AREA for a in areas)
+    large = sum(a > LARGE_MIN_AREA for a in areas)
+    share = (lambda k: round(100.0 * k / n, 1)) if n else (lambda k: None)
+    return {
+        "dataset": name,
+        "json_file": str(json_file),
+        "images": len(coco.get("images", [])),
+        "instances": n,
+        "per_class": per_class,
+        "small_pct": share(small),
+        "medium_pct": share(n - small - large),
+        "large_pct": share(large),
+    }
+
+
+def statistics_table(stats: List[Dict]) -> str:
+    head = ["dataset", "images", "instances", "small %", "medium %", "large %", "per class"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in stats:
+        classes = ", ".join(f"{k} {v}" for k, v in s["per_class"].items())
+        cells = [s["dataset"], s["images"], s["instances"], s["small_pct"], s["medium_pct"], s["large_pct"], classes]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["dataset_statistics", "statistics_table"]

@@ -1,0 +1,78 @@
+"""What produced an evaluation: weights, config, input size, dataset, versions. Stored in
+ap_by_size.json so that runs can be told apart later (tools/compare_runs.py shows it)."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+
+def file_sha256(path: Path, prefix: int = 16) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:prefix]
+
+
+def describe_model(cfg) -> str:
+    """A short line that tells architectures apart: backbone and, for LambdaResNets, its layout."""
+    name = str(cfg.MODEL.BACKBONE.NAME)
+    if "lambda_resnet" in name and "LAMBDA_RESNET" in cfg.MODEL:
+        c = cfg.MODEL.LAMBDA_RESNET
+        depth = f"blocks {list(c.STAGE_BLOCKS)}" if c.STAGE_BLOCKS else f"depth {c.DEPTH}"
+        layout = f" {'-'.join(c.LAYOUT)}" if c.VARIANT == "custom" else ""
+        scope = "global" if c.SCOPE == 0 else f"r={c.SCOPE}"
+        se = f", SE {list(c.SE_STAGES)}" if c.SE_STAGES else ""
+        return f"LambdaResNet {depth}, {c.VARIANT}{layout}, width {c.WIDTH_PER_GROUP}, {c.NORM}, {scope}{se}"
+    if "resnet" in name.lower():
+        return f"{name} (ResNet-{cfg.MODEL.RESNETS.DEPTH})"
+    return name
+
+
+def evaluation_provenance(
+    cfg,
+    dataset_name: str,
+    *,
+    weights: Optional[str] = None,
+    iterations_trained: Optional[int] = None,
+    config_file: Optional[str] = None,
+    num_images: Optional[int] = None,
+) -> dict:
+    """The record stored under "provenance" in ap_by_size.json.
+
+    ``weights``: the file evaluated (--eval-only, the demo), or None for the model being trained
+    (then the run directory and, once training is done, its model_final.pth are recorded).
+    ``iterations_trained``: training iterations behind the weights (None: unknown).
+    """
+    import detectron2
+    import torch
+
+    from .. import __version__
+
+    record: dict = {"dataset": dataset_name}
+    if num_images is not None:
+        record["images"] = num_images
+    if weights:
+        path = Path(weights)
+        record["weights"] = str(path.resolve()) if path.is_file() else str(weights)
+        if path.is_file():
+            record["weights_sha256"] = file_sha256(path)
+    else:
+        final = Path(cfg.OUTPUT_DIR) / "model_final.pth"
+        finished = iterations_trained is not None and iterations_trained >= cfg.SOLVER.MAX_ITER and final.is_file()
+        record["weights"] = str(final.resolve()) if finished else f"training state of {Path(cfg.OUTPUT_DIR).resolve()}"
+        record["initialized_from"] = cfg.MODEL.WEIGHTS or "scratch"
+    record["iterations_trained"] = iterations_trained
+    record["model"] = describe_model(cfg)
+    record["input_size_test"] = {"min": cfg.INPUT.MIN_SIZE_TEST, "max": cfg.INPUT.MAX_SIZE_TEST}
+    record["config_file"] = str(Path(config_file).resolve()) if config_file else None
+    record["config_sha256"] = hashlib.sha256(cfg.dump().encode()).hexdigest()[:16]
+    record["output_dir"] = str(Path(cfg.OUTPUT_DIR).resolve())
+    record["evaluated_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record["versions"] = {"lambda_det": __version__, "torch": torch.__version__, "detectron2": detectron2.__version__}
+    return record
+
+
+__all__ = ["describe_model", "evaluation_provenance", "file_sha256"]

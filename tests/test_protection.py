@@ -1,0 +1,442 @@
+"""Nothing a user owns is lost or silently wrong: inputs and earlier outputs are never written over,
+failed writes are errors, weights must fit, and bad values are named where they enter.
+
+Most tools run in this process (conftest.run_tool) to keep the suite fast; what they print is
+what a user sees.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY, TOY_CONFIG, run_tool, save_tiny_weights
+from PIL import Image
+
+from lambda_det import load_config
+from lambda_det.checkpoint import Checkpointer, WeightsError, check_resume, weights_problem
+from lambda_det.checks import ConfigError, UserError, validate_config
+from lambda_det.outputs import OutputError
+
+
+def _hashes(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _photos(folder: Path) -> Path:
+    """A folder of the user's images, one of them a PNG whose drawn picture would take its name."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "beach.png"), rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "street.jpg"), rng.integers(0, 256, (70, 50, 3), dtype=np.uint8))
+    (folder / "notes.txt").write_text("my notes")
+    return folder
+
+
+def _demo(weights, inputs, output, *extra):
+    return run_tool("demo.py", "--config-file", TOY_CONFIG, "--input", *map(str, inputs), "--output", output,
+                    "--confidence-threshold", "0.99", *extra, "--opts", "MODEL.WEIGHTS", weights, *TINY)
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo never loses the user's files
+# ---------------------------------------------------------------------------------------------
+def test_demo_output_equal_to_or_inside_the_input_folder_twice_changes_nothing(tiny_weights, tmp_path, capsys):
+    photos = _photos(tmp_path / "photos")
+    before = _hashes(photos)
+
+    for _ in range(2):  # the same folder: refused before any work, both times
+        assert _demo(tiny_weights, [photos], photos) == 2
+        assert "is the input folder" in capsys.readouterr().err
+        assert _hashes(photos) == before
+
+    inside = photos / "detections"
+    assert _demo(tiny_weights, [photos], inside) == 0
+    first = _hashes(photos)
+    assert {k for k in first if k.startswith("detections/")} == {"detections/beach.png", "detections/street.png"}
+    assert {k: v for k, v in first.items() if not k.startswith("detections/")} == before
+    capsys.readouterr()
+
+    assert _demo(tiny_weights, [photos], inside) == 2  # the earlier pictures are not replaced unasked
+    err = capsys.readouterr().err
+    assert "would be overwritten" in err and "--overwrite" in err
+    assert _hashes(photos) == first
+
+    # asked to replace them: still only the two inputs are drawn, the earlier pictures are not inputs now
+    assert _demo(tiny_weights, [photos], inside, "--overwrite") == 0
+    assert "2 input(s) processed" in capsys.readouterr().out
+    assert set(_hashes(photos)) == set(first)
+    assert {k: v for k, v in _hashes(photos).items() if not k.startswith("detections/")} == before
+
+
+def test_demo_refuses_a_picture_that_would_replace_an_input(tiny_weights, tmp_path, capsys):
+    photos = _photos(tmp_path / "photos")
+    before = _hashes(photos)
+    # an input file named explicitly, with --output its own folder: beach.png would be drawn over beach.png
+    assert _demo(tiny_weights, [photos / "beach.png"], photos, "--overwrite") == 2
+    assert "would overwrite that input" in capsys.readouterr().err
+    assert _hashes(photos) == before
+
+
+def test_demo_output_that_is_an_existing_file_is_refused(tiny_weights, tmp_path, capsys):
+    photos = _photos(tmp_path / "photos")
+    target = tmp_path / "results.png"
+    target.write_bytes(b"the user's file")
+    assert _demo(tiny_weights, [photos], target) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    assert target.read_bytes() == b"the user's file"
+
+
+def test_a_failed_write_is_an_error_naming_the_path(tiny_weights, tmp_path, capsys, monkeypatch):
+    photos = _photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    (out / "beach.png").mkdir(parents=True)  # a folder where the picture must go: the write fails
+    assert _demo(tiny_weights, [photos], out, "--overwrite") == 2
+    captured = capsys.readouterr()
+    assert f"could not write image {out / 'beach.png'}" in captured.err
+    assert "processed" not in captured.out
+
+    # cv2.imwrite reports failure only by returning False (e.g. a read-only folder for a non-root user)
+    monkeypatch.setattr(cv2, "imwrite", lambda *a, **k: False)
+    assert _demo(tiny_weights, [photos / "street.jpg"], tmp_path / "out2") == 2
+    assert f"could not write image {tmp_path / 'out2' / 'street.png'}" in capsys.readouterr().err
+
+
+def test_demo_reads_images_as_detectron2_does_exif_orientation_included(tiny_weights, tmp_path, capsys):
+    from detectron2.data.detection_utils import read_image
+
+    from lambda_det.demo import read_image_bgr
+
+    photo = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees: as phones save portrait photos
+    pixels = np.zeros((40, 80, 3), dtype=np.uint8)
+    pixels[:, :20] = 255  # a white band on the left of the stored image
+    Image.fromarray(pixels).save(photo, exif=exif, quality=95)
+    for path in (photo, _photos(tmp_path / "more") / "beach.png"):
+        np.testing.assert_array_equal(read_image_bgr(path), read_image(str(path), format="BGR"))
+    assert read_image_bgr(photo).shape == (80, 40, 3)
+    assert _demo(tiny_weights, [photo], tmp_path / "out") == 0
+    drawn = cv2.imread(str(tmp_path / "out" / "phone.png"))
+    assert drawn.shape[:2] == (80, 40)  # the picture is upright, as the photo is shown
+
+
+def test_an_empty_input_folder_is_named(tiny_weights, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("no pictures")
+    assert _demo(tiny_weights, [tmp_path / "empty"], tmp_path / "out") == 1
+    assert f"skipped {tmp_path / 'empty'}: no images or videos in it" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# weights: readable, and fitting the model
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def broken_weights(tmp_path_factory, tiny_weights):
+    folder = tmp_path_factory.mktemp("broken")
+    data = Path(tiny_weights).read_bytes()
+    files = {
+        "missing": folder / "nothing_here.pth",
+        "empty": folder / "empty.pth",
+        "truncated": folder / "truncated.pth",
+        "random": folder / "random.pth",
+        "directory": folder / "a_folder.pth",
+        "tensor": folder / "tensor.pth",
+    }
+    files["empty"].write_bytes(b"")
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["random"].write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    files["directory"].mkdir()
+    torch.save(torch.zeros(3), files["tensor"])
+    return files
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("missing", "no such file"), ("empty", "is empty"), ("truncated", "truncated or corrupt"),
+    ("random", "is not a checkpoint"), ("directory", "is a directory"), ("tensor", "not a checkpoint"),
+])
+def test_unreadable_weights_are_one_line_naming_the_file(broken_weights, kind, reason, tmp_path, capsys):
+    path = broken_weights[kind]
+    assert reason in weights_problem(str(path))
+    cfg = load_config(str(TOY_CONFIG), [*TINY, "MODEL.WEIGHTS", str(path)])
+    from detectron2.modeling import build_model
+
+    with pytest.raises(WeightsError, match=reason) as info:
+        Checkpointer(build_model(cfg), strict=True).load(str(path))
+    assert str(path) in str(info.value) and "weights_only" not in str(info.value)
+
+    # through the tools: one `error:` line, exit status 2, no traceback, no unsafe advice
+    (tmp_path / "photo.png").write_bytes(cv2.imencode(".png", np.zeros((20, 20, 3), np.uint8))[1].tobytes())
+    assert _demo(path, [tmp_path / "photo.png"], tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(path) in err and reason in err
+    assert "Traceback" not in err and "weights_only" not in err
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "--eval-only", *TINY, "MODEL.WEIGHTS", path,
+                    "OUTPUT_DIR", tmp_path / "eval") == 2
+    err = capsys.readouterr().err
+    assert f"MODEL.WEIGHTS {path} " in err and reason in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["MODEL.LAMBDA_RESNET.LAYOUT", '["C","C","C","C"]'], "res4.0.conv2"),  # the conv baseline's weights
+    (["MODEL.ROI_HEADS.NUM_CLASSES", "80"], "roi_heads.box_predictor.cls_score.weight (81, 64) in the file, (5, 64) in the model"),
+    (["MODEL.LAMBDA_RESNET.WIDTH_PER_GROUP", "64"], "other shapes"),
+])
+def test_weights_of_another_architecture_are_refused_with_a_short_summary(tmp_path, capsys, overrides, expected):
+    weights = save_tiny_weights(tmp_path / "other_run", *overrides)
+    (tmp_path / "photo.png").write_bytes(cv2.imencode(".png", np.zeros((20, 20, 3), np.uint8))[1].tobytes())
+    assert _demo(weights, [tmp_path / "photo.png"], tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert f"weights {weights} do not fit" in err and expected in err
+    assert len(err.splitlines()) <= 8  # a summary, not a line per tensor
+    # the run's config.yaml beside the checkpoint says which keys differ
+    assert f"{overrides[0]} = " in err
+    assert not (tmp_path / "out").exists()  # refused before anything was drawn
+
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "--eval-only", *TINY, "MODEL.WEIGHTS", weights,
+                    "OUTPUT_DIR", tmp_path / "eval") == 2
+    err = capsys.readouterr().err
+    assert f"weights {weights} do not fit" in err and expected in err
+
+
+def test_fine_tuning_from_other_weights_keeps_detectron2s_warnings(tmp_path):
+    """Training from a checkpoint with other heads is fine-tuning: loaded where it fits, no error."""
+    from lambda_det.engine import Trainer
+
+    weights = save_tiny_weights(tmp_path / "pretrained", "MODEL.ROI_HEADS.NUM_CLASSES", "80")
+    cfg = load_config(str(TOY_CONFIG), [*TINY, "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "ft"),
+                                        "DATASETS.TEST", "()"])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    saved = torch.load(weights, weights_only=True)["model"]
+    model = trainer.model
+    key = "backbone.bottom_up.res4.0.conv2.to_q.weight"
+    torch.testing.assert_close(model.state_dict()[key], saved[key])  # the backbone was loaded
+    assert model.state_dict()["roi_heads.box_predictor.cls_score.weight"].shape[0] == 5  # new heads kept
+
+
+def test_resume_from_a_damaged_last_checkpoint_names_the_intact_one(tmp_path, tiny_weights, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = Path(tiny_weights).read_bytes()
+    (run / "model_0000004.pth").write_bytes(good)
+    (run / "model_0000009.pth").write_bytes(good)
+    (run / "model_0000014.pth").write_bytes(good[:1000])  # cut off: the disk filled up during the save
+    (run / "last_checkpoint").write_text("model_0000014.pth")
+    (run / "metrics.json").write_text("{}\n")
+    before = _hashes(run)
+    with pytest.raises(WeightsError) as info:
+        check_resume(str(run))
+    message = str(info.value)
+    assert f"{run / 'model_0000014.pth'}" in message and "truncated" in message
+    assert f"newest intact checkpoint is {run / 'model_0000009.pth'} (iteration 9)" in message
+    assert f"echo model_0000009.pth > {run / 'last_checkpoint'}" in message
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "--resume", *TINY, "OUTPUT_DIR", run) == 2
+    assert "newest intact checkpoint" in capsys.readouterr().err
+    assert _hashes(run) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# training and evaluation outputs
+# ---------------------------------------------------------------------------------------------
+def test_training_into_an_earlier_run_is_refused_without_resume(tmp_path, tiny_weights, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_final.pth").write_bytes(Path(tiny_weights).read_bytes())
+    (run / "last_checkpoint").write_text("model_final.pth")
+    (run / "metrics.json").write_text('{"iteration": 19}\n')
+    before = _hashes(run)
+    code = run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()",
+                    "OUTPUT_DIR", run)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err
+    assert _hashes(run) == before
+
+
+@pytest.mark.parametrize("name,exists", [("notes.txt", True), ("run.log", False), ("notes.txt/sub", True)])
+def test_output_dir_that_is_a_file_or_a_log_file_name_is_refused(tmp_path, capsys, name, exists):
+    notes = tmp_path / "notes.txt"
+    if exists:
+        notes.write_text("my notes\n")
+    output = tmp_path / name
+    code = run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()",
+                    "OUTPUT_DIR", output)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "OUTPUT_DIR" in err and str(output.name.split("/")[0]) in err
+    if exists:
+        assert notes.read_text() == "my notes\n"  # Detectron2's logger would have appended its log here
+    else:
+        assert not output.exists()
+
+
+def test_quickstart_never_retrains_over_a_run(tmp_path, capsys, tiny_weights):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_final.pth").write_bytes(Path(tiny_weights).read_bytes())
+    (run / "last_checkpoint").write_text("model_final.pth")
+    before = _hashes(run)
+    from lambda_det.engine.quickstart import run as quickstart
+
+    with pytest.raises(OutputError, match="already holds a run"):
+        quickstart(["--output", str(run), "--no-resume", "--max-iter", "2"])
+    assert _hashes(run) == before
+
+
+def _toy_eval_dataset(tmp_path_factory, images: int = 6):
+    import uuid
+
+    from detectron2.data import MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    from lambda_det.data import TOY_CLASSES, generate_toy_dataset
+
+    root = generate_toy_dataset(tmp_path_factory.mktemp("toy"), splits={"val": images}, seed=5)
+    name = f"toy_small_{uuid.uuid4().hex[:6]}"
+    register_coco_instances(name, {}, str(root / "annotations/instances_val.json"), str(root / "val"))
+    MetadataCatalog.get(name).thing_classes = list(TOY_CLASSES)
+    return name
+
+
+@pytest.fixture(scope="module")
+def small_val(tmp_path_factory):
+    return _toy_eval_dataset(tmp_path_factory)
+
+
+def test_evaluation_records_what_produced_it_and_is_not_replaced_unasked(tmp_path, tiny_weights, small_val, capsys):
+    out = tmp_path / "eval"
+    args = ["--config-file", TOY_CONFIG, "--eval-only", *TINY, "MODEL.WEIGHTS", tiny_weights,
+            "DATASETS.TEST", f"('{small_val}',)", "OUTPUT_DIR", out]
+    from lambda_det.engine import run_cli
+
+    assert run_cli([str(a) for a in args]) == 0
+    report = out / "inference" / small_val / "ap_by_size.json"
+    record = json.loads(report.read_text())["provenance"]
+    assert record["weights"] == str(Path(tiny_weights).resolve())
+    assert record["weights_sha256"] == hashlib.sha256(Path(tiny_weights).read_bytes()).hexdigest()[:16]
+    assert record["config_file"] == str(TOY_CONFIG.resolve())
+    assert record["dataset"] == small_val and record["images"] == 6
+    assert record["iterations_trained"] is None  # saved outside training: the file does not say
+    assert record["input_size_test"] == {"min": 128, "max": 128}
+    assert "LambdaResNet blocks [1, 1, 1, 1], custom C-C-L-L" in record["model"]
+    assert str(Path(tiny_weights).resolve()) in (report.parent / "ap_by_size.md").read_text()
+
+    before = _hashes(out / "inference")
+    assert run_cli([str(a) for a in args]) == 2  # a second evaluation into the same place
+    assert "--overwrite" in capsys.readouterr().err
+    assert _hashes(out / "inference") == before
+    assert run_cli(["--overwrite"] + [str(a) for a in args]) == 0
+
+    # compare_runs shows it, and does not replace its own earlier comparison unasked
+    assert run_tool("compare_runs.py", out, "--output", tmp_path / "cmp") == 0
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "What produced each run" in table and str(Path(tiny_weights).resolve()) in table
+    assert run_tool("compare_runs.py", out, "--output", tmp_path / "cmp") == 2
+    assert "would be overwritten" in capsys.readouterr().err
+
+
+def test_compare_runs_says_which_input_is_wrong_and_why(tmp_path, capsys):
+    bad_json = tmp_path / "bad" / "ap_by_size.json"
+    bad_json.parent.mkdir()
+    bad_json.write_text("{ not json")
+    no_results = tmp_path / "other.json"
+    no_results.write_text('{"run": "x"}')
+    two = tmp_path / "two"
+    for ds in ("a", "b"):
+        (two / "inference" / ds).mkdir(parents=True)
+        (two / "inference" / ds / "ap_by_size.json").write_text('{"bbox": {"AP": 1.0}}')
+    for path, reason in [(bad_json, "invalid JSON"), (no_results, "no 'bbox' or 'segm' results"),
+                         (two, "holds 2 evaluations"), (tmp_path / "nope", "no such file or directory")]:
+        assert run_tool("compare_runs.py", path, "--output", tmp_path / "cmp") == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and reason in err, err
+    assert not (tmp_path / "cmp").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# values checked where they enter
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tool,argv,expected", [
+    ("demo.py", ["--config-file", TOY_CONFIG, "--input", "x.png", "--output", "o", "--confidence-threshold", "1.5"],
+     "argument --confidence-threshold: '1.5' is not allowed: give a value in [0, 1]"),
+    ("quickstart.py", ["--max-iter", "0"], "argument --max-iter: '0' is not allowed: give an integer >= 1"),
+    ("quickstart.py", ["--demo-images", "-1"], "argument --demo-images: '-1' is not allowed"),
+    ("train_net.py", ["--config-file", TOY_CONFIG, "--num-gpus", "0"], "--num-gpus 0: give 1 or more"),
+    ("train_net.py", ["--config-file", TOY_CONFIG, "--num-machines", "2", "--machine-rank", "2"], "--machine-rank 2: must lie in [0, "),
+    ("train_net.py", ["--config-file", "configs/nope.yaml"], "config file configs/nope.yaml does not exist"),
+    ("train_net.py", ["--config-file", TOY_CONFIG, "SOLVER.MAX_ITR", "5"], "SOLVER.MAX_ITR is not a config key; did you mean SOLVER.MAX_ITER?"),
+    ("train_net.py", ["--config-file", TOY_CONFIG, "SOLVER.MAX_ITER"], "'SOLVER.MAX_ITER' has no value"),
+    ("benchmark_lambda.py", ["--repeats", "0"], "argument --repeats: '0' is not allowed"),
+    ("benchmark_lambda.py", ["--sides", "0"], "argument --sides: '0' is not allowed"),
+])
+def test_command_line_values_are_named_with_what_is_allowed(tool, argv, expected, capsys):
+    assert run_tool(tool, *argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD=0: must be an integer >= 1"),
+    (["SOLVER.BASE_LR", "-0.1"], "SOLVER.BASE_LR=-0.1: must be a number in (0.0, inf]"),
+    (["SOLVER.STEPS", "(500, 300)"], "SOLVER.STEPS=[500, 300]: must be increasing"),
+    (["SOLVER.MAX_ITER", "540"], "SOLVER.STEPS=[480, 540]: must be < SOLVER.MAX_ITER=540"),
+    (["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.5"], "MODEL.ROI_HEADS.SCORE_THRESH_TEST=1.5: must be a number in [0.0, 1.0]"),
+    (["MODEL.PIXEL_MEAN", "[100.0, 110.0]"], "MODEL.PIXEL_MEAN=[100.0, 110.0]: needs 3 value(s)"),
+    (["MODEL.DEVICE", "gpu"], "MODEL.DEVICE='gpu': must be 'cpu', 'cuda' or 'cuda:N'"),
+    (["MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32]]"], "needs 1 entry or one per MODEL.RPN.IN_FEATURES level (5)"),
+    (["MODEL.LAMBDA_RESNET.HEADS", "3"], "MODEL.LAMBDA_RESNET.HEADS=3: must divide the bottleneck width"),
+    (["MODEL.LAMBDA_RESNET.SCOPE", "0", "MODEL.LAMBDA_RESNET.GLOBAL_MAX_SIZE", "4"],
+     "GLOBAL_MAX_SIZE=4: INPUT.MAX_SIZE_TRAIN=128 gives lambda-layer maps of up to 16x16 (stride 8)"),
+    (["MODEL.FPN.OUT_CHANNELS", "48"], "MODEL.FPN.OUT_CHANNELS=48: must be a multiple of 32"),
+    (["MODEL.ROI_HEADS.NUM_CLASSES", "3"], "MODEL.ROI_HEADS.NUM_CLASSES=3, but dataset 'toy_shapes_train'"),
+    (["DATASETS.TRAIN", "('toy_shapes_trian',)"], "did you mean ['toy_shapes_train'"),
+    (["SOLVER.AMP.ENABLED", "True"], "SOLVER.AMP.ENABLED=True: needs a CUDA device"),
+    (["OUTPUT_DIR", "output/run.log"], "OUTPUT_DIR='output/run.log': ends like a file name"),
+])
+def test_config_values_that_cannot_work_stop_before_training(overrides, expected, capsys, tmp_path):
+    argv = ["--config-file", TOY_CONFIG, *TINY, "OUTPUT_DIR", tmp_path / "run", *overrides]
+    assert run_tool("train_net.py", *argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert not (tmp_path / "run").exists()  # stopped before Detectron2 made OUTPUT_DIR
+
+
+def test_images_per_batch_must_split_over_the_processes():
+    cfg = load_config(str(TOY_CONFIG), [*TINY, "SOLVER.IMS_PER_BATCH", "3"])
+    with pytest.raises(ConfigError, match=r"SOLVER.IMS_PER_BATCH=3: must be divisible by the number of processes \(2\)"):
+        validate_config(cfg, training=True, world_size=2)
+
+
+def test_annotations_the_config_cannot_read_fail_before_the_first_iteration(tmp_path):
+    """The toy masks are RLE: a polygon mask format would fail inside the data loader's first batch."""
+    from lambda_det.engine import Trainer
+
+    cfg = load_config(str(TOY_CONFIG), [*TINY, "INPUT.MASK_FORMAT", "polygon", "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(ConfigError, match="INPUT.MASK_FORMAT='polygon', but .*toy_shapes_train.* has RLE masks"):
+        Trainer.build_train_loader(cfg)
+
+
+def test_user_errors_are_value_errors_for_library_callers():
+    assert issubclass(ConfigError, UserError) and issubclass(UserError, ValueError)
+    assert issubclass(WeightsError, UserError) and issubclass(OutputError, UserError)
+
+
+# ---------------------------------------------------------------------------------------------
+# README says what the project's commands produce
+# ---------------------------------------------------------------------------------------------
+def test_readme_toy_dataset_numbers_are_what_the_stats_command_prints():
+    from lambda_det.data.stats import dataset_statistics
+    from lambda_det.data.toy import TOY_VERSION
+
+    readme = (REPO / "README.md").read_text()
+    assert f"~/.cache/lambda_det/{TOY_VERSION}" in readme
+    for name in ("toy_shapes_train", "toy_shapes_val"):
+        s = dataset_statistics(name)
+        row = f"| {name} | {s['images']} | {s['instances']} | {s['small_pct']} | {s['medium_pct']} | {s['large_pct']} |"
+        assert row in readme, row

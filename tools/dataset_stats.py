@@ -1,0 +1,31 @@
+#!/usr/bin/env python
+"""Images, instances per class and the small / medium / large split (COCO's area ranges) of
+registered datasets; the toy sets are generated first if needed.
+
+    python tools/dataset_stats.py toy_shapes_train toy_shapes_val
+
+Logic: lambda_det/data/stats.py.
+"""
+import argparse
+import sys
+
+import lambda_det  # noqa: F401  (registers the toy datasets)
+from lambda_det.checks import UserError
+from lambda_det.data.stats import dataset_statistics, statistics_table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="+", help="registered dataset names")
+    args = parser.parse_args()
+    try:
+        stats = [dataset_statistics(name) for name in args.datasets]
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(statistics_table(stats), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
