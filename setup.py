@@ -33,6 +33,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout"],
+        # tools/export_model.py --format onnx, and its tests (setup installs it with "test")
+        "export": ["onnx>=1.14", "onnxruntime>=1.16"],
         # competitors measured side by side by tools/benchmark_lambda.py
         "bench": ["timm>=1.0", "lambda-networks>=0.4"],
     },

@@ -414,7 +414,7 @@ def scope_sweep(
                 torch.manual_seed(0)
                 layer = LambdaLayer(spec.channels, spec.channels, dim_k=spec.dim_k, heads=spec.heads, scope=scope, impl=impl).to(dev)
                 row[impl] = time_forward_backward(layer, x, repeats)["median_s"]
-            row["auto picks"] = LambdaLayer(spec.channels, spec.channels, scope=scope).resolve_impl(side, side, dev)
+            row["auto picks"] = LambdaLayer(spec.channels, spec.channels, scope=scope).resolve_impl(side, side, needs_grad=True)
             records.append(row)
             log(json.dumps(row))
     out_dir.mkdir(parents=True, exist_ok=True)

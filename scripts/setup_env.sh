@@ -8,7 +8,7 @@
 #   LAMBDA_DET_VENV=.venv           where the virtual environment lives
 #   LAMBDA_DET_VENV_ARGS=--system-site-packages
 #                                   reuse a torch / detectron2 you built yourself (with CUDA ops)
-#   LAMBDA_DET_EXTRAS=test          pip extras of lambda_det to install (e.g. "test,bench")
+#   LAMBDA_DET_EXTRAS=test,export   pip extras of lambda_det to install (e.g. "test,export,bench")
 #
 # Every step that can fail ends the script with one line "setup failed: <what>: <what to do>".
 set -euo pipefail
@@ -17,7 +17,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 VENV="${LAMBDA_DET_VENV:-.venv}"
-EXTRAS="${LAMBDA_DET_EXTRAS:-test}"
+EXTRAS="${LAMBDA_DET_EXTRAS:-test,export}"
 TORCH_PIN="torch==2.13.0"
 TORCHVISION_PIN="torchvision==0.28.0"
 DETECTRON2_DIST="sal-detectron2==0.7.2"

@@ -6,7 +6,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .position_lambdas import IMPL_ALIASES, IMPL_CHOICES, POSITION_LAMBDA_IMPLS, choose_impl
+from .flops import counted_by_fvcore, position_term
+from .position_lambdas import IMPL_ALIASES, IMPL_CHOICES, choose_impl, position_lambdas, position_lambdas_conv2d
 
 Tensor = torch.Tensor
 
@@ -131,7 +132,7 @@ class LambdaLayer(nn.Module):
         Offsets beyond (height - 1, width - 1) only ever meet zero padding, so cropping them is
         exact; for a global scope it is what makes one table serve every input size.
         """
-        rh_full, rw_full = self.rel_pos_emb.shape[:2]
+        rh_full, rw_full = self.rel_pos_emb.shape[0], self.rel_pos_emb.shape[1]
         if self.scope is None and (height > self.global_max_size[0] or width > self.global_max_size[1]):
             raise ValueError(
                 f"input map {height}x{width} is larger than global_max_size={self.global_max_size} of this "
@@ -142,44 +143,81 @@ class LambdaLayer(nn.Module):
         emb = self.rel_pos_emb[oy : oy + 2 * ch + 1, ox : ox + 2 * cw + 1]
         return emb.permute(2, 3, 0, 1)
 
-    def resolve_impl(self, height: int, width: int, device: torch.device) -> str:
-        """The position-lambda form used for a map of this size (resolves impl="auto")."""
+    def resolve_impl(self, height: int, width: int, needs_grad: bool = True) -> str:
+        """The position-lambda form used for a map of this size (resolves impl="auto").
+
+        ``needs_grad``: whether autograd records the forward (training) or not (evaluation,
+        ``torch.no_grad`` / ``torch.inference_mode``); the fastest form differs.
+        """
         if self.impl != "auto":
             return self.impl
-        rh_full, rw_full = self.rel_pos_emb.shape[:2]
+        rh_full, rw_full = self.rel_pos_emb.shape[0], self.rel_pos_emb.shape[1]
         rh, rw = min(rh_full, 2 * height - 1), min(rw_full, 2 * width - 1)
-        return choose_impl(height, width, rh, rw, device)
+        return choose_impl(height, width, rh, rw, needs_grad)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"LambdaLayer expects an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
-        b, _, height, width = x.shape
-        n = height * width
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
+            if x.dim() != 4 or x.shape[1] != self.in_channels:
+                raise ValueError(
+                    f"LambdaLayer expects an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+                )
         q = self.to_q(x)
         keys = self.to_k(x)
         values = self.to_v(x)
-        if self.norm_q is not None:
+        if self.norm_q is not None and self.norm_v is not None:
             q = self.norm_q(q)
             values = self.norm_v(values)
 
-        out_dtype = _autocast_dtype(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-            q = q.to(compute_dtype).reshape(b, self.heads, self.dim_k, n)
-            keys = keys.to(compute_dtype).reshape(b, self.dim_u, self.dim_k, n).softmax(dim=-1)
-            values = values.to(compute_dtype).reshape(b, self.dim_u, self.dim_v, height, width)
-            content_lambda = torch.einsum("bukm,buvm->bkv", keys, values.reshape(b, self.dim_u, self.dim_v, n))
-            kernel = self.position_kernel(height, width).to(compute_dtype)
-            impl = self.resolve_impl(height, width, x.device)
-            position_lambdas = POSITION_LAMBDA_IMPLS[impl](values, kernel).reshape(b, self.dim_k, self.dim_v, n)
-            out = torch.einsum("bhkn,bkv->bhvn", q, content_lambda) + apply_position_lambdas(q, position_lambdas)
-            out = out.reshape(b, self.out_channels, height, width)
-        out = out.to(out_dtype)
+        if torch.jit.is_scripting():
+            out = self._lambdas(q, keys, values, x.dtype == torch.float64)
+        else:
+            # the softmax and the sums over positions run in float32 even under autocast
+            out_dtype = _autocast_dtype(x)
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = self._lambdas(q, keys, values, x.dtype == torch.float64)
+            out = out.to(out_dtype)
         if self.pool is not None:
             out = self.pool(out)
         return out
+
+    def _lambdas(self, q: Tensor, keys: Tensor, values: Tensor, double: bool) -> Tensor:
+        """y_n = concat_h (lambda_c + lambda^p_n)^T q_n^h from the projected queries, keys, values."""
+        b, height, width = q.shape[0], q.shape[2], q.shape[3]
+        n = height * width
+        dtype = torch.float64 if double else torch.float32
+        q = q.to(dtype).reshape(b, self.heads, self.dim_k, n)
+        keys = keys.to(dtype).reshape(b, self.dim_u, self.dim_k, n).softmax(dim=-1)
+        values = values.to(dtype).reshape(b, self.dim_u, self.dim_v, height, width)
+        # content lambda: sum over u and m of softmax(K) V^T, (b, k, v); matmuls, which fvcore counts exactly
+        flat_values = values.reshape(b, self.dim_u, self.dim_v, n)
+        content_lambda = torch.matmul(keys[:, 0], flat_values[:, 0].transpose(1, 2))
+        for i in range(1, self.dim_u):
+            content_lambda = content_lambda + torch.matmul(keys[:, i], flat_values[:, i].transpose(1, 2))
+        # lambda_c^T q_n for every head and position: one (v x k)(k x n) product per image and head
+        lhs = content_lambda.transpose(1, 2).unsqueeze(1).expand(b, self.heads, self.dim_v, self.dim_k)
+        content = torch.bmm(lhs.reshape(b * self.heads, self.dim_v, self.dim_k), q.reshape(b * self.heads, self.dim_k, n))
+        out = content.reshape(b, self.heads, self.dim_v, n) + self._position_term(q, values, height, width)
+        return out.reshape(b, self.out_channels, height, width)
+
+    def _position_term(self, q: Tensor, values: Tensor, height: int, width: int) -> Tensor:
+        """(lambda^p_n)^T q_n for every position n, (b, h, v, n)."""
+        b = q.shape[0]
+        dtype = q.dtype
+        if not torch.jit.is_scripting():
+            if counted_by_fvcore(self):  # one operator whose FLOPs fvcore counts by the definition
+                kernel = self.position_kernel(height, width).to(dtype)
+                return position_term(q, values, kernel, self.resolve_impl(height, width, False))
+            if torch.jit.is_tracing():
+                # A trace records one path for all sizes: the convolution with the whole table is
+                # exact at every size (it never crops to the map), where the FFT's padded sizes and
+                # the kernel crop would be frozen at the traced size.
+                kernel = self.rel_pos_emb.permute(2, 3, 0, 1).to(dtype)
+                lam = position_lambdas_conv2d(values, kernel)
+                return apply_position_lambdas(q, lam.reshape(b, self.dim_k, self.dim_v, height * width))
+        kernel = self.position_kernel(height, width).to(dtype)
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or values.requires_grad)
+        lam = position_lambdas(values, kernel, self.resolve_impl(height, width, needs_grad))
+        return apply_position_lambdas(q, lam.reshape(b, self.dim_k, self.dim_v, height * width))
 
 
 def apply_position_lambdas(q: Tensor, lambdas: Tensor) -> Tensor:
@@ -191,8 +229,8 @@ def apply_position_lambdas(q: Tensor, lambdas: Tensor) -> Tensor:
     # unbind, not indexing: indexing's backward would write k full-size zero gradients
     queries, per_k = q.unbind(2), lambdas.unbind(1)
     out = queries[0].unsqueeze(2) * per_k[0].unsqueeze(1)
-    for q_i, lambda_i in zip(queries[1:], per_k[1:]):
-        out = out + q_i.unsqueeze(2) * lambda_i.unsqueeze(1)
+    for i in range(1, len(queries)):
+        out = out + queries[i].unsqueeze(2) * per_k[i].unsqueeze(1)
     return out
 
 

@@ -20,11 +20,11 @@ The forms differ only in speed and memory (paper_notes §1, Table 2):
               that cannot alias into the output (H + rh // 2). Cost independent of the scope, which
               is why it wins for the paper's r = 23 on a CPU.
 
-Inputs are float32/float64; autocast is the caller's business (see LambdaLayer).
+Inputs are float32/float64; autocast is the caller's business (see LambdaLayer). Everything here
+is TorchScript-compatible (``torch.jit.script`` of the layer uses it as is).
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -38,27 +38,26 @@ def position_lambdas_einsum(values: Tensor, kernel: Tensor) -> Tensor:
     b, u, v, h, w = values.shape
     e = relative_embedding_matrix(kernel, h, w)  # (n, m, k, u)
     lam = torch.einsum("nmku,buvm->bkvn", e, values.reshape(b, u, v, h * w))
-    return lam.reshape(b, -1, v, h, w)
+    return lam.reshape(b, kernel.shape[0], v, h, w)
 
 
 def relative_embedding_matrix(kernel: Tensor, height: int, width: int) -> Tensor:
     """E[n, m, k, u] = kernel[k, u, pos(m) - pos(n) + centre], zero outside the kernel's window."""
     k, u, rh, rw = kernel.shape
-    index, inside = _relative_index(height, width, rh, rw, str(kernel.device))
+    index, inside = _relative_index(height, width, rh, rw, kernel.device)
     flat = kernel.reshape(k * u, rh * rw).t()  # (rh*rw, k*u)
     e = flat[index] * inside.unsqueeze(-1).to(kernel.dtype)  # (n, m, k*u)
     return e.reshape(height * width, height * width, k, u)
 
 
-@lru_cache(maxsize=64)
-def _relative_index(height: int, width: int, rh: int, rw: int, device: str) -> Tuple[Tensor, Tensor]:
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    ys, xs = ys.reshape(-1), xs.reshape(-1)
-    dy = ys[None, :] - ys[:, None] + rh // 2  # row n = query, column m = context
-    dx = xs[None, :] - xs[:, None] + rw // 2
+def _relative_index(height: int, width: int, rh: int, rw: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    ys = torch.arange(height, device=device).repeat_interleave(width)
+    xs = torch.arange(width, device=device).repeat(height)
+    dy = ys.unsqueeze(0) - ys.unsqueeze(1) + rh // 2  # row n = query, column m = context
+    dx = xs.unsqueeze(0) - xs.unsqueeze(1) + rw // 2
     inside = (dy >= 0) & (dy < rh) & (dx >= 0) & (dx < rw)
     index = dy.clamp(0, rh - 1) * rw + dx.clamp(0, rw - 1)
-    return index.to(device), inside.to(device)
+    return index, inside
 
 
 def position_lambdas_conv2d(values: Tensor, kernel: Tensor) -> Tensor:
@@ -72,8 +71,7 @@ def position_lambdas_conv2d(values: Tensor, kernel: Tensor) -> Tensor:
 
 def position_lambdas_conv3d(values: Tensor, kernel: Tensor) -> Tensor:
     """The paper's form: Conv3d over (H, W, v) with u input and k output channels, kernel (rh, rw, 1)."""
-    b, u, v, h, w = values.shape
-    k, _, rh, rw = kernel.shape
+    rh, rw = kernel.shape[2], kernel.shape[3]
     volume = values.permute(0, 1, 3, 4, 2)  # (b, u, H, W, v)
     lam = F.conv3d(volume, kernel.unsqueeze(-1), padding=(rh // 2, rw // 2, 0))  # (b, k, H, W, v)
     return lam.permute(0, 1, 4, 2, 3)
@@ -97,18 +95,31 @@ def position_lambdas_fft(values: Tensor, kernel: Tensor) -> Tensor:
     return lam[..., :h, :w]
 
 
-@lru_cache(maxsize=512)
 def fft_size(minimum: int) -> int:
     """Smallest 5-smooth integer >= minimum (pocketfft and cuFFT are fastest on those)."""
     n = minimum
-    while True:
+    smooth = False
+    while not smooth:
         m = n
         for p in (2, 3, 5):
             while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
+                m = m // p
+        smooth = m == 1
         n += 1
+    return n - 1
+
+
+def position_lambdas(values: Tensor, kernel: Tensor, impl: str) -> Tensor:
+    """The position lambdas by the named form ("einsum", "conv2d", "conv3d" or "fft")."""
+    if impl == "fft":
+        return position_lambdas_fft(values, kernel)
+    if impl == "conv2d":
+        return position_lambdas_conv2d(values, kernel)
+    if impl == "conv3d":
+        return position_lambdas_conv3d(values, kernel)
+    if impl == "einsum":
+        return position_lambdas_einsum(values, kernel)
+    raise ValueError("unknown position-lambda form " + impl)
 
 
 POSITION_LAMBDA_IMPLS: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
@@ -122,14 +133,13 @@ IMPL_ALIASES = {"conv": "conv2d"}
 IMPL_CHOICES = ("auto", "conv", *POSITION_LAMBDA_IMPLS)
 
 
-def choose_impl(height: int, width: int, rh: int, rw: int, device: torch.device) -> str:
-    """The fastest form for this shape and device (measurements: docs/lambda_layer.md).
+def choose_impl(height: int, width: int, rh: int, rw: int, needs_grad: bool) -> str:
+    """The fastest form for this shape and for what is computed (measurements: docs/lambda_layer.md).
 
     The direct convolution costs O(n k v rh rw); the FFT costs O(k v P log P) with P ~ n, whatever
     the scope. On a 2-core CPU (batch 2, d = 256, k = 16, h = 4) conv2d wins up to a 7x7 kernel and
     on maps of at most 16x16; the FFT wins beyond (2.6x at 64x64 with r = 23). The einsum form is
     never the fastest (its E tensor is n x m x k) and conv3d is never faster than conv2d.
-    CUDA follows the same rule; it has not been measured on a GPU yet.
     """
     if rh * rw <= 7 * 7 or height * width <= 16 * 16:
         return "conv2d"

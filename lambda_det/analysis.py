@@ -1,0 +1,196 @@
+"""FLOPs, parameters, activations and structure of a model built from a config, as Detectron2's
+``tools/analyze_model.py`` reports them (fvcore's conventions: one multiply-add = one flop), with
+the lambda layers counted by their definition (``lambda_det.layers.flops``). Used by
+``tools/analyze_model.py``.
+
+FLOPs and activations of a detector depend on the input: on its size, and on how many proposals
+and detections the heads process. Inputs come from ``DATASETS.TEST[0]`` as in Detectron2, or are
+synthetic images of a given size; ``worst_case`` makes the heads' work input-independent (every
+image gets the test-time maximum of proposals and detections), which is how the README's table is
+counted.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from detectron2.modeling import build_model
+from detectron2.structures import ImageList
+
+from .checkpoint import Checkpointer
+
+logger = logging.getLogger("lambda_det")
+
+TASKS = ("flop", "activation", "parameter", "structure")
+
+
+def worst_case(cfg) -> None:
+    """Test-time settings under which every image yields POST_NMS_TOPK_TEST proposals and
+    DETECTIONS_PER_IMAGE detections, whatever the weights: no NMS, no score threshold."""
+    cfg.MODEL.RPN.NMS_THRESH = 1.0
+    cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 1.0
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+
+
+def build_analysis_model(cfg) -> torch.nn.Module:
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        Checkpointer(model, strict=True, cfg=cfg).load(cfg.MODEL.WEIGHTS)
+    return model.eval()
+
+
+def synthetic_inputs(num_inputs: int, height: int, width: int, seed: int = 0) -> List[List[dict]]:
+    """Uniform-noise uint8 images of one size, in Detectron2's input format (batch of one)."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        [{"image": torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8), "height": height, "width": width}]
+        for _ in range(num_inputs)
+    ]
+
+
+def dataset_inputs(cfg, num_inputs: int) -> List[List[dict]]:
+    """The first ``num_inputs`` batches of Detectron2's test loader of DATASETS.TEST[0]."""
+    from detectron2.data import build_detection_test_loader
+
+    from .data import prepare_dataset
+
+    name = cfg.DATASETS.TEST[0]
+    prepare_dataset(name)
+    inputs = []
+    for batch in build_detection_test_loader(cfg, name):
+        inputs.append(batch)
+        if len(inputs) == num_inputs:
+            break
+    return inputs
+
+
+def backbone_images(model, batch: Sequence[dict]) -> torch.Tensor:
+    """The normalized, padded image tensor the backbone sees for a batch of inputs."""
+    images = model.preprocess_image(batch)
+    assert isinstance(images, ImageList)
+    return images.tensor
+
+
+@dataclass
+class FlopReport:
+    per_input_model: List[float] = field(default_factory=list)
+    per_input_backbone: List[float] = field(default_factory=list)
+    per_input_bottom_up: List[float] = field(default_factory=list)
+    by_operator: Counter = field(default_factory=Counter)
+    table: str = ""
+
+    def summary(self) -> Dict[str, float]:
+        return {
+            "model_gflops": float(np.mean(self.per_input_model)) / 1e9,
+            "model_gflops_std": float(np.std(self.per_input_model)) / 1e9,
+            "backbone_fpn_gflops": float(np.mean(self.per_input_backbone)) / 1e9,
+            "bottom_up_gflops": float(np.mean(self.per_input_bottom_up)) / 1e9,
+        }
+
+
+def count_flops(model, inputs: Sequence[List[dict]], max_depth: int = 4) -> FlopReport:
+    """Detectron2's FlopCountAnalysis per input, for the whole model and for backbone + FPN."""
+    from detectron2.utils.analysis import FlopCountAnalysis
+    from fvcore.nn import flop_count_table
+
+    report = FlopReport()
+    with torch.no_grad():
+        for index, batch in enumerate(inputs):
+            flops = FlopCountAnalysis(model, batch)
+            backbone = FlopCountAnalysis(model.backbone, (backbone_images(model, batch),))
+            if index > 0:
+                for analysis in (flops, backbone):
+                    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            report.by_operator += flops.by_operator()
+            report.per_input_model.append(flops.total())
+            report.per_input_backbone.append(backbone.total())
+            by_module = backbone.by_module()
+            report.per_input_bottom_up.append(by_module.get("model.bottom_up", backbone.total()))  # Detectron2 wraps it as "model"
+            if index == 0:
+                report.table = flop_count_table(flops, max_depth=max_depth)
+    return report
+
+
+def count_activations(model, inputs: Sequence[List[dict]]) -> Tuple[Counter, List[float]]:
+    from detectron2.utils.analysis import activation_count_operators
+
+    counts: Counter = Counter()
+    totals = []
+    with torch.no_grad():
+        for batch in inputs:
+            count = activation_count_operators(model, batch)
+            counts += count
+            totals.append(sum(count.values()))
+    return counts, totals
+
+
+def count_parameters(model) -> Dict[str, float]:
+    total = sum(p.numel() for p in model.parameters())
+    backbone = sum(p.numel() for p in model.backbone.parameters())
+    bottom_up = getattr(model.backbone, "bottom_up", model.backbone)
+    return {
+        "model_params_m": total / 1e6,
+        "backbone_fpn_params_m": backbone / 1e6,
+        "bottom_up_params_m": sum(p.numel() for p in bottom_up.parameters()) / 1e6,
+    }
+
+
+def parameter_table(model, max_depth: int = 5) -> str:
+    from detectron2.utils.analysis import parameter_count_table
+
+    return parameter_count_table(model, max_depth=max_depth)
+
+
+def analyze(cfg, tasks: Sequence[str], num_inputs: int, input_size: Optional[Tuple[int, int]] = None,
+            report=print) -> Dict[str, float]:
+    """Run the tasks; print tables with ``report``; return the summary numbers."""
+    model = build_analysis_model(cfg)
+    summary: Dict[str, float] = {}
+    needs_inputs = {"flop", "activation"} & set(tasks)
+    inputs = []
+    if needs_inputs:
+        inputs = synthetic_inputs(num_inputs, *input_size) if input_size else dataset_inputs(cfg, num_inputs)
+    for task in tasks:
+        if task == "flop":
+            flops = count_flops(model, inputs)
+            report("FLOPs (fvcore: one multiply-add = one flop), first input:\n" + flops.table)
+            report("GFLOPs by operator, mean over inputs: "
+                   + ", ".join(f"{k} {v / len(inputs) / 1e9:.2f}" for k, v in flops.by_operator.most_common()))
+            s = flops.summary()
+            report(f"Total GFLOPs: {s['model_gflops']:.1f}±{s['model_gflops_std']:.1f} (whole model), "
+                   f"{s['backbone_fpn_gflops']:.1f} (backbone + FPN), {s['bottom_up_gflops']:.1f} (backbone without FPN); "
+                   f"mean of {len(inputs)} input(s)")
+            summary.update(s)
+        elif task == "activation":
+            counts, totals = count_activations(model, inputs)
+            report("(Million) activations by operator: "
+                   + ", ".join(f"{k} {v / len(inputs):.1f}" for k, v in counts.most_common()))
+            report(f"Total (million) activations: {np.mean(totals):.1f}±{np.std(totals):.1f}")
+            summary["model_mactivations"] = float(np.mean(totals))
+        elif task == "parameter":
+            report("Parameter count:\n" + parameter_table(model))
+            params = count_parameters(model)
+            report(f"Parameters: {params['model_params_m']:.2f} M (whole model), {params['backbone_fpn_params_m']:.2f} M "
+                   f"(backbone + FPN), {params['bottom_up_params_m']:.2f} M (backbone without FPN)")
+            summary.update(params)
+        elif task == "structure":
+            report("Model structure:\n" + str(model))
+    return summary
+
+
+__all__ = [
+    "TASKS",
+    "analyze",
+    "backbone_images",
+    "build_analysis_model",
+    "count_activations",
+    "count_flops",
+    "count_parameters",
+    "dataset_inputs",
+    "synthetic_inputs",
+    "worst_case",
+]

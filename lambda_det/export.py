@@ -1,0 +1,203 @@
+"""Export a trained LambdaResNet Mask R-CNN the ways Detectron2 deploys models (its
+``tools/deploy/export_model.py``): TorchScript by tracing (``TracingAdapter``) or by scripting
+(``scripting_with_instances``), and ONNX by tracing (the whole Mask R-CNN, or backbone + FPN).
+Used by ``tools/export_model.py``.
+
+What makes the lambda layers exportable: under tracing they compute the position lambdas as a
+convolution with the whole relative-position table, which gives the same numbers at every input
+size (the FFT form's padded sizes and the kernel crop would be frozen at the traced size); under
+scripting every form runs as in eager mode. The exported files hold only aten and torchvision
+operators: they load without lambda_det (``import torchvision`` registers roi_align and nms).
+
+The exported models take one image as a (3, H, W) float tensor in the config's INPUT.FORMAT,
+already resized as the config's test size says (``resize_for_model``), and return the detections
+before Detectron2's postprocessing (boxes in the input image's coordinates, masks as 28x28
+probabilities per detection; ``detectron2.modeling.postprocessing.detector_postprocess`` pastes them).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checks import UserError
+from .outputs import check_written, write_text
+
+FORMATS = ("torchscript", "onnx")
+METHODS = ("tracing", "scripting")
+ONNX_OPSET = 17
+# fields of the Instances the R-CNN inference produces, for scripting (Detectron2's export tool lists the same)
+SCRIPTING_FIELDS = ("proposal_boxes", "objectness_logits", "pred_boxes", "scores", "pred_classes", "pred_masks")
+
+
+class ExportError(UserError):
+    """An export that cannot be made or that does not reproduce the model."""
+
+
+def resize_for_model(cfg, image_bgr: np.ndarray) -> torch.Tensor:
+    """An HWC BGR uint8 image -> the (3, H, W) float tensor the model takes (test-time resize, INPUT.FORMAT)."""
+    import detectron2.data.transforms as T
+
+    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+    image = aug.get_transform(image_bgr).apply_image(image_bgr)
+    if cfg.INPUT.FORMAT == "RGB":
+        image = image[:, :, ::-1]
+    return torch.as_tensor(np.ascontiguousarray(image.astype("float32").transpose(2, 0, 1)))
+
+
+def _inference(model, inputs):
+    """R-CNN inference without postprocessing: what the exported graph contains."""
+    instances = model.inference(inputs, do_postprocess=False)[0]
+    return [{"instances": instances}]
+
+
+def tracing_adapter(model, image: torch.Tensor):
+    from detectron2.export import TracingAdapter
+
+    return TracingAdapter(model, [{"image": image}], _inference).eval()
+
+
+def output_names(adapter) -> List[str]:
+    """Names of the flat outputs of a TracingAdapter, in order (Detectron2 sorts Instances fields
+    and puts the image size last)."""
+    from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
+
+    def walk(schema, name: str) -> List[str]:
+        if isinstance(schema, InstancesSchema):
+            return [n for key, child in zip(schema.keys, schema.schemas) for n in walk(child, key)] + ["image_size"]
+        if isinstance(schema, DictSchema):
+            return [n for key, child in zip(schema.keys, schema.schemas) for n in walk(child, key)]
+        if isinstance(schema, ListSchema):
+            return [n for child in schema.schemas for n in walk(child, name)]
+        return [name]
+
+    return walk(adapter.outputs_schema, "output")
+
+
+class BackboneWithPreprocessing(nn.Module):
+    """Image (3, H, W) in INPUT.FORMAT -> FPN features (p2..p6): the model's normalization and
+    padding to the backbone's size divisibility, then backbone + FPN."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+        self.names = list(model.backbone.output_shape())
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        images = self.model.preprocess_image([{"image": image}])
+        features = self.model.backbone(images.tensor)
+        return tuple(features[name] for name in self.names)
+
+
+class _ScriptableAdapter(nn.Module):
+    """Detectron2's scripting needs dict outputs (an Instances cannot leave a ScriptModule)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def forward(self, inputs: Tuple[Dict[str, torch.Tensor]]) -> List[Dict[str, torch.Tensor]]:
+        instances = self.model.inference(inputs, do_postprocess=False)
+        return [i.get_fields() for i in instances]
+
+
+def export_torchscript(model, image: torch.Tensor, method: str, path: Path) -> Dict:
+    """Trace or script the model, save it; return how to call it."""
+    if method == "tracing":
+        adapter = tracing_adapter(model, image)
+        with torch.no_grad():
+            module = torch.jit.trace(adapter, adapter.flattened_inputs)
+        info = {"call": "outputs = module(image)", "outputs": output_names(adapter)}
+    else:
+        from detectron2.export import scripting_with_instances
+        from detectron2.structures import Boxes
+
+        fields = {name: (Boxes if name.endswith("boxes") else torch.Tensor) for name in SCRIPTING_FIELDS}
+        module = scripting_with_instances(_ScriptableAdapter(model), fields)
+        info = {"call": "outputs = module(({'image': image},))[0]", "outputs": ["pred_boxes", "scores", "pred_classes", "pred_masks"]}
+    module.save(str(path))
+    check_written(path, "TorchScript model")
+    return info
+
+
+def export_onnx(model, image: torch.Tensor, path: Path, backbone_only: bool = False) -> Dict:
+    """ONNX by tracing, with dynamic image height and width (opset ONNX_OPSET)."""
+    if backbone_only:
+        module = BackboneWithPreprocessing(model).eval()
+        names = list(module.names)
+        dynamic = {name: {2: f"{name}_height", 3: f"{name}_width"} for name in names}
+    else:
+        module = tracing_adapter(model, image)
+        names = output_names(module)
+        dynamic = {name: {0: "detections"} for name in names if name != "image_size"}
+    dynamic["image"] = {1: "height", 2: "width"}
+    with torch.no_grad():
+        torch.onnx.export(module, (image,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["image"], output_names=names, dynamic_axes=dynamic)
+    module.eval()  # the exporter restores the module's mode, and a fresh adapter starts in training mode
+    check_written(path, "ONNX model")
+    return {"call": "outputs = onnxruntime.InferenceSession(path).run(None, {'image': image})", "outputs": names}
+
+
+def reference_outputs(model, image: torch.Tensor, backbone_only: bool = False) -> List[torch.Tensor]:
+    """What the exported model must reproduce: eager PyTorch on the same input, flattened the same way."""
+    with torch.no_grad():
+        if backbone_only:
+            return list(BackboneWithPreprocessing(model).eval()(image))
+        return list(tracing_adapter(model, image)(image))
+
+
+def run_exported(path: Path, image: torch.Tensor, fmt: str, method: str) -> List[torch.Tensor]:
+    """Run an exported file on one image, outputs in the order of ``reference_outputs``."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return [torch.as_tensor(o) for o in session.run(None, {"image": image.numpy()})]
+    module = torch.jit.load(str(path))
+    with torch.no_grad():
+        if method == "tracing":
+            return list(module(image))
+        fields = module(({"image": image},))[0]
+    order = ["pred_boxes", "pred_classes", "pred_masks", "scores"]
+    return [fields[k] for k in order] + [torch.tensor(image.shape[1:])]
+
+
+def max_difference(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
+    """Largest elementwise difference; an error when the outputs differ in number or shape."""
+    if len(got) != len(expected):
+        raise ExportError(f"the exported model returns {len(got)} outputs, the model {len(expected)}")
+    worst = 0.0
+    for a, b in zip(got, expected):
+        if tuple(a.shape) != tuple(b.shape):
+            raise ExportError(f"an output of the exported model has shape {tuple(a.shape)}, the model's {tuple(b.shape)}")
+        if a.numel():
+            worst = max(worst, (a.double() - b.double()).abs().max().item())
+    return worst
+
+
+def write_info(path: Path, info: Dict) -> Path:
+    return write_text(path, json.dumps(info, indent=2))
+
+
+__all__ = [
+    "BackboneWithPreprocessing",
+    "ExportError",
+    "FORMATS",
+    "METHODS",
+    "export_onnx",
+    "export_torchscript",
+    "max_difference",
+    "output_names",
+    "reference_outputs",
+    "resize_for_model",
+    "run_exported",
+    "tracing_adapter",
+    "write_info",
+]
+

@@ -1,0 +1,211 @@
+"""Tracing, scripting and export: a model traced at one size gives eager's outputs at other sizes,
+scripting compiles, and tools/export_model.py writes files that run without lambda_det."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY, TOY_CONFIG, run_tool, small_cfg
+
+from lambda_det.layers import LambdaLayer
+
+IMPL_VALUES = ["auto", "conv", "conv2d", "conv3d", "einsum", "fft"]
+# larger, smaller, non-square, not multiples of 32, smaller than the 7x7 scope
+OTHER_SIZES = [(40, 33), (6, 9), (3, 3), (17, 50)]
+GLOBAL_OTHER_SIZES = [(30, 21), (6, 9), (3, 3), (13, 34)]  # global scope: up to global_max_size 34
+
+
+def _trace(module, *inputs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Detectron2's and torch's TracerWarnings about constants
+        with torch.no_grad():
+            return torch.jit.trace(module, inputs)
+
+
+@pytest.mark.parametrize("impl", IMPL_VALUES)
+@pytest.mark.parametrize("scope", [7, None])
+def test_layer_traced_at_one_size_is_exact_at_others(impl, scope):
+    torch.manual_seed(0)
+    layer = LambdaLayer(16, 32, dim_k=4, heads=4, scope=scope, impl=impl, global_max_size=34).eval()
+    with torch.no_grad():
+        layer.norm_q.running_var.uniform_(0.5, 2.0)
+        layer.norm_v.running_mean.normal_()
+    traced = _trace(layer, torch.randn(1, 16, 24, 24))
+    for height, width in OTHER_SIZES if scope else GLOBAL_OTHER_SIZES:
+        x = torch.randn(2, 16, height, width)
+        with torch.no_grad():
+            expected = layer(x)
+            got = traced(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_stride_two_layer_traces_too():
+    layer = LambdaLayer(16, 16, dim_k=4, heads=4, scope=5, stride=2).eval()
+    traced = _trace(layer, torch.randn(1, 16, 16, 16))
+    x = torch.randn(1, 16, 23, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), layer(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPL_VALUES)
+def test_layer_scripts_and_matches_eager(impl):
+    torch.manual_seed(0)
+    layer = LambdaLayer(16, 32, dim_k=4, heads=4, dim_u=2, scope=5, impl=impl).eval()
+    scripted = torch.jit.script(layer)
+    for height, width in [(9, 7), (20, 20)]:
+        x = torch.randn(2, 16, height, width)
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_resnet_fpn_backbone_scripts_with_detectron2s_patches():
+    import detectron2.export  # noqa: F401  (Detectron2's scripting patches for ResNet / FPN)
+    from detectron2.modeling import build_backbone
+
+    backbone = build_backbone(small_cfg()).eval()
+    scripted = torch.jit.script(backbone)
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        expected, got = backbone(x), scripted(x)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5)
+
+
+def test_mask_rcnn_traced_with_tracing_adapter_generalizes_to_other_sizes():
+    from detectron2.modeling import build_model
+
+    from lambda_det.export import reference_outputs, tracing_adapter
+
+    cfg = small_cfg()  # impl auto: the FFT form in eager mode, the convolution in the trace
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # 100 detections at every size: every output compared
+    model = build_model(cfg).eval()
+    sample = torch.rand(3, 128, 160) * 255
+    adapter = tracing_adapter(model, sample)
+    traced = _trace(adapter, sample)
+    for height, width in [(96, 200), (150, 111)]:
+        image = torch.rand(3, height, width) * 255
+        expected = reference_outputs(model, image)
+        with torch.no_grad():
+            got = traced(image)
+        assert len(got) == len(expected) == 5
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# tools/export_model.py
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sample_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sample") / "sample.png"
+    rng = np.random.default_rng(1)
+    image = np.full((150, 200, 3), 90, np.uint8)
+    cv2.circle(image, (60, 70), 30, (40, 200, 40), -1)
+    cv2.rectangle(image, (120, 30), (180, 110), (200, 40, 40), -1)
+    cv2.imwrite(str(path), (image + rng.integers(0, 20, image.shape)).astype(np.uint8))
+    return path
+
+
+def _export(tmp_path, weights, sample, *flags):
+    return run_tool("export_model.py", "--config-file", TOY_CONFIG, *flags, "--sample-image", sample,
+                    "--output", tmp_path, *TINY, "MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.2")
+
+
+def _tiny_model(weights):
+    from detectron2.modeling import build_model
+
+    from lambda_det import load_config
+    from lambda_det.checkpoint import Checkpointer
+
+    cfg = load_config(str(TOY_CONFIG), [*TINY, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.2", "MODEL.DEVICE", "cpu"])
+    model = build_model(cfg).eval()
+    Checkpointer(model, strict=True).load(str(weights))
+    return model
+
+
+FRESH_PROCESS = r"""
+import sys, numpy as np, torch, torchvision  # torchvision registers roi_align / nms
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
+assert "lambda_det" not in sys.modules
+module = torch.jit.load(sys.argv[1])
+image = torch.from_numpy(np.load(sys.argv[2]))
+with torch.no_grad():
+    if sys.argv[3] == "tracing":
+        boxes, classes, masks, scores, size = module(image)
+    else:
+        f = module(({"image": image},))[0]
+        boxes, classes, masks, scores = f["pred_boxes"], f["pred_classes"], f["pred_masks"], f["scores"]
+instances = Instances(tuple(image.shape[1:]), pred_boxes=Boxes(boxes), scores=scores, pred_classes=classes, pred_masks=masks)
+final = detector_postprocess(instances, 300, 260)  # the caller's original image size
+np.savez(sys.argv[4], boxes=final.pred_boxes.tensor.numpy(), scores=final.scores.numpy(),
+         classes=final.pred_classes.numpy(), masks=final.pred_masks.numpy())
+assert "lambda_det" not in sys.modules
+"""
+
+
+@pytest.mark.parametrize("method", ["tracing", "scripting"])
+def test_torchscript_export_runs_without_lambda_det_at_another_size(tmp_path, tiny_weights, sample_image, method, capsys):
+    assert _export(tmp_path / "out", tiny_weights, sample_image, "--format", "torchscript", "--export-method", method) == 0
+    info = json.loads((tmp_path / "out" / "export_info.json").read_text())
+    assert all(c["max_abs_difference"] < 1e-3 for c in info["checks"].values())
+    assert "other_size" in capsys.readouterr().out
+
+    # eager predictions, postprocessed as Detectron2 does, on an image of another size than the sample
+    from detectron2.modeling.postprocessing import detector_postprocess
+
+    model = _tiny_model(tiny_weights)
+    image = torch.rand(3, 101, 87) * 255
+    with torch.no_grad():
+        raw = model.inference([{"image": image}], do_postprocess=False)[0]
+    expected = detector_postprocess(raw, 300, 260)
+    assert len(expected) > 0  # the comparison is about detections, not about two empty lists
+    np.save(tmp_path / "image.npy", image.numpy())
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "out" / "model.ts"), str(tmp_path / "image.npy"),
+                           method, str(tmp_path / "got.npz")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = np.load(tmp_path / "got.npz")
+    np.testing.assert_allclose(got["boxes"], expected.pred_boxes.tensor.numpy(), atol=1e-3)
+    np.testing.assert_allclose(got["scores"], expected.scores.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(got["classes"], expected.pred_classes.numpy())
+    np.testing.assert_array_equal(got["masks"], expected.pred_masks.numpy())
+
+
+@pytest.mark.parametrize("backbone_only", [False, True])
+def test_onnx_export_runs_in_onnxruntime_at_several_sizes(tmp_path, tiny_weights, sample_image, backbone_only):
+    import onnxruntime
+
+    from lambda_det.export import reference_outputs
+
+    flags = ["--format", "onnx", "--export-method", "tracing"] + (["--backbone-only"] if backbone_only else [])
+    assert _export(tmp_path, tiny_weights, sample_image, *flags) == 0
+    path = tmp_path / ("backbone.onnx" if backbone_only else "model.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = _tiny_model(tiny_weights)
+    for height, width in [(128, 128), (77, 140), (200, 61)]:
+        image = torch.rand(3, height, width) * 255
+        expected = reference_outputs(model, image, backbone_only=backbone_only)
+        got = session.run(None, {"image": image.numpy()})
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            assert a.shape == tuple(b.shape)
+            np.testing.assert_allclose(a, b.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_export_refuses_what_it_cannot_do(tmp_path, tiny_weights, sample_image, capsys):
+    assert run_tool("export_model.py", "--config-file", TOY_CONFIG, "--format", "onnx", "--export-method", "scripting",
+                    "--output", tmp_path) == 2
+    assert "use --format torchscript" in capsys.readouterr().err
+    assert run_tool("export_model.py", "--config-file", TOY_CONFIG, "--format", "torchscript", "--export-method",
+                    "tracing", "--output", tmp_path, *TINY) == 2
+    assert "exporting needs trained weights" in capsys.readouterr().err
+    assert _export(tmp_path, tiny_weights, tmp_path / "missing.png", "--format", "torchscript", "--export-method", "tracing") == 2
+    assert "missing.png: not a readable image" in capsys.readouterr().err
+    assert not (tmp_path / "model.ts").exists()

@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""FLOPs, parameters, activations and structure of a (LambdaResNet) Detectron2 model, in the
+conventions of Detectron2's tools/analyze_model.py; lambda layers are counted by their definition.
+
+    python tools/analyze_model.py --config-file CONFIG --tasks flop parameter [-n 10] [KEY VALUE ...]
+    python tools/analyze_model.py --config-file CONFIG --tasks flop --input-size 1024 1024 --worst-case
+
+FLOPs and activations depend on the input: by default the first -n images of DATASETS.TEST[0]
+(as Detectron2); --input-size H W uses synthetic images of that size instead (no dataset needed);
+--worst-case gives every image the test-time maximum of proposals and detections, so that the
+count does not depend on the weights. Logic: lambda_det/analysis.py.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import lambda_det
+from lambda_det.analysis import TASKS, analyze, worst_case
+from lambda_det.checks import UserError, positive_int, validate_config
+from lambda_det.outputs import existing, refuse_overwrite, write_text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--tasks", choices=TASKS, required=True, nargs="+")
+    parser.add_argument("-n", "--num-inputs", type=positive_int, default=100,
+                        help="inputs to average FLOPs / activations over (they are data-dependent)")
+    parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"),
+                        help="synthetic images of this size instead of DATASETS.TEST[0]")
+    parser.add_argument("--worst-case", action="store_true",
+                        help="count every image at the test-time maximum of proposals and detections")
+    parser.add_argument("--json", type=Path, help="also write the totals to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
+    args = parser.parse_args()
+    try:
+        cfg = lambda_det.load_config(args.config_file, args.opts)
+        cfg.DATALOADER.NUM_WORKERS = 0
+        import torch
+
+        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+            cfg.MODEL.DEVICE = "cpu"
+        if args.worst_case:
+            worst_case(cfg)
+        cfg.freeze()
+        validate_config(cfg, training=False)
+        if args.json and not args.overwrite:
+            refuse_overwrite(existing([args.json]), "--json", "of an earlier analysis")
+        if {"flop", "activation"} & set(args.tasks) and not args.input_size and not cfg.DATASETS.TEST:
+            raise UserError("--tasks flop/activation need inputs: DATASETS.TEST[0], or --input-size H W")
+        summary = analyze(cfg, args.tasks, args.num_inputs, tuple(args.input_size) if args.input_size else None)
+        if args.json:
+            record = {"config_file": args.config_file, "opts": args.opts, "input_size": args.input_size,
+                      "worst_case": args.worst_case, "num_inputs": args.num_inputs, **summary}
+            write_text(args.json, json.dumps(record, indent=2))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
