@@ -62,20 +62,40 @@ def file_problem(path: str) -> Optional[str]:
     return None
 
 
+MAGIC = [
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\x93NUMPY", "a NumPy array file (.npy)"),
+]
+
+
 def describe_load_error(file: Path, exc: BaseException) -> str:
     """torch's / pickle's failure in words about the file (never the advice to unpickle unsafely)."""
     text = str(exc)
     with open(file, "rb") as f:
-        head = f.read(4)
-    if head.startswith(b"PK") and ("central directory" in text or "zip archive" in text or isinstance(exc, EOFError)):
-        return "is truncated or corrupt (a zip archive whose end is missing: a save that was cut off, or a partial copy)"
-    if isinstance(exc, EOFError) or "Ran out of input" in text:
-        return "is truncated (it ends in the middle of its data)"
-    if "Weights only load failed" in text:
-        return "holds Python objects other than tensors and plain containers, which torch does not load safely; it is not a checkpoint this project wrote"
-    if isinstance(exc, pickle.UnpicklingError) or "invalid load key" in text or "could not find MARK" in text:
+        head = f.read(512)
+    if head.startswith(b"PK"):
+        if "central directory" in text or "zip archive" in text or isinstance(exc, EOFError):
+            return "is truncated or corrupt (a zip archive whose end is missing: a save that was cut off, or a partial copy)"
+        return f"is a zip archive that torch cannot read as a checkpoint ({text.splitlines()[0][:160] if text else type(exc).__name__})"
+    for magic, kind in MAGIC:
+        if head.startswith(magic):
+            return f"is not a checkpoint: it is {kind}"
+    if head[:1] == b"\x80":  # a pickle (PyTorch's legacy format, Detectron2's .pkl)
+        if isinstance(exc, EOFError) or "Ran out of input" in text or "truncated" in text:
+            return "is truncated (it ends in the middle of its data)"
+        if "Weights only load failed" in text:
+            return ("holds Python objects other than tensors and plain containers, which torch does not load safely; "
+                    "it is not a checkpoint this project wrote")
+        return f"is a pickle that is not a checkpoint ({type(exc).__name__})"
+    try:
+        head.decode("utf-8")
+        return "is not a checkpoint: it is a text file"
+    except UnicodeDecodeError:
         return "is not a checkpoint (neither a PyTorch archive nor a pickle)"
-    return f"could not be read as a checkpoint ({type(exc).__name__}: {text.splitlines()[0][:200] if text else ''})"
 
 
 class Checkpointer(DetectionCheckpointer):
@@ -211,27 +231,42 @@ def intact_checkpoints(output_dir: Path, exclude: Sequence[Path] = ()) -> List[T
 
 
 def check_resume(output_dir: str) -> Optional[Path]:
-    """The checkpoint --resume will load (None: the run starts at iteration 0); WeightsError if it is damaged."""
-    marker = Path(output_dir) / "last_checkpoint"
+    """The checkpoint --resume will load (None: the run starts at iteration 0, there is none);
+    WeightsError, changing nothing, when it is damaged or when checkpoints exist that no
+    last_checkpoint names (Detectron2 would then start from scratch and overwrite them)."""
+    out = Path(output_dir)
+    marker = out / "last_checkpoint"
     if not marker.is_file():
-        return None
+        intact = intact_checkpoints(out) if out.is_dir() else []
+        if not intact:
+            return None
+        lines = [f"--resume: {out} holds checkpoints but no last_checkpoint file naming the one to continue from "
+                 "(Detectron2 would start from scratch and overwrite them); nothing was changed."]
+        lines.append(_how_to_resume(intact, marker))
+        raise WeightsError("\n".join(lines))
     name = marker.read_text().strip()
-    last = Path(output_dir) / name
-    problem = weights_problem(str(last))
-    if problem is None:
-        return last
-    intact = intact_checkpoints(Path(output_dir), exclude=[last])
-    lines = [f"--resume: the last checkpoint {last} (named in {marker}) {problem}; nothing was changed."]
+    if not name:
+        problem, last = "is empty", None
+    else:
+        last = out / name
+        problem = weights_problem(str(last))
+        if problem is None:
+            return last
+    intact = intact_checkpoints(out, exclude=[last] if last else [])
+    what = f"{marker} is empty" if last is None else f"the last checkpoint {last} (named in {marker}) {problem}"
+    lines = [f"--resume: {what}; nothing was changed."]
     if intact:
-        path, iteration = intact[0]
-        at = f" (iteration {iteration})" if iteration is not None else ""
-        lines.append(
-            f"  The newest intact checkpoint is {path}{at}. To resume from it, point last_checkpoint at it:\n"
-            f"    echo {path.name} > {marker}\n  and run the same command again with --resume."
-        )
+        lines.append(_how_to_resume(intact, marker))
     else:
         lines.append(f"  No intact checkpoint is left in {output_dir}: start a new run in another OUTPUT_DIR.")
     raise WeightsError("\n".join(lines))
+
+
+def _how_to_resume(intact: List[Tuple[Path, Optional[int]]], marker: Path) -> str:
+    path, iteration = intact[0]
+    at = f" (iteration {iteration})" if iteration is not None else ""
+    return (f"  The newest intact checkpoint is {path}{at}. To resume from it, point last_checkpoint at it:\n"
+            f"    echo {path.name} > {marker}\n  and run the same command again with --resume.")
 
 
 __all__ = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import re
 from numbers import Real
 from typing import Iterable, List, Sequence
 
@@ -145,8 +146,13 @@ def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
     if any(not (isinstance(s, Real) and s > 0) for s in cfg.MODEL.PIXEL_STD):
         p.add("MODEL.PIXEL_STD", "every value must be > 0")
     _check_device(p)
+    _check_registered_names(p)
     _check_anchors(p)
     _check_fpn(p)
+    _check_feature_names(p)
+    for head in ("ROI_BOX_HEAD", "ROI_MASK_HEAD"):
+        p.integer(f"MODEL.{head}.POOLER_RESOLUTION", 1)
+        p.integer(f"MODEL.{head}.POOLER_SAMPLING_RATIO", 0)
 
     # inputs
     sizes = cfg.INPUT.MIN_SIZE_TRAIN
@@ -154,8 +160,8 @@ def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
     if not sizes or any(not _is_int(s) or s < 1 for s in sizes):
         p.add("INPUT.MIN_SIZE_TRAIN", "must be one or more integers >= 1")
     p.choice("INPUT.MIN_SIZE_TRAIN_SAMPLING", ["choice", "range", "range_by_clip", "choice_by_clip"])
-    if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range" and len(sizes) != 2:
-        p.add("INPUT.MIN_SIZE_TRAIN", "needs exactly 2 values (low, high) with INPUT.MIN_SIZE_TRAIN_SAMPLING='range'")
+    if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range" and (len(sizes) != 2 or sizes[0] >= sizes[1]):
+        p.add("INPUT.MIN_SIZE_TRAIN", "needs 2 values low < high with INPUT.MIN_SIZE_TRAIN_SAMPLING='range'")
     p.integer("INPUT.MAX_SIZE_TRAIN", 1)
     p.integer("INPUT.MIN_SIZE_TEST", 0)
     p.integer("INPUT.MAX_SIZE_TEST", 1)
@@ -212,12 +218,56 @@ def _check_solver(p: _Problems, world_size: int) -> None:
 
 
 def _check_device(p: _Problems) -> None:
-    import torch
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(p.cfg.MODEL.DEVICE)):
+        p.add("MODEL.DEVICE", "must be 'cpu', 'cuda' or 'cuda:N' (Detectron2's models run on those)")
 
-    try:
-        torch.device(p.cfg.MODEL.DEVICE)
-    except (RuntimeError, TypeError):
-        p.add("MODEL.DEVICE", "must be 'cpu', 'cuda' or 'cuda:N'")
+
+REGISTRIES = {
+    "MODEL.META_ARCHITECTURE": "detectron2.modeling.META_ARCH_REGISTRY",
+    "MODEL.BACKBONE.NAME": "detectron2.modeling.BACKBONE_REGISTRY",
+    "MODEL.PROPOSAL_GENERATOR.NAME": "detectron2.modeling.PROPOSAL_GENERATOR_REGISTRY",
+    "MODEL.RPN.HEAD_NAME": "detectron2.modeling.RPN_HEAD_REGISTRY",
+    "MODEL.ROI_HEADS.NAME": "detectron2.modeling.ROI_HEADS_REGISTRY",
+    "MODEL.ROI_BOX_HEAD.NAME": "detectron2.modeling.roi_heads.ROI_BOX_HEAD_REGISTRY",
+    "MODEL.ROI_MASK_HEAD.NAME": "detectron2.modeling.roi_heads.ROI_MASK_HEAD_REGISTRY",
+}
+
+
+def _check_registered_names(p: _Problems) -> None:
+    """Names looked up in Detectron2's registries (unknown ones fail inside the model build)."""
+    import importlib
+
+    for key, where in REGISTRIES.items():
+        if key == "MODEL.ROI_MASK_HEAD.NAME" and not p.cfg.MODEL.MASK_ON:
+            continue
+        module, _, attr = where.rpartition(".")
+        registry = getattr(importlib.import_module(module), attr)
+        value = p.get(key)
+        names = [name for name, _ in registry]
+        if value not in names:
+            close = difflib.get_close_matches(str(value), names, n=1)
+            p.add(key, f"is not registered in Detectron2's {registry._name}" + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
+FPN_BUILDERS = ("build_lambda_resnet_fpn_backbone", "build_resnet_fpn_backbone")
+
+
+def _check_feature_names(p: _Problems) -> None:
+    """The FPN reads ResNet stages res2..res5 and makes levels p2..p6, which the heads read."""
+    cfg = p.cfg
+    if cfg.MODEL.BACKBONE.NAME not in FPN_BUILDERS:
+        return
+    stages = ["res2", "res3", "res4", "res5"]
+    unknown = [f for f in cfg.MODEL.FPN.IN_FEATURES if f not in stages]
+    if unknown or not cfg.MODEL.FPN.IN_FEATURES:
+        p.add("MODEL.FPN.IN_FEATURES", f"must name ResNet stages from {stages}" + (f"; {unknown} are not" if unknown else ""))
+        return
+    levels = [int(f[-1]) for f in cfg.MODEL.FPN.IN_FEATURES]
+    available = [f"p{level}" for level in levels] + [f"p{max(levels) + 1}"]  # + the max-pooled top level
+    for key in ("MODEL.RPN.IN_FEATURES", "MODEL.ROI_HEADS.IN_FEATURES"):
+        missing = [f for f in p.get(key) if f not in available]
+        if missing:
+            p.add(key, f"asks for {missing}; the FPN makes {available}")
 
 
 def _check_anchors(p: _Problems) -> None:

@@ -85,6 +85,15 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         what = "is a directory" if path.is_dir() else "does not exist"
         raise ConfigError(f"config file {config_file} {what}")
     try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {config_file} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {config_file} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(content, dict):
+        kind = "empty" if content is None else f"a {type(content).__name__}"
+        raise ConfigError(f"config file {config_file} is {kind}, not a mapping of config keys (e.g. MODEL: ...)")
+    try:
         cfg.merge_from_file(str(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {config_file} is not valid YAML: {' '.join(str(exc).split())}") from None
@@ -92,6 +101,8 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         raise ConfigError(f"config file {config_file}: {exc.strerror}: {exc.filename}") from None
     except (KeyError, AssertionError, ValueError) as exc:
         raise ConfigError(f"config file {config_file}: {_explain(cfg, exc)}") from None
+    except (TypeError, AttributeError) as exc:  # a _BASE_ that is not a mapping
+        raise ConfigError(f"config file {config_file} (or a _BASE_ it names) is not a mapping of config keys: {exc}") from None
     opts = list(opts)
     if len(opts) % 2:
         raise ConfigError(f"config overrides must be KEY VALUE pairs; {opts[-1]!r} has no value (overrides: {opts})")

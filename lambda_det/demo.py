@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import glob
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -26,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import Checkpointer, WeightsError
 from .checks import ConfigError
-from .outputs import OutputError, check_written, ensure_writable_dir, imwrite, is_within, refuse_file, refuse_overwrite
+from .outputs import OutputError, ensure_writable_dir, imwrite, refuse_file, refuse_overwrite, same_file
 
 logger = logging.getLogger("lambda_det")
 
@@ -44,29 +45,33 @@ class Inputs:
 
 
 def collect_inputs(patterns: Iterable[str], exclude: Optional[Path] = None) -> Inputs:
-    """Expand files, globs and directories (images inside, recursively) into images and videos.
+    """Expand files, globs and directories (images inside, recursively, through symbolic links) into
+    images and videos.
 
-    Files under ``exclude`` (the output folder) are left out of directory and glob scans, so a
-    second run never takes its own earlier pictures for inputs; a file named explicitly is kept.
+    Files directly in ``exclude`` (the output folder, where the demo writes its pictures) are left
+    out of directory and glob scans, so a later run never takes its own earlier pictures for
+    inputs; a file named explicitly is kept.
     """
     found = Inputs()
     seen = set()
     media = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+    excluded = Path(exclude).resolve() if exclude is not None else None
+
+    def keep(p: Path) -> bool:
+        return excluded is None or p.resolve().parent != excluded
+
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
             found.directories.append(path)
-            candidates = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in media)
-            if exclude is not None:
-                candidates = [p for p in candidates if not is_within(p, exclude)]
+            candidates = [p for p in _walk(path) if p.suffix.lower() in media and keep(p)]
             if not candidates:
                 found.empty_dirs.append(path)
         elif path.is_file():
             candidates = [path]
         elif glob.has_magic(pattern):
             candidates = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-            if exclude is not None:
-                candidates = [p for p in candidates if not is_within(p, exclude)]
+            candidates = [p for p in candidates if keep(p)]
             if not candidates:
                 found.not_found.append(pattern)
         else:
@@ -78,6 +83,20 @@ def collect_inputs(patterns: Iterable[str], exclude: Optional[Path] = None) -> I
             seen.add(candidate.resolve())
             (found.videos if candidate.suffix.lower() in VIDEO_EXTENSIONS else found.images).append(candidate)
     return found
+
+
+def _walk(folder: Path) -> List[Path]:
+    """Files under a folder, sorted, following symbolic links to folders (each real folder once)."""
+    files, visited = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs.sort()
+        files += [Path(root) / n for n in names if (Path(root) / n).is_file()]
+    return sorted(files)
 
 
 def to_bgr8(image: np.ndarray) -> np.ndarray:
@@ -112,6 +131,8 @@ def read_image_bgr(path: Path) -> np.ndarray:
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 return to_bgr8(np.asarray(image))
             return np.ascontiguousarray(convert_PIL_to_numpy(image, "BGR"))
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"too large to read safely ({exc}); Detectron2's loading refuses it too") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"not a readable image ({type(exc).__name__})") from None
 
@@ -148,6 +169,17 @@ class Demo:
         self.metadata = MetadataCatalog.get(names[0]) if names else MetadataCatalog.get("__unused")
         self.threshold = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
 
+    def check_size(self, bgr: np.ndarray) -> None:
+        """ValueError for an image the test-time resize would shrink to nothing (e.g. 2 x 3000 pixels)."""
+        import detectron2.data.transforms as T
+
+        h, w = bgr.shape[:2]
+        short, longest = self.predictor.aug.short_edge_length[0], self.predictor.aug.max_size
+        new_h, new_w = T.ResizeShortestEdge.get_output_shape(h, w, short, longest)
+        if min(new_h, new_w) < 1:
+            raise ValueError(f"{w}x{h} pixels is too thin: the test-time resize (INPUT.MIN_SIZE_TEST={short}, "
+                             f"MAX_SIZE_TEST={longest}) leaves {new_w}x{new_h}")
+
     def __call__(self, bgr: np.ndarray) -> Tuple[object, np.ndarray]:
         """(instances on the CPU, visualization as BGR uint8)."""
         instances = self.predictor(bgr)["instances"].to("cpu")
@@ -165,33 +197,69 @@ class Demo:
 
 
 def plan_outputs(inputs: Inputs, out_dir: Path) -> List[Tuple[Path, Path]]:
-    """(input, output file) for every input: <stem>.png per image, <stem>.mp4 per video, numbered on clashes."""
-    used: set = set()
+    """(input, output file) for every input: <stem>.png per image, <stem>.mp4 per video.
+
+    Inputs that share a stem are told apart by their extension, then by their folder, then by a
+    number: the names depend on the inputs, not on their order.
+    """
+    items = [(p, ".png") for p in inputs.images] + [(p, ".mp4") for p in inputs.videos]
+
+    def name(path: Path, suffix: str, level: int) -> str:
+        parts = [path.stem]
+        if level >= 1:
+            parts.append(path.suffix.lstrip(".").lower())
+        if level >= 2:
+            parts.insert(0, path.resolve().parent.name)
+        return "_".join(p for p in parts if p) + suffix
+
+    names = {}
+    for level in range(3):
+        counts: Dict[str, int] = {}
+        for path, suffix in items:
+            key = names.get(path) or name(path, suffix, level)
+            counts[key] = counts.get(key, 0) + 1
+        for path, suffix in items:
+            candidate = name(path, suffix, level)
+            if path not in names and counts.get(candidate, 0) == 1:
+                names[path] = candidate
+        if len(names) == len(items):
+            break
+    used = set(names.values())
     plan = []
-    for path, suffix in [(p, ".png") for p in inputs.images] + [(p, ".mp4") for p in inputs.videos]:
-        candidate, i = out_dir / f"{path.stem}{suffix}", 1
-        while candidate in used:
-            candidate, i = out_dir / f"{path.stem}_{i}{suffix}", i + 1
-        used.add(candidate)
-        plan.append((path, candidate))
+    for path, suffix in items:
+        if path not in names:  # same folder name, stem and extension: number them
+            base, i = name(path, suffix, 2)[: -len(suffix)], 1
+            while f"{base}_{i}{suffix}" in used:
+                i += 1
+            names[path] = f"{base}_{i}{suffix}"
+            used.add(names[path])
+        plan.append((path, out_dir / names[path]))
     return plan
 
 
 def check_outputs(inputs: Inputs, plan: List[Tuple[Path, Path]], out_dir: Path, overwrite: bool, flag: str = "--output") -> None:
-    """Refuse, before any work, an output that would overwrite an input or an earlier run's picture."""
+    """Refuse, before any work, an output folder that holds the user's inputs or pictures that would
+    replace an input or (unless ``overwrite``) an existing file."""
     refuse_file(out_dir, flag)
+    out_resolved = Path(out_dir).resolve()
     for directory in inputs.directories:
-        if Path(out_dir).resolve() == directory.resolve():
+        if out_resolved == directory.resolve():
             raise OutputError(
                 f"{flag} {out_dir} is the input folder {directory}: the pictures would mix with (and could replace) "
                 f"your images, and a later run would take them for inputs. Choose another folder, e.g. {directory / 'detections'}"
             )
-    inputs_resolved = {p.resolve() for p, _ in plan}
-    clashes = [target for _, target in plan if target.resolve() in inputs_resolved]
-    if clashes:
-        raise OutputError(f"{flag} {out_dir}: writing {clashes[0]} would overwrite that input; choose another output folder")
+    for path, _ in plan:
+        if path.resolve().parent == out_resolved:
+            raise OutputError(
+                f"{flag} {out_dir} holds the input {path}: the pictures would mix with your files there. "
+                f"Choose another folder, e.g. {Path(out_dir) / 'detections'}"
+            )
+    for path, target in plan:
+        for other, _ in plan:
+            if target.exists() and same_file(target, other):
+                raise OutputError(f"{flag} {out_dir}: writing {target} would overwrite the input {other} (the same file)")
     if not overwrite:
-        refuse_overwrite([target for _, target in plan if target.exists()], flag, "from an earlier demo run")
+        refuse_overwrite([target for _, target in plan if target.exists()], flag, "that already exist")
 
 
 def run_demo(
@@ -207,8 +275,7 @@ def run_demo(
     for pattern in inputs.not_found:
         report(f"skipped {pattern}: no such file, directory or matching glob")
     for directory in inputs.empty_dirs:
-        excluded = " (its only images are in the output folder, which is never read as input)" if is_within(out_dir, directory) else ""
-        report(f"skipped {directory}: no images or videos in it{excluded}; looked for {', '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))}")
+        report(f"skipped {directory}: no images or videos in it; looked for {', '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))}")
     if not plan:
         return 0
     ensure_writable_dir(out_dir, "--output")
@@ -219,6 +286,7 @@ def run_demo(
             continue
         try:
             bgr = read_image_bgr(path)
+            demo.check_size(bgr)
         except ValueError as exc:
             report(f"skipped {path}: {exc}")
             continue
@@ -235,6 +303,7 @@ def _run_video(demo: Demo, path: Path, target: Path, report: Callable[[str], Non
         report(f"skipped {path}: not a readable video")
         return 0
     fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
+    partial = target.with_name(f".{target.stem}.partial{target.suffix}")
     writer: Optional[cv2.VideoWriter] = None
     frames = detections = 0
     try:
@@ -244,19 +313,33 @@ def _run_video(demo: Demo, path: Path, target: Path, report: Callable[[str], Non
                 break
             instances, drawn = demo(to_bgr8(frame))
             if writer is None:
-                writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (drawn.shape[1], drawn.shape[0]))
+                writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (drawn.shape[1], drawn.shape[0]))
                 if not writer.isOpened():
                     raise OutputError(f"could not write video {target}: OpenCV could not open it for writing (mp4v)")
             writer.write(drawn)
             frames += 1
             detections += len(instances)
-    finally:
-        capture.release()
+    except BaseException:
         if writer is not None:
             writer.release()
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        capture.release()
+    if writer is not None:
+        writer.release()
     if frames == 0:
         report(f"skipped {path}: no frames could be read")
         return 0
-    check_written(target, "video")
+    # OpenCV's writer reports no failure (e.g. a full disk leaves a file without its index):
+    # the video counts as written when it reads back with every frame
+    check = cv2.VideoCapture(str(partial))
+    readable = check.isOpened() and int(check.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+    check.release()
+    if not readable:
+        partial.unlink(missing_ok=True)
+        raise OutputError(f"could not write video {target}: the file OpenCV wrote does not read back with its "
+                          f"{frames} frames (disk full?)")
+    os.replace(partial, target)
     report(f"{path}: {frames} frames, {detections} detections in all -> {target}")
     return frames

@@ -4,28 +4,40 @@
   before any work starts.
 * Files of an earlier run are never replaced unless the user asks (``--overwrite``; training
   continues a run only with ``--resume``).
-* Every write is checked; a failed one is an error naming the path.
+* Every write is checked; a failed one is an error naming the path. Files are written under a
+  temporary name and renamed when complete, so a failed write leaves no half file behind, and a
+  set of files that belong together (a report's JSON, markdown and chart) appears all or not at all.
 """
 from __future__ import annotations
 
+import argparse
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Dict, Iterable, List, Sequence
 
 from .checks import UserError
-
-# Detectron2's setup_logger treats an output path ending like this as the log file itself.
-LOG_FILE_SUFFIXES = (".txt", ".log")
 
 
 class OutputError(UserError):
     """An output location that would lose or hide data, or a write that failed."""
 
 
+def path_argument(text: str) -> Path:
+    """argparse type for --output / --input paths: an empty string would mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not allowed (it would mean the current folder)")
+    return Path(text)
+
+
 def refuse_file(path: Path, flag: str) -> None:
-    """An output directory must not be an existing file (or lie under one)."""
+    """An output directory must be a directory or not exist yet (nor lie under a file, nor be a dangling link)."""
     path = Path(path)
+    if not str(path).strip():
+        raise OutputError(f"{flag} is empty; name a directory")
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{flag} {path} is a symbolic link to {os.readlink(path)}, which does not exist")
     for candidate in (path, *path.parents):
         if candidate.exists():
             if not candidate.is_dir():
@@ -43,7 +55,7 @@ def ensure_writable_dir(path: Path, flag: str) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise OutputError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
+        raise OutputError(f"{flag} {path}: cannot write there ({_reason(exc)})") from None
     return path
 
 
@@ -63,17 +75,43 @@ def is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def write_text(path: Path, text: str) -> Path:
-    """Write through a temporary file and rename, so a failed write leaves no half file behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+def same_file(a: Path, b: Path) -> bool:
+    """The same file on disk (also through hard or symbolic links)."""
     try:
-        tmp.write_text(text)
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return exc.strerror or str(exc)
+
+
+def _temporary(path: Path) -> Path:
+    # keeps the extension (OpenCV and matplotlib choose the format by it)
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write through a temporary file and rename; errors name the path and the reason."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"could not write {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"could not write {path}: {_reason(exc)}") from None
     return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    return write_bytes(path, text.encode())
 
 
 def check_written(path: Path, what: str = "file") -> Path:
@@ -85,32 +123,93 @@ def check_written(path: Path, what: str = "file") -> Path:
 
 
 def imwrite(path: Path, image) -> Path:
-    """cv2.imwrite, checked: it returns False (or raises for an unknown extension) instead of failing."""
+    """cv2.imwrite, checked: encoded in memory (OpenCV's own write only returns False on failure),
+    then written through a temporary file, so a full disk or a missing folder is named as such."""
     import cv2
 
+    path = Path(path)
     try:
-        ok = cv2.imwrite(str(path), image)
+        ok, encoded = cv2.imencode(path.suffix or ".png", image)
     except cv2.error as exc:
         raise OutputError(f"could not write image {path}: {str(exc).strip().splitlines()[-1]}") from None
     if not ok:
-        reason = "the folder is not writable" if not os.access(Path(path).parent, os.W_OK) else "OpenCV could not encode or write it"
-        raise OutputError(f"could not write image {path}: {reason}")
-    return check_written(path, "image")
+        raise OutputError(f"could not write image {path}: OpenCV could not encode it as {path.suffix}")
+    try:
+        return write_bytes(path, encoded.tobytes())
+    except OutputError as exc:
+        raise OutputError(f"could not write image {str(exc)[len('could not write '):]}") from None
 
 
-def existing(paths: Iterable[Path]) -> list:
-    return [p for p in paths if Path(p).exists()]
+class StagedFiles:
+    """Several files that appear together or not at all: write each to ``stage(path)`` (a temporary
+    name beside it), then ``commit()`` renames them all; a failure before removes the partial files.
+
+        with StagedFiles() as staged:
+            write(staged.stage(a)); write(staged.stage(b))
+        # committed on leaving the block without an error
+    """
+
+    def __init__(self) -> None:
+        self.pending: Dict[Path, Path] = {}
+
+    def stage(self, path: Path) -> Path:
+        tmp = _temporary(Path(path))
+        self.pending[Path(path)] = tmp
+        return tmp
+
+    def __enter__(self) -> "StagedFiles":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if kind is None:
+            try:
+                for path, tmp in self.pending.items():
+                    check_written(tmp, "file")
+                for path, tmp in self.pending.items():
+                    os.replace(tmp, path)
+                return False
+            except OSError as error:
+                self._discard()
+                raise OutputError(f"could not write {next(iter(self.pending))}: {_reason(error)}") from None
+            except OutputError:
+                self._discard()
+                raise
+        self._discard()
+        if isinstance(exc, OSError):
+            raise OutputError(f"could not write {getattr(exc, 'filename', None) or next(iter(self.pending), '')}: "
+                              f"{_reason(exc)}") from None
+        return False
+
+    def _discard(self) -> None:
+        for tmp in self.pending.values():
+            Path(tmp).unlink(missing_ok=True)
+
+
+def existing(paths: Iterable[Path]) -> List[Path]:
+    return [Path(p) for p in paths if Path(p).exists()]
+
+
+def staged_write(files: Dict[Path, Callable[[Path], None]]) -> List[Path]:
+    """Write several files all or nothing: ``files`` maps each path to a function writing it to a given path."""
+    with StagedFiles() as staged:
+        for path, write in files.items():
+            write(staged.stage(path))
+    return list(files)
 
 
 __all__ = [
-    "LOG_FILE_SUFFIXES",
     "OutputError",
+    "StagedFiles",
     "check_written",
     "ensure_writable_dir",
     "existing",
     "imwrite",
     "is_within",
+    "path_argument",
     "refuse_file",
     "refuse_overwrite",
+    "same_file",
+    "staged_write",
+    "write_bytes",
     "write_text",
 ]

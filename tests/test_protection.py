@@ -73,13 +73,91 @@ def test_demo_output_equal_to_or_inside_the_input_folder_twice_changes_nothing(t
     assert {k: v for k, v in _hashes(photos).items() if not k.startswith("detections/")} == before
 
 
-def test_demo_refuses_a_picture_that_would_replace_an_input(tiny_weights, tmp_path, capsys):
+def test_demo_refuses_an_output_folder_holding_its_inputs_or_a_link_to_one(tiny_weights, tmp_path, capsys):
     photos = _photos(tmp_path / "photos")
-    before = _hashes(photos)
-    # an input file named explicitly, with --output its own folder: beach.png would be drawn over beach.png
-    assert _demo(tiny_weights, [photos / "beach.png"], photos, "--overwrite") == 2
-    assert "would overwrite that input" in capsys.readouterr().err
-    assert _hashes(photos) == before
+    video = tmp_path / "videos" / "clip.avi"
+    video.parent.mkdir()
+    video.write_bytes(b"a video of mine")
+    (video.parent / "clip.mp4").write_bytes(b"another video of mine")
+    before = {**_hashes(photos), **{f"v/{k}": v for k, v in _hashes(video.parent).items()}}
+    # an input file named explicitly, with --output its own folder: beach.png would be drawn over beach.png,
+    # and clip.avi's picture would replace the user's own clip.mp4 even with --overwrite
+    for inputs, output in (([photos / "beach.png"], photos), ([video], video.parent)):
+        assert _demo(tiny_weights, inputs, output, "--overwrite") == 2
+        assert f"holds the input {inputs[0]}" in capsys.readouterr().err
+    # a hard link in the output folder to an input: writing there would destroy the input
+    out = tmp_path / "out"
+    out.mkdir()
+    import os
+
+    os.link(photos / "beach.png", out / "street.png")
+    assert _demo(tiny_weights, [photos], out, "--overwrite") == 2
+    assert f"would overwrite the input {photos / 'beach.png'}" in capsys.readouterr().err
+    assert {**_hashes(photos), **{f"v/{k}": v for k, v in _hashes(video.parent).items()}} == before
+
+
+def test_demo_inputs_inside_the_output_folder_are_read(tiny_weights, tmp_path, capsys):
+    """Only the files the demo writes (directly in --output) are left out of the scan."""
+    photos = _photos(tmp_path / "work" / "photos")
+    assert _demo(tiny_weights, [photos], tmp_path / "work") == 0
+    assert "2 input(s) processed" in capsys.readouterr().out
+    assert _demo(tiny_weights, [str(photos / "*.jpg")], tmp_path / "work2") == 0
+
+
+def test_demo_names_same_stem_inputs_by_what_tells_them_apart(tmp_path):
+    from lambda_det.demo import Inputs, plan_outputs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    images = [a / "photo.jpg", a / "photo.png", b / "photo.jpg", a / "cat.jpg"]
+    for order in (images, images[::-1]):
+        plan = dict(plan_outputs(Inputs(images=list(order)), tmp_path / "out"))
+        assert {p: t.name for p, t in plan.items()} == {
+            a / "photo.jpg": "a_photo_jpg.png", a / "photo.png": "photo_png.png", b / "photo.jpg": "b_photo_jpg.png",
+            a / "cat.jpg": "cat.png",
+        }
+
+
+def test_demo_skips_images_it_cannot_take_and_goes_on(tiny_weights, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "strip.png"), np.zeros((2, 3000, 3), np.uint8))
+    cv2.imwrite(str(folder / "big.png"), np.zeros((300, 300, 3), np.uint8))
+    cv2.imwrite(str(folder / "fine.png"), np.zeros((60, 60, 3), np.uint8))
+    (folder / "linked").symlink_to(_photos(tmp_path / "elsewhere"))  # a symbolic link to a folder is followed
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # big.png (90k pixels) is a "decompression bomb" now
+    assert _demo(tiny_weights, [folder], tmp_path / "out") == 0
+    out = capsys.readouterr().out
+    assert f"skipped {folder / 'strip.png'}: 3000x2 pixels is too thin" in out
+    assert f"skipped {folder / 'big.png'}: too large to read safely" in out
+    assert "3 input(s) processed" in out  # fine.png and the two photos behind the link
+
+
+def test_a_video_that_does_not_read_back_is_an_error(tiny_weights, tmp_path, capsys, monkeypatch):
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 48))
+    for _ in range(3):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    # OpenCV's writer reports nothing when the disk fills: simulate frames that never reach the file
+    real_writer = cv2.VideoWriter
+
+    class LosingWriter:
+        def __init__(self, *args):
+            self.inner = real_writer(*args)
+
+        def isOpened(self):
+            return self.inner.isOpened()
+
+        def write(self, frame):
+            pass
+
+        def release(self):
+            self.inner.release()
+
+    monkeypatch.setattr(cv2, "VideoWriter", LosingWriter)
+    assert _demo(tiny_weights, [video], tmp_path / "out") == 2
+    assert f"could not write video {tmp_path / 'out' / 'clip.mp4'}" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "clip.mp4").exists()
 
 
 def test_demo_output_that_is_an_existing_file_is_refused(tiny_weights, tmp_path, capsys):
@@ -100,10 +178,17 @@ def test_a_failed_write_is_an_error_naming_the_path(tiny_weights, tmp_path, caps
     assert f"could not write image {out / 'beach.png'}" in captured.err
     assert "processed" not in captured.out
 
-    # cv2.imwrite reports failure only by returning False (e.g. a read-only folder for a non-root user)
-    monkeypatch.setattr(cv2, "imwrite", lambda *a, **k: False)
+    # a full disk: the picture is encoded in memory and written by Python, so the reason is named
+    import lambda_det.outputs
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lambda_det.outputs.os, "fsync", full_disk)
     assert _demo(tiny_weights, [photos / "street.jpg"], tmp_path / "out2") == 2
-    assert f"could not write image {tmp_path / 'out2' / 'street.png'}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"could not write image {tmp_path / 'out2' / 'street.png'}: no space left on the device" in err
+    assert list((tmp_path / "out2").iterdir()) == []  # no half-written picture left behind
 
 
 def test_demo_reads_images_as_detectron2_does_exif_orientation_included(tiny_weights, tmp_path, capsys):
@@ -146,7 +231,11 @@ def broken_weights(tmp_path_factory, tiny_weights):
         "random": folder / "random.pth",
         "directory": folder / "a_folder.pth",
         "tensor": folder / "tensor.pth",
+        "text": folder / "notes.pth",
+        "jpeg": folder / "photo.pth",
     }
+    files["text"].write_text("these are my notes, not weights\n")
+    files["jpeg"].write_bytes(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
     files["empty"].write_bytes(b"")
     files["truncated"].write_bytes(data[: len(data) // 2])
     files["random"].write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
@@ -158,6 +247,7 @@ def broken_weights(tmp_path_factory, tiny_weights):
 @pytest.mark.parametrize("kind,reason", [
     ("missing", "no such file"), ("empty", "is empty"), ("truncated", "truncated or corrupt"),
     ("random", "is not a checkpoint"), ("directory", "is a directory"), ("tensor", "not a checkpoint"),
+    ("text", "is not a checkpoint: it is a text file"), ("jpeg", "is not a checkpoint: it is a JPEG image"),
 ])
 def test_unreadable_weights_are_one_line_naming_the_file(broken_weights, kind, reason, tmp_path, capsys):
     path = broken_weights[kind]
@@ -240,9 +330,83 @@ def test_resume_from_a_damaged_last_checkpoint_names_the_intact_one(tmp_path, ti
     assert _hashes(run) == before
 
 
+def test_resume_without_last_checkpoint_or_with_an_empty_one_changes_nothing(tmp_path, tiny_weights, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_0000009.pth").write_bytes(Path(tiny_weights).read_bytes())
+    (run / "model_final.pth").write_bytes(Path(tiny_weights).read_bytes())
+    before = _hashes(run)
+    # Detectron2 would start from scratch and write a new model_final.pth over the old one
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "--resume", *TINY, "OUTPUT_DIR", run) == 2
+    err = capsys.readouterr().err
+    assert "holds checkpoints but no last_checkpoint" in err and f"echo model_final.pth > {run / 'last_checkpoint'}" in err
+    (run / "last_checkpoint").write_text("")
+    before["last_checkpoint"] = hashlib.sha256(b"").hexdigest()
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "--resume", *TINY, "OUTPUT_DIR", run) == 2
+    assert f"{run / 'last_checkpoint'} is empty" in capsys.readouterr().err
+    assert _hashes(run) == before
+
+
+def test_refused_runs_leave_the_runs_config_yaml_alone(tmp_path, tiny_weights, capsys):
+    """Weights are checked against the config before Detectron2's setup would rewrite config.yaml."""
+    run = save_tiny_weights(tmp_path / "run").parent
+    (run / "last_checkpoint").write_text("model_final.pth")
+    before = _hashes(run)
+    other = ["MODEL.LAMBDA_RESNET.LAYOUT", '["C","C","C","C"]']
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "--resume", *TINY, *other, "OUTPUT_DIR", run) == 2
+    err = capsys.readouterr().err
+    assert "do not fit" in err and "MODEL.LAMBDA_RESNET.LAYOUT = " in err  # the run's config.yaml, still its own
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "--eval-only", *TINY, *other,
+                    "MODEL.WEIGHTS", run / "model_final.pth", "OUTPUT_DIR", run) == 2
+    assert _hashes(run) == before
+
+
+def test_evaluation_into_a_run_writes_its_config_beside_its_results(tmp_path, tiny_weights, small_val):
+    from lambda_det.engine import run_cli
+
+    run = save_tiny_weights(tmp_path / "run").parent
+    config_before = (run / "config.yaml").read_text()
+    args = ["--config-file", TOY_CONFIG, "--eval-only", *TINY, "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
+            "DATASETS.TEST", f"('{small_val}',)", "MODEL.WEIGHTS", run / "model_final.pth", "OUTPUT_DIR", run]
+    assert run_cli([str(a) for a in args]) == 0
+    assert (run / "config.yaml").read_text() == config_before
+    assert "MIN_SIZE_TEST: 96" in (run / "inference" / small_val / "config.yaml").read_text()
+
+
 # ---------------------------------------------------------------------------------------------
 # training and evaluation outputs
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("what", ["an evaluation", "a config.yaml of the user's"])
+def test_training_into_a_folder_with_results_or_a_config_is_refused(tmp_path, capsys, what):
+    folder = tmp_path / "folder"
+    if what == "an evaluation":
+        (folder / "inference" / "toy_shapes_val").mkdir(parents=True)
+        (folder / "inference" / "toy_shapes_val" / "ap_by_size.json").write_text('{"bbox": {"AP": 50.0}}')
+    else:
+        folder.mkdir()
+        (folder / "config.yaml").write_text("MODEL:\n  DEVICE: cpu\n")
+    before = _hashes(folder)
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()",
+                    "OUTPUT_DIR", folder) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert _hashes(folder) == before
+
+
+@pytest.mark.parametrize("kind", ["dangling link", "not writable"])
+def test_output_dir_that_cannot_be_written_is_named_before_anything_starts(tmp_path, capsys, kind):
+    if kind == "dangling link":
+        output = tmp_path / "link"
+        output.symlink_to(tmp_path / "gone")
+        expected = "which does not exist"
+    else:
+        output = Path("/proc/lambda_det_test/run")  # /proc takes no new folders, even from root
+        expected = "cannot write there"
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()",
+                    "OUTPUT_DIR", output) == 2
+    err = capsys.readouterr().err
+    assert f"OUTPUT_DIR {output}" in err and expected in err and "Traceback" not in err
+
+
 def test_training_into_an_earlier_run_is_refused_without_resume(tmp_path, tiny_weights, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -358,6 +522,84 @@ def test_compare_runs_says_which_input_is_wrong_and_why(tmp_path, capsys):
     assert not (tmp_path / "cmp").exists()
 
 
+def test_compare_runs_keeps_runs_of_the_same_name_apart(tmp_path, capsys):
+    from lambda_det.evaluation import write_ap_by_size
+
+    for folder, ap, weights in (("x/eval", 10.0, "/w/a.pth"), ("y/eval", 20.0, "/w/b.pth")):
+        write_ap_by_size({"bbox": {"AP": ap}}, tmp_path / folder / "inference" / "ds", "eval",
+                         provenance={"weights": weights, "dataset": "ds"})
+    assert run_tool("compare_runs.py", tmp_path / "x/eval", tmp_path / "y/eval", "--output", tmp_path / "cmp") == 0
+    records = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [(r["bbox"]["AP"], r["provenance"]["weights"]) for r in records] == [(10.0, "/w/a.pth"), (20.0, "/w/b.pth")]
+    assert len({r["run"] for r in records}) == 2
+    assert run_tool("compare_runs.py", tmp_path / "x/eval", tmp_path / "y/eval", "--names", "a", "a",
+                    "--output", tmp_path / "cmp2") == 2
+    assert "row names must differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,reason", [
+    ('{"bbox": {"AP": 50}, "provenance": "oops"}', "'provenance' is a str"),
+    ('{"bbox": {"AP": true}}', "AP=True is not an AP"),
+    ('{"bbox": {"AP": NaN}}', "AP=nan is not an AP"),
+    ('{"bbox": {"AP": 50}, "segm": {}}', "segm has none of"),
+])
+def test_compare_runs_refuses_malformed_results(tmp_path, capsys, content, reason):
+    bad = tmp_path / "ap_by_size.json"
+    bad.write_text(content)
+    assert run_tool("compare_runs.py", bad, "--output", tmp_path / "cmp") == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and reason in err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A chart that cannot be written takes the table and JSON with it: a retry is not refused."""
+    import lambda_det.evaluation.ap_by_size as ap_by_size
+    from lambda_det.evaluation import write_ap_by_size
+
+    def failing_chart(rows, path, title):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(ap_by_size, "bar_chart", failing_chart)
+    with pytest.raises(OutputError, match="no space left on the device"):
+        write_ap_by_size({"bbox": {"AP": 50.0}}, tmp_path / "r", "r")
+    assert list((tmp_path / "r").iterdir()) == []
+
+
+def test_missing_dataset_files_stop_before_anything_is_written(tmp_path, capsys):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    name = "lambda_det_test_missing_files"
+    register_coco_instances(name, {}, str(tmp_path / "ann.json"), str(tmp_path / "images"))
+    MetadataCatalog.get(name).thing_classes = ["circle", "square", "triangle", "star"]
+    try:
+        assert run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "DATASETS.TRAIN", f"('{name}',)",
+                        "DATASETS.TEST", "()", "OUTPUT_DIR", tmp_path / "run") == 2
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert f"dataset '{name}' is missing files: {tmp_path / 'ann.json'}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content,reason", [("", "is empty"), ("- a\n- list\n", "is a list"), ("42\n", "is a int")])
+def test_config_files_that_are_not_mappings_are_named(tmp_path, capsys, content, reason):
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    assert run_tool("train_net.py", "--config-file", config) == 2
+    assert f"config file {config} {reason}, not a mapping" in capsys.readouterr().err
+
+
+def test_benchmark_checks_its_output_before_timing(tmp_path, capsys):
+    target = tmp_path / "results.png"
+    target.write_bytes(b"mine")
+    assert run_tool("benchmark_lambda.py", "--sides", "8", "--memory-sides", "8", "--repeats", "1",
+                    "--methods", "lambda/conv2d", "--output", target) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    assert target.read_bytes() == b"mine"
+
+
 # ---------------------------------------------------------------------------------------------
 # values checked where they enter
 # ---------------------------------------------------------------------------------------------
@@ -371,6 +613,8 @@ def test_compare_runs_says_which_input_is_wrong_and_why(tmp_path, capsys):
     ("train_net.py", ["--config-file", "configs/nope.yaml"], "config file configs/nope.yaml does not exist"),
     ("train_net.py", ["--config-file", TOY_CONFIG, "SOLVER.MAX_ITR", "5"], "SOLVER.MAX_ITR is not a config key; did you mean SOLVER.MAX_ITER?"),
     ("train_net.py", ["--config-file", TOY_CONFIG, "SOLVER.MAX_ITER"], "'SOLVER.MAX_ITER' has no value"),
+    ("demo.py", ["--config-file", TOY_CONFIG, "--input", "x.png", "--output", ""], "argument --output: an empty path is not allowed"),
+    ("demo.py", ["--config-file", TOY_CONFIG, "--input", "", "--output", "o"], "argument --input: an empty path is not allowed"),
     ("benchmark_lambda.py", ["--repeats", "0"], "argument --repeats: '0' is not allowed"),
     ("benchmark_lambda.py", ["--sides", "0"], "argument --sides: '0' is not allowed"),
 ])
@@ -398,6 +642,14 @@ def test_command_line_values_are_named_with_what_is_allowed(tool, argv, expected
     (["DATASETS.TRAIN", "('toy_shapes_trian',)"], "did you mean ['toy_shapes_train'"),
     (["SOLVER.AMP.ENABLED", "True"], "SOLVER.AMP.ENABLED=True: needs a CUDA device"),
     (["OUTPUT_DIR", "output/run.log"], "OUTPUT_DIR='output/run.log': ends like a file name"),
+    (["MODEL.ROI_HEADS.NAME", "FooHeads"], "MODEL.ROI_HEADS.NAME='FooHeads': is not registered in Detectron2's ROI_HEADS"),
+    (["MODEL.META_ARCHITECTURE", "GeneralizedRCN"], "did you mean 'GeneralizedRCNN'?"),
+    (["MODEL.RPN.HEAD_NAME", "Nope"], "MODEL.RPN.HEAD_NAME='Nope': is not registered"),
+    (["MODEL.ROI_HEADS.IN_FEATURES", "['p9']"], "asks for ['p9']; the FPN makes ['p2', 'p3', 'p4', 'p5', 'p6']"),
+    (["MODEL.DEVICE", "mps"], "MODEL.DEVICE='mps': must be 'cpu', 'cuda' or 'cuda:N'"),
+    (["INPUT.MIN_SIZE_TRAIN_SAMPLING", "range", "INPUT.MIN_SIZE_TRAIN", "(200, 100)"], "needs 2 values low < high"),
+    (["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "-1"], "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION=-1: must be an integer >= 1"),
+    (["MODEL.FPN.IN_FEATURES", "['res2', 'res9']"], "MODEL.FPN.IN_FEATURES=['res2', 'res9']: must name ResNet stages"),
 ])
 def test_config_values_that_cannot_work_stop_before_training(overrides, expected, capsys, tmp_path):
     argv = ["--config-file", TOY_CONFIG, *TINY, "OUTPUT_DIR", tmp_path / "run", *overrides]

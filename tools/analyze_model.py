@@ -18,7 +18,7 @@ from pathlib import Path
 import lambda_det
 from lambda_det.analysis import TASKS, analyze, worst_case
 from lambda_det.checks import UserError, positive_int, validate_config
-from lambda_det.outputs import existing, refuse_overwrite, write_text
+from lambda_det.outputs import ensure_writable_dir, existing, path_argument, refuse_overwrite, write_text
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
                         help="synthetic images of this size instead of DATASETS.TEST[0]")
     parser.add_argument("--worst-case", action="store_true",
                         help="count every image at the test-time maximum of proposals and detections")
-    parser.add_argument("--json", type=Path, help="also write the totals to this JSON file")
+    parser.add_argument("--json", type=path_argument, help="also write the totals to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     args = parser.parse_args()
@@ -46,8 +46,12 @@ def main() -> int:
             worst_case(cfg)
         cfg.freeze()
         validate_config(cfg, training=False)
-        if args.json and not args.overwrite:
-            refuse_overwrite(existing([args.json]), "--json", "of an earlier analysis")
+        if args.json:
+            if args.json.is_dir():
+                raise UserError(f"--json {args.json} is a directory; name a file")
+            if not args.overwrite:
+                refuse_overwrite(existing([args.json]), "--json", "of an earlier analysis")
+            ensure_writable_dir(args.json.parent, "--json's folder")
         if {"flop", "activation"} & set(args.tasks) and not args.input_size and not cfg.DATASETS.TEST:
             raise UserError("--tasks flop/activation need inputs: DATASETS.TEST[0], or --input-size H W")
         summary = analyze(cfg, args.tasks, args.num_inputs, tuple(args.input_size) if args.input_size else None)

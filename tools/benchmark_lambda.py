@@ -15,12 +15,12 @@ from pathlib import Path
 
 from lambda_det.benchmark import LayerSpec, run, scope_sweep
 from lambda_det.checks import UserError, positive_int
-from lambda_det.outputs import existing, refuse_overwrite
+from lambda_det.outputs import ensure_writable_dir, existing, path_argument, refuse_overwrite
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=Path("output/benchmarks"), help="directory for JSON/markdown/PNG")
+    parser.add_argument("--output", type=path_argument, default=Path("output/benchmarks"), help="directory for JSON/markdown/PNG")
     parser.add_argument("--overwrite", action="store_true", help="replace results an earlier run left in --output")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--sides", type=positive_int, nargs="+", default=[32, 64, 128], help="timed map sides")
@@ -47,6 +47,7 @@ def main() -> int:
     try:
         if not args.overwrite:
             refuse_overwrite(existing(args.output / n for n in names), "--output", "of an earlier benchmark")
+        ensure_writable_dir(args.output, "--output")  # before the minutes of timing, not after
         if args.scope_sweep:
             sides = args.sides if args.sides != [32, 64, 128] else [8, 16, 32, 64]
             scope_sweep(args.output, sides, args.scopes, args.device, args.repeats, LayerSpec(batch=args.batch))

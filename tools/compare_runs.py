@@ -16,15 +16,16 @@ from pathlib import Path
 
 from lambda_det.checks import UserError
 from lambda_det.evaluation import PAPER_TABLE6, compare
+from lambda_det.outputs import path_argument
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="output directories or ap_by_size.json files")
+    parser.add_argument("runs", nargs="+", type=path_argument, help="output directories or ap_by_size.json files")
     parser.add_argument("--names", nargs="*", default=[], help="row names (default: the run names)")
     parser.add_argument("--paper", nargs="*", default=[], choices=list(PAPER_TABLE6), metavar="ROW",
                         help=f"reference rows of the paper's Table 6: {', '.join(PAPER_TABLE6)}")
-    parser.add_argument("--output", type=Path, default=Path("output/compare"))
+    parser.add_argument("--output", type=path_argument, default=Path("output/compare"))
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --output")
     args = parser.parse_args()
     try:

@@ -17,13 +17,14 @@ from pathlib import Path
 import lambda_det
 from lambda_det.checks import UserError, probability, validate_config
 from lambda_det.demo import Demo, check_outputs, collect_inputs, plan_outputs, run_demo
+from lambda_det.outputs import path_argument
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--input", nargs="+", required=True, help="image files, globs, directories, videos")
-    parser.add_argument("--output", required=True, help="directory for the drawn images / videos")
+    parser.add_argument("--input", nargs="+", required=True, type=path_argument, help="image files, globs, directories, videos")
+    parser.add_argument("--output", required=True, type=path_argument, help="directory for the drawn images / videos")
     parser.add_argument("--confidence-threshold", type=probability, default=0.5, help="minimum score to draw, in [0, 1]")
     parser.add_argument("--overwrite", action="store_true", help="replace pictures an earlier run left in --output")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
@@ -38,7 +39,7 @@ def main() -> int:
         cfg.freeze()
         validate_config(cfg, training=False)
         output = Path(args.output)
-        inputs = collect_inputs(args.input, exclude=output)
+        inputs = collect_inputs([str(p) for p in args.input], exclude=output)
         check_outputs(inputs, plan_outputs(inputs, output), output, args.overwrite)  # before the model is loaded
         processed = run_demo(Demo(cfg), inputs, output, overwrite=args.overwrite)
     except UserError as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import lambda_det
 from lambda_det.checks import UserError, validate_config
-from lambda_det.outputs import ensure_writable_dir, existing, refuse_file, refuse_overwrite
+from lambda_det.outputs import ensure_writable_dir, existing, path_argument, refuse_file, refuse_overwrite
 
 TOLERANCE = 1e-2  # largest difference accepted between export and model (pixels, scores, mask probabilities)
 
@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--format", choices=FORMATS, required=True)
     parser.add_argument("--export-method", choices=METHODS, required=True)
     parser.add_argument("--sample-image", metavar="FILE", help="image to trace with (default: first of DATASETS.TEST[0])")
-    parser.add_argument("--output", required=True, type=Path, help="directory for the exported files")
+    parser.add_argument("--output", required=True, type=path_argument, help="directory for the exported files")
     parser.add_argument("--backbone-only", action="store_true", help="ONNX of backbone + FPN only (p2..p6)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")

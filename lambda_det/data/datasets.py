@@ -8,9 +8,14 @@ from typing import Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..checks import UserError, check_registered
 from .toy import TOY_CLASSES, TOY_COLORS, TOY_SPLITS, default_toy_root, generate_toy_dataset
 
 TOY_DATASETS = {f"toy_shapes_{split}": split for split in TOY_SPLITS}
+
+
+class DatasetError(UserError):
+    """A registered dataset whose files are not where its registration says."""
 
 
 def register_toy_datasets(root: Optional[Path] = None) -> None:
@@ -40,10 +45,9 @@ def register_toy_datasets(root: Optional[Path] = None) -> None:
 def prepare_dataset(name: str) -> None:
     """Make sure a registered dataset's files exist: generate the toy data, or explain what is missing.
 
-    Raises FileNotFoundError naming the expected paths (and, for COCO, how to obtain them).
+    Raises DatasetError naming the expected paths (and, for COCO, how to obtain them).
     """
-    if name not in DatasetCatalog.list():
-        raise KeyError(f"dataset {name!r} is not registered; registered: {sorted(DatasetCatalog.list())[:20]} ...")
+    check_registered(name, "the config")
     meta = MetadataCatalog.get(name)
     if name in TOY_DATASETS:
         generate_toy_dataset(Path(meta.toy_root))
@@ -58,4 +62,4 @@ def prepare_dataset(name: str) -> None:
                 "cocodataset.org and lay it out as $DETECTRON2_DATASETS/coco/{annotations,train2017,val2017}; "
                 f"DETECTRON2_DATASETS is now {os.environ.get('DETECTRON2_DATASETS', 'unset (so ./datasets)')}."
             )
-        raise FileNotFoundError(f"dataset {name!r} is missing files: {', '.join(missing)}.{hint}")
+        raise DatasetError(f"dataset {name!r} is missing files: {', '.join(missing)}.{hint}")

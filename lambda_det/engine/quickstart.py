@@ -9,16 +9,14 @@ from pathlib import Path
 from typing import List, Optional
 
 from detectron2.data import DatasetCatalog
-from detectron2.engine import default_setup
 
-from ..checkpoint import check_resume
-from ..checks import check_datasets, non_negative_int, positive_int, validate_config
+from ..checks import non_negative_int, positive_int
 from ..config import load_config
 from ..data import prepare_dataset
 from ..demo import Demo, Inputs, run_demo
 from ..evaluation import load_ap_by_size, markdown_table
-from ..outputs import OutputError, refuse_file
-from .train import existing_run
+from ..outputs import OutputError, path_argument, refuse_file
+from .train import existing_run, preflight, setup_process
 from .trainer import Trainer
 
 TOY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml"
@@ -27,7 +25,7 @@ TOY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "Toy" / "mask_rcn
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config-file", default=str(TOY_CONFIG), help="toy config to train")
-    parser.add_argument("--output", default=None, help="output directory (default: the config's OUTPUT_DIR)")
+    parser.add_argument("--output", default=None, type=path_argument, help="output directory (default: the config's OUTPUT_DIR)")
     parser.add_argument("--max-iter", type=positive_int, default=None, help="shorter or longer training (steps scale along)")
     parser.add_argument("--demo-images", type=non_negative_int, default=8, help="validation images to run the demo on")
     parser.add_argument("--no-resume", action="store_true",
@@ -39,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_cfg(args):
     cfg = load_config(args.config_file, args.opts)
     if args.output:
-        cfg.OUTPUT_DIR = args.output
+        cfg.OUTPUT_DIR = str(args.output)
     if args.max_iter:
         scale = args.max_iter / cfg.SOLVER.MAX_ITER
         steps = {int(round(s * scale)) for s in cfg.SOLVER.STEPS}
@@ -55,17 +53,18 @@ def run(argv: Optional[List[str]] = None) -> dict:
     """The main job. Raises UserError (before anything is written) for bad flags, config or output."""
     args = build_parser().parse_args(argv)
     cfg = build_cfg(args)
-    validate_config(cfg, training=True)
-    check_datasets(cfg, (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST), "DATASETS")
     refuse_file(Path(cfg.OUTPUT_DIR), "--output")
     if args.no_resume and existing_run(cfg.OUTPUT_DIR):
         raise OutputError(
             f"--no-resume: {cfg.OUTPUT_DIR} already holds a run; nothing was written. Retrain into another "
             "--output, or move the old run away yourself"
         )
-    if not args.no_resume:
-        check_resume(cfg.OUTPUT_DIR)
-    default_setup(cfg, argparse.Namespace(config_file=args.config_file, eval_only=False, opts=args.opts, resume=not args.no_resume))
+    run_args = argparse.Namespace(
+        config_file=args.config_file, opts=args.opts, resume=not args.no_resume, eval_only=False, overwrite=False,
+        num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto",
+    )
+    preflight(cfg, run_args)
+    setup_process(cfg, run_args)
     Trainer.run_context = {"config_file": args.config_file}
     log = logging.getLogger("lambda_det")
     start = time.perf_counter()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..checks import UserError
-from ..outputs import OutputError, ensure_writable_dir, existing, refuse_overwrite, write_text
+from ..outputs import OutputError, StagedFiles, ensure_writable_dir, existing, refuse_overwrite, write_text
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASKS = (("bbox", "box"), ("segm", "mask"))
@@ -53,12 +53,17 @@ def markdown_table(rows: Sequence[Tuple[str, Summary]]) -> str:
     head = ["run"] + [f"{m} {label}" for _, label in TASKS for m in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, summary in rows:
-        cells = [name]
+        cells = [_cell(name)]
         for task, _ in TASKS:
             values = summary.get(task, {})
             cells += ["-" if values.get(m) is None else f"{values[m]:.1f}" for m in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: a '|' would split the row."""
+    return str(text).replace("|", "/").replace("\n", " ")
 
 
 def bar_chart(rows: Sequence[Tuple[str, Summary]], path: Path, title: str = "AP by object size") -> None:
@@ -114,12 +119,13 @@ def write_ap_by_size(
     payload = {"run": run_name, **(extra or {}), **summary}
     if provenance:
         payload["provenance"] = provenance
-    write_text(paths["json"], json.dumps(payload, indent=2))
     md = f"# AP by object size: {run_name}\n\n" + markdown_table([(run_name, summary)])
     if provenance:
         md += "\n" + provenance_table([(run_name, provenance)])
-    write_text(paths["md"], md)
-    bar_chart([(run_name, summary)], paths["png"], f"AP by object size: {run_name}")
+    with StagedFiles() as staged:  # the three appear together or not at all
+        write_text(staged.stage(paths["json"]), json.dumps(payload, indent=2))
+        write_text(staged.stage(paths["md"]), md)
+        bar_chart([(run_name, summary)], staged.stage(paths["png"]), f"AP by object size: {run_name}")
     return paths
 
 
@@ -133,15 +139,15 @@ def provenance_table(rows: Sequence[Tuple[str, Optional[dict]]]) -> str:
             continue
         weights = str(p.get("weights") or "-")
         if p.get("weights_sha256"):
-            weights += f" (sha256 {p['weights_sha256'][:8]})"
-        size = p.get("input_size_test") or {}
+            weights += f" (sha256 {str(p['weights_sha256'])[:8]})"
+        size = p.get("input_size_test") if isinstance(p.get("input_size_test"), dict) else {}
         dataset = str(p.get("dataset", "-")) + (f" ({p['images']} images)" if p.get("images") else "")
-        config = p.get("config_file") or "-"
+        config = str(p.get("config_file") or "-")
         if p.get("config_sha256"):
-            config += f" (sha256 {p['config_sha256'][:8]})"
+            config += f" (sha256 {str(p['config_sha256'])[:8]})"
         cells = [name, dataset, weights, str(p.get("iterations_trained", "-")), f"{size.get('min', '-')}/{size.get('max', '-')}",
                  str(p.get("model", "-")), config]
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,11 +192,19 @@ def load_run(path: Path) -> Tuple[str, Summary, Optional[dict]]:
     for task, _ in TASKS:
         if isinstance(data.get(task), dict):
             values = data[task]
-            wrong = [m for m in METRICS if values.get(m) is not None and not isinstance(values.get(m), (int, float))]
-            if wrong:
-                raise ResultFileError(f"{path}: {task} {wrong[0]}={values[wrong[0]]!r} is not a number")
+            for m in METRICS:
+                value = values.get(m)
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                    raise ResultFileError(f"{path}: {task} {m}={value!r} is not an AP (a number in [0, 100], or null)")
+            if not any(m in values for m in METRICS):  # null values are fine: "no instances of that size"
+                raise ResultFileError(f"{path}: {task} has none of {list(METRICS)}")
             summary[task] = {m: values.get(m) for m in METRICS}
-    return str(data.get("run", path.parent.name)), summary, data.get("provenance")
+    provenance = data.get("provenance")
+    if provenance is not None and not isinstance(provenance, dict):
+        raise ResultFileError(f"{path}: 'provenance' is a {type(provenance).__name__}, not a mapping")
+    return str(data.get("run", path.parent.name)), summary, provenance
 
 
 def compare(
@@ -204,22 +218,27 @@ def compare(
     if len(names) > len(run_paths):
         raise ResultFileError(f"--names gives {len(names)} names for {len(run_paths)} runs")
     runs = [load_run(path) for path in run_paths]  # every input is checked before anything is written
+    labels = [names[i] if i < len(names) else name for i, (name, _, _) in enumerate(runs)]
+    duplicated = sorted({label for label in labels if labels.count(label) > 1})
+    for i, label in enumerate(labels[len(names):], start=len(names)):
+        if label in duplicated:  # two runs of the same folder name: the paths tell them apart
+            labels[i] = str(run_paths[i])
+    if len(set(labels)) != len(labels):
+        raise ResultFileError(f"--names: row names must differ; {sorted({x for x in labels if labels.count(x) > 1})} repeat")
     out_dir = Path(out_dir)
     paths = {"md": out_dir / "comparison.md", "png": out_dir / "comparison.png", "json": out_dir / "comparison.json"}
     if not overwrite:
         refuse_overwrite(existing(paths.values()), "--output", "from an earlier comparison")
-    ensure_writable_dir(out_dir, "--output")
-    rows: List[Tuple[str, Summary]] = []
-    provenance: List[Tuple[str, Optional[dict]]] = []
-    for i, (name, summary, prov) in enumerate(runs):
-        label = names[i] if i < len(names) else name
-        rows.append((label, summary))
-        provenance.append((label, prov))
+    rows: List[Tuple[str, Summary]] = [(label, summary) for label, (_, summary, _) in zip(labels, runs)]
+    provenance: List[Tuple[str, Optional[dict]]] = [(label, prov) for label, (_, _, prov) in zip(labels, runs)]
+    records = [{"run": n, **s, "provenance": p} for (n, s), (_, p) in zip(rows, provenance)]
     rows += [(f"paper: {r}", {t: {m: PAPER_TABLE6[r][t].get(m) for m in METRICS} for t in PAPER_TABLE6[r]}) for r in paper_rows]
+    records += [{"run": n, **s, "provenance": None} for n, s in rows[len(runs):]]
     text = "# AP by object size, side by side\n\n" + markdown_table(rows)
     text += "\n## What produced each run\n\n" + provenance_table(provenance)
-    write_text(paths["md"], text)
-    prov_by_name = dict(provenance)
-    write_text(paths["json"], json.dumps([{"run": n, **s, "provenance": prov_by_name.get(n)} for n, s in rows], indent=2))
-    bar_chart(rows, paths["png"], "AP by object size, side by side")
+    ensure_writable_dir(out_dir, "--output")
+    with StagedFiles() as staged:
+        write_text(staged.stage(paths["md"]), text)
+        write_text(staged.stage(paths["json"]), json.dumps(records, indent=2))
+        bar_chart(rows, staged.stage(paths["png"]), "AP by object size, side by side")
     return paths
