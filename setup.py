@@ -30,6 +30,7 @@ setup(
         "tensorboard",
         "tabulate",
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources, removed in setuptools 81
+        "ninja",  # builds the fused CPU position-term operator (lambda_det/layers/fused.py) on first use
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout"],

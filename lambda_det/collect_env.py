@@ -88,12 +88,18 @@ def collect_env() -> Tuple[List[Tuple[str, str]], List[str]]:
                 ("detectron2._C (compiled ops)", "absent: pure-Python fallbacks; no rotated boxes, "
                  "deformable conv or fast COCO eval")
             )
-    for name in ("fvcore", "pycocotools", "cv2", "numpy"):
+    for name in ("fvcore", "pycocotools", "cv2", "numpy", "onnx", "onnxruntime"):
         rows.append((name, _version(name)[0]))
     ld_version, ld = _version("lambda_det")
     rows.append(("lambda_det", ld_version))
     if ld is None:
         problems.append(f"lambda_det is not importable ({ld_version}): run `pip install -e .` in the checkout")
+    else:
+        # builds the operator on first use (half a minute), cached after; not a problem when missing
+        fused = importlib.import_module("lambda_det.layers.fused")
+        built = fused.extension() is not None
+        rows.append(("fused CPU position term", f"built ({fused.build_directory()})" if built
+                     else f"unavailable ({fused.unavailable_reason()}): impl='auto' uses the FFT / convolution forms"))
     return rows, problems
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from lambda_det.layers import POSITION_LAMBDA_IMPLS, LambdaLayer, lambda_layer_num_params
+from lambda_det.layers.position_lambdas import TERM_IMPLS
 
-IMPLS = sorted(POSITION_LAMBDA_IMPLS)
+IMPLS = sorted(POSITION_LAMBDA_IMPLS)  # the position-lambda forms (values, kernel) -> lambdas
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,6 +112,7 @@ REFERENCE_CASES = [
     (3, 6, 5, 8, 1, 7, 2, False),
     (1, 8, 6, 1, 4, None, 2, False),
     (1, 9, 10, 4, 1, 23, 2, True),
+    (2, 6, 9, 4, 1, 13, 1, True),  # the fused operator's paired positions (odd row: one left over)
 ]
 
 
@@ -125,12 +127,56 @@ def test_every_impl_matches_reference_float64(batch, height, width, heads, dim_u
     x = torch.randn(batch, 6, height, width, dtype=torch.float64)
     expected = reference_lambda_layer(layer, x)
     assert np.abs(expected).max() > 1e-3  # the comparison below is not against zeros
-    for impl in [*IMPLS, "auto", "conv"]:
+    for impl in [*TERM_IMPLS, "auto", "conv"]:
         layer.impl = {"conv": "conv2d"}.get(impl, impl)
         got = layer(x).detach().numpy()
         assert got.shape == expected.shape, impl
         err = np.abs(got - expected).max()
         assert err <= 1e-10 * max(1.0, np.abs(expected).max()), f"impl={impl}: max error {err:.3g}"
+
+
+def test_fused_operator_in_float32_at_the_papers_shapes_matches_float64():
+    """The paper's k = 16, h = 4, r = 23 in float32 (the vectorized kernels' float path, with paired
+    positions) against the float64 reference form, forward and every gradient."""
+    from lambda_det.layers.fused import position_term_fused
+    from lambda_det.layers.lambda_layer import apply_position_lambdas
+    from lambda_det.layers.position_lambdas import position_lambdas_conv2d
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 16, 13 * 14, requires_grad=True)
+    values = torch.randn(2, 1, 48, 13, 14, requires_grad=True)
+    kernel = torch.randn(16, 1, 23, 23, requires_grad=True)
+    out = position_term_fused(q, values, kernel)
+    q64, v64, k64 = (t.detach().double().requires_grad_(True) for t in (q, values, kernel))
+    expected = apply_position_lambdas(q64, position_lambdas_conv2d(v64, k64).reshape(2, 16, 48, 13 * 14))
+    grad = torch.randn_like(expected)
+    got = torch.autograd.grad(out, (q, values, kernel), grad.float())
+    want = torch.autograd.grad(expected, (q64, v64, k64), grad)
+    for a, b in [(out, expected), *zip(got, want)]:
+        assert ((a.double() - b).abs().max() / b.abs().max()).item() < 1e-5
+
+
+def test_without_the_fused_operator_auto_uses_the_other_forms_and_fused_says_why():
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from lambda_det.layers import LambdaLayer\n"
+        "layer = LambdaLayer(16, 16, dim_k=4, heads=4, scope=7)\n"
+        "x = torch.randn(1, 16, 20, 20)\n"
+        "assert layer.resolve_impl(20, 20, True, False) != 'fused'\n"
+        "layer(x).sum().backward()\n"
+        "layer.impl = 'fused'\n"
+        "try:\n"
+        "    layer(x)\n"
+        "except RuntimeError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = dict(__import__("os").environ, LAMBDA_DET_FUSED="0")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fused position-term operator is unavailable here: turned off by LAMBDA_DET_FUSED=0" in done.stdout
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -166,13 +212,13 @@ def test_content_output_is_permutation_equivariant_without_position_lambdas():
     assert (layer(x_perm).flatten(2) - layer(x).flatten(2)[:, :, perm]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", TERM_IMPLS)
 @pytest.mark.parametrize("scope", [3, None])
 def test_gradcheck_float64(impl, scope):
     torch.manual_seed(0)
     layer = LambdaLayer(3, 4, dim_k=2, heads=2, dim_u=2, scope=scope, impl=impl, global_max_size=4).double()
     x = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
-    params = [layer.rel_pos_emb, layer.to_k.weight]
+    params = [layer.rel_pos_emb, layer.to_k.weight, layer.to_q.weight]
 
     def f(inp, *_):
         return layer(inp)

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from .flops import counted_by_fvcore, position_term
+from .fused import available as fused_available
+from .fused import position_term_fused
 from .position_lambdas import IMPL_ALIASES, IMPL_CHOICES, choose_impl, position_lambdas, position_lambdas_conv2d
 
 Tensor = torch.Tensor
@@ -39,9 +41,11 @@ class LambdaLayer(nn.Module):
             over the whole map. Global embeddings are a relative table sized for
             ``global_max_size`` and cropped to the input, so inputs up to that size work.
         stride: 1, or 2 for a 3x3 average pool with stride 2 after the layer (App. D).
-        impl: how the position lambdas are computed: "conv" / "conv2d", "conv3d", "einsum", "fft",
-            or "auto" (the fastest for the shape and device). All compute the same function from
-            the same parameters. See ``lambda_det.layers.position_lambdas``.
+        impl: how the position term is computed: "conv" / "conv2d", "conv3d", "einsum", "fft"
+            (the position-lambda forms of ``lambda_det.layers.position_lambdas``), "fused" (the CPU
+            operator of ``lambda_det.layers.fused``), or "auto": the fastest for the shape, the
+            device and whether gradients are needed. All compute the same function from the same
+            parameters.
         norm: normalization of queries and values, by Detectron2's ``get_norm``: "BN", "SyncBN",
             "FrozenBN", "GN" or "" (none; an ablation that costs 2.2 points in App. A).
         global_max_size: (height, width) or side of the largest map a global layer accepts.
@@ -143,17 +147,18 @@ class LambdaLayer(nn.Module):
         emb = self.rel_pos_emb[oy : oy + 2 * ch + 1, ox : ox + 2 * cw + 1]
         return emb.permute(2, 3, 0, 1)
 
-    def resolve_impl(self, height: int, width: int, needs_grad: bool = True) -> str:
-        """The position-lambda form used for a map of this size (resolves impl="auto").
+    def resolve_impl(self, height: int, width: int, needs_grad: bool = True, fused_ok: bool = False) -> str:
+        """How the position term is computed for a map of this size (resolves impl="auto").
 
         ``needs_grad``: whether autograd records the forward (training) or not (evaluation,
-        ``torch.no_grad`` / ``torch.inference_mode``); the fastest form differs.
+        ``torch.no_grad`` / ``torch.inference_mode``); the fastest form differs. ``fused_ok``:
+        whether the fused CPU operator can run (a CPU input, the operator built here).
         """
         if self.impl != "auto":
             return self.impl
         rh_full, rw_full = self.rel_pos_emb.shape[0], self.rel_pos_emb.shape[1]
         rh, rw = min(rh_full, 2 * height - 1), min(rw_full, 2 * width - 1)
-        return choose_impl(height, width, rh, rw, needs_grad)
+        return choose_impl(height, width, rh, rw, needs_grad, fused_ok)
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
@@ -216,7 +221,17 @@ class LambdaLayer(nn.Module):
                 return apply_position_lambdas(q, lam.reshape(b, self.dim_k, self.dim_v, height * width))
         kernel = self.position_kernel(height, width).to(dtype)
         needs_grad = torch.is_grad_enabled() and (q.requires_grad or values.requires_grad)
-        lam = position_lambdas(values, kernel, self.resolve_impl(height, width, needs_grad))
+        if torch.jit.is_scripting():
+            impl = self.resolve_impl(height, width, needs_grad, False)
+            if impl == "fused":  # a Python operator: TorchScript runs the same function by the FFT
+                impl = "fft"
+        else:
+            impl = self.resolve_impl(height, width, needs_grad, q.device.type == "cpu" and fused_available())
+            if impl == "fused":
+                if q.device.type != "cpu":
+                    raise ValueError(f"impl='fused' runs on CPUs; this input is on {q.device}: use impl='auto'")
+                return position_term_fused(q, values, kernel)
+        lam = position_lambdas(values, kernel, impl)
         return apply_position_lambdas(q, lam.reshape(b, self.dim_k, self.dim_v, height * width))
 
 

@@ -130,17 +130,22 @@ POSITION_LAMBDA_IMPLS: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 # "conv" is the name the paper and the issue use for the lambda convolution.
 IMPL_ALIASES = {"conv": "conv2d"}
-IMPL_CHOICES = ("auto", "conv", *POSITION_LAMBDA_IMPLS)
+# The position term applied to the queries in one CPU operator (lambda_det/layers/fused.py): it never
+# materializes the position lambdas, so it is not a form of POSITION_LAMBDA_IMPLS.
+FUSED = "fused"
+TERM_IMPLS = (*sorted(POSITION_LAMBDA_IMPLS), FUSED)  # every way the layer can compute its position term
+IMPL_CHOICES = ("auto", "conv", *TERM_IMPLS)
 
 
-def choose_impl(height: int, width: int, rh: int, rw: int, needs_grad: bool) -> str:
-    """The fastest form for this shape and for what is computed (measurements: docs/lambda_layer.md).
+def choose_impl(height: int, width: int, rh: int, rw: int, needs_grad: bool, fused_ok: bool = False) -> str:
+    """The fastest way to compute the position term for this shape and for what is computed
+    (measurements: docs/lambda_layer.md, docs/benchmarks/auto_rule_cpu.md).
 
-    The direct convolution costs O(n k v rh rw); the FFT costs O(k v P log P) with P ~ n, whatever
-    the scope. On a 2-core CPU (batch 2, d = 256, k = 16, h = 4) conv2d wins up to a 7x7 kernel and
-    on maps of at most 16x16; the FFT wins beyond (2.6x at 64x64 with r = 23). The einsum form is
-    never the fastest (its E tensor is n x m x k) and conv3d is never faster than conv2d.
+    ``fused_ok``: the fused CPU operator can run (CPU input, operator built). ``needs_grad``: the
+    forward is recorded for a backward pass (training), or not (evaluation).
     """
-    if rh * rw <= 7 * 7 or height * width <= 16 * 16:
+    if fused_ok:
+        return "fused"  # a literal: TorchScript compiles this function and reads no str globals
+    if not needs_grad or rh * rw <= 7 * 7 or height * width <= 16 * 16:
         return "conv2d"
     return "fft"

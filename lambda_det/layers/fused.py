@@ -1,0 +1,171 @@
+"""The position term as one fused CPU operator: y^p_n = (lambda^p_n)^T q_n, forward and backward,
+without materializing the per-position lambdas (``csrc/position_term.cpp``).
+
+It computes the sum in the order of the relative logits, a_n = q_n^T R then y_n = sum_t a_{n,t} v_{n+t}
+(h (k + v) multiply-adds per tap instead of the lambda form's k v), with every intermediate in
+registers; its backward recomputes the logits instead of storing them. The result is the same
+function as every other form (tests/test_lambda_layer.py checks it in float64 against the loop
+reference, and gradcheck checks its backward).
+
+The operator is compiled on first use with PyTorch's C++ extension loader (g++ and ninja; about
+half a minute), for this machine's CPU (``-march=native``), and cached under
+``$LAMBDA_DET_CACHE/extensions`` (default ``~/.cache/lambda_det``). If it cannot be built,
+``available()`` is False with the reason in ``unavailable_reason()``, and ``impl="auto"`` uses the
+other forms. ``LAMBDA_DET_FUSED=0`` turns it off.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+Tensor = torch.Tensor
+logger = logging.getLogger("lambda_det")
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "position_term.cpp"
+# -fopenmp: ATen's parallel_for runs its loop in OpenMP threads only where the extension is built with it
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
+VECTOR_BYTES = 64  # the kernel's vector length: 16 floats, 8 doubles
+
+_lock = threading.Lock()
+_module = None
+_failure: Optional[str] = None
+
+
+def _cpu_signature() -> str:
+    """What -march=native compiles for: a binary built for one CPU may not run on another."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "model name", "Features", "CPU part")):
+                    flags += line
+    except OSError:
+        pass
+    return platform.machine() + flags
+
+
+def build_directory() -> Path:
+    cache = Path(os.environ.get("LAMBDA_DET_CACHE", Path.home() / ".cache" / "lambda_det"))
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(), _cpu_signature().encode()):
+        key.update(part)
+    return cache / "extensions" / f"position_term_{key.hexdigest()[:16]}"
+
+
+def extension():
+    """The compiled module, building it on first use; None if it cannot be built here."""
+    global _module, _failure
+    if _module is not None or _failure is not None:
+        return _module
+    with _lock:
+        if _module is not None or _failure is not None:
+            return _module
+        if os.environ.get("LAMBDA_DET_FUSED", "1") == "0":
+            _failure = "turned off by LAMBDA_DET_FUSED=0"
+            return None
+        try:
+            # its import warns that no CUDA runtime exists; this operator is CPU-only anyway
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            from torch.utils.cpp_extension import load
+
+            directory = build_directory()
+            directory.mkdir(parents=True, exist_ok=True)
+            if not (directory / "build.ninja").exists():
+                logger.info("building lambda_det's fused position-term operator (once, about half a minute) in %s", directory)
+            _module = load(name=f"lambda_det_{directory.name}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                           extra_ldflags=LDFLAGS, build_directory=str(directory), verbose=False)
+        except Exception as exc:  # a missing compiler / ninja / headers: the other forms still work
+            _failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            logger.warning("lambda_det's fused position-term operator is unavailable (%s); using the other forms", _failure)
+    return _module
+
+
+def available() -> bool:
+    return extension() is not None
+
+
+def unavailable_reason() -> Optional[str]:
+    extension()
+    return _failure
+
+
+def _padded(size: int, dtype: torch.dtype) -> int:
+    lanes = VECTOR_BYTES // torch.empty((), dtype=dtype).element_size()
+    return -(-size // lanes) * lanes
+
+
+def _channels_last_padded(x: Tensor, dims, padded: int) -> Tensor:
+    """x permuted to ``dims`` with its last dimension zero-padded to ``padded``, contiguous."""
+    moved = x.permute(*dims)
+    if moved.shape[-1] == padded:
+        return moved.contiguous()
+    out = x.new_zeros((*moved.shape[:-1], padded))
+    out[..., : moved.shape[-1]] = moved
+    return out
+
+
+class _PositionTerm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, values: Tensor, kernel: Tensor) -> Tensor:
+        ext = extension()
+        b, heads, k, height, width = q.shape
+        _, u, v, _, _ = values.shape
+        _, _, rh, rw = kernel.shape
+        dtype = q.dtype
+        q_cl = q.permute(0, 3, 4, 1, 2).contiguous()  # (b, H, W, h, k)
+        v_cl = _channels_last_padded(values, (0, 1, 3, 4, 2), _padded(v, dtype))  # (b, u, H, W, VP)
+        r_a = _channels_last_padded(kernel, (1, 2, 0, 3), _padded(rw, dtype))  # (u, rh, k, RWP)
+        out = ext.forward(q_cl, v_cl, r_a, v, rw)
+        ctx.save_for_backward(q_cl, values, r_a, kernel)
+        ctx.sizes = (b, heads, k, height, width, u, v, rh, rw)
+        return out[..., :v].permute(0, 3, 4, 1, 2).reshape(b, heads, v, height * width)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        ext = extension()
+        q_cl, values, r_a, kernel = ctx.saved_tensors
+        b, heads, k, height, width, u, v, rh, rw = ctx.sizes
+        dtype = q_cl.dtype
+        r_k = _channels_last_padded(kernel, (1, 2, 3, 0), _padded(k, dtype))  # (u, rh, rw, KP)
+        g_cl = _channels_last_padded(grad.reshape(b, heads, v, height, width), (0, 3, 4, 1, 2), _padded(v, dtype))
+        v_px, wp = _values_padded_x(values, rw, dtype)
+        dq_cl, dv_cl, dr = ext.backward(g_cl, q_cl, v_px, r_a, r_k, wp)
+        dq = dq_cl.permute(0, 3, 4, 1, 2)  # (b, h, k, H, W)
+        dv = dv_cl[..., :v].permute(0, 1, 4, 2, 3)  # (b, u, v, H, W)
+        dkernel = dr[..., :k].permute(3, 0, 1, 2)  # (k, u, rh, rw)
+        return dq, dv, dkernel
+
+
+def _values_padded_x(values: Tensor, rw: int, dtype: torch.dtype):
+    """((b, u, v, CS), WP): each channel H rows of WP = W + RWP (rw // 2 zeros on the left, room for a
+    vector load on the right), channels CS >= H * WP apart, CS an odd multiple of 64 bytes (see the C++)."""
+    b, u, v, height, width = values.shape
+    wp = width + _padded(rw, dtype)
+    lanes = VECTOR_BYTES // values.element_size()
+    cs = _padded(height * wp, dtype)
+    if (cs // lanes) % 2 == 0:
+        cs += lanes
+    padded = values.new_zeros((b, u, v, cs))
+    padded[..., : height * wp].view(b, u, v, height, wp)[..., rw // 2 : rw // 2 + width] = values
+    return padded, wp
+
+
+def position_term_fused(q: Tensor, values: Tensor, kernel: Tensor) -> Tensor:
+    """(lambda^p_n)^T q_n for every position: q (b, h, k, n), values (b, u, v, H, W), kernel
+    (k, u, rh, rw) with odd rh, rw -> (b, h, v, n). CPU, float32 / float64."""
+    if extension() is None:
+        raise RuntimeError(f"the fused position-term operator is unavailable here: {unavailable_reason()}")
+    b, heads, k, _ = q.shape
+    height, width = values.shape[-2:]
+    return _PositionTerm.apply(q.reshape(b, heads, k, height, width), values.contiguous(), kernel.contiguous())
+
+
+__all__ = ["available", "build_directory", "extension", "position_term_fused", "unavailable_reason"]
