@@ -138,22 +138,26 @@ def test_every_impl_matches_reference_float64(batch, height, width, heads, dim_u
 def test_fused_operator_in_float32_at_the_papers_shapes_matches_float64():
     """The paper's k = 16, h = 4, r = 23 in float32 (the vectorized kernels' float path, with paired
     positions) against the float64 reference form, forward and every gradient."""
-    from lambda_det.layers.fused import position_term_fused
+    from lambda_det.layers.fused import lambda_output_fused
     from lambda_det.layers.lambda_layer import apply_position_lambdas
     from lambda_det.layers.position_lambdas import position_lambdas_conv2d
 
     torch.manual_seed(0)
-    q = torch.randn(2, 4, 16, 13 * 14, requires_grad=True)
-    values = torch.randn(2, 1, 48, 13, 14, requires_grad=True)
-    kernel = torch.randn(16, 1, 23, 23, requires_grad=True)
-    out = position_term_fused(q, values, kernel)
-    q64, v64, k64 = (t.detach().double().requires_grad_(True) for t in (q, values, kernel))
-    expected = apply_position_lambdas(q64, position_lambdas_conv2d(v64, k64).reshape(2, 16, 48, 13 * 14))
+    b, h, k, v, height, width = 2, 4, 16, 48, 13, 14
+    q = torch.randn(b, h, k, height, width, requires_grad=True)
+    values = torch.randn(b, 1, v, height, width, requires_grad=True)
+    kernel = torch.randn(k, 1, 23, 23, requires_grad=True)
+    content = torch.randn(b, k, v, requires_grad=True)
+    out = lambda_output_fused(q, values, kernel, content)
+    q64, v64, k64, c64 = (t.detach().double().requires_grad_(True) for t in (q, values, kernel, content))
+    flat_q = q64.reshape(b, h, k, height * width)
+    position = apply_position_lambdas(flat_q, position_lambdas_conv2d(v64, k64).reshape(b, k, v, height * width))
+    expected = (torch.einsum("bhkn,bkv->bhvn", flat_q, c64) + position).reshape(b, h * v, height, width)
     grad = torch.randn_like(expected)
-    got = torch.autograd.grad(out, (q, values, kernel), grad.float())
-    want = torch.autograd.grad(expected, (q64, v64, k64), grad)
-    for a, b in [(out, expected), *zip(got, want)]:
-        assert ((a.double() - b).abs().max() / b.abs().max()).item() < 1e-5
+    got = torch.autograd.grad(out, (q, values, kernel, content), grad.float())
+    want = torch.autograd.grad(expected, (q64, v64, k64, c64), grad)
+    for a, b_ in [(out, expected), *zip(got, want)]:
+        assert ((a.double() - b_).abs().max() / b_.abs().max()).item() < 1e-5
 
 
 def test_without_the_fused_operator_auto_uses_the_other_forms_and_fused_says_why():
@@ -176,7 +180,7 @@ def test_without_the_fused_operator_auto_uses_the_other_forms_and_fused_says_why
     env = dict(__import__("os").environ, LAMBDA_DET_FUSED="0")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "fused position-term operator is unavailable here: turned off by LAMBDA_DET_FUSED=0" in done.stdout
+    assert "fused lambda operator is unavailable here: turned off by LAMBDA_DET_FUSED=0" in done.stdout
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -79,12 +79,8 @@ def _position_term(q: Tensor, values: Tensor, kernel: Tensor, impl: str) -> Tens
     """(lambda^p_n)^T q_n for every position: q (b, h, k, n), values (b, u, v, H, W), kernel
     (k, u, rh, rw) -> (b, h, v, n). Computed by the named position-lambda form."""
     from .lambda_layer import apply_position_lambdas
-    from .position_lambdas import FUSED, position_lambdas
+    from .position_lambdas import position_lambdas
 
-    if impl == FUSED:
-        from .fused import position_term_fused
-
-        return position_term_fused(q, values, kernel)
     b, _, k, n = q.shape
     lam = position_lambdas(values, kernel, impl).reshape(b, k, values.shape[2], n)
     return apply_position_lambdas(q, lam)

@@ -1,11 +1,13 @@
-"""The position term as one fused CPU operator: y^p_n = (lambda^p_n)^T q_n, forward and backward,
-without materializing the per-position lambdas (``csrc/position_term.cpp``).
+"""The lambda layer's output as one fused CPU operator: y_n = (lambda^c + lambda^p_n)^T q_n for every
+position, forward and backward, without materializing the per-position lambdas
+(``csrc/fused_lambda.cpp``).
 
-It computes the sum in the order of the relative logits, a_n = q_n^T R then y_n = sum_t a_{n,t} v_{n+t}
-(h (k + v) multiply-adds per tap instead of the lambda form's k v), with every intermediate in
-registers; its backward recomputes the logits instead of storing them. The result is the same
-function as every other form (tests/test_lambda_layer.py checks it in float64 against the loop
-reference, and gradcheck checks its backward).
+It sums the position term in the order of the relative logits, a_n = q_n^T R then
+y_n = sum_t a_{n,t} v_{n+t} (h (k + v) multiply-adds per tap instead of the lambda form's k v), with
+every intermediate in registers, starts each position's sum with the content term, and writes the
+output once, channels-last; its backward recomputes the logits instead of storing them. The result
+is the same function as every other form (tests/test_lambda_layer.py checks it in float64 against
+the loop reference, gradcheck checks its backward).
 
 The operator is compiled on first use with PyTorch's C++ extension loader (g++ and ninja; about
 half a minute), for this machine's CPU (``-march=native``), and cached under
@@ -24,11 +26,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
 Tensor = torch.Tensor
 logger = logging.getLogger("lambda_det")
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "position_term.cpp"
+SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_lambda.cpp"
 # -fopenmp: ATen's parallel_for runs its loop in OpenMP threads only where the extension is built with it
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
@@ -57,7 +60,7 @@ def build_directory() -> Path:
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(), _cpu_signature().encode()):
         key.update(part)
-    return cache / "extensions" / f"position_term_{key.hexdigest()[:16]}"
+    return cache / "extensions" / f"fused_lambda_{key.hexdigest()[:16]}"
 
 
 def extension():
@@ -79,12 +82,12 @@ def extension():
             directory = build_directory()
             directory.mkdir(parents=True, exist_ok=True)
             if not (directory / "build.ninja").exists():
-                logger.info("building lambda_det's fused position-term operator (once, about half a minute) in %s", directory)
+                logger.info("building lambda_det's fused lambda operator (once, about half a minute) in %s", directory)
             _module = load(name=f"lambda_det_{directory.name}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
                            extra_ldflags=LDFLAGS, build_directory=str(directory), verbose=False)
         except Exception as exc:  # a missing compiler / ninja / headers: the other forms still work
             _failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-            logger.warning("lambda_det's fused position-term operator is unavailable (%s); using the other forms", _failure)
+            logger.warning("lambda_det's fused lambda operator is unavailable (%s); using the other forms", _failure)
     return _module
 
 
@@ -112,36 +115,45 @@ def _channels_last_padded(x: Tensor, dims, padded: int) -> Tensor:
     return out
 
 
-class _PositionTerm(torch.autograd.Function):
+class _FusedLambda(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, values: Tensor, kernel: Tensor) -> Tensor:
+    def forward(ctx, q: Tensor, values: Tensor, kernel: Tensor, content: Tensor) -> Tensor:
         ext = extension()
         b, heads, k, height, width = q.shape
         _, u, v, _, _ = values.shape
-        _, _, rh, rw = kernel.shape
+        rw = kernel.shape[-1]
         dtype = q.dtype
+        vp = _padded(v, dtype)
         q_cl = q.permute(0, 3, 4, 1, 2).contiguous()  # (b, H, W, h, k)
-        v_cl = _channels_last_padded(values, (0, 1, 3, 4, 2), _padded(v, dtype))  # (b, u, H, W, VP)
+        v_cl = _channels_last_padded(values, (0, 1, 3, 4, 2), vp)  # (b, u, H, W, VP)
         r_a = _channels_last_padded(kernel, (1, 2, 0, 3), _padded(rw, dtype))  # (u, rh, k, RWP)
-        out = ext.forward(q_cl, v_cl, r_a, v, rw)
-        ctx.save_for_backward(q_cl, values, r_a, kernel)
-        ctx.sizes = (b, heads, k, height, width, u, v, rh, rw)
-        return out[..., :v].permute(0, 3, 4, 1, 2).reshape(b, heads, v, height * width)
+        c_v = _channels_last_padded(content, (0, 1, 2), vp)  # (b, k, VP)
+        out = ext.forward(q_cl, v_cl, r_a, c_v, v, rw)  # (b, H, W, h, VP)
+        ctx.save_for_backward(q_cl, values, r_a, kernel, content)
+        ctx.sizes = (b, heads, k, height, width, v, rw)
+        if vp == v:  # (b, h v, H, W) in channels-last memory: no copy
+            return out.view(b, height, width, heads * v).permute(0, 3, 1, 2)
+        return out[..., :v].reshape(b, height, width, heads * v).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         ext = extension()
-        q_cl, values, r_a, kernel = ctx.saved_tensors
-        b, heads, k, height, width, u, v, rh, rw = ctx.sizes
+        q_cl, values, r_a, kernel, content = ctx.saved_tensors
+        b, heads, k, height, width, v, rw = ctx.sizes
         dtype = q_cl.dtype
-        r_k = _channels_last_padded(kernel, (1, 2, 3, 0), _padded(k, dtype))  # (u, rh, rw, KP)
-        g_cl = _channels_last_padded(grad.reshape(b, heads, v, height, width), (0, 3, 4, 1, 2), _padded(v, dtype))
+        vp, kp = _padded(v, dtype), _padded(k, dtype)
+        # a channels-last grad (as the forward's output) is already (b, H, W, h v) in memory: a view
+        g_cl = _channels_last_padded(grad.permute(0, 2, 3, 1).reshape(b, height, width, heads, v), (0, 1, 2, 3, 4), vp)
+        r_k = _channels_last_padded(kernel, (1, 2, 3, 0), kp)  # (u, rh, rw, KP)
+        c_k = content.new_zeros((b, vp, kp))
+        c_k[:, :v, :k] = content.transpose(1, 2)
         v_px, wp = _values_padded_x(values, rw, dtype)
-        dq_cl, dv_cl, dr = ext.backward(g_cl, q_cl, v_px, r_a, r_k, wp)
+        dq_cl, dv_cl, dr, dc = ext.backward(g_cl, q_cl, v_px, r_a, r_k, c_k, wp)
         dq = dq_cl.permute(0, 3, 4, 1, 2)  # (b, h, k, H, W)
         dv = dv_cl[..., :v].permute(0, 1, 4, 2, 3)  # (b, u, v, H, W)
         dkernel = dr[..., :k].permute(3, 0, 1, 2)  # (k, u, rh, rw)
-        return dq, dv, dkernel
+        return dq, dv, dkernel, dc[..., :v]
 
 
 def _values_padded_x(values: Tensor, rw: int, dtype: torch.dtype):
@@ -158,14 +170,13 @@ def _values_padded_x(values: Tensor, rw: int, dtype: torch.dtype):
     return padded, wp
 
 
-def position_term_fused(q: Tensor, values: Tensor, kernel: Tensor) -> Tensor:
-    """(lambda^p_n)^T q_n for every position: q (b, h, k, n), values (b, u, v, H, W), kernel
-    (k, u, rh, rw) with odd rh, rw -> (b, h, v, n). CPU, float32 / float64."""
+def lambda_output_fused(q: Tensor, values: Tensor, kernel: Tensor, content_lambda: Tensor) -> Tensor:
+    """y_n = (lambda^c + lambda^p_n)^T q_n for every position: q (b, h, k, H, W), values (b, u, v, H, W),
+    kernel (k, u, rh, rw) with odd rh, rw, content_lambda (b, k, v) -> (b, h v, H, W), in channels-last
+    memory when v is a multiple of the vector length. CPU, float32 / float64."""
     if extension() is None:
-        raise RuntimeError(f"the fused position-term operator is unavailable here: {unavailable_reason()}")
-    b, heads, k, _ = q.shape
-    height, width = values.shape[-2:]
-    return _PositionTerm.apply(q.reshape(b, heads, k, height, width), values.contiguous(), kernel.contiguous())
+        raise RuntimeError(f"the fused lambda operator is unavailable here: {unavailable_reason()}")
+    return _FusedLambda.apply(q.contiguous(), values.contiguous(), kernel.contiguous(), content_lambda.contiguous())
 
 
-__all__ = ["available", "build_directory", "extension", "position_term_fused", "unavailable_reason"]
+__all__ = ["available", "build_directory", "extension", "lambda_output_fused", "unavailable_reason"]

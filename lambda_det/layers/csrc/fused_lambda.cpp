@@ -1,4 +1,4 @@
-// The lambda layer's position term on the CPU, fused: y^p_n = (lambda^p_n)^T q_n for every query
+// The lambda layer's output on the CPU, fused: y_n = (lambda^c + lambda^p_n)^T q_n for every query
 // position n, without ever materializing the k x v position lambdas of every position.
 //
 // LambdaNetworks (Bello 2021), Sec. 3: lambda^p_n = sum_m E_{n,m}^T v_m, E_{n,m} = R[pos(m) - pos(n)].
@@ -9,12 +9,14 @@
 //     y[h, v, n]    = sum_{u, t} a[h, u, n, t] V[u, v, n + t]     (taps inside the map only: zero padding)
 //
 // which costs h (k + v) multiply-adds per tap where the lambda form costs k v (3.2x fewer at the
-// paper's h = 4, k = 16, v = 64). The backward pass:
+// paper's h = 4, k = 16, v = 64). The content term (lambda^c)^T q_n starts each position's sum, so the
+// output is written once. The backward pass:
 //
 //     da[h, u, n, t] = sum_v g[h, v, n] V[u, v, n + t]
 //     dq[h, k, n]    = sum_{u, t} da[h, u, n, t] R[k, u, t]
 //     dR[k, u, t]    = sum_{b, n, h} da[h, u, n, t] q[h, k, n]
 //     dV[u, v, n+t] += sum_h a[h, u, n, t] g[h, v, n]
+//     dq[h, k, n]   += sum_v g[h, v, n] lambda^c[k, v];   dlambda^c[k, v] = sum_{n, h} q[h, k, n] g[h, v, n]
 //
 // Work goes one row of query positions at a time (in parallel over rows), and inside a row one
 // scope row dy at a time, so that the rows of V a step reads stay in L1 while every position of
@@ -30,7 +32,9 @@
 //                                     v rows a step reads do not all fall into one L1 cache set
 //   r_a    (U, RH, k, RWP)            embeddings for the logits, x-taps padded to RWP
 //   r_k    (U, RH, RW, KP)            embeddings for dq / dR, k padded to KP
-//   out    (B, H, W, h, VP)           the position term, channels last
+//   c_v    (B, k, VP)                 the content lambda, v as the vector (forward, dlambda^c)
+//   c_k    (B, VP, KP)                the content lambda, k as the vector (dq)
+//   out    (B, H, W, h, VP)           the layer's output before its pooling, channels last
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -214,6 +218,56 @@ inline void aggregate(const Shape& s, const T* a, const T* window, int dx0, int 
     for (int j = 0; j < NV; ++j) store<T>(out + (hb + i) * s.VP + vb + j * L, acc[i][j]);
 }
 
+// out[hb..hb+HN)[vb..vb+NV*L) = sum_k q[hh][k] lambda^c[k][vb..]: the content term starts the sum
+template <typename T, int HN, int NV>
+inline void content_start(const Shape& s, const T* q, const T* c_v, int64_t hb, int64_t vb, T* out) {
+  constexpr int L = V64<T>::L;
+  vec_t<T> acc[HN][NV];
+  for (int i = 0; i < HN; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = zero<T>();
+  for (int64_t kk = 0; kk < s.k; ++kk) {
+    vec_t<T> cv[NV];
+    for (int j = 0; j < NV; ++j) cv[j] = load<T>(c_v + kk * s.VP + vb + j * L);
+    for (int i = 0; i < HN; ++i) {
+      const T qv = q[(hb + i) * s.k + kk];
+      for (int j = 0; j < NV; ++j) acc[i][j] += qv * cv[j];
+    }
+  }
+  for (int i = 0; i < HN; ++i)
+    for (int j = 0; j < NV; ++j) store<T>(out + (hb + i) * s.VP + vb + j * L, acc[i][j]);
+}
+
+template <typename T>
+void content_start_all(const Shape& s, const T* q, const T* c_v, T* out) {
+  constexpr int L = V64<T>::L;
+  for (int64_t hb = 0; hb < s.h;) {
+    const int64_t hn = s.h - hb >= 4 ? 4 : 1;
+    for (int64_t vb = 0; vb < s.VP; vb += L) {
+      if (hn == 4) content_start<T, 4, 1>(s, q, c_v, hb, vb, out);
+      else content_start<T, 1, 1>(s, q, c_v, hb, vb, out);
+    }
+    hb += hn;
+  }
+}
+
+// dq[hh][kb..] += sum_v g[hh][v] lambda^c[v][kb..];  dlambda^c[k][vb..] += sum_hh q[hh][k] g[hh][vb..]
+template <typename T>
+void content_grads(const Shape& s, const T* q, const T* g, const T* c_k, T* dq, T* dc_v) {
+  constexpr int L = V64<T>::L;
+  for (int64_t hh = 0; hh < s.h; ++hh)
+    for (int64_t kb = 0; kb < s.KP; kb += L) {
+      vec_t<T> acc = load<T>(dq + hh * s.KP + kb);
+      for (int64_t vv = 0; vv < s.v; ++vv) acc += g[hh * s.VP + vv] * load<T>(c_k + vv * s.KP + kb);
+      store<T>(dq + hh * s.KP + kb, acc);
+    }
+  for (int64_t kk = 0; kk < s.k; ++kk)
+    for (int64_t vb = 0; vb < s.VP; vb += L) {
+      vec_t<T> acc = load<T>(dc_v + kk * s.VP + vb);
+      for (int64_t hh = 0; hh < s.h; ++hh) acc += q[hh * s.k + kk] * load<T>(g + hh * s.VP + vb);
+      store<T>(dc_v + kk * s.VP + vb, acc);
+    }
+}
+
 template <typename T, int HN>
 inline void aggregate_all_v(const Shape& s, const T* a, const T* window, int dx0, int dx1, int64_t hb, T* out) {
   constexpr int L = V64<T>::L;
@@ -281,15 +335,17 @@ inline void value_grads_all_v(const Shape& s, const T* a, const T* g, T* window,
 // forward and backward, one query row at a time
 // ----------------------------------------------------------------------------------------------
 template <typename T>
-void forward_impl(const Shape& s, const T* q_cl, const T* v_cl, const T* r_a, T* out) {
+void forward_impl(const Shape& s, const T* q_cl, const T* v_cl, const T* r_a, const T* c_v, T* out) {
   at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> a(static_cast<size_t>(s.W * s.apos()));
     for (int64_t by = begin; by < end; ++by) {
       const Row row(s, by);
       T* out_row = out + by * s.W * s.h * s.VP;
-      std::fill(out_row, out_row + s.W * s.h * s.VP, T(0));
-      for (int64_t x = 0; x < s.W; ++x)
-        logits<T>(s, q_cl + (by * s.W + x) * s.h * s.k, r_a, row.dy0, row.dy1, a.data() + x * s.apos());
+      for (int64_t x = 0; x < s.W; ++x) {
+        const T* q = q_cl + (by * s.W + x) * s.h * s.k;
+        content_start_all<T>(s, q, c_v + row.b * s.k * s.VP, out_row + x * s.h * s.VP);
+        logits<T>(s, q, r_a, row.dy0, row.dy1, a.data() + x * s.apos());
+      }
       for (int64_t u = 0; u < s.U; ++u) {
         for (int dy = row.dy0; dy < row.dy1; ++dy) {
           const T* vrow = v_cl + ((row.b * s.U + u) * s.H + (row.y + dy - s.ch())) * s.W * s.VP;
@@ -309,19 +365,22 @@ void forward_impl(const Shape& s, const T* q_cl, const T* v_cl, const T* r_a, T*
 }
 
 template <typename T>
-void backward_impl(const Shape& s, const T* g_cl, const T* q_cl, const T* v_px, const T* r_a, const T* r_k, T* dq_cl,
-                   T* dv_cl, T* dr) {
+void backward_impl(const Shape& s, const T* g_cl, const T* q_cl, const T* v_px, const T* r_a, const T* r_k, const T* c_k,
+                   T* dq_cl, T* dv_cl, T* dr, T* dc) {
   constexpr int L = V64<T>::L;
   const int threads = at::get_num_threads();
   const int64_t dv_size = s.B * s.U * s.H * s.W * s.VP, dr_size = s.U * s.RH * s.RW * s.KP;
   // every thread scatters into its own dV and dR, summed at the end
-  std::vector<std::vector<T>> dv_local(threads), dr_local(threads);
+  const int64_t dc_size = s.B * s.k * s.VP;
+  std::vector<std::vector<T>> dv_local(threads), dr_local(threads), dc_local(threads);
   at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     std::vector<T>& dvt = dv_local[tid];
     std::vector<T>& drt = dr_local[tid];
     if (dvt.empty()) dvt.assign(static_cast<size_t>(dv_size), T(0));
     if (drt.empty()) drt.assign(static_cast<size_t>(dr_size), T(0));
+    std::vector<T>& dct = dc_local[tid];
+    if (dct.empty()) dct.assign(static_cast<size_t>(dc_size), T(0));
     std::vector<T> a(static_cast<size_t>(s.W * s.apos())), dq(static_cast<size_t>(s.W * s.h * s.KP));
     std::vector<T> da_store(a.size() + 1);  // one lane before the first row: logit_grads_pair writes there
     T* const da_begin = da_store.data() + 1;
@@ -331,6 +390,9 @@ void backward_impl(const Shape& s, const T* g_cl, const T* q_cl, const T* v_px, 
       for (int64_t x = 0; x < s.W; ++x)
         logits<T>(s, q_cl + (by * s.W + x) * s.h * s.k, r_a, row.dy0, row.dy1, a.data() + x * s.apos());
       std::fill(dq.begin(), dq.end(), T(0));
+      for (int64_t x = 0; x < s.W; ++x)
+        content_grads<T>(s, q_cl + (by * s.W + x) * s.h * s.k, g_row + x * s.h * s.VP, c_k + row.b * s.VP * s.KP,
+                         dq.data() + x * s.h * s.KP, dct.data() + row.b * s.k * s.VP);
       for (int64_t u = 0; u < s.U; ++u) {
         for (int dy = row.dy0; dy < row.dy1; ++dy) {
           const int64_t yy = row.y + dy - s.ch();
@@ -388,6 +450,12 @@ void backward_impl(const Shape& s, const T* g_cl, const T* q_cl, const T* v_px, 
       if (!part.empty()) sum += part[i];
     dr[i] = sum;
   }
+  for (int64_t i = 0; i < dc_size; ++i) {
+    T sum = 0;
+    for (const auto& part : dc_local)
+      if (!part.empty()) sum += part[i];
+    dc[i] = sum;
+  }
 }
 
 Shape shape_of(const torch::Tensor& q_cl, const torch::Tensor& r_a, int64_t U, int64_t VP, int64_t v, int64_t rw) {
@@ -397,53 +465,58 @@ Shape shape_of(const torch::Tensor& q_cl, const torch::Tensor& r_a, int64_t U, i
   s.RH = r_a.size(1); s.RWP = r_a.size(3); s.RW = rw;
   s.KP = 0; s.WP = 0; s.CS = 0;
   TORCH_CHECK(s.RH % 2 == 1 && s.RW % 2 == 1 && s.RW <= s.RWP && s.v <= s.VP && r_a.size(2) == s.k,
-              "lambda_det position_term: inconsistent shapes");
+              "lambda_det fused lambda: inconsistent shapes");
   return s;
 }
 
 void check(const std::vector<torch::Tensor>& tensors) {
   for (const auto& t : tensors) {
-    TORCH_CHECK(t.device().is_cpu(), "lambda_det position_term: CPU tensors only");
-    TORCH_CHECK(t.is_contiguous(), "lambda_det position_term: contiguous tensors only");
-    TORCH_CHECK(t.scalar_type() == tensors[0].scalar_type(), "lambda_det position_term: one dtype for all tensors");
+    TORCH_CHECK(t.device().is_cpu(), "lambda_det fused lambda: CPU tensors only");
+    TORCH_CHECK(t.is_contiguous(), "lambda_det fused lambda: contiguous tensors only");
+    TORCH_CHECK(t.scalar_type() == tensors[0].scalar_type(), "lambda_det fused lambda: one dtype for all tensors");
   }
 }
 
 }  // namespace
 
-torch::Tensor position_term_forward(torch::Tensor q_cl, torch::Tensor v_cl, torch::Tensor r_a, int64_t v, int64_t rw) {
-  check({q_cl, v_cl, r_a});
+torch::Tensor lambda_forward(torch::Tensor q_cl, torch::Tensor v_cl, torch::Tensor r_a, torch::Tensor c_v, int64_t v,
+                             int64_t rw) {
+  check({q_cl, v_cl, r_a, c_v});
   const Shape s = shape_of(q_cl, r_a, v_cl.size(1), v_cl.size(4), v, rw);
-  TORCH_CHECK(v_cl.size(0) == s.B && v_cl.size(2) == s.H && v_cl.size(3) == s.W, "lambda_det position_term: values shape");
+  TORCH_CHECK(v_cl.size(0) == s.B && v_cl.size(2) == s.H && v_cl.size(3) == s.W, "lambda_det fused lambda: values shape");
+  TORCH_CHECK(c_v.size(0) == s.B && c_v.size(1) == s.k && c_v.size(2) == s.VP, "lambda_det fused lambda: content shape");
   auto out = torch::empty({s.B, s.H, s.W, s.h, s.VP}, q_cl.options());
-  AT_DISPATCH_FLOATING_TYPES(q_cl.scalar_type(), "position_term_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(q_cl.scalar_type(), "lambda_forward", [&] {
     forward_impl<scalar_t>(s, q_cl.data_ptr<scalar_t>(), v_cl.data_ptr<scalar_t>(), r_a.data_ptr<scalar_t>(),
-                           out.data_ptr<scalar_t>());
+                           c_v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
   });
   return out;
 }
 
-std::vector<torch::Tensor> position_term_backward(torch::Tensor g_cl, torch::Tensor q_cl, torch::Tensor v_px,
-                                                  torch::Tensor r_a, torch::Tensor r_k, int64_t wp) {
-  check({g_cl, q_cl, v_px, r_a, r_k});
+std::vector<torch::Tensor> lambda_backward(torch::Tensor g_cl, torch::Tensor q_cl, torch::Tensor v_px, torch::Tensor r_a,
+                                           torch::Tensor r_k, torch::Tensor c_k, int64_t wp) {
+  check({g_cl, q_cl, v_px, r_a, r_k, c_k});
   Shape s = shape_of(q_cl, r_a, v_px.size(1), g_cl.size(4), v_px.size(2), r_k.size(2));
   s.KP = r_k.size(3);
   s.WP = wp;
   s.CS = v_px.size(3);
   TORCH_CHECK(s.WP >= s.W + s.RWP && s.CS >= s.H * s.WP && s.KP >= s.k && g_cl.size(3) == s.h,
-              "lambda_det position_term: padded shapes");
+              "lambda_det fused lambda: padded shapes");
+  TORCH_CHECK(c_k.size(0) == s.B && c_k.size(1) == s.VP && c_k.size(2) == s.KP, "lambda_det fused lambda: content shape");
   auto dq = torch::empty_like(q_cl);
   auto dv = torch::empty({s.B, s.U, s.H, s.W, s.VP}, q_cl.options());
   auto dr = torch::empty({s.U, s.RH, s.RW, s.KP}, q_cl.options());
-  AT_DISPATCH_FLOATING_TYPES(q_cl.scalar_type(), "position_term_backward", [&] {
+  auto dc = torch::empty({s.B, s.k, s.VP}, q_cl.options());
+  AT_DISPATCH_FLOATING_TYPES(q_cl.scalar_type(), "lambda_backward", [&] {
     backward_impl<scalar_t>(s, g_cl.data_ptr<scalar_t>(), q_cl.data_ptr<scalar_t>(), v_px.data_ptr<scalar_t>(),
-                            r_a.data_ptr<scalar_t>(), r_k.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>(),
-                            dv.data_ptr<scalar_t>(), dr.data_ptr<scalar_t>());
+                            r_a.data_ptr<scalar_t>(), r_k.data_ptr<scalar_t>(), c_k.data_ptr<scalar_t>(),
+                            dq.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), dr.data_ptr<scalar_t>(),
+                            dc.data_ptr<scalar_t>());
   });
-  return {dq, dv, dr};
+  return {dq, dv, dr, dc};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &position_term_forward, "fused lambda position term, forward (CPU)");
-  m.def("backward", &position_term_backward, "fused lambda position term, backward (CPU)");
+  m.def("forward", &lambda_forward, "fused lambda layer output (content + position terms), forward (CPU)");
+  m.def("backward", &lambda_backward, "fused lambda layer output, backward (CPU)");
 }
