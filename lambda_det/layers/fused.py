@@ -5,7 +5,7 @@ position, forward and backward, without materializing the per-position lambdas
 It sums the position term in the order of the relative logits, a_n = q_n^T R then
 y_n = sum_t a_{n,t} v_{n+t} (h (k + v) multiply-adds per tap instead of the lambda form's k v), with
 every intermediate in registers, starts each position's sum with the content term, and writes the
-output once, channels-last; its backward recomputes the logits instead of storing them. The result
+output once; its backward recomputes the logits instead of storing them. The result
 is the same function as every other form (tests/test_lambda_layer.py checks it in float64 against
 the loop reference, gradcheck checks its backward).
 
@@ -128,12 +128,10 @@ class _FusedLambda(torch.autograd.Function):
         v_cl = _channels_last_padded(values, (0, 1, 3, 4, 2), vp)  # (b, u, H, W, VP)
         r_a = _channels_last_padded(kernel, (1, 2, 0, 3), _padded(rw, dtype))  # (u, rh, k, RWP)
         c_v = _channels_last_padded(content, (0, 1, 2), vp)  # (b, k, VP)
-        out = ext.forward(q_cl, v_cl, r_a, c_v, v, rw)  # (b, H, W, h, VP)
+        out = ext.forward(q_cl, v_cl, r_a, c_v, v, rw)  # (b, h v, H, W)
         ctx.save_for_backward(q_cl, values, r_a, kernel, content)
         ctx.sizes = (b, heads, k, height, width, v, rw)
-        if vp == v:  # (b, h v, H, W) in channels-last memory: no copy
-            return out.view(b, height, width, heads * v).permute(0, 3, 1, 2)
-        return out[..., :v].reshape(b, height, width, heads * v).permute(0, 3, 1, 2).contiguous()
+        return out
 
     @staticmethod
     @once_differentiable
@@ -143,13 +141,11 @@ class _FusedLambda(torch.autograd.Function):
         b, heads, k, height, width, v, rw = ctx.sizes
         dtype = q_cl.dtype
         vp, kp = _padded(v, dtype), _padded(k, dtype)
-        # a channels-last grad (as the forward's output) is already (b, H, W, h v) in memory: a view
-        g_cl = _channels_last_padded(grad.permute(0, 2, 3, 1).reshape(b, height, width, heads, v), (0, 1, 2, 3, 4), vp)
         r_k = _channels_last_padded(kernel, (1, 2, 3, 0), kp)  # (u, rh, rw, KP)
         c_k = content.new_zeros((b, vp, kp))
         c_k[:, :v, :k] = content.transpose(1, 2)
         v_px, wp = _values_padded_x(values, rw, dtype)
-        dq_cl, dv_cl, dr, dc = ext.backward(g_cl, q_cl, v_px, r_a, r_k, c_k, wp)
+        dq_cl, dv_cl, dr, dc = ext.backward(grad.contiguous(), q_cl, v_px, r_a, r_k, c_k, wp)
         dq = dq_cl.permute(0, 3, 4, 1, 2)  # (b, h, k, H, W)
         dv = dv_cl[..., :v].permute(0, 1, 4, 2, 3)  # (b, u, v, H, W)
         dkernel = dr[..., :k].permute(3, 0, 1, 2)  # (k, u, rh, rw)
@@ -172,8 +168,7 @@ def _values_padded_x(values: Tensor, rw: int, dtype: torch.dtype):
 
 def lambda_output_fused(q: Tensor, values: Tensor, kernel: Tensor, content_lambda: Tensor) -> Tensor:
     """y_n = (lambda^c + lambda^p_n)^T q_n for every position: q (b, h, k, H, W), values (b, u, v, H, W),
-    kernel (k, u, rh, rw) with odd rh, rw, content_lambda (b, k, v) -> (b, h v, H, W), in channels-last
-    memory when v is a multiple of the vector length. CPU, float32 / float64."""
+    kernel (k, u, rh, rw) with odd rh, rw, content_lambda (b, k, v) -> (b, h v, H, W). CPU, float32 / float64."""
     if extension() is None:
         raise RuntimeError(f"the fused lambda operator is unavailable here: {unavailable_reason()}")
     return _FusedLambda.apply(q.contiguous(), values.contiguous(), kernel.contiguous(), content_lambda.contiguous())

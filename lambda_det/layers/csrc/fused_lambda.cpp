@@ -34,7 +34,9 @@
 //   r_k    (U, RH, RW, KP)            embeddings for dq / dR, k padded to KP
 //   c_v    (B, k, VP)                 the content lambda, v as the vector (forward, dlambda^c)
 //   c_k    (B, VP, KP)                the content lambda, k as the vector (dq)
-//   out    (B, H, W, h, VP)           the layer's output before its pooling, channels last
+//   out    (B, h v, H, W)             the layer's output before its pooling (NCHW, as the network's
+//                                     other layers; each row is assembled channels-last in a buffer)
+//   g      (B, h v, H, W)             its gradient (NCHW)
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -332,15 +334,39 @@ inline void value_grads_all_v(const Shape& s, const T* a, const T* g, T* window,
 }
 
 // ----------------------------------------------------------------------------------------------
+// between one query row in NCHW (channels h v, H rows of W) and a channels-last row buffer (W, h, VP)
+// ----------------------------------------------------------------------------------------------
+template <typename T>
+void row_to_nchw(const Shape& s, const T* buf, int64_t b, int64_t y, T* out) {
+  for (int64_t hh = 0; hh < s.h; ++hh)
+    for (int64_t vv = 0; vv < s.v; ++vv) {
+      T* dst = out + ((b * s.h + hh) * s.v + vv) * s.H * s.W + y * s.W;
+      const T* src = buf + hh * s.VP + vv;
+      for (int64_t x = 0; x < s.W; ++x) dst[x] = src[x * s.h * s.VP];
+    }
+}
+
+template <typename T>
+void row_from_nchw(const Shape& s, const T* g, int64_t b, int64_t y, T* buf) {
+  std::fill(buf, buf + s.W * s.h * s.VP, T(0));
+  for (int64_t hh = 0; hh < s.h; ++hh)
+    for (int64_t vv = 0; vv < s.v; ++vv) {
+      const T* src = g + ((b * s.h + hh) * s.v + vv) * s.H * s.W + y * s.W;
+      T* dst = buf + hh * s.VP + vv;
+      for (int64_t x = 0; x < s.W; ++x) dst[x * s.h * s.VP] = src[x];
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
 // forward and backward, one query row at a time
 // ----------------------------------------------------------------------------------------------
 template <typename T>
 void forward_impl(const Shape& s, const T* q_cl, const T* v_cl, const T* r_a, const T* c_v, T* out) {
   at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> a(static_cast<size_t>(s.W * s.apos()));
+    std::vector<T> a(static_cast<size_t>(s.W * s.apos())), row_buffer(static_cast<size_t>(s.W * s.h * s.VP));
     for (int64_t by = begin; by < end; ++by) {
       const Row row(s, by);
-      T* out_row = out + by * s.W * s.h * s.VP;
+      T* out_row = row_buffer.data();
       for (int64_t x = 0; x < s.W; ++x) {
         const T* q = q_cl + (by * s.W + x) * s.h * s.k;
         content_start_all<T>(s, q, c_v + row.b * s.k * s.VP, out_row + x * s.h * s.VP);
@@ -360,12 +386,13 @@ void forward_impl(const Shape& s, const T* q_cl, const T* v_cl, const T* r_a, co
           }
         }
       }
+      row_to_nchw<T>(s, out_row, row.b, row.y, out);
     }
   });
 }
 
 template <typename T>
-void backward_impl(const Shape& s, const T* g_cl, const T* q_cl, const T* v_px, const T* r_a, const T* r_k, const T* c_k,
+void backward_impl(const Shape& s, const T* g_nchw, const T* q_cl, const T* v_px, const T* r_a, const T* r_k, const T* c_k,
                    T* dq_cl, T* dv_cl, T* dr, T* dc) {
   constexpr int L = V64<T>::L;
   const int threads = at::get_num_threads();
@@ -383,10 +410,12 @@ void backward_impl(const Shape& s, const T* g_cl, const T* q_cl, const T* v_px, 
     if (dct.empty()) dct.assign(static_cast<size_t>(dc_size), T(0));
     std::vector<T> a(static_cast<size_t>(s.W * s.apos())), dq(static_cast<size_t>(s.W * s.h * s.KP));
     std::vector<T> da_store(a.size() + 1);  // one lane before the first row: logit_grads_pair writes there
+    std::vector<T> g_buffer(static_cast<size_t>(s.W * s.h * s.VP));
     T* const da_begin = da_store.data() + 1;
     for (int64_t by = begin; by < end; ++by) {
       const Row row(s, by);
-      const T* g_row = g_cl + by * s.W * s.h * s.VP;
+      row_from_nchw<T>(s, g_nchw, row.b, row.y, g_buffer.data());
+      const T* g_row = g_buffer.data();
       for (int64_t x = 0; x < s.W; ++x)
         logits<T>(s, q_cl + (by * s.W + x) * s.h * s.k, r_a, row.dy0, row.dy1, a.data() + x * s.apos());
       std::fill(dq.begin(), dq.end(), T(0));
@@ -485,7 +514,7 @@ torch::Tensor lambda_forward(torch::Tensor q_cl, torch::Tensor v_cl, torch::Tens
   const Shape s = shape_of(q_cl, r_a, v_cl.size(1), v_cl.size(4), v, rw);
   TORCH_CHECK(v_cl.size(0) == s.B && v_cl.size(2) == s.H && v_cl.size(3) == s.W, "lambda_det fused lambda: values shape");
   TORCH_CHECK(c_v.size(0) == s.B && c_v.size(1) == s.k && c_v.size(2) == s.VP, "lambda_det fused lambda: content shape");
-  auto out = torch::empty({s.B, s.H, s.W, s.h, s.VP}, q_cl.options());
+  auto out = torch::empty({s.B, s.h * s.v, s.H, s.W}, q_cl.options());
   AT_DISPATCH_FLOATING_TYPES(q_cl.scalar_type(), "lambda_forward", [&] {
     forward_impl<scalar_t>(s, q_cl.data_ptr<scalar_t>(), v_cl.data_ptr<scalar_t>(), r_a.data_ptr<scalar_t>(),
                            c_v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
@@ -493,22 +522,23 @@ torch::Tensor lambda_forward(torch::Tensor q_cl, torch::Tensor v_cl, torch::Tens
   return out;
 }
 
-std::vector<torch::Tensor> lambda_backward(torch::Tensor g_cl, torch::Tensor q_cl, torch::Tensor v_px, torch::Tensor r_a,
+std::vector<torch::Tensor> lambda_backward(torch::Tensor g, torch::Tensor q_cl, torch::Tensor v_px, torch::Tensor r_a,
                                            torch::Tensor r_k, torch::Tensor c_k, int64_t wp) {
-  check({g_cl, q_cl, v_px, r_a, r_k, c_k});
-  Shape s = shape_of(q_cl, r_a, v_px.size(1), g_cl.size(4), v_px.size(2), r_k.size(2));
+  check({g, q_cl, v_px, r_a, r_k, c_k});
+  Shape s = shape_of(q_cl, r_a, v_px.size(1), c_k.size(1), v_px.size(2), r_k.size(2));
   s.KP = r_k.size(3);
   s.WP = wp;
   s.CS = v_px.size(3);
-  TORCH_CHECK(s.WP >= s.W + s.RWP && s.CS >= s.H * s.WP && s.KP >= s.k && g_cl.size(3) == s.h,
-              "lambda_det fused lambda: padded shapes");
+  TORCH_CHECK(s.WP >= s.W + s.RWP && s.CS >= s.H * s.WP && s.KP >= s.k, "lambda_det fused lambda: padded shapes");
+  TORCH_CHECK(g.dim() == 4 && g.size(0) == s.B && g.size(1) == s.h * s.v && g.size(2) == s.H && g.size(3) == s.W,
+              "lambda_det fused lambda: gradient shape");
   TORCH_CHECK(c_k.size(0) == s.B && c_k.size(1) == s.VP && c_k.size(2) == s.KP, "lambda_det fused lambda: content shape");
   auto dq = torch::empty_like(q_cl);
   auto dv = torch::empty({s.B, s.U, s.H, s.W, s.VP}, q_cl.options());
   auto dr = torch::empty({s.U, s.RH, s.RW, s.KP}, q_cl.options());
   auto dc = torch::empty({s.B, s.k, s.VP}, q_cl.options());
   AT_DISPATCH_FLOATING_TYPES(q_cl.scalar_type(), "lambda_backward", [&] {
-    backward_impl<scalar_t>(s, g_cl.data_ptr<scalar_t>(), q_cl.data_ptr<scalar_t>(), v_px.data_ptr<scalar_t>(),
+    backward_impl<scalar_t>(s, g.data_ptr<scalar_t>(), q_cl.data_ptr<scalar_t>(), v_px.data_ptr<scalar_t>(),
                             r_a.data_ptr<scalar_t>(), r_k.data_ptr<scalar_t>(), c_k.data_ptr<scalar_t>(),
                             dq.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), dr.data_ptr<scalar_t>(),
                             dc.data_ptr<scalar_t>());
