@@ -92,8 +92,11 @@ class FlopReport:
         }
 
 
-def count_flops(model, inputs: Sequence[List[dict]], max_depth: int = 4) -> FlopReport:
-    """Detectron2's FlopCountAnalysis per input, for the whole model and for backbone + FPN."""
+def count_flops(model, inputs: Sequence[List[dict]], max_depth: int = 4, warnings: bool = True) -> FlopReport:
+    """Detectron2's FlopCountAnalysis per input, for the whole model and for backbone + FPN.
+
+    ``warnings``: fvcore's notes on operators without a count (elementwise ops, roi_align, ...) for
+    the first input, as Detectron2's tool prints them."""
     from detectron2.utils.analysis import FlopCountAnalysis
     from fvcore.nn import flop_count_table
 
@@ -102,7 +105,7 @@ def count_flops(model, inputs: Sequence[List[dict]], max_depth: int = 4) -> Flop
         for index, batch in enumerate(inputs):
             flops = FlopCountAnalysis(model, batch)
             backbone = FlopCountAnalysis(model.backbone, (backbone_images(model, batch),))
-            if index > 0:
+            if index > 0 or not warnings:
                 for analysis in (flops, backbone):
                     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             report.by_operator += flops.by_operator()

@@ -1,31 +1,36 @@
-"""The benchmark's own logic on a tiny layer: every method runs, outputs are written, nothing is lost."""
+"""The benchmarks' own logic on tiny sizes: every method and form runs in both modes, outputs are
+written whole, auto is checked against the fastest form, nothing is lost."""
 import json
 
 import pytest
 
-from lambda_det.benchmark import LayerSpec, markdown_table, merge, run
+from lambda_det.benchmark import LayerSpec, form_sweep, layer_table, run, vs_conv, write_sweep
+from lambda_det.benchmark.layer import auto_check
 
 
-def test_benchmark_writes_json_markdown_and_plot(tmp_path):
+def test_layer_benchmark_times_both_modes_and_writes_json_markdown_and_plot(tmp_path):
     spec = LayerSpec(channels=64, dim_k=4, heads=4, scope=7, batch=1)
-    methods = ["lambda/auto", "lambda/fft", "lambda/conv2d", "lambda/einsum", "conv3x3", "attention"]
-    # memory at 64x64 (1 MiB tensors): peak RSS resolves about that, not a few pages (see peak_memory_bytes)
-    result = run(tmp_path, sides=[8, 16], memory_sides=[64], repeats=1, methods=methods, spec=spec, log=lambda _: None)
+    methods = ["lambda/auto", "lambda/fft", "lambda/conv2d", "lambda/fused", "lambda/einsum", "conv3x3", "attention"]
+    # memory at 64x64 (1 MiB tensors): peak RSS resolves about that, not a few pages
+    result = run(tmp_path, sides=[8, 16], memory_sides=[64], repeats=2, methods=methods, spec=spec, log=lambda _: None)
     data = json.loads((tmp_path / "lambda_layer_cpu.json").read_text())
     assert data == json.loads(json.dumps(result))
     cells = {(r["method"], r["side"]): r for r in data["records"]}
     for method in methods:
         for side in (8, 16):
-            assert cells[(method, side)]["median_s"] > 0
+            for mode in ("forward", "forward+backward"):
+                timing = cells[(method, side)][mode]
+                assert 0 < timing["min_s"] <= timing["median_s"] <= timing["max_s"] and timing["runs"] == 2
         if method != "lambda/einsum":  # capped at 32x32 for memory: its E tensor is n x m x k
             assert cells[(method, 64)]["peak_bytes"] > 0, method
     # every form computes the same function as conv2d
     assert all(v < 1e-4 * max(1.0, data["max_abs_difference_to_conv2d"]["scale"])
                for k, v in data["max_abs_difference_to_conv2d"].items() if k != "scale")
+    assert {(c["side"], c["mode"]) for c in data["auto_check"]} == {(s, m) for s in (8, 16) for m in ("forward", "forward+backward")}
     assert (tmp_path / "lambda_layer_cpu.png").stat().st_size > 10_000
     table = (tmp_path / "lambda_layer_cpu.md").read_text()
-    assert "| lambda/fft |" in table and "64x64 peak mem" in table
-    assert not (tmp_path / "lambda_layer_cpu.timing.json").exists()
+    assert "| lambda/fused |" in table and "16x16 fwd+bwd" in table and "`impl=\"auto\"` against the fastest form" in table
+    assert not list(tmp_path.glob(".*partial*"))
 
 
 def test_unknown_method_is_named(tmp_path):
@@ -33,11 +38,59 @@ def test_unknown_method_is_named(tmp_path):
         run(tmp_path, sides=[8], memory_sides=[8], methods=["lambda/quantum"], log=lambda _: None)
 
 
-def test_speedup_column_is_relative_to_the_reference():
-    records = merge(
-        [{"method": "timm", "side": 8, "median_s": 0.4}, {"method": "lambda/fft", "side": 8, "median_s": 0.1}],
-        [{"method": "timm", "side": 8, "peak_bytes": 2**20}, {"method": "lambda/fft", "side": 8, "failed": "worker killed"}],
-    )
-    table = markdown_table(records)
-    assert "| lambda/fft | 100 ms (4.0x) | failed |" in table
-    assert "| timm | 400 ms | 1 MiB |" in table
+def test_auto_check_compares_auto_with_the_fastest_form():
+    records = [
+        {"method": "lambda/auto", "side": 8, "forward": {"median_s": 0.11}, "forward+backward": {"median_s": 0.3}},
+        {"method": "lambda/fft", "side": 8, "forward": {"median_s": 0.1}, "forward+backward": {"median_s": 0.3}},
+        {"method": "lambda/conv2d", "side": 8, "forward": {"median_s": 0.2}, "forward+backward": {"median_s": 0.6}},
+        {"method": "conv3x3", "side": 8, "forward": {"median_s": 0.01}, "forward+backward": {"median_s": 0.02}},
+    ]
+    checks = {c["mode"]: c for c in auto_check(records)}
+    assert checks["forward"]["fastest"] == "lambda/fft" and checks["forward"]["ratio"] == pytest.approx(1.1)
+    assert checks["forward+backward"]["ratio"] == pytest.approx(1.0)  # conv3x3 is not a form of the layer
+    table = layer_table(records + [{"method": "timm", "side": 8, "forward": {"median_s": 0.4},
+                                    "forward+backward": {"median_s": 1.2}}])
+    assert "| lambda/fft | 100 ms (4.0x) | 300 ms (4.0x) |" in table
+
+
+def test_form_sweep_reports_what_auto_picks_and_the_fastest_form(tmp_path):
+    cells = [{"channels": 32, "side": 8, "stride": 1, "batch": 1, "scope": 5},
+             {"channels": 32, "side": 12, "stride": 2, "batch": 2, "scope": 7}]
+    records = form_sweep(cells, repeats=2, log=lambda _: None)
+    for record in records:
+        for mode in ("forward", "forward+backward"):
+            m = record[mode]
+            assert set(m["times"]) >= {"fft", "conv2d", "conv3d", "einsum"}
+            assert m["fastest"] in m["times"] and m["auto_picks"] in m["times"]
+            assert m["auto_vs_fastest"] >= 1.0
+    paths = write_sweep(tmp_path, "auto_rule", "test", records, "cpu", 2)
+    assert "auto / fastest" in paths["md"].read_text()
+    assert json.loads(paths["json"].read_text())["records"] == json.loads(json.dumps(records))
+
+
+def test_vs_conv_compares_layer_and_block_with_memory(tmp_path):
+    result = vs_conv(tmp_path, batches=[1], repeats=2, log=lambda _: None, shapes=(("small", 32, 16, 1), ("small s2", 32, 16, 2)))
+    levels = {(r["shape"], r["level"]) for r in result["records"]}
+    assert levels == {("small", "layer"), ("small", "block"), ("small s2", "layer"), ("small s2", "block")}
+    for r in result["records"]:
+        assert r["forward"]["ratio"] > 0 and r["forward+backward"]["ratio"] > 0
+        if r["level"] == "layer":
+            assert set(r["peak_bytes"]) == {"lambda", "conv3x3"}
+    assert "Worst ratios" in (tmp_path / "lambda_vs_conv_cpu.md").read_text()
+
+
+def test_detector_benchmark_quick(tmp_path, capsys):
+    from conftest import run_tool
+
+    assert run_tool("benchmark_detector.py", "--quick", "--output", tmp_path) == 0
+    data = json.loads((tmp_path / "detector_cpu_quick.json").read_text())
+    names = {r["model"] for r in data["records"]}
+    assert names == {"toy LambdaResNet", "toy LambdaResNet conv twin"}
+    for r in data["records"]:
+        assert r["train"]["median_s"] > 0 and r["inference"]["median_s"] > 0 and r["train_peak_bytes"] > 0
+        assert r["model_gflops"] > r["backbone_gflops"] > 0
+        assert {"stem", "res2", "res3", "res4", "res5", "FPN", "RPN", "ROI heads"} <= set(r["breakdown_train_forward"])
+    assert data["targets"][0]["model"] == "toy LambdaResNet"
+    assert (tmp_path / "detector_cpu_quick.png").stat().st_size > 5_000
+    assert run_tool("benchmark_detector.py", "--quick", "--output", tmp_path) == 2  # not replaced unasked
+    assert "would be overwritten" in capsys.readouterr().err

@@ -36,13 +36,14 @@ def reference_lambda_layer(layer: LambdaLayer, x: torch.Tensor) -> np.ndarray:
     b, d, height, width = x.shape
     h, k, u, v = layer.heads, layer.dim_k, layer.dim_u, layer.dim_v
 
-    def project(conv):
-        w = conv.weight.detach().double().numpy()[:, :, 0, 0]
+    def project(weight):
+        w = weight.detach().double().numpy()[:, :, 0, 0]
         return np.einsum("od,bdyx->boyx", w, x)
 
-    q = _batch_norm(project(layer.to_q), layer.norm_q, layer.training)
-    keys = project(layer.to_k)
-    values = _batch_norm(project(layer.to_v), layer.norm_v, layer.training)
+    w_q, w_k, w_v = layer.projection_weights()
+    q = _batch_norm(project(w_q), layer.norm_q, layer.training)
+    keys = project(w_k)
+    values = _batch_norm(project(w_v), layer.norm_v, layer.training)
     emb = layer.rel_pos_emb.detach().double().numpy()  # R[offset_y, offset_x, k, u]
     cy, cx = emb.shape[0] // 2, emb.shape[1] // 2
     positions = [(y, x_) for y in range(height) for x_ in range(width)]
@@ -222,7 +223,7 @@ def test_gradcheck_float64(impl, scope):
     torch.manual_seed(0)
     layer = LambdaLayer(3, 4, dim_k=2, heads=2, dim_u=2, scope=scope, impl=impl, global_max_size=4).double()
     x = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
-    params = [layer.rel_pos_emb, layer.to_k.weight, layer.to_q.weight]
+    params = [layer.rel_pos_emb, layer.qkv.weight]
 
     def f(inp, *_):
         return layer(inp)
@@ -247,11 +248,23 @@ def test_parameter_count_closed_form(d, d_out, k, h, u, scope, norm):
 def test_initialization_follows_the_paper():
     d, k = 256, 16
     layer = LambdaLayer(d, 256, dim_k=k, heads=4, scope=23)
-    assert layer.to_q.weight.std().item() == pytest.approx((k * d) ** -0.5, rel=0.05)
-    assert layer.to_k.weight.std().item() == pytest.approx(d**-0.5, rel=0.05)
-    assert layer.to_v.weight.std().item() == pytest.approx(d**-0.5, rel=0.05)
+    w_q, w_k, w_v = layer.projection_weights()
+    assert w_q.std().item() == pytest.approx((k * d) ** -0.5, rel=0.05)
+    assert w_k.std().item() == pytest.approx(d**-0.5, rel=0.05)
+    assert w_v.std().item() == pytest.approx(d**-0.5, rel=0.05)
     assert layer.rel_pos_emb.std().item() == pytest.approx(1.0, rel=0.05)
-    assert all(conv.bias is None for conv in (layer.to_q, layer.to_k, layer.to_v))
+    assert layer.qkv.bias is None
+
+
+def test_checkpoints_with_separate_projections_load():
+    """lambda_det 0.1 saved W_Q, W_K, W_V as to_q / to_k / to_v: they load into qkv, in that order."""
+    layer = LambdaLayer(8, 16, dim_k=4, heads=2, dim_u=2, scope=3)
+    w_q, w_k, w_v = (torch.randn(n, 8, 1, 1) for n in (8, 8, 16))
+    old = {k: v for k, v in layer.state_dict().items() if k != "qkv.weight"}
+    old.update({"to_q.weight": w_q, "to_k.weight": w_k, "to_v.weight": w_v})
+    layer.load_state_dict(old)
+    for got, want in zip(layer.projection_weights(), (w_q, w_k, w_v)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_bf16_autocast_large_inputs_are_finite_and_close_to_float32():

@@ -304,7 +304,7 @@ def test_fine_tuning_from_other_weights_keeps_detectron2s_warnings(tmp_path):
     trainer.resume_or_load(resume=False)
     saved = torch.load(weights, weights_only=True)["model"]
     model = trainer.model
-    key = "backbone.bottom_up.res4.0.conv2.to_q.weight"
+    key = "backbone.bottom_up.res4.0.conv2.qkv.weight"
     torch.testing.assert_close(model.state_dict()[key], saved[key])  # the backbone was loaded
     assert model.state_dict()["roi_heads.box_predictor.cls_score.weight"].shape[0] == 5  # new heads kept
 

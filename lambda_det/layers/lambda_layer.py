@@ -1,10 +1,9 @@
 """The lambda layer of LambdaNetworks (Bello, ICLR 2021), Sec. 3 and App. B-E, for NCHW maps."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .flops import counted_by_fvcore, position_term
@@ -105,9 +104,9 @@ class LambdaLayer(nn.Module):
         self.norm = norm
         self.global_max_size = tuple(global_max_size)
 
-        self.to_q = nn.Conv2d(in_channels, heads * dim_k, 1, bias=False)
-        self.to_k = nn.Conv2d(in_channels, dim_k * dim_u, 1, bias=False)
-        self.to_v = nn.Conv2d(in_channels, self.dim_v * dim_u, 1, bias=False)
+        # W_Q, W_K and W_V as one 1x1 convolution (one oneDNN call instead of three small ones, up
+        # to 4x faster), output channels in that order: queries (h, k), keys (u, k), values (u, v)
+        self.qkv = nn.Conv2d(in_channels, heads * dim_k + dim_k * dim_u + self.dim_v * dim_u, 1, bias=False)
         self.norm_q = _make_norm(norm, heads * dim_k)
         self.norm_v = _make_norm(norm, self.dim_v * dim_u)
         # R, the relative position embeddings, indexed [offset_y, offset_x, k, u] as in the paper.
@@ -119,10 +118,26 @@ class LambdaLayer(nn.Module):
     def reset_parameters(self) -> None:
         """Initialization of App. E.1: W_K, W_V ~ N(0, d^-1/2), W_Q ~ N(0, (k d)^-1/2), R ~ N(0, 1)."""
         d = self.in_channels
-        nn.init.normal_(self.to_q.weight, std=(self.dim_k * d) ** -0.5)
-        nn.init.normal_(self.to_k.weight, std=d ** -0.5)
-        nn.init.normal_(self.to_v.weight, std=d ** -0.5)
+        w_q, w_k, w_v = self.projection_weights()
+        with torch.no_grad():
+            w_q.normal_(std=(self.dim_k * d) ** -0.5)
+            w_k.normal_(std=d ** -0.5)
+            w_v.normal_(std=d ** -0.5)
         nn.init.normal_(self.rel_pos_emb, std=1.0)
+
+    def projection_weights(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """W_Q (h k, d, 1, 1), W_K (k u, d, 1, 1), W_V (v u, d, 1, 1): views of ``qkv.weight``."""
+        return tuple(self.qkv.weight.split(self.split_sizes(), dim=0))
+
+    def split_sizes(self) -> List[int]:
+        return [self.heads * self.dim_k, self.dim_k * self.dim_u, self.dim_v * self.dim_u]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints of lambda_det 0.1 hold the projections as to_q / to_k / to_v
+        old = [f"{prefix}to_{name}.weight" for name in "qkv"]
+        if all(key in state_dict for key in old) and f"{prefix}qkv.weight" not in state_dict:
+            state_dict[f"{prefix}qkv.weight"] = torch.cat([state_dict.pop(key) for key in old], dim=0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         scope = "global" if self.scope is None else f"{self.scope}x{self.scope}"
@@ -167,11 +182,7 @@ class LambdaLayer(nn.Module):
                 raise ValueError(
                     f"LambdaLayer expects an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
                 )
-        # one 1x1 convolution for the three projections: three small ones cost oneDNN up to 4x more
-        weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight], dim=0)
-        q, keys, values = F.conv2d(x, weight).split(
-            [self.heads * self.dim_k, self.dim_k * self.dim_u, self.dim_v * self.dim_u], dim=1
-        )
+        q, keys, values = self.qkv(x).split(self.split_sizes(), dim=1)
         if self.norm_q is not None and self.norm_v is not None:
             q = self.norm_q(q)
             values = self.norm_v(values)

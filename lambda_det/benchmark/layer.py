@@ -1,0 +1,466 @@
+"""The lambda layer against its alternatives, the forms of its position term against each other,
+and the layer / block against the 3x3 convolution it replaces, at the Table 6 models' shapes.
+Used by ``tools/benchmark_lambda.py``; every comparison runs its methods interleaved in one run.
+
+Methods of the layer benchmark (each maps (batch, d, S, S) to (batch, d, S, S)):
+
+* ``lambda/<impl>``  this package's LambdaLayer computing its position term by each form, and "auto";
+* ``conv3x3``        the 3x3 convolution a lambda layer replaces in a bottleneck;
+* ``attention``      global multi-head self-attention (1x1 qkv projection, h heads, torch's SDPA);
+* ``timm``, ``lambda-networks``  the public ports' layers with r = 23, when installed (``pip install -e .[bench]``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..checks import UserError
+from ..layers import LambdaLayer
+from ..layers import fused as fused_operator
+from ..layers.position_lambdas import TERM_IMPLS
+from ..outputs import StagedFiles, write_text
+from .plotting import line_plot, ratio_bars
+from .timing import environment_summary, interleaved, markdown, peak_memory_bytes, run_worker, spread
+
+MODES = ("forward", "forward+backward")
+
+
+@dataclasses.dataclass
+class LayerSpec:
+    """The layer being compared: the paper's defaults at a ResNet c4-like width."""
+
+    channels: int = 256
+    dim_k: int = 16
+    heads: int = 4
+    dim_u: int = 1
+    scope: int = 23
+    batch: int = 2
+    stride: int = 1
+
+
+@dataclasses.dataclass
+class Method:
+    name: str
+    build: Callable[[LayerSpec], nn.Module]
+    max_side_time: int  # larger maps are skipped: too slow or too large to be worth waiting for
+    max_side_memory: int
+
+
+class GlobalSelfAttention(nn.Module):
+    """Multi-head self-attention over all positions (no position encoding), via SDPA."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        q, k, v = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, height * width).transpose(-1, -2).unbind(1)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (b, heads, n, c/heads)
+        return out.transpose(-1, -2).reshape(b, c, height, width)
+
+
+def lambda_forms(device_type: str = "cpu") -> List[str]:
+    """The forms of the position term that can run here (the fused operator: CPU, built)."""
+    forms = [impl for impl in TERM_IMPLS if impl != "fused"]
+    if device_type == "cpu" and fused_operator.available():
+        forms.append("fused")
+    return forms
+
+
+def _lambda(spec: LayerSpec, impl: str) -> LambdaLayer:
+    return LambdaLayer(spec.channels, spec.channels, dim_k=spec.dim_k, heads=spec.heads, dim_u=spec.dim_u,
+                       scope=spec.scope, stride=spec.stride, impl=impl)
+
+
+def available_methods(include_competitors: bool = True, device_type: str = "cpu") -> List[Method]:
+    methods = [
+        Method(f"lambda/{impl}", lambda s, impl=impl: _lambda(s, impl),
+               max_side_time=32 if impl == "einsum" else 128, max_side_memory=32 if impl == "einsum" else 256)
+        for impl in ["auto", *lambda_forms(device_type)]
+    ]
+    methods.append(Method("conv3x3", lambda s: nn.Conv2d(s.channels, s.channels, 3, stride=s.stride, padding=1, bias=False), 128, 256))
+    methods.append(Method("attention", lambda s: GlobalSelfAttention(s.channels, s.heads), 64, 64))
+    if include_competitors:
+        try:
+            from timm.layers.lambda_layer import LambdaLayer as TimmLambdaLayer
+
+            methods.append(Method(
+                "timm", lambda s: TimmLambdaLayer(s.channels, s.channels, num_heads=s.heads, dim_head=s.dim_k, r=s.scope),
+                128, 128))
+        except ImportError:
+            pass
+        try:
+            from lambda_networks import LambdaLayer as LucidLambdaLayer
+
+            methods.append(Method(
+                "lambda-networks",
+                lambda s: LucidLambdaLayer(dim=s.channels, dim_out=s.channels, r=s.scope, dim_k=s.dim_k, heads=s.heads,
+                                           dim_u=s.dim_u),
+                128, 128))
+        except ImportError:
+            pass
+    return methods
+
+
+def step_function(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
+    """One forward (no gradients: evaluation) or one forward+backward (training)."""
+    if mode == "forward":
+        def forward() -> None:
+            with torch.no_grad():
+                module(x)
+        return forward
+
+    def forward_backward() -> None:
+        module(x).float().square().mean().backward()
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+    return forward_backward
+
+
+def max_abs_difference_to_conv2d(spec: LayerSpec, side: int, device: torch.device) -> Dict[str, float]:
+    """Largest |output difference| of every form against conv2d, same parameters, float32."""
+    torch.manual_seed(0)
+    layer = _lambda(spec, "conv2d").to(device).eval()
+    x = torch.randn(spec.batch, spec.channels, side, side, device=device)
+    diffs = {}
+    with torch.no_grad():
+        expected = layer(x)
+        for impl in ["auto", *lambda_forms(device.type)]:
+            if impl == "einsum" and side > 32:
+                continue
+            layer.impl = impl
+            diffs[f"lambda/{impl}"] = (layer(x) - expected).abs().max().item()
+    diffs["scale"] = expected.abs().max().item()
+    return diffs
+
+
+# ---------------------------------------------------------------------------------------------
+# the layer benchmark: every method, forward and forward+backward, peak memory, exactness
+# ---------------------------------------------------------------------------------------------
+def run(
+    out_dir: Path, sides: Sequence[int], memory_sides: Sequence[int], device: str = "cpu", repeats: int = 3,
+    methods: Optional[Sequence[str]] = None, spec: Optional[LayerSpec] = None, log: Callable[[str], None] = print,
+) -> dict:
+    spec = spec or LayerSpec()
+    dev = torch.device(device)
+    chosen = available_methods(device_type=dev.type)
+    if methods:
+        unknown = set(methods) - {m.name for m in chosen}
+        if unknown:
+            raise UserError(f"unknown or unavailable methods {sorted(unknown)}; have {[m.name for m in chosen]}")
+        chosen = [m for m in chosen if m.name in methods]
+    log(f"timing on {dev} ({environment_summary(dev)}), {spec}")
+    records = []
+    for side in sides:
+        runnable = [m for m in chosen if side <= m.max_side_time]
+        torch.manual_seed(0)
+        modules = {m.name: m.build(spec).to(dev) for m in runnable}
+        x = torch.randn(spec.batch, spec.channels, side, side, device=dev, requires_grad=True)
+        by_mode = {mode: interleaved({n: step_function(mod, x, mode) for n, mod in modules.items()}, repeats, dev)
+                   for mode in MODES}
+        for m in chosen:
+            record = {"method": m.name, "side": side}
+            if m.name in modules:
+                for mode in MODES:
+                    record[mode] = by_mode[mode][m.name].to_dict()
+                log(f"{m.name:>18} {side:>4}^2  forward {spread(record['forward'])}  forward+backward {spread(record['forward+backward'])}")
+            else:
+                record["skipped"] = f"side > {m.max_side_time}"
+            records.append(record)
+        del modules, x
+    log("peak memory ...")
+    cells = [{"method": m.name, "side": side} for side in memory_sides for m in chosen if side <= m.max_side_memory]
+    if dev.type == "cpu":
+        memory = run_worker("layer_memory", cells, {"spec": dataclasses.asdict(spec)})
+    else:
+        memory = [dict(cell=c, **layer_memory(c, spec, dev)) for c in cells]
+    for record in memory:
+        entry = next((r for r in records if r["method"] == record["cell"]["method"] and r["side"] == record["cell"]["side"]), None)
+        if entry is None:
+            entry = {"method": record["cell"]["method"], "side": record["cell"]["side"]}
+            records.append(entry)
+        if "peak_bytes" in record:
+            entry["peak_bytes"] = record["peak_bytes"]
+        else:
+            entry["memory_failed"] = record["failed"]
+    exactness = max_abs_difference_to_conv2d(spec, side=min(64, max(sides)), device=dev)
+    result = {"environment": environment_summary(dev), "spec": dataclasses.asdict(spec), "repeats": repeats,
+              "records": records, "max_abs_difference_to_conv2d": exactness, "auto_check": auto_check(records)}
+    tag = dev.type
+    paths = {ext: Path(out_dir) / f"lambda_layer_{tag}.{ext}" for ext in ("json", "md", "png")}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with StagedFiles() as staged:
+        write_text(staged.stage(paths["json"]), json.dumps(result, indent=2))
+        write_text(staged.stage(paths["md"]), layer_report(result))
+        line_plot(records, staged.stage(paths["png"]), f"lambda layer vs alternatives ({tag}, batch {spec.batch}, "
+                  f"d={spec.channels}, r={spec.scope})")
+    log(layer_table(records))
+    log(f"wrote {paths['json']}, .md, .png")
+    return result
+
+
+def layer_memory(cell: dict, spec: LayerSpec, device: torch.device) -> dict:
+    """Peak memory of one forward+backward of a method at a side (run in a worker on the CPU)."""
+    method = {m.name: m for m in available_methods(device_type=device.type)}[cell["method"]]
+    torch.manual_seed(0)
+    module = method.build(spec).to(device)
+    x = torch.randn(spec.batch, spec.channels, cell["side"], cell["side"], device=device, requires_grad=True)
+    step = step_function(module, x, "forward+backward")
+    step()  # warm-up: one-time buffers are not the layer's working memory
+    return {"peak_bytes": peak_memory_bytes(step, device)}
+
+
+def auto_check(records: List[dict]) -> List[dict]:
+    """Per map side and mode: auto's time against the fastest lambda form's."""
+    checks = []
+    for side in sorted({r["side"] for r in records}):
+        for mode in MODES:
+            forms = {r["method"]: r[mode]["median_s"] for r in records
+                     if r["side"] == side and r["method"].startswith("lambda/") and mode in r}
+            if "lambda/auto" not in forms or len(forms) < 2:
+                continue
+            auto = forms.pop("lambda/auto")
+            fastest = min(forms, key=forms.get)
+            checks.append({"side": side, "mode": mode, "auto_s": auto, "fastest": fastest,
+                           "fastest_s": forms[fastest], "ratio": auto / forms[fastest]})
+    return checks
+
+
+def layer_table(records: List[dict], reference: str = "timm") -> str:
+    """One row per method: forward and forward+backward per side (speed-up over ``reference``), peak memory."""
+    sides = sorted({r["side"] for r in records if MODES[0] in r})
+    memory_sides = sorted({r["side"] for r in records if "peak_bytes" in r or "memory_failed" in r})
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    cell = {(r["method"], r["side"]): r for r in records}
+    head = ["method"] + [f"{s}x{s} {m}" for s in sides for m in ("fwd", "fwd+bwd")] + [f"{s}x{s} peak mem" for s in memory_sides]
+    rows = []
+    for m in methods:
+        row = [m]
+        for s in sides:
+            for mode in MODES:
+                r, ref = cell.get((m, s), {}), cell.get((reference, s), {})
+                text = f"{r[mode]['median_s'] * 1000:.0f} ms" if mode in r else "-"
+                if mode in r and mode in ref and m != reference:
+                    text += f" ({ref[mode]['median_s'] / r[mode]['median_s']:.1f}x)"
+                row.append(text)
+        for s in memory_sides:
+            r = cell.get((m, s), {})
+            row.append(f"{r['peak_bytes'] / 2**20:.0f} MiB" if "peak_bytes" in r else ("failed" if "memory_failed" in r else "-"))
+        rows.append(row)
+    return markdown(head, rows) + f"\n(Nx) = speed-up over `{reference}` at the same size and mode, same run.\n"
+
+
+def layer_report(result: dict) -> str:
+    spec, records = result["spec"], result["records"]
+    text = (f"# Lambda layer benchmark ({result['environment']['device']})\n\n`{json.dumps(result['environment'])}`; "
+            f"batch {spec['batch']}, d = {spec['channels']}, k = {spec['dim_k']}, h = {spec['heads']}, u = {spec['dim_u']}, "
+            f"r = {spec['scope']}; median of {result['repeats']} runs, methods interleaved. fwd = forward without "
+            "gradients (evaluation), fwd+bwd = forward and backward (training).\n\n" + layer_table(records))
+    checks = result["auto_check"]
+    if checks:
+        worst = max(checks, key=lambda c: c["ratio"])
+        text += ("\n`impl=\"auto\"` against the fastest form in each cell: "
+                 + ", ".join(f"{c['side']}x{c['side']} {c['mode']} {c['ratio']:.2f}" for c in checks)
+                 + f" (worst {worst['ratio']:.2f}: {worst['fastest']} at {worst['side']}x{worst['side']} {worst['mode']}).\n")
+    scale = result["max_abs_difference_to_conv2d"]["scale"]
+    text += f"\nExactness (float32, outputs of scale {scale:.2f}, against conv2d):\n" + "\n".join(
+        f"- `{k}`: max |output - conv2d output| = {v:.2e}" for k, v in result["max_abs_difference_to_conv2d"].items() if k != "scale") + "\n"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# the forms of the position term against each other: the data behind impl="auto"
+# ---------------------------------------------------------------------------------------------
+def form_sweep(cells: Sequence[dict], device: str = "cpu", repeats: int = 3, log: Callable[[str], None] = print) -> List[dict]:
+    """Every form of the position term, forward and forward+backward, per cell
+    {channels, side, stride, batch, scope}; with what auto picks and which form was fastest."""
+    dev = torch.device(device)
+    forms = lambda_forms(dev.type)
+    records = []
+    for cell in cells:
+        spec = LayerSpec(channels=cell["channels"], batch=cell["batch"], scope=cell["scope"], stride=cell.get("stride", 1))
+        side = cell["side"]
+        torch.manual_seed(0)
+        layer = _lambda(spec, "auto").to(dev)
+        x = torch.randn(spec.batch, spec.channels, side, side, device=dev, requires_grad=True)
+        record = dict(cell)
+        for mode in MODES:
+            impls = [f for f in forms if not (f == "einsum" and side > 32)]
+            steps = {}
+            for impl in impls:
+                def step(impl=impl, inner=step_function(layer, x, mode)) -> None:
+                    layer.impl = impl
+                    inner()
+                steps[impl] = step
+            timings = interleaved(steps, repeats, dev, slow_factor=5.0)
+            layer.impl = "auto"
+            picks = layer.resolve_impl(side, side, mode != "forward", dev.type == "cpu" and fused_operator.available())
+            fastest = min(timings, key=lambda f: timings[f].median)
+            record[mode] = {"times": {f: t.to_dict() for f, t in timings.items()}, "auto_picks": picks,
+                            "fastest": fastest, "auto_vs_fastest": timings[picks].median / timings[fastest].median}
+        log(json.dumps({k: record[k] for k in cell} | {m: (record[m]["auto_picks"], record[m]["fastest"],
+                                                         round(record[m]["auto_vs_fastest"], 2)) for m in MODES}))
+        records.append(record)
+        del layer, x
+    return records
+
+
+def sweep_report(records: List[dict], title: str, environment: dict, repeats: int) -> str:
+    forms = list(dict.fromkeys(f for r in records for m in MODES for f in r[m]["times"]))
+    head = ["d", "map", "stride", "batch", "r", "mode", *forms, "auto picks", "fastest", "auto / fastest"]
+    rows = []
+    for r in records:
+        for mode in MODES:
+            m = r[mode]
+            rows.append([r["channels"], f"{r['side']}x{r['side']}", r.get("stride", 1), r["batch"], r["scope"], mode,
+                         *[f"{m['times'][f]['median_s'] * 1000:.0f} ms" + ("" if m["times"][f]["runs"] > 1 else "*")
+                           if f in m["times"] else "-" for f in forms],
+                         m["auto_picks"], m["fastest"], f"{m['auto_vs_fastest']:.2f}"])
+    worst_value, worst_mode, worst_record = max(((r[mode]["auto_vs_fastest"], mode, r) for r in records for mode in MODES),
+                                                key=lambda item: item[0])
+    return (f"# {title}\n\n`{json.dumps(environment)}`; median of {repeats} runs per form, forms interleaved; "
+            "* = timed once (its first run took over 5x the fastest form's). Forward = no gradients (evaluation); "
+            "forward+backward = training.\n\n" + markdown(head, rows)
+            + f"\nWorst auto / fastest: {worst_value:.2f} ({worst_mode}, d = {worst_record['channels']}, "
+            f"{worst_record['side']}x{worst_record['side']}, stride {worst_record.get('stride', 1)}, batch {worst_record['batch']}).\n")
+
+
+def write_sweep(out_dir: Path, name: str, title: str, records: List[dict], device: str, repeats: int) -> Dict[str, Path]:
+    dev = torch.device(device)
+    env = environment_summary(dev)
+    paths = {ext: Path(out_dir) / f"{name}_{dev.type}.{ext}" for ext in ("json", "md")}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with StagedFiles() as staged:
+        write_text(staged.stage(paths["json"]), json.dumps({"environment": env, "repeats": repeats, "records": records}, indent=2))
+        write_text(staged.stage(paths["md"]), sweep_report(records, title, env, repeats))
+    return paths
+
+
+def scope_sweep_cells(sides: Sequence[int], scopes: Sequence[int], spec: LayerSpec) -> List[dict]:
+    return [{"channels": spec.channels, "side": side, "stride": 1, "batch": spec.batch, "scope": scope}
+            for side in sides for scope in scopes]
+
+
+def table6_cells(batches: Sequence[int] = (1, 2, 4, 8), sides: Sequence[int] = (16, 32, 64, 128)) -> List[dict]:
+    """The lambda layers of the Table 6 LambdaResNets: bottleneck widths 256 (c4) and 512 (c5), the
+    maps a 512..2048 input gives them, and the stride-2 first block of c5 (at c4's resolution)."""
+    cells = [{"channels": d, "side": side, "stride": 1, "batch": b, "scope": 23}
+             for d in (256, 512) for side in sides for b in batches]
+    cells += [{"channels": 512, "side": side, "stride": 2, "batch": b, "scope": 23} for side in sides if side >= 32 for b in batches]
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------
+# the layer and its bottleneck block against the 3x3 convolution they replace
+# ---------------------------------------------------------------------------------------------
+# (name, bottleneck width d, map side the layer runs at, stride): LambdaResNet-101 at 1024x1024
+TABLE6_SHAPES = (("res4 lambda block", 256, 64, 1), ("first res5 block, stride 2", 512, 64, 2), ("res5 lambda block", 512, 32, 1))
+
+
+def vs_conv(out_dir: Path, batches: Sequence[int] = (1, 2, 4, 8), device: str = "cpu", repeats: int = 5,
+            log: Callable[[str], None] = print, shapes: Sequence[tuple] = TABLE6_SHAPES) -> dict:
+    """impl="auto" against a 3x3 conv of the same width and stride (layer), and a lambda bottleneck
+    against the same block with the 3x3 conv (block), forward and forward+backward; peak memory."""
+    from ..modeling import LambdaBottleneck
+
+    dev = torch.device(device)
+    records = []
+    for batch in batches:
+        for name, d, side, stride in shapes:
+            torch.manual_seed(0)
+            layers = {"lambda": _lambda(LayerSpec(channels=d, stride=stride), "auto").to(dev),
+                      "conv3x3": nn.Conv2d(d, d, 3, stride=stride, padding=1, bias=False).to(dev)}
+            blocks = {kind: LambdaBottleneck(4 * d // (2 if stride == 2 else 1), 4 * d, bottleneck_channels=d, stride=stride,
+                                             use_lambda=kind == "lambda").to(dev) for kind in ("lambda", "conv3x3")}
+            x = torch.randn(batch, d, side, side, device=dev, requires_grad=True)
+            xb = torch.randn(batch, 4 * d // (2 if stride == 2 else 1), side, side, device=dev, requires_grad=True)
+            for level, modules, inp in (("layer", layers, x), ("block", blocks, xb)):
+                record = {"shape": name, "channels": d, "side": side, "stride": stride, "batch": batch, "level": level}
+                for mode in MODES:
+                    timings = interleaved({k: step_function(m, inp, mode) for k, m in modules.items()}, repeats, dev)
+                    record[mode] = {k: t.to_dict() for k, t in timings.items()}
+                    record[mode]["ratio"] = timings["lambda"].median / timings["conv3x3"].median
+                records.append(record)
+                log(f"batch {batch} {name} ({level}): forward {record['forward']['ratio']:.2f}x, "
+                    f"forward+backward {record['forward+backward']['ratio']:.2f}x of the 3x3 conv")
+    log("peak memory ...")
+    cells = [{"shape": name, "channels": d, "side": side, "stride": stride, "batch": b, "kind": kind}
+             for b in batches for name, d, side, stride in shapes for kind in ("lambda", "conv3x3")]
+    memory = run_worker("vs_conv_memory", cells, {}) if dev.type == "cpu" else [
+        dict(cell=c, **vs_conv_memory(c, dev)) for c in cells]
+    for m in memory:
+        c = m["cell"]
+        r = next(r for r in records if r["level"] == "layer" and r["shape"] == c["shape"] and r["batch"] == c["batch"])
+        r.setdefault("peak_bytes", {})[c["kind"]] = m.get("peak_bytes")
+    result = {"environment": environment_summary(dev), "repeats": repeats, "records": records}
+    paths = {ext: Path(out_dir) / f"lambda_vs_conv_{dev.type}.{ext}" for ext in ("json", "md", "png")}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with StagedFiles() as staged:
+        write_text(staged.stage(paths["json"]), json.dumps(result, indent=2))
+        write_text(staged.stage(paths["md"]), vs_conv_report(result))
+        ratio_bars(records, staged.stage(paths["png"]), f"lambda / 3x3 conv time ({dev.type})")
+    log(vs_conv_report(result))
+    return result
+
+
+def vs_conv_memory(cell: dict, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    d, stride = cell["channels"], cell["stride"]
+    module = (_lambda(LayerSpec(channels=d, stride=stride), "auto") if cell["kind"] == "lambda"
+              else nn.Conv2d(d, d, 3, stride=stride, padding=1, bias=False)).to(device)
+    x = torch.randn(cell["batch"], d, cell["side"], cell["side"], device=device, requires_grad=True)
+    step = step_function(module, x, "forward+backward")
+    step()
+    return {"peak_bytes": peak_memory_bytes(step, device)}
+
+
+def vs_conv_report(result: dict) -> str:
+    head = ["where (LambdaResNet-101, 1024x1024)", "level", "batch", "fwd lambda / conv", "ratio",
+            "fwd+bwd lambda / conv", "ratio", "peak memory (fwd+bwd) lambda / conv"]
+    rows = []
+    for r in result["records"]:
+        mem = r.get("peak_bytes") or {}
+        mem_text = (f"{mem['lambda'] / 2**20:.0f} / {mem['conv3x3'] / 2**20:.0f} MiB"
+                    if mem.get("lambda") is not None and mem.get("conv3x3") is not None else "-")
+        rows.append([f"{r['shape']}: d = {r['channels']}, {r['side']}x{r['side']}", r["level"], r["batch"],
+                     f"{spread(r['forward']['lambda'])} / {spread(r['forward']['conv3x3'])}", f"{r['forward']['ratio']:.2f}x",
+                     f"{spread(r['forward+backward']['lambda'])} / {spread(r['forward+backward']['conv3x3'])}",
+                     f"{r['forward+backward']['ratio']:.2f}x", mem_text])
+    summary = []
+    for level in ("layer", "block"):
+        for stride in (1, 2):
+            for mode in MODES:
+                ratios = [r[mode]["ratio"] for r in result["records"] if r["level"] == level and r["stride"] == stride]
+                if ratios:
+                    summary.append(f"{level}, stride {stride}, {mode}: at most {max(ratios):.2f}x")
+    return (f"# The lambda layer against the 3x3 convolution it replaces ({result['environment']['device']})\n\n"
+            f"`{json.dumps(result['environment'])}`; impl=\"auto\", k = 16, h = 4, r = 23; median (range) of "
+            f"{result['repeats']} runs, lambda and conv interleaved. layer = the layer alone; block = the whole "
+            "bottleneck (1x1, lambda layer or 3x3 conv, 1x1, norms, shortcut).\n\n" + markdown(head, rows)
+            + "\nWorst ratios over the batches: " + "; ".join(summary) + ".\n")
+
+
+__all__ = [
+    "LayerSpec",
+    "MODES",
+    "Method",
+    "TABLE6_SHAPES",
+    "available_methods",
+    "form_sweep",
+    "lambda_forms",
+    "layer_memory",
+    "layer_table",
+    "run",
+    "scope_sweep_cells",
+    "table6_cells",
+    "vs_conv",
+    "vs_conv_memory",
+    "write_sweep",
+]

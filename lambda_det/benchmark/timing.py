@@ -1,0 +1,165 @@
+"""Shared measurement for the benchmarks: wall time of a step as medians with their spread over
+repeats, with the methods compared interleaved in one run (each round runs every method once, so a
+drift of the machine hits all of them alike); peak memory (CUDA's allocator, or the peak RSS of a
+fresh worker process on the CPU); what machine it ran on."""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+
+@dataclasses.dataclass
+class Timing:
+    """Seconds of the repeated runs of one step."""
+
+    times: List[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def to_dict(self) -> dict:
+        return {"median_s": self.median, "min_s": min(self.times), "max_s": max(self.times), "runs": len(self.times)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    steps: Dict[str, Callable[[], None]], repeats: int, device: torch.device, warmup: int = 1,
+    slow_factor: Optional[float] = None,
+) -> Dict[str, Timing]:
+    """Run every step ``warmup`` times, then ``repeats`` rounds of every step once, in order.
+
+    ``slow_factor``: a step whose warm-up took more than this times the fastest warm-up is timed
+    once more instead of ``repeats`` times (it is out of the race; its time is still reported).
+    """
+    first: Dict[str, float] = {}
+    for name, step in steps.items():
+        for _ in range(warmup):
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            first[name] = time.perf_counter() - start
+    fastest = min(first.values()) if first else 0.0
+    timings = {name: Timing([]) for name in steps}
+    for round_index in range(repeats):
+        for name, step in steps.items():
+            if round_index > 0 and slow_factor is not None and first[name] > slow_factor * fastest:
+                continue
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            timings[name].times.append(time.perf_counter() - start)
+    return timings
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def peak_memory_bytes(step: Callable[[], None], device: torch.device) -> int:
+    """Memory added at the peak of one run of ``step`` (what exists before it excluded).
+
+    CUDA: the allocator's peak. CPU: peak RSS, which Linux updates in batches of page faults: it
+    resolves megabytes, not a few pages; run it in a worker (``run_worker``) whose allocator returns
+    large blocks to the OS, so freed memory is neither counted twice nor hidden.
+    """
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+    base = _proc_status_kib("VmRSS")
+    step()
+    return (_proc_status_kib("VmHWM") - base) * 1024
+
+
+def run_worker(job: str, cells: Sequence[dict], common: dict) -> List[dict]:
+    """Run ``job`` of lambda_det.benchmark.worker on every cell in fresh worker processes (one after
+    another); a cell that kills its worker (out of memory) is recorded as failed and the rest go on
+    in a new worker. Each record is the cell plus what the job measured."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    todo = json.loads(json.dumps(list(cells)))  # as the worker will echo them back (tuples become lists)
+    records: List[dict] = []
+    while todo:
+        payload = json.dumps({"job": job, "cells": todo, "common": common})
+        cmd = [sys.executable, "-m", "lambda_det.benchmark.worker", payload]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        started = None
+        for line in done.stdout.splitlines():
+            if not line.startswith("{"):
+                continue
+            record = json.loads(line)
+            if record.pop("started", False):
+                started = record["cell"]
+                continue
+            records.append(record)
+            todo.remove(record["cell"])
+            started = None
+        if done.returncode != 0:
+            if started is None:
+                raise RuntimeError(f"benchmark worker failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+            reason = "worker killed (out of memory?)" if done.returncode < 0 else f"error: {done.stderr.strip().splitlines()[-1:]}"
+            records.append({"cell": started, "failed": reason})
+            todo.remove(started)
+    return records
+
+
+def environment_summary(device: torch.device) -> dict:
+    info = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+        info["cpu_count"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return info
+
+
+def spread(timing: dict) -> str:
+    """'123 ms (118-131)': the median and the range of the runs."""
+    if "median_s" not in timing:
+        return "-"
+    text = f"{timing['median_s'] * 1000:.0f} ms"
+    if timing.get("runs", 1) > 1:
+        text += f" ({timing['min_s'] * 1000:.0f}-{timing['max_s'] * 1000:.0f})"
+    return text
+
+
+def markdown(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "Timing",
+    "environment_summary",
+    "interleaved",
+    "markdown",
+    "peak_memory_bytes",
+    "run_worker",
+    "spread",
+    "synchronize",
+]

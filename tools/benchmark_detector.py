@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Benchmark whole Mask R-CNNs with the six Table 6 backbones, the conv twins of the LambdaResNets
+and Detectron2's own R-101-FPN, in one run (models interleaved, medians and ranges): training
+iteration, inference, peak training memory, parameters, GFLOPs, and a per-part breakdown.
+
+    python tools/benchmark_detector.py                          # 1024 and 512, CPU
+    python tools/benchmark_detector.py --device cuda --amp --batch 8
+    python tools/benchmark_detector.py --quick                  # a toy model and its twin: < 1 minute
+    python tools/benchmark_detector.py --models LambdaResNet-101 "LambdaResNet-101 conv twin" --sizes 1024
+
+Results go to --output (default output/benchmarks; the committed ones: --output docs/benchmarks
+--overwrite) and are not replaced without --overwrite. Logic: lambda_det/benchmark/detector.py.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from lambda_det.benchmark.detector import quick_models, run, table6_models
+from lambda_det.checks import UserError, positive_int
+from lambda_det.outputs import ensure_writable_dir, existing, path_argument, refuse_overwrite
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=path_argument, default=Path("output/benchmarks"))
+    parser.add_argument("--overwrite", action="store_true", help="replace results an earlier run left in --output")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[1024, 512], help="square input sizes")
+    parser.add_argument("--batch", type=positive_int, default=1, help="images per iteration")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="rounds (median reported)")
+    parser.add_argument("--models", nargs="+", help="subset of the models, by name")
+    parser.add_argument("--no-flops", action="store_true", help="skip the GFLOPs counts (tracing takes a while)")
+    parser.add_argument("--quick", action="store_true", help="a toy LambdaResNet and its conv twin at 128, once")
+    args = parser.parse_args()
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device on this machine")
+    models = quick_models() if args.quick else table6_models()
+    if args.models:
+        known = {m.name: m for m in models}
+        unknown = [name for name in args.models if name not in known]
+        if unknown:
+            parser.error(f"--models: unknown {unknown}; choose from {list(known)}")
+        models = [known[name] for name in args.models]
+    sizes, repeats = ([128], 1) if args.quick else (args.sizes, args.repeats)
+    tag = "_quick" if args.quick else ""
+    names = [f"detector_{args.device}{tag}.{ext}" for ext in ("json", "md", "png")]
+    try:
+        if not args.overwrite:
+            refuse_overwrite(existing(args.output / n for n in names), "--output", "of an earlier benchmark")
+        ensure_writable_dir(args.output, "--output")
+        run(args.output, sizes, models, repeats, args.batch, args.device, args.amp, flops=not args.no_flops, tag=tag)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
