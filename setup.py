@@ -33,10 +33,13 @@ setup(
         "ninja",  # builds the fused CPU position-term operator (lambda_det/layers/fused.py) on first use
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout"],
+        # timm: the tests compare the timm lambda models rebuilt here with timm's own
+        "test": ["pytest>=7", "pytest-timeout", "timm>=1.0"],
         # tools/export_model.py --format onnx, and its tests (setup installs it with "test")
         "export": ["onnx>=1.14", "onnxruntime>=1.16"],
         # competitors measured side by side by tools/benchmark_lambda.py
         "bench": ["timm>=1.0", "lambda-networks>=0.4"],
+        # tools/convert_timm_to_d2.py (--pretrained downloads through timm; .safetensors files)
+        "timm": ["timm>=1.0", "safetensors"],
     },
 )

@@ -78,7 +78,7 @@ def describe_load_error(file: Path, exc: BaseException) -> str:
     with open(file, "rb") as f:
         head = f.read(512)
     if head.startswith(b"PK"):
-        if "central directory" in text or "zip archive" in text or isinstance(exc, EOFError):
+        if "central directory" in text or "zip archive" in text or isinstance(exc, EOFError) or _zip_damaged(file):
             return "is truncated or corrupt (a zip archive whose end is missing: a save that was cut off, or a partial copy)"
         return f"is a zip archive that torch cannot read as a checkpoint ({text.splitlines()[0][:160] if text else type(exc).__name__})"
     for magic, kind in MAGIC:
@@ -96,6 +96,16 @@ def describe_load_error(file: Path, exc: BaseException) -> str:
         return "is not a checkpoint: it is a text file"
     except UnicodeDecodeError:
         return "is not a checkpoint (neither a PyTorch archive nor a pickle)"
+
+
+def _zip_damaged(file: Path) -> bool:
+    """A zip archive whose directory or members do not fit in the file (cut off, or corrupt)."""
+    try:
+        size = file.stat().st_size
+        with zipfile.ZipFile(file) as archive:
+            return any(info.header_offset + info.compress_size > size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return True
 
 
 class Checkpointer(DetectionCheckpointer):

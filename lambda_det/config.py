@@ -59,6 +59,21 @@ def add_lambda_config(cfg: CN) -> CN:
     c.IMPL = "auto"
     # Features the backbone returns (the FPN reads MODEL.FPN.IN_FEATURES out of these).
     c.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # The rest reproduce timm's ImageNet-trained lambda ResNets (lambda_resnet26t / 50ts, see
+    # lambda_det/modeling/timm_lambda.py); the defaults are the paper's network.
+    # Stem: "deep" (ResNet-RS: 3x3 convs of STEM_WIDTH/2, STEM_WIDTH/2, STEM_WIDTH and a stride-2 3x3 conv)
+    # or "tiered" (timm: 3x3 convs of 3/8, 1/2 and all of STEM_WIDTH, then a 3x3 max-pool).
+    c.STEM = "deep"
+    # Output channels of the stem.
+    c.STEM_WIDTH = 64
+    # Downsampling shortcut: "avg" (ResNet-D: 2x2 average pool, then 1x1 conv) or "conv" (strided 1x1 conv).
+    c.SHORTCUT = "avg"
+    # Non-linearity of the stem and blocks: "relu" or "silu".
+    c.ACTIVATION = "relu"
+    # Pooling after a stride-2 lambda layer: "avg3x3" (the paper, App. D) or "avg2x2" (timm).
+    c.LAMBDA_POOL = "avg3x3"
+    # A learned bias on the position lambdas (timm's conv_lambda has one; the paper does not).
+    c.POSITION_BIAS = False
 
     # Large-scale jitter (Ghiasi et al. 2021), the paper's COCO augmentation: resize so the image
     # fits IMAGE_SIZE x IMAGE_SIZE times a scale drawn from [MIN_SCALE, MAX_SCALE], then a random

@@ -13,7 +13,10 @@ from lambda_det.layers import LambdaLayer
 from lambda_det.modeling.layouts import PAPER_C4_LAMBDA_BLOCKS, STAGE_BLOCKS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+TIMM = re.compile(r"mask_rcnn_timm_(?P<model>lambda_resnet(26t|50ts))_FPN_(?P<schedule>1x|3x)\.yaml")
+# Base-TimmLambda-FPN.yaml leaves the architecture to its leaves (TIMM): not a model by itself
+ALL_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if p.name != "Base-TimmLambda-FPN.yaml" and not TIMM.fullmatch(p.name))
+TIMM_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if TIMM.fullmatch(p.name))
 LEAF = re.compile(r"mask_rcnn_(?P<family>LambdaR|R)_(?P<depth>\d+)(?P<se>_SE)?_FPN_(?P<schedule>paper|100ep)\.yaml")
 
 
@@ -78,3 +81,31 @@ def test_config_builds_the_model_its_name_says(path):
         assert s.IMS_PER_BATCH == 64 and s.BASE_LR == pytest.approx(0.32 * 64 / 256)
     fractions = [step / s.MAX_ITER for step in s.STEPS]
     assert fractions == pytest.approx([0.9, 0.95, 0.975], abs=1e-4)
+
+
+@pytest.mark.parametrize("path", TIMM_CONFIGS, ids=[p.name for p in TIMM_CONFIGS])
+def test_timm_configs_fine_tune_imagenet_weights_in_detectron2s_conventions(path):
+    from detectron2.layers import FrozenBatchNorm2d
+
+    from lambda_det.modeling.timm_lambda import TIMM_MODELS, config_values
+
+    match = TIMM.fullmatch(path.name)
+    cfg = load(path)
+    for key, value in config_values(match["model"]).items():
+        assert cfg.MODEL.LAMBDA_RESNET[key] == value, key
+    model = build_model(cfg)
+    bottom_up = model.backbone.bottom_up
+    stages = [list(getattr(bottom_up, n)) for n in bottom_up.stage_names]
+    layout = ["".join("L" if b.use_lambda else "C" for b in stage) for stage in stages]
+    assert layout == TIMM_MODELS[match["model"]]["layout"]
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in bottom_up.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in bottom_up.modules())
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 2 and cfg.MODEL.WEIGHTS == f"weights/{match['model']}_d2.pth"
+    assert cfg.INPUT.FORMAT == "RGB" and list(cfg.MODEL.PIXEL_MEAN) == pytest.approx([123.675, 116.28, 103.53])
+    assert list(cfg.MODEL.PIXEL_STD) == pytest.approx([58.395, 57.12, 57.375])
+    assert cfg.INPUT.MIN_SIZE_TRAIN == (640, 672, 704, 736, 768, 800)
+    assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (800, 1333)
+    s = cfg.SOLVER
+    assert (s.IMS_PER_BATCH, s.BASE_LR) == (16, 0.02)
+    expected = {"1x": (90000, (60000, 80000)), "3x": (270000, (210000, 250000))}[match["schedule"]]
+    assert (s.MAX_ITER, tuple(s.STEPS)) == expected

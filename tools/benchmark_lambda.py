@@ -5,6 +5,7 @@
     python tools/benchmark_lambda.py --vs-conv        # layer and block against the 3x3 conv, Table 6 shapes, batch 1..8
     python tools/benchmark_lambda.py --auto-rule      # every form at the Table 6 shapes: the data behind impl="auto"
     python tools/benchmark_lambda.py --scope-sweep    # every form per map side and scope
+    python tools/benchmark_lambda.py --vs-timm        # timm's lambda_resnet50ts against ours (same weights), 512 and 1024
     python tools/benchmark_lambda.py --device cuda --sides 32 64 128 256
 
 Forward (no gradients) and forward+backward are timed separately. Results go to --output
@@ -29,6 +30,8 @@ def main() -> int:
     what.add_argument("--vs-conv", action="store_true", help="layer and bottleneck block against the 3x3 conv they replace")
     what.add_argument("--auto-rule", action="store_true", help="every form at the Table 6 models' shapes (impl='auto')")
     what.add_argument("--scope-sweep", action="store_true", help="every form per map side (--sides) and scope (--scopes)")
+    what.add_argument("--vs-timm", action="store_true", help="timm's lambda_resnet50ts against this package's build, at --sizes")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[512, 1024], help="--vs-timm input sizes")
     parser.add_argument("--sides", type=positive_int, nargs="+", help="map sides (default: 32 64 128; --scope-sweep 8 16 32 64; "
                         "--auto-rule 16 32 64 128)")
     parser.add_argument("--memory-sides", type=positive_int, nargs="+", default=[32, 64, 128, 256], help="map sides for peak memory")
@@ -54,6 +57,8 @@ def main() -> int:
         names = [f"auto_rule_{tag}.json", f"auto_rule_{tag}.md"]
     elif args.scope_sweep:
         names = [f"scope_sweep_{tag}.json", f"scope_sweep_{tag}.md"]
+    elif args.vs_timm:
+        names = [f"vs_timm_{tag}.json", f"vs_timm_{tag}.md"]
     else:
         names = [f"lambda_layer_{tag}.{ext}" for ext in ("json", "md", "png")]
     try:
@@ -72,6 +77,10 @@ def main() -> int:
             records = form_sweep(cells, args.device, args.repeats)
             write_sweep(args.output, "scope_sweep", "Forms of the position term by map size and scope", records,
                         args.device, args.repeats)
+        elif args.vs_timm:
+            from lambda_det.benchmark.backbone import vs_timm
+
+            vs_timm(args.output, args.sizes, args.batch, args.repeats, args.device)
         else:
             run(args.output, args.sides or [32, 64, 128], args.memory_sides, args.device, args.repeats, args.methods,
                 LayerSpec(batch=args.batch, scope=args.scope))

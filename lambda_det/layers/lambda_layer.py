@@ -14,6 +14,8 @@ from .position_lambdas import IMPL_ALIASES, IMPL_CHOICES, choose_impl, position_
 Tensor = torch.Tensor
 
 NORM_CHOICES = ("BN", "SyncBN", "FrozenBN", "GN", "")
+# the pooling after a stride-2 layer: the paper's 3x3 average with stride 2 (App. D), or timm's 2x2
+POOLS = ("avg3x3", "avg2x2")
 
 
 class LambdaLayer(nn.Module):
@@ -40,7 +42,7 @@ class LambdaLayer(nn.Module):
             aspect ratio, zero padding at the borders), or ``None`` for global position lambdas
             over the whole map. Global embeddings are a relative table sized for
             ``global_max_size`` and cropped to the input, so inputs up to that size work.
-        stride: 1, or 2 for a 3x3 average pool with stride 2 after the layer (App. D).
+        stride: 1, or 2 for an average pool with stride 2 after the layer (``pool``).
         impl: how the position term is computed: "conv" / "conv2d", "conv3d", "einsum", "fft"
             (the position-lambda forms of ``lambda_det.layers.position_lambdas``), "fused" (the CPU
             operator of ``lambda_det.layers.fused``), or "auto": the fastest for the shape, the
@@ -49,6 +51,11 @@ class LambdaLayer(nn.Module):
         norm: normalization of queries and values, by Detectron2's ``get_norm``: "BN", "SyncBN",
             "FrozenBN", "GN" or "" (none; an ablation that costs 2.2 points in App. A).
         global_max_size: (height, width) or side of the largest map a global layer accepts.
+        pool: the pooling of a stride-2 layer: "avg3x3" (the paper's 3x3 average, App. D) or
+            "avg2x2" (timm's lambda models).
+        position_bias: a learned bias b (k) on every position lambda (timm's ``conv_lambda`` has
+            one; the paper does not). It adds q_n^T b to the output and is computed with the content
+            lambda.
 
     Under ``torch.autocast`` the projections run in the autocast dtype, while the key softmax,
     the lambdas and their application accumulate in float32 (public ports produced NaN in fp16
@@ -68,6 +75,8 @@ class LambdaLayer(nn.Module):
         impl: str = "auto",
         norm: str = "BN",
         global_max_size: Union[int, Tuple[int, int]] = 64,
+        pool: str = "avg3x3",
+        position_bias: bool = False,
     ) -> None:
         super().__init__()
         _check_positive("in_channels", in_channels)
@@ -87,6 +96,8 @@ class LambdaLayer(nn.Module):
             norm = ""
         if norm not in NORM_CHOICES:
             raise ValueError(f"norm={norm!r} is not one of {list(NORM_CHOICES)}")
+        if pool not in POOLS:
+            raise ValueError(f"pool={pool!r} is not one of {list(POOLS)}")
         if isinstance(global_max_size, int):
             global_max_size = (global_max_size, global_max_size)
         if len(global_max_size) != 2 or min(global_max_size) < 1:
@@ -112,7 +123,14 @@ class LambdaLayer(nn.Module):
         # R, the relative position embeddings, indexed [offset_y, offset_x, k, u] as in the paper.
         rh, rw = (scope, scope) if scope is not None else (2 * global_max_size[0] - 1, 2 * global_max_size[1] - 1)
         self.rel_pos_emb = nn.Parameter(torch.empty(rh, rw, dim_k, dim_u))
-        self.pool = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False) if stride == 2 else None
+        # timm's lambda layer convolves with a bias: b_k added to every position lambda, which adds
+        # q_n^T b to every output channel; the paper has none
+        self.position_bias = nn.Parameter(torch.zeros(dim_k)) if position_bias else None
+        self.pool_type = pool
+        if stride == 2:
+            self.pool = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False) if pool == "avg3x3" else nn.AvgPool2d(2, 2)
+        else:
+            self.pool = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -141,9 +159,10 @@ class LambdaLayer(nn.Module):
 
     def extra_repr(self) -> str:
         scope = "global" if self.scope is None else f"{self.scope}x{self.scope}"
+        extra = (f", pool={self.pool_type}" if self.stride == 2 else "") + (", position_bias" if self.position_bias is not None else "")
         return (
             f"{self.in_channels}, {self.out_channels}, k={self.dim_k}, h={self.heads}, u={self.dim_u}, "
-            f"scope={scope}, stride={self.stride}, impl={self.impl}, norm={self.norm or 'none'}"
+            f"scope={scope}, stride={self.stride}, impl={self.impl}, norm={self.norm or 'none'}{extra}"
         )
 
     def position_kernel(self, height: int, width: int) -> Tensor:
@@ -212,6 +231,9 @@ class LambdaLayer(nn.Module):
         content_lambda = torch.matmul(keys[:, 0], flat_values[:, 0].transpose(1, 2))
         for i in range(1, self.dim_u):
             content_lambda = content_lambda + torch.matmul(keys[:, i], flat_values[:, i].transpose(1, 2))
+        if self.position_bias is not None:
+            # the bias b of every position lambda is position-independent: it joins the content lambda
+            content_lambda = content_lambda + self.position_bias.to(dtype).reshape(1, self.dim_k, 1)
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             needs_grad = torch.is_grad_enabled() and (q.requires_grad or values.requires_grad)
             impl = self.resolve_impl(height, width, needs_grad, q.device.type == "cpu" and fused_available())
@@ -275,8 +297,9 @@ def lambda_layer_num_params(
     scope: Optional[int] = 23,
     norm: str = "BN",
     global_max_size: Union[int, Tuple[int, int]] = 64,
+    position_bias: bool = False,
 ) -> int:
-    """Closed-form parameter count: projections + norm affine parameters + embeddings."""
+    """Closed-form parameter count: projections + norm affine parameters + embeddings (+ bias)."""
     dim_v = out_channels // heads
     projections = in_channels * (heads * dim_k + dim_k * dim_u + dim_v * dim_u)
     norms = 2 * (heads * dim_k + dim_v * dim_u) if norm in ("BN", "SyncBN", "GN") else 0
@@ -285,7 +308,7 @@ def lambda_layer_num_params(
         taps = (2 * gh - 1) * (2 * gw - 1)
     else:
         taps = scope * scope
-    return projections + norms + taps * dim_k * dim_u
+    return projections + norms + taps * dim_k * dim_u + (dim_k if position_bias else 0)
 
 
 def _check_positive(name: str, value: int) -> None:

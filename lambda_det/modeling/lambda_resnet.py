@@ -12,6 +12,10 @@ The base network is the ResNet-RS-style ResNet-v1 the paper builds on:
 
 Detectron2's ``ResNet`` assembles stem and stages, names them res2..res5, and provides
 ``output_shape()`` and ``freeze(freeze_at)`` with Detectron2's meaning.
+
+Options, each off by default, reproduce timm's ImageNet-trained lambda ResNets
+(``lambda_det.modeling.timm_lambda``): a tiered stem with a max-pool, strided 1x1 projection
+shortcuts, SiLU, and lambda layers with timm's position bias and 2x2 pooling.
 """
 from __future__ import annotations
 
@@ -27,17 +31,32 @@ from torch import nn
 
 from ..checks import ConfigError
 from ..layers import LambdaLayer
+from ..layers.lambda_layer import POOLS
 from ..layers.position_lambdas import IMPL_CHOICES
 from .layouts import STAGE_BLOCKS, STAGE_NAMES, VARIANTS, parse_layout, stage_blocks, variant_layout
 
 NORMS = ("BN", "SyncBN", "FrozenBN", "GN")
 
 
+ACTIVATIONS = ("relu", "silu")
+STEMS = ("deep", "tiered")
+SHORTCUTS = ("avg", "conv")
+
+
+def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """The block's non-linearity, in place."""
+    if activation == "silu":
+        return F.silu(x, inplace=True)
+    return F.relu_(x)
+
+
 class DeepStem(CNNBlockBase):
     """ResNet-D stem with the max-pool replaced by a stride-2 3x3 conv (ResNet-RS); stride 4."""
 
-    def __init__(self, in_channels: int = 3, widths: Sequence[int] = (32, 32, 64), norm: str = "BN") -> None:
+    def __init__(self, in_channels: int = 3, widths: Sequence[int] = (32, 32, 64), norm: str = "BN",
+                 activation: str = "relu") -> None:
         super().__init__(in_channels, widths[-1], 4)
+        self.activation = activation
         channels = [in_channels, *widths, widths[-1]]
         strides = [2, 1, 1, 2]
         self.convs = nn.ModuleList(
@@ -49,8 +68,29 @@ class DeepStem(CNNBlockBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
-            x = F.relu_(conv(x))
+            x = activate(conv(x), self.activation)
         return x
+
+
+class TieredStem(CNNBlockBase):
+    """timm's "tiered" stem: 3x3 convs of 3/8, 1/2 and all of the width (the first with stride 2),
+    each with norm and activation, then a 3x3 max-pool with stride 2; stride 4."""
+
+    def __init__(self, in_channels: int = 3, width: int = 64, norm: str = "BN", activation: str = "relu") -> None:
+        super().__init__(in_channels, width, 4)
+        self.activation = activation
+        channels = [in_channels, 3 * width // 8, width // 2, width]
+        self.convs = nn.ModuleList(
+            Conv2d(cin, cout, 3, stride=2 if i == 0 else 1, padding=1, bias=False, norm=get_norm(norm, cout))
+            for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:]))
+        )
+        for conv in self.convs:
+            weight_init.c2_msra_fill(conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = activate(conv(x), self.activation)
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
 class SqueezeExcite(nn.Module):
@@ -67,7 +107,11 @@ class SqueezeExcite(nn.Module):
 
 
 class LambdaBottleneck(CNNBlockBase):
-    """ResNet-D bottleneck whose 3x3 is either a convolution or a lambda layer."""
+    """ResNet-D bottleneck whose 3x3 is either a convolution or a lambda layer.
+
+    ``shortcut``: "avg" (ResNet-D: a 2x2 average pool before the 1x1 projection when downsampling)
+    or "conv" (a strided 1x1 projection, as timm's lambda models); ``activation``: "relu" or "silu".
+    """
 
     def __init__(
         self,
@@ -81,16 +125,23 @@ class LambdaBottleneck(CNNBlockBase):
         se_ratio: float = 0.0,
         norm: str = "BN",
         zero_init_residual: bool = True,
+        shortcut: str = "avg",
+        activation: str = "relu",
     ) -> None:
         super().__init__(in_channels, out_channels, stride)
         self.use_lambda = use_lambda
+        self.activation = activation
         convs = []
         if stride != 1 or in_channels != out_channels:
-            projection = Conv2d(in_channels, out_channels, 1, bias=False, norm=get_norm(norm, out_channels))
-            convs.append(projection)
-            # ResNet-D: downsample by averaging, not by a strided 1x1 that skips 3/4 of the inputs
-            pool = nn.AvgPool2d(2, stride=2, ceil_mode=True, count_include_pad=False)
-            self.shortcut = nn.Sequential(pool, projection) if stride != 1 else projection
+            if shortcut == "conv":
+                self.shortcut = Conv2d(in_channels, out_channels, 1, stride=stride, bias=False, norm=get_norm(norm, out_channels))
+                convs.append(self.shortcut)
+            else:
+                projection = Conv2d(in_channels, out_channels, 1, bias=False, norm=get_norm(norm, out_channels))
+                convs.append(projection)
+                # ResNet-D: downsample by averaging, not by a strided 1x1 that skips 3/4 of the inputs
+                pool = nn.AvgPool2d(2, stride=2, ceil_mode=True, count_include_pad=False)
+                self.shortcut = nn.Sequential(pool, projection) if stride != 1 else projection
         else:
             self.shortcut = None
         self.conv1 = Conv2d(in_channels, bottleneck_channels, 1, bias=False, norm=get_norm(norm, bottleneck_channels))
@@ -112,13 +163,13 @@ class LambdaBottleneck(CNNBlockBase):
                 self.conv3.norm.weight.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu_(self.conv1(x))
-        out = F.relu_(self.norm2(self.conv2(out)))
+        out = activate(self.conv1(x), self.activation)
+        out = activate(self.norm2(self.conv2(out)), self.activation)
         out = self.conv3(out)
         if self.se is not None:
             out = self.se(out)
         shortcut = x if self.shortcut is None else self.shortcut(x)
-        return F.relu_(out + shortcut)
+        return activate(out + shortcut, self.activation)
 
 
 def build_lambda_resnet(
@@ -142,6 +193,12 @@ def build_lambda_resnet(
     out_features: Sequence[str] = STAGE_NAMES,
     freeze_at: int = 0,
     num_classes: Optional[int] = None,
+    stem: str = "deep",
+    stem_width: int = 64,
+    shortcut: str = "avg",
+    activation: str = "relu",
+    lambda_pool: str = "avg3x3",
+    position_bias: bool = False,
 ) -> ResNet:
     """A LambdaResNet (or its conv / SE baseline) as a Detectron2 ``ResNet``.
 
@@ -153,10 +210,14 @@ def build_lambda_resnet(
     if unknown:
         raise ConfigError(f"MODEL.LAMBDA_RESNET.SE_STAGES has {sorted(unknown)}; allowed: {list(STAGE_NAMES)}")
 
-    lambda_kwargs = dict(dim_k=dim_k, heads=heads, dim_u=dim_u, scope=scope, impl=impl, global_max_size=global_max_size)
-    stem = DeepStem(in_channels, norm=norm)
+    lambda_kwargs = dict(dim_k=dim_k, heads=heads, dim_u=dim_u, scope=scope, impl=impl, global_max_size=global_max_size,
+                         pool=lambda_pool, position_bias=position_bias)
+    if stem == "tiered":
+        stem_module = TieredStem(in_channels, stem_width, norm=norm, activation=activation)
+    else:
+        stem_module = DeepStem(in_channels, widths=(stem_width // 2, stem_width // 2, stem_width), norm=norm, activation=activation)
     stages = []
-    channels = stem.out_channels
+    channels = stem_module.out_channels
     for index, (name, letters) in enumerate(zip(STAGE_NAMES, stage_layouts)):
         width = width_per_group * 2**index
         stage = []
@@ -172,11 +233,13 @@ def build_lambda_resnet(
                     se_ratio=se_ratio if name in se_stages else 0.0,
                     norm=norm,
                     zero_init_residual=zero_init_residual,
+                    shortcut=shortcut,
+                    activation=activation,
                 )
             )
             channels = 4 * width
         stages.append(stage)
-    model = ResNet(stem, stages, num_classes=num_classes, out_features=list(out_features), freeze_at=freeze_at)
+    model = ResNet(stem_module, stages, num_classes=num_classes, out_features=list(out_features), freeze_at=freeze_at)
     model.layout = stage_layouts
     return model
 
@@ -227,7 +290,12 @@ def lambda_resnet_kwargs_from_cfg(cfg, input_channels: int) -> Dict:
     allowed("VARIANT", c.VARIANT, VARIANTS)
     allowed("NORM", c.NORM, NORMS)
     allowed("IMPL", c.IMPL, IMPL_CHOICES)
-    for key in ("WIDTH_PER_GROUP", "DIM_K", "HEADS", "DIM_U", "GLOBAL_MAX_SIZE"):
+    allowed("STEM", c.STEM, STEMS)
+    allowed("SHORTCUT", c.SHORTCUT, SHORTCUTS)
+    allowed("ACTIVATION", c.ACTIVATION, ACTIVATIONS)
+    allowed("LAMBDA_POOL", c.LAMBDA_POOL, POOLS)
+    allowed("POSITION_BIAS", c.POSITION_BIAS, (True, False))
+    for key in ("WIDTH_PER_GROUP", "DIM_K", "HEADS", "DIM_U", "GLOBAL_MAX_SIZE", "STEM_WIDTH"):
         positive(key, c[key])
     if not c.STAGE_BLOCKS:
         allowed("DEPTH", c.DEPTH, sorted(STAGE_BLOCKS))
@@ -260,6 +328,12 @@ def lambda_resnet_kwargs_from_cfg(cfg, input_channels: int) -> Dict:
         in_channels=input_channels,
         out_features=list(c.OUT_FEATURES),
         freeze_at=freeze_at,
+        stem=c.STEM,
+        stem_width=c.STEM_WIDTH,
+        shortcut=c.SHORTCUT,
+        activation=c.ACTIVATION,
+        lambda_pool=c.LAMBDA_POOL,
+        position_bias=c.POSITION_BIAS,
     )
 
 

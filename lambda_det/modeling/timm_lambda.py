@@ -1,0 +1,218 @@
+"""timm's ImageNet-trained lambda ResNets, ``lambda_resnet26t`` and ``lambda_resnet50ts``, rebuilt
+from this package's modules (our LambdaLayer in every lambda block), and their weights converted to
+Detectron2 checkpoints. timm is needed only to fetch weights from its hub and in the tests.
+
+The architectures (timm 1.0's byoanet.py / byobnet.py):
+
+* stem "tiered": 3x3/2 conv 24, 3x3 conv 32, 3x3 conv 64 (each BN + activation), 3x3/2 max-pool;
+* bottlenecks of width c/4 with a strided 1x1 projection shortcut, zero-initialized last BN;
+  a lambda block is 1x1 -> lambda layer -> BN + activation -> 1x1 -> BN;
+* lambda layers with k = 16, h = 4, u = 1, a local 9x9 scope, a bias on the position lambdas, and
+  a 2x2 average pool inside stride-2 layers;
+* lambda_resnet26t: blocks 2-2-2-2, ReLU, lambda in block 2 of c4 and all of c5;
+  lambda_resnet50ts: blocks 3-4-6-3, SiLU, lambda in block 4 of c3, blocks 2, 4, 6 of c4, block 2 of c5.
+
+timm trained them on RGB images normalized by the ImageNet mean / std (0-1 scale): in Detectron2's
+terms INPUT.FORMAT "RGB", PIXEL_MEAN [123.675, 116.28, 103.53], PIXEL_STD [58.395, 57.12, 57.375].
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+TIMM_MODELS: Dict[str, dict] = {
+    "lambda_resnet26t": {"blocks": [2, 2, 2, 2], "layout": ["CC", "CC", "CL", "LL"], "activation": "relu"},
+    "lambda_resnet50ts": {"blocks": [3, 4, 6, 3], "layout": ["CCC", "CCCL", "CLCLCL", "CLC"], "activation": "silu"},
+}
+# what both share (MODEL.LAMBDA_RESNET keys)
+COMMON = {"STEM": "tiered", "STEM_WIDTH": 64, "SHORTCUT": "conv", "LAMBDA_POOL": "avg2x2", "POSITION_BIAS": True,
+          "WIDTH_PER_GROUP": 64, "DIM_K": 16, "HEADS": 4, "DIM_U": 1, "SCOPE": 9, "SE_STAGES": [], "VARIANT": "custom"}
+PIXEL_MEAN_RGB = [123.675, 116.28, 103.53]
+PIXEL_STD_RGB = [58.395, 57.12, 57.375]
+
+
+def config_values(name: str) -> Dict[str, object]:
+    """MODEL.LAMBDA_RESNET values that build ``name``."""
+    if name not in TIMM_MODELS:
+        raise ValueError(f"{name!r} is not one of timm's lambda models here: {sorted(TIMM_MODELS)}")
+    spec = TIMM_MODELS[name]
+    return {**COMMON, "STAGE_BLOCKS": list(spec["blocks"]), "LAYOUT": list(spec["layout"]), "ACTIVATION": spec["activation"]}
+
+
+def build_kwargs(name: str) -> dict:
+    """``build_lambda_resnet`` keyword arguments that build ``name`` (res2..res5, no classifier)."""
+    v = config_values(name)
+    return dict(variant="custom", layout=v["LAYOUT"], blocks_per_stage=v["STAGE_BLOCKS"], width_per_group=v["WIDTH_PER_GROUP"],
+                dim_k=v["DIM_K"], heads=v["HEADS"], dim_u=v["DIM_U"], scope=v["SCOPE"], stem=v["STEM"],
+                stem_width=v["STEM_WIDTH"], shortcut=v["SHORTCUT"], activation=v["ACTIVATION"],
+                lambda_pool=v["LAMBDA_POOL"], position_bias=v["POSITION_BIAS"], se_stages=[])
+
+
+# ---------------------------------------------------------------------------------------------
+# names: timm's state dict -> this package's backbone
+# ---------------------------------------------------------------------------------------------
+BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _conv_bn(timm_prefix: str, ours: str, norm: Optional[str] = None) -> List[Tuple[str, str]]:
+    """A timm ConvNormAct (.conv, .bn) -> a Detectron2 Conv2d with its norm (.weight, .norm.*)."""
+    norm = norm or f"{ours}.norm"
+    return [(f"{timm_prefix}.conv.weight", f"{ours}.weight")] + [(f"{timm_prefix}.bn.{f}", f"{norm}.{f}") for f in BN_FIELDS]
+
+
+def key_map(name: str) -> List[Tuple[str, str]]:
+    """(timm key, our key) for every tensor of the backbone; our keys are relative to the ResNet
+    (prefix them with "backbone.bottom_up." for a Mask R-CNN + FPN)."""
+    spec = TIMM_MODELS[name]
+    pairs: List[Tuple[str, str]] = []
+    for i in range(3):
+        pairs += _conv_bn(f"stem.conv{i + 1}", f"stem.convs.{i}")
+    for s, letters in enumerate(spec["layout"]):
+        for b, letter in enumerate(letters):
+            t, o = f"stages.{s}.{b}", f"res{s + 2}.{b}"
+            if b == 0:  # the first block of every stage changes width (and stride, but for the first stage)
+                pairs += _conv_bn(f"{t}.shortcut", f"{o}.shortcut")
+            pairs += _conv_bn(f"{t}.conv1_1x1", f"{o}.conv1")
+            if letter == "L":
+                a = f"{t}.self_attn"
+                pairs.append((f"{a}.qkv.weight", f"{o}.conv2.qkv.weight"))
+                pairs += [(f"{a}.norm_q.{f}", f"{o}.conv2.norm_q.{f}") for f in BN_FIELDS]
+                pairs += [(f"{a}.norm_v.{f}", f"{o}.conv2.norm_v.{f}") for f in BN_FIELDS]
+                pairs.append((f"{a}.conv_lambda.weight", f"{o}.conv2.rel_pos_emb"))
+                pairs.append((f"{a}.conv_lambda.bias", f"{o}.conv2.position_bias"))
+                pairs += [(f"{t}.post_attn.{f}", f"{o}.norm2.{f}") for f in BN_FIELDS]
+            else:
+                pairs.append((f"{t}.conv2_kxk.conv.weight", f"{o}.conv2.weight"))
+                pairs += [(f"{t}.conv2_kxk.bn.{f}", f"{o}.norm2.{f}") for f in BN_FIELDS]
+            pairs += _conv_bn(f"{t}.conv3_1x1", f"{o}.conv3")
+    return pairs
+
+
+def _timm_key(key: str) -> str:
+    """timm's names from a full model, a features_only model (stem_conv1, stages_0) or a wrapper."""
+    for wrapper in ("module.", "model."):
+        if key.startswith(wrapper):
+            key = key[len(wrapper):]
+    return re.sub(r"^(stem)_(conv\d)", r"\1.\2", re.sub(r"^stages_(\d)", r"stages.\1", key))
+
+
+def _convert_tensor(timm_key: str, value: torch.Tensor) -> torch.Tensor:
+    if timm_key.endswith("conv_lambda.weight"):  # Conv3d (k, 1, r, r, 1) -> R[dy, dx, k, u]
+        return value[..., 0].permute(2, 3, 0, 1).contiguous()
+    return value
+
+
+class ConversionError(ValueError):
+    """A state dict that is not the timm model it should be."""
+
+
+def convert_state_dict(state_dict: Dict[str, torch.Tensor], name: Optional[str] = None) -> Tuple[str, Dict[str, torch.Tensor], dict]:
+    """(model name, our backbone state dict, report) from a timm state dict of ``name`` (None: the
+    lambda model whose tensors it holds). Raises ConversionError naming what does not fit."""
+    tensors = {_timm_key(k): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    candidates = [name] if name else list(TIMM_MODELS)
+    best = None
+    for candidate in candidates:
+        missing = [t for t, _ in key_map(candidate) if t not in tensors]
+        if best is None or len(missing) < len(best[1]):
+            best = (candidate, missing)
+    candidate, missing = best
+    if missing:
+        expected = len(key_map(candidate))
+        raise ConversionError(
+            f"is not a timm {candidate} state dict: {len(missing)} of its {expected} backbone tensors are missing "
+            f"(e.g. {', '.join(missing[:3])})" + ("" if name else f"; it is none of {sorted(TIMM_MODELS)} either")
+        )
+    from . import build_lambda_resnet
+
+    reference = build_lambda_resnet(**build_kwargs(candidate)).state_dict()
+    converted: Dict[str, torch.Tensor] = {}
+    for timm_key, our_key in key_map(candidate):
+        value = _convert_tensor(timm_key, tensors[timm_key])
+        if tuple(value.shape) != tuple(reference[our_key].shape):
+            raise ConversionError(
+                f"is not a timm {candidate} state dict: {timm_key} has shape {tuple(tensors[timm_key].shape)}, "
+                f"the model's {tuple(reference[our_key].shape)}"
+            )
+        converted[our_key] = value.clone()
+    used = {t for t, _ in key_map(candidate)}
+    left_out = sorted(k for k in tensors if k not in used)
+    report = {
+        "model": candidate,
+        "mapped": len(converted),
+        "left_out": left_out,  # the classifier, and BN's num_batches_tracked (bookkeeping, not weights)
+        "left_out_kinds": sorted({("classifier" if k.startswith("head.") else
+                                   "num_batches_tracked" if k.endswith("num_batches_tracked") else "other") for k in left_out}),
+    }
+    return candidate, converted, report
+
+
+__all__ = [
+    "COMMON",
+    "ConversionError",
+    "PIXEL_MEAN_RGB",
+    "PIXEL_STD_RGB",
+    "TIMM_MODELS",
+    "build_kwargs",
+    "config_values",
+    "convert_state_dict",
+    "key_map",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------------------------
+def read_timm_weights(path) -> Dict[str, torch.Tensor]:
+    """The state dict in a timm checkpoint file (.pth / .pt / .bin / .safetensors), unwrapped from
+    {"state_dict": ...}, {"model": ...} or {"state_dict_ema": ...}. Raises ConversionError naming why not."""
+    from pathlib import Path
+
+    from ..checkpoint import file_problem, weights_problem
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        problem = file_problem(str(path))
+        if problem:
+            raise ConversionError(problem)
+        try:
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        except ImportError:
+            raise ConversionError("is a .safetensors file, which needs the 'safetensors' package (pip install safetensors)") from None
+        except Exception as exc:  # safetensors' own errors: a header or size that does not fit
+            raise ConversionError(f"is not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
+    problem = weights_problem(str(path))
+    if problem:
+        raise ConversionError(problem)
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict_ema", "state_dict", "model"):
+        if isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    return loaded
+
+
+def save_detectron2_weights(path, converted: Dict[str, torch.Tensor], report: dict, source: str) -> None:
+    """A checkpoint MODEL.WEIGHTS loads into a LambdaResNet-FPN Mask R-CNN (keys under backbone.bottom_up)."""
+    import io
+    from pathlib import Path
+
+    from ..outputs import write_bytes
+
+    payload = {
+        "model": {f"backbone.bottom_up.{k}": v for k, v in converted.items()},
+        "__author__": "lambda_det tools/convert_timm_to_d2.py",
+        "matching_heuristics": False,
+        "timm_model": report["model"],
+        "source": source,
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(Path(path), buffer.getvalue())
+
+
+__all__ += ["read_timm_weights", "save_detectron2_weights"]

@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Convert timm's ImageNet-trained lambda_resnet26t / lambda_resnet50ts weights into a Detectron2
+checkpoint for MODEL.WEIGHTS (backbone only: the classifier is left out).
+
+    python tools/convert_timm_to_d2.py lambda_resnet50ts.safetensors --output weights/lambda_resnet50ts_d2.pth
+    python tools/convert_timm_to_d2.py --pretrained lambda_resnet50ts --output weights/lambda_resnet50ts_d2.pth
+
+The first form reads a local .pth / .bin / .safetensors file (from the hub, or saved with
+torch.save(model.state_dict(), ...)); --model names the architecture if it is not obvious. The
+second downloads through timm (needs timm and network access). Logic: lambda_det/modeling/timm_lambda.py.
+"""
+import argparse
+import sys
+
+from lambda_det.checks import UserError
+from lambda_det.modeling.timm_lambda import (
+    TIMM_MODELS, ConversionError, convert_state_dict, read_timm_weights, save_detectron2_weights,
+)
+from lambda_det.outputs import ensure_writable_dir, path_argument, refuse_overwrite
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("input", nargs="?", type=path_argument, help="timm checkpoint file")
+    source.add_argument("--pretrained", choices=sorted(TIMM_MODELS), help="download this model's weights through timm")
+    parser.add_argument("--model", choices=sorted(TIMM_MODELS), help="the architecture (default: recognized from the file)")
+    parser.add_argument("--output", required=True, type=path_argument, help="the Detectron2 checkpoint to write (.pth)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    args = parser.parse_args()
+    try:
+        if args.output.exists() and args.output.is_dir():
+            raise UserError(f"--output {args.output} is a directory; name the .pth file to write")
+        if not args.overwrite and args.output.exists():
+            refuse_overwrite([args.output], "--output", "of an earlier conversion")
+        ensure_writable_dir(args.output.parent, "--output's folder")
+        if args.pretrained:
+            try:
+                import timm
+            except ImportError:
+                raise UserError("--pretrained needs timm: pip install timm (or pass a downloaded checkpoint file)") from None
+            try:
+                state_dict = timm.create_model(args.pretrained, pretrained=True).state_dict()
+            except Exception as exc:  # the hub's own errors (no network, no such weights)
+                raise UserError(f"--pretrained {args.pretrained}: timm could not fetch the weights ({exc})") from None
+            source, name = f"timm hub: {args.pretrained}", args.pretrained
+        else:
+            source, name = str(args.input), args.model
+            try:
+                state_dict = read_timm_weights(args.input)
+            except ConversionError as exc:
+                raise UserError(f"{args.input} {exc}") from None
+        try:
+            name, converted, report = convert_state_dict(state_dict, name)
+        except ConversionError as exc:
+            raise UserError(f"{source} {exc}") from None
+        save_detectron2_weights(args.output, converted, report, source)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    kinds = ", ".join(report["left_out_kinds"]) or "nothing"
+    print(f"{source}: timm {name}, {report['mapped']} backbone tensors mapped; left out {len(report['left_out'])} "
+          f"({kinds}{': ' + ', '.join(report['left_out'][:4]) + ' ...' if report['left_out'] else ''})")
+    print(f"wrote {args.output}: MODEL.WEIGHTS for configs/COCO-InstanceSegmentation/mask_rcnn_timm_{name}_FPN_*.yaml")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
