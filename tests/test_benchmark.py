@@ -1,11 +1,14 @@
 """The benchmarks' own logic on tiny sizes: every method and form runs in both modes, outputs are
 written whole, auto is checked against the fastest form, nothing is lost."""
 import json
+import time
 
 import pytest
+import torch
 
 from lambda_det.benchmark import LayerSpec, form_sweep, layer_table, run, vs_conv, write_sweep
 from lambda_det.benchmark.layer import auto_check
+from lambda_det.benchmark.timing import interleaved
 
 
 def test_layer_benchmark_times_both_modes_and_writes_json_markdown_and_plot(tmp_path):
@@ -31,6 +34,24 @@ def test_layer_benchmark_times_both_modes_and_writes_json_markdown_and_plot(tmp_
     table = (tmp_path / "lambda_layer_cpu.md").read_text()
     assert "| lambda/fused |" in table and "16x16 fwd+bwd" in table and "`impl=\"auto\"` against the fastest form" in table
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_interleaved_rotates_the_order_and_times_one_call_of_short_steps():
+    calls = []
+
+    def step(name, seconds):
+        def run_step():
+            calls.append(name)
+            time.sleep(seconds)
+        return run_step
+
+    steps = {"a": step("a", 0.002), "b": step("b", 0.03), "c": step("c", 0.03)}
+    timings = interleaved(steps, repeats=3, device=torch.device("cpu"), min_sample_s=0.02)
+    rounds = [name for i, name in enumerate(calls[3:]) if i == 0 or calls[3 + i - 1] != name]
+    assert rounds == list("abc" "bca" "cab")  # each round starts one step later
+    assert calls[3:].count("a") == 3 * calls[3:].index("b") and calls[3:].index("b") >= 5  # a short step fills 20 ms
+    assert timings["a"].median < 0.01 and timings["b"].median > 0.025  # per call, not per round
+    assert all(len(t.times) == 3 for t in timings.values())
 
 
 def test_unknown_method_is_named(tmp_path):

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, TOY_CONFIG, run_tool, small_cfg
+from conftest import TINY, TOY_CONFIG, run_tool, small_cfg
 
 from lambda_det.layers import LambdaLayer
 

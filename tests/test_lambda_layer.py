@@ -1,9 +1,6 @@
 """The lambda layer against a slow reference written straight from the paper's definitions."""
 from __future__ import annotations
 
-import itertools
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -13,7 +13,6 @@ count does not depend on the weights. Logic: lambda_det/analysis.py.
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import lambda_det
 from lambda_det.analysis import TASKS, analyze, worst_case

@@ -35,7 +35,7 @@ def main() -> int:
     parser.add_argument("--sides", type=positive_int, nargs="+", help="map sides (default: 32 64 128; --scope-sweep 8 16 32 64; "
                         "--auto-rule 16 32 64 128)")
     parser.add_argument("--memory-sides", type=positive_int, nargs="+", default=[32, 64, 128, 256], help="map sides for peak memory")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per cell (median reported)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per cell (median and range reported)")
     parser.add_argument("--methods", nargs="+", help="subset of methods (default: all available)")
     parser.add_argument("--batch", type=positive_int, default=2)
     parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 2, 4, 8], help="--vs-conv / --auto-rule batches")

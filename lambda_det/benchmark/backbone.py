@@ -12,7 +12,7 @@ import torch
 from ..checks import UserError
 from ..outputs import StagedFiles, write_text
 from .layer import MODES
-from .timing import environment_summary, interleaved, markdown, spread
+from .timing import INTERLEAVING, environment_summary, interleaved, markdown, spread
 
 
 def backbone_pair(name: str, device: torch.device):
@@ -65,7 +65,7 @@ def vs_timm(out_dir: Path, sizes: Sequence[int] = (512, 1024), batch: int = 1, r
             for r in records for mode in MODES]
     text = (f"# {name}: timm's model against the same backbone on lambda_det's layer ({dev.type})\n\n"
             f"`{json.dumps(result['environment'])}`; the same weights (converted), training mode (batch norm on batch "
-            f"statistics), median (range) of {repeats} runs, interleaved; backbone only (res2..res5), "
+            f"statistics), median (range) of {repeats} rounds, {INTERLEAVING}; backbone only (res2..res5), "
             "impl=\"auto\".\n\n" + markdown(["size", "batch", "mode", "timm", "lambda_det", "speed-up"], rows))
     paths = {ext: Path(out_dir) / f"vs_timm_{dev.type}.{ext}" for ext in ("json", "md")}
     Path(out_dir).mkdir(parents=True, exist_ok=True)

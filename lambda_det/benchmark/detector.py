@@ -3,7 +3,7 @@ training iteration time (forward, backward, optimizer step), inference time, pea
 parameters, GFLOPs, and where the forward's time goes (stem, res2..res5, FPN, RPN, ROI heads).
 Used by ``tools/benchmark_detector.py``.
 
-One process, models interleaved: every round runs each model's step once. Inputs are synthetic
+One process, models interleaved: every round runs each model's step once, in a rotated order. Inputs are synthetic
 (uniform-noise images with 8 box+mask instances each, already at the size measured), so no dataset
 is needed; inference runs at the test-time maximum of proposals and detections (no NMS, no score
 threshold, ``lambda_det.analysis.worst_case``), so randomly initialized heads do the same work for
@@ -23,7 +23,7 @@ import torch
 from ..checks import UserError
 from ..outputs import StagedFiles, write_text
 from .plotting import grouped_bars
-from .timing import environment_summary, interleaved, markdown, peak_memory_bytes, run_worker, spread, synchronize
+from .timing import INTERLEAVING, environment_summary, interleaved, markdown, peak_memory_bytes, run_worker, spread, synchronize
 
 REPO = Path(__file__).resolve().parents[2]
 COCO_CONFIGS = REPO / "configs" / "COCO-InstanceSegmentation"
@@ -300,7 +300,8 @@ def report(result: dict) -> str:
         rows.append([r["model"], r["size"], f"{r['model_params_m']:.1f} / {r['bottom_up_params_m']:.1f}", flops,
                      spread(r["train"]), spread(r["inference"]), memory])
     text = (f"# Mask R-CNN with the Table 6 backbones ({env['device']})\n\n`{json.dumps(env)}`; batch "
-            f"{result['batch']}, synthetic inputs, models interleaved, median (range) of {result['repeats']} rounds; "
+            f"{result['batch']}, synthetic inputs, models interleaved, median (range) of {result['repeats']} rounds "
+            f"({INTERLEAVING}); "
             "train = forward + backward + SGD step; inference at the test-time maximum of proposals (1000) and "
             "detections (100); peak memory of one training iteration (RSS on CPUs). GFLOPs: Detectron2's "
             "FlopCountAnalysis of the inference forward (one multiply-add = one flop), backbone = without FPN.\n\n"

@@ -25,7 +25,7 @@ from ..layers import fused as fused_operator
 from ..layers.position_lambdas import TERM_IMPLS
 from ..outputs import StagedFiles, write_text
 from .plotting import line_plot, ratio_bars
-from .timing import environment_summary, interleaved, markdown, peak_memory_bytes, run_worker, spread
+from .timing import INTERLEAVING, environment_summary, interleaved, markdown, peak_memory_bytes, run_worker, spread
 
 MODES = ("forward", "forward+backward")
 
@@ -261,7 +261,7 @@ def layer_report(result: dict) -> str:
     spec, records = result["spec"], result["records"]
     text = (f"# Lambda layer benchmark ({result['environment']['device']})\n\n`{json.dumps(result['environment'])}`; "
             f"batch {spec['batch']}, d = {spec['channels']}, k = {spec['dim_k']}, h = {spec['heads']}, u = {spec['dim_u']}, "
-            f"r = {spec['scope']}; median of {result['repeats']} runs, methods interleaved. fwd = forward without "
+            f"r = {spec['scope']}; median of {result['repeats']} rounds, methods {INTERLEAVING}. fwd = forward without "
             "gradients (evaluation), fwd+bwd = forward and backward (training).\n\n" + layer_table(records))
     checks = result["auto_check"]
     if checks:
@@ -295,8 +295,8 @@ def form_sweep(cells: Sequence[dict], device: str = "cpu", repeats: int = 3, log
             impls = [f for f in forms if not (f == "einsum" and side > 32)]
             steps = {}
             for impl in impls:
-                def step(impl=impl, inner=step_function(layer, x, mode)) -> None:
-                    layer.impl = impl
+                def step(impl=impl, target=layer, inner=step_function(layer, x, mode)) -> None:
+                    target.impl = impl
                     inner()
                 steps[impl] = step
             timings = interleaved(steps, repeats, dev, slow_factor=5.0)
@@ -325,7 +325,7 @@ def sweep_report(records: List[dict], title: str, environment: dict, repeats: in
                          m["auto_picks"], m["fastest"], f"{m['auto_vs_fastest']:.2f}"])
     worst_value, worst_mode, worst_record = max(((r[mode]["auto_vs_fastest"], mode, r) for r in records for mode in MODES),
                                                 key=lambda item: item[0])
-    return (f"# {title}\n\n`{json.dumps(environment)}`; median of {repeats} runs per form, forms interleaved; "
+    return (f"# {title}\n\n`{json.dumps(environment)}`; median of {repeats} rounds, forms {INTERLEAVING}; "
             "* = timed once (its first run took over 5x the fastest form's). Forward = no gradients (evaluation); "
             "forward+backward = training.\n\n" + markdown(head, rows)
             + f"\nWorst auto / fastest: {worst_value:.2f} ({worst_mode}, d = {worst_record['channels']}, "
@@ -442,7 +442,7 @@ def vs_conv_report(result: dict) -> str:
                     summary.append(f"{level}, stride {stride}, {mode}: at most {max(ratios):.2f}x")
     return (f"# The lambda layer against the 3x3 convolution it replaces ({result['environment']['device']})\n\n"
             f"`{json.dumps(result['environment'])}`; impl=\"auto\", k = 16, h = 4, r = 23; median (range) of "
-            f"{result['repeats']} runs, lambda and conv interleaved. layer = the layer alone; block = the whole "
+            f"{result['repeats']} rounds, lambda and conv {INTERLEAVING}. layer = the layer alone; block = the whole "
             "bottleneck (1x1, lambda layer or 3x3 conv, 1x1, norms, shortcut).\n\n" + markdown(head, rows)
             + "\nWorst ratios over the batches: " + "; ".join(summary) + ".\n")
 

@@ -1,12 +1,13 @@
 """Shared measurement for the benchmarks: wall time of a step as medians with their spread over
-repeats, with the methods compared interleaved in one run (each round runs every method once, so a
-drift of the machine hits all of them alike); peak memory (CUDA's allocator, or the peak RSS of a
+repeats, with the methods compared interleaved in one run (each round runs every method, in an
+order rotated from round to round, so a drift of the machine or a noisy neighbour hits all alike); peak memory (CUDA's allocator, or the peak RSS of a
 fresh worker process on the CPU); what machine it ran on."""
 from __future__ import annotations
 
 import dataclasses
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -39,10 +40,16 @@ def synchronize(device: torch.device) -> None:
 
 def interleaved(
     steps: Dict[str, Callable[[], None]], repeats: int, device: torch.device, warmup: int = 1,
-    slow_factor: Optional[float] = None,
+    slow_factor: Optional[float] = None, min_sample_s: float = 0.05,
 ) -> Dict[str, Timing]:
-    """Run every step ``warmup`` times, then ``repeats`` rounds of every step once, in order.
+    """Run every step ``warmup`` times, then ``repeats`` rounds of every step, and return the time
+    of one run of each step per round.
 
+    Each round starts at the next step (rotated order), so that no step always follows the same
+    one: a step that leaves the allocator or the caches in a bad state would otherwise always bill
+    the same neighbour. A step faster than ``min_sample_s`` is run as often per round as it takes
+    to fill that time (the count fixed from its warm-up), and the round's time is their mean:
+    a timer sample of a few milliseconds is mostly noise on a busy machine.
     ``slow_factor``: a step whose warm-up took more than this times the fastest warm-up is timed
     once more instead of ``repeats`` times (it is out of the race; its time is still reported).
     """
@@ -54,16 +61,25 @@ def interleaved(
             synchronize(device)
             first[name] = time.perf_counter() - start
     fastest = min(first.values()) if first else 0.0
+    calls = {name: max(1, math.ceil(min_sample_s / max(first.get(name, min_sample_s), 1e-6))) for name in steps}
+    names = list(steps)
     timings = {name: Timing([]) for name in steps}
     for round_index in range(repeats):
-        for name, step in steps.items():
+        shift = round_index % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
             if round_index > 0 and slow_factor is not None and first[name] > slow_factor * fastest:
                 continue
+            step = steps[name]
             start = time.perf_counter()
-            step()
+            for _ in range(calls[name]):
+                step()
             synchronize(device)
-            timings[name].times.append(time.perf_counter() - start)
+            timings[name].times.append((time.perf_counter() - start) / calls[name])
     return timings
+
+
+INTERLEAVING = ("interleaved, the order rotated each round; a step under 50 ms is repeated to fill 50 ms "
+                "and timed per call")
 
 
 def _proc_status_kib(field: str) -> int:
@@ -154,6 +170,7 @@ def markdown(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 __all__ = [
+    "INTERLEAVING",
     "Timing",
     "environment_summary",
     "interleaved",
