@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup quickstart test test-all bench env clean-venv
+.PHONY: setup quickstart test test-all env clean-venv
 
 $(STAMP): scripts/setup_env.sh setup.py
 	LAMBDA_DET_VENV=$(VENV) bash scripts/setup_env.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Several evaluated runs side by side: one markdown table and one bar chart of AP by object size,
+r"""Several evaluated runs side by side: one markdown table and one bar chart of AP by object size,
 with rows of the paper's Table 6 as reference, and what produced each run (weights, config, input
 size, dataset, from the provenance in each ap_by_size.json).
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run a trained Mask R-CNN on images, globs, directories or videos; draw masks, boxes, classes, scores.
+r"""Run a trained Mask R-CNN on images, globs, directories or videos; draw masks, boxes, classes, scores.
 
     python tools/demo.py --config-file configs/Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml \
         --input photos/ "more/*.jpg" clip.mp4 --output output/demo \

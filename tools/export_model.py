@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export a trained LambdaResNet Mask R-CNN to TorchScript or ONNX, in the conventions of
+r"""Export a trained LambdaResNet Mask R-CNN to TorchScript or ONNX, in the conventions of
 Detectron2's tools/deploy/export_model.py, and check the export against the model.
 
     python tools/export_model.py --config-file CONFIG --format torchscript --export-method tracing \
