@@ -30,9 +30,13 @@ def test_layer_benchmark_times_both_modes_and_writes_json_markdown_and_plot(tmp_
     assert all(v < 1e-4 * max(1.0, data["max_abs_difference_to_conv2d"]["scale"])
                for k, v in data["max_abs_difference_to_conv2d"].items() if k != "scale")
     assert {(c["side"], c["mode"]) for c in data["auto_check"]} == {(s, m) for s in (8, 16) for m in ("forward", "forward+backward")}
+    for check in data["auto_check"]:  # the pick's own row, and the fastest row
+        assert check["picks_s"] == cells[(check["picks"], check["side"])][check["mode"]]["median_s"]
+        assert check["fastest_s"] == min(cells[(m, check["side"])][check["mode"]]["median_s"] for m in methods
+                                         if m.startswith("lambda/") and m != "lambda/auto" and (m, check["side"]) in cells)
     assert (tmp_path / "lambda_layer_cpu.png").stat().st_size > 10_000
     table = (tmp_path / "lambda_layer_cpu.md").read_text()
-    assert "| lambda/fused |" in table and "16x16 fwd+bwd" in table and "`impl=\"auto\"` against the fastest form" in table
+    assert "| lambda/fused |" in table and "16x16 fwd+bwd" in table and "`impl=\"auto\"`: the form it picks against the fastest form" in table
     assert not list(tmp_path.glob(".*partial*"))
 
 
@@ -59,16 +63,19 @@ def test_unknown_method_is_named(tmp_path):
         run(tmp_path, sides=[8], memory_sides=[8], methods=["lambda/quantum"], log=lambda _: None)
 
 
-def test_auto_check_compares_auto_with_the_fastest_form():
+def test_auto_check_compares_autos_pick_with_the_fastest_form():
     records = [
-        {"method": "lambda/auto", "side": 8, "forward": {"median_s": 0.11}, "forward+backward": {"median_s": 0.3}},
+        {"method": "lambda/auto", "side": 8, "forward": {"median_s": 0.25}, "forward+backward": {"median_s": 0.33},
+         "picks": {"forward": "conv2d", "forward+backward": "fft"}},
         {"method": "lambda/fft", "side": 8, "forward": {"median_s": 0.1}, "forward+backward": {"median_s": 0.3}},
         {"method": "lambda/conv2d", "side": 8, "forward": {"median_s": 0.2}, "forward+backward": {"median_s": 0.6}},
         {"method": "conv3x3", "side": 8, "forward": {"median_s": 0.01}, "forward+backward": {"median_s": 0.02}},
     ]
     checks = {c["mode"]: c for c in auto_check(records)}
-    assert checks["forward"]["fastest"] == "lambda/fft" and checks["forward"]["ratio"] == pytest.approx(1.1)
-    assert checks["forward+backward"]["ratio"] == pytest.approx(1.0)  # conv3x3 is not a form of the layer
+    forward, training = checks["forward"], checks["forward+backward"]
+    assert forward["fastest"] == "lambda/fft" and forward["picks"] == "lambda/conv2d" and forward["ratio"] == pytest.approx(2.0)
+    assert forward["auto_vs_pick"] == pytest.approx(1.25)  # auto's own row against its pick's: noise
+    assert training["ratio"] == pytest.approx(1.0) and training["auto_vs_pick"] == pytest.approx(1.1)  # conv3x3 is no form
     table = layer_table(records + [{"method": "timm", "side": 8, "forward": {"median_s": 0.4},
                                     "forward+backward": {"median_s": 1.2}}])
     assert "| lambda/fft | 100 ms (4.0x) | 300 ms (4.0x) |" in table

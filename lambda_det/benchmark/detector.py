@@ -64,7 +64,7 @@ def quick_models() -> List[DetectorModel]:
             DetectorModel("toy LambdaResNet conv twin", toy, (*small, "MODEL.LAMBDA_RESNET.LAYOUT", '["C","C","C","C"]'))]
 
 
-def build_cfg(model: DetectorModel, size: int, device: str, amp: bool):
+def build_cfg(model: DetectorModel, size: int, device: str, amp: bool, batch: int = 1):
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
 
@@ -86,6 +86,9 @@ def build_cfg(model: DetectorModel, size: int, device: str, amp: bool):
     cfg.SOLVER.AMP.ENABLED = amp
     cfg.INPUT.MIN_SIZE_TEST = size
     cfg.INPUT.MAX_SIZE_TEST = size
+    # the learning rate for this batch by the linear scaling rule, without warm-up: the recipes'
+    # (0.32 at batch 256) makes a from-scratch model diverge within a few steps at batch 1
+    cfg.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * batch / cfg.SOLVER.IMS_PER_BATCH
     worst_case(cfg)
     cfg.freeze()
     return cfg
@@ -119,7 +122,7 @@ class Runner:
         from detectron2.solver import build_optimizer
 
         self.name = model_def.name
-        self.cfg = build_cfg(model_def, size, device.type, amp)
+        self.cfg = build_cfg(model_def, size, device.type, amp, batch)
         torch.manual_seed(0)
         self.model = build_model(self.cfg)
         self.optimizer = build_optimizer(self.cfg, self.model)
