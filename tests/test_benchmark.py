@@ -122,3 +122,17 @@ def test_detector_benchmark_quick(tmp_path, capsys):
     assert (tmp_path / "detector_cpu_quick.png").stat().st_size > 5_000
     assert run_tool("benchmark_detector.py", "--quick", "--output", tmp_path) == 2  # not replaced unasked
     assert "would be overwritten" in capsys.readouterr().err
+
+
+def test_detectron2_reference_gets_the_worst_case_work_from_random_weights(monkeypatch):
+    """Detectron2's R-101 from random weights has features of ~1e7 and no proposals unless its
+    residual branches start at zero: its inference would then time heads that do nothing."""
+    from lambda_det.benchmark import detector
+
+    reference = next(m for m in detector.table6_models() if m.name == "Detectron2 R-101-FPN")
+    runner = detector.Runner(reference, 128, 1, torch.device("cpu"), False)
+    runner.check_worst_case()
+    monkeypatch.setattr(detector, "zero_init_residual_branches", lambda model: None)
+    untamed = detector.Runner(reference, 128, 1, torch.device("cpu"), False)
+    with pytest.raises(RuntimeError, match="detections per image instead of 100"):
+        untamed.check_worst_case()

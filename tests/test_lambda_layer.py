@@ -42,6 +42,8 @@ def reference_lambda_layer(layer: LambdaLayer, x: torch.Tensor) -> np.ndarray:
     keys = project(w_k)
     values = _batch_norm(project(w_v), layer.norm_v, layer.training)
     emb = layer.rel_pos_emb.detach().double().numpy()  # R[offset_y, offset_x, k, u]
+    # timm's option: a bias b (k) on every position lambda, the same for every v
+    bias = np.zeros(k) if layer.position_bias is None else layer.position_bias.detach().double().numpy()
     cy, cx = emb.shape[0] // 2, emb.shape[1] // 2
     positions = [(y, x_) for y in range(height) for x_ in range(width)]
 
@@ -66,12 +68,19 @@ def reference_lambda_layer(layer: LambdaLayer, x: torch.Tensor) -> np.ndarray:
                     continue  # outside the local scope: contributes nothing
                 e = emb[cy + dy, cx + dx]  # (k, u) = R[pos(m) - pos(n)]
                 lam_p += e @ V[m].T
-            lam = content + lam_p
+            lam = content + lam_p + bias[:, None]
             for head in range(h):
                 out[bi, head * v : (head + 1) * v, n[0], n[1]] = lam.T @ Q[n][head]
     if layer.stride == 2:
-        out = _avg_pool_3x3_s2(out)
+        out = _avg_pool_3x3_s2(out) if layer.pool_type == "avg3x3" else _avg_pool_2x2_s2(out)
     return out
+
+
+def _avg_pool_2x2_s2(a: np.ndarray) -> np.ndarray:
+    """timm's 2x2 average with stride 2 (an odd last row or column is dropped)."""
+    b, c, height, width = a.shape
+    oh, ow = height // 2, width // 2
+    return a[:, :, : 2 * oh, : 2 * ow].reshape(b, c, oh, 2, ow, 2).mean(axis=(3, 5))
 
 
 def _avg_pool_3x3_s2(a: np.ndarray) -> np.ndarray:
@@ -127,6 +136,29 @@ def test_every_impl_matches_reference_float64(batch, height, width, heads, dim_u
     assert np.abs(expected).max() > 1e-3  # the comparison below is not against zeros
     for impl in [*TERM_IMPLS, "auto", "conv"]:
         layer.impl = {"conv": "conv2d"}.get(impl, impl)
+        got = layer(x).detach().numpy()
+        assert got.shape == expected.shape, impl
+        err = np.abs(got - expected).max()
+        assert err <= 1e-10 * max(1.0, np.abs(expected).max()), f"impl={impl}: max error {err:.3g}"
+
+
+@pytest.mark.parametrize("height,width,dim_u,scope,stride,training", [
+    (6, 7, 1, 9, 2, True), (5, 5, 1, 3, 1, False), (7, 6, 4, 7, 2, False), (9, 4, 1, None, 1, True),
+])
+def test_timm_options_match_reference_float64(height, width, dim_u, scope, stride, training):
+    """The options timm's lambda models need (a position-lambda bias, a 2x2 pool for stride 2),
+    every impl, against the loop reference."""
+    torch.manual_seed(height * 10 + width)
+    layer = LambdaLayer(6, 32, dim_k=3, heads=4, dim_u=dim_u, scope=scope, stride=stride, global_max_size=10,
+                        pool="avg2x2", position_bias=True).double()
+    _randomize_norms(layer, seed=width)
+    with torch.no_grad():
+        layer.position_bias.normal_()
+    layer.train(training)
+    x = torch.randn(2, 6, height, width, dtype=torch.float64)
+    expected = reference_lambda_layer(layer, x)
+    for impl in [*TERM_IMPLS, "auto"]:
+        layer.impl = impl
         got = layer(x).detach().numpy()
         assert got.shape == expected.shape, impl
         err = np.abs(got - expected).max()

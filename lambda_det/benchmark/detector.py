@@ -95,6 +95,20 @@ def build_cfg(model: DetectorModel, size: int, device: str, amp: bool):
     return cfg
 
 
+def zero_init_residual_branches(model: torch.nn.Module) -> None:
+    """Start every Detectron2 bottleneck's residual branch at zero (the gamma of its last norm), as
+    our LambdaResNets and Goyal et al. (2017) do. Detectron2 leaves it at one, which it can afford
+    because it starts from ImageNet weights: from random weights, 33 blocks of FrozenBN with identity
+    statistics grow R-101's features to ~1e7, and the RPN then yields no proposals, so the heads
+    would do no work. The operations timed are the same either way."""
+    from detectron2.modeling.backbone.resnet import BottleneckBlock
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, BottleneckBlock):
+                module.conv3.norm.weight.zero_()
+
+
 def synthetic_batch(size: int, batch: int, device: torch.device, num_classes: int, seed: int = 0) -> List[dict]:
     """Detectron2 training inputs: noise images of size x size with 8 box+mask instances each."""
     from detectron2.structures import BitMasks, Boxes, Instances
@@ -126,12 +140,23 @@ class Runner:
         self.cfg = build_cfg(model_def, size, device.type, amp)
         torch.manual_seed(0)
         self.model = build_model(self.cfg)
+        zero_init_residual_branches(self.model)
         self.optimizer = build_optimizer(self.cfg, self.model)
         self.inputs = synthetic_batch(size, batch, device, self.cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         self.eval_inputs = [{"image": d["image"], "height": size, "width": size} for d in self.inputs]
         self.device = device
         self.amp = amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+
+    def check_worst_case(self) -> None:
+        """The timings mean what they say only if the heads get the maximum of proposals and detections."""
+        self.model.eval()
+        with torch.no_grad():
+            found = [len(out["instances"]) for out in self.model(self.eval_inputs)]
+        expected = self.cfg.TEST.DETECTIONS_PER_IMAGE
+        if any(n != expected for n in found):
+            raise RuntimeError(f"{self.name}: {found} detections per image instead of {expected} at the worst case; "
+                               "its randomly initialized features are not finite enough for the heads")
 
     def train_step(self) -> None:
         from detectron2.utils.events import EventStorage
@@ -228,6 +253,8 @@ def run(
     records = []
     for size in sizes:
         runners = [Runner(m, size, batch, dev, amp) for m in models]
+        for r in runners:
+            r.check_worst_case()
         for mode, step in (("train", "train_step"), ("inference", "inference")):
             timings = interleaved({r.name: getattr(r, step) for r in runners}, repeats, dev)
             for r in runners:
