@@ -98,7 +98,7 @@ def collect_env() -> Tuple[List[Tuple[str, str]], List[str]]:
         # builds the operator on first use (half a minute), cached after; not a problem when missing
         fused = importlib.import_module("lambda_det.layers.fused")
         built = fused.extension() is not None
-        rows.append(("fused CPU position term", f"built ({fused.build_directory()})" if built
+        rows.append(("fused CPU lambda operator", f"built ({fused.build_directory()})" if built
                      else f"unavailable ({fused.unavailable_reason()}): impl='auto' uses the FFT / convolution forms"))
     return rows, problems
 

@@ -145,10 +145,11 @@ def choose_impl(height: int, width: int, rh: int, rw: int, needs_grad: bool, fus
 
     Measured on a 2-core CPU (docs/benchmarks/auto_rule_cpu.md: d = 256 and 512, maps 16..128,
     batch 1..8, stride 1 and 2, forward and forward+backward): the fused operator was the fastest
-    form in every cell, by 1.1x (16x16 forward) to 10x. Without it (TorchScript, a machine where it
-    cannot be built, CUDA): the direct convolution for evaluation and for small kernels or maps,
-    the FFT for training with larger ones (its cost does not grow with the scope). Not yet measured
-    on a GPU.
+    form in every cell, ahead of the next form by 1.4x (forward, small maps) to 8.5x. Without it
+    (TorchScript, a machine where it cannot be built, CUDA): the direct convolution for evaluation
+    and for small kernels or maps, the FFT for training with larger ones (its cost does not grow
+    with the scope); within 1.19x of the fastest of those forms at every Table 6 shape in that run.
+    Not yet measured on a GPU.
     """
     if fused_ok:
         return "fused"  # a literal: TorchScript compiles this function and reads no str globals
