@@ -39,7 +39,9 @@ def worst_case(cfg) -> None:
 def build_analysis_model(cfg) -> torch.nn.Module:
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        Checkpointer(model, strict=True, cfg=cfg).load(cfg.MODEL.WEIGHTS)
+        # counts do not depend on the weights: a backbone-only file (the timm configs' converted
+        # weights) is fine here, with Detectron2's warnings, as in Detectron2's analyze_model
+        Checkpointer(model, strict=False, cfg=cfg).load(cfg.MODEL.WEIGHTS)
     return model.eval()
 
 
@@ -148,15 +150,33 @@ def parameter_table(model, max_depth: int = 5) -> str:
     return parameter_count_table(model, max_depth=max_depth)
 
 
+def detections_per_input(model, inputs: Sequence[List[dict]]) -> List[int]:
+    with torch.no_grad():
+        return [len(out["instances"]) for batch in inputs for out in model(batch)]
+
+
 def analyze(cfg, tasks: Sequence[str], num_inputs: int, input_size: Optional[Tuple[int, int]] = None,
-            report=print) -> Dict[str, float]:
-    """Run the tasks; print tables with ``report``; return the summary numbers."""
+            report=print, check_worst_case: bool = False) -> Dict[str, float]:
+    """Run the tasks; print tables with ``report``; return the summary numbers.
+
+    ``check_worst_case`` (with ``worst_case(cfg)``): first make sure the heads really get the
+    maximum of detections; from random weights without zero-initialized residual branches (e.g.
+    Detectron2's own ResNets) the features can grow so large that the RPN proposes nothing."""
+    from .checks import UserError
+
     model = build_analysis_model(cfg)
     summary: Dict[str, float] = {}
     needs_inputs = {"flop", "activation"} & set(tasks)
     inputs = []
     if needs_inputs:
         inputs = synthetic_inputs(num_inputs, *input_size) if input_size else dataset_inputs(cfg, num_inputs)
+        if check_worst_case:
+            found = detections_per_input(model, inputs[:1])
+            if any(n != cfg.TEST.DETECTIONS_PER_IMAGE for n in found):
+                raise UserError(
+                    f"--worst-case: the model gives {found} detection(s) instead of TEST.DETECTIONS_PER_IMAGE="
+                    f"{cfg.TEST.DETECTIONS_PER_IMAGE}, so the count would leave out the heads' work; with random "
+                    "weights this happens when the features grow too large (give trained MODEL.WEIGHTS)")
     for task in tasks:
         if task == "flop":
             flops = count_flops(model, inputs)

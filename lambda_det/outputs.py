@@ -15,7 +15,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 from .checks import UserError
 
@@ -68,11 +68,6 @@ def refuse_overwrite(existing: Sequence[Path], flag: str, what: str = "from an e
         f"{flag}: {len(existing)} file(s) {what} would be overwritten: {names}. Nothing was written: "
         "pass --overwrite to replace them, or choose another location"
     )
-
-
-def is_within(path: Path, folder: Path) -> bool:
-    path, folder = Path(path).resolve(), Path(folder).resolve()
-    return path == folder or folder in path.parents
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -189,14 +184,6 @@ def existing(paths: Iterable[Path]) -> List[Path]:
     return [Path(p) for p in paths if Path(p).exists()]
 
 
-def staged_write(files: Dict[Path, Callable[[Path], None]]) -> List[Path]:
-    """Write several files all or nothing: ``files`` maps each path to a function writing it to a given path."""
-    with StagedFiles() as staged:
-        for path, write in files.items():
-            write(staged.stage(path))
-    return list(files)
-
-
 __all__ = [
     "OutputError",
     "StagedFiles",
@@ -204,12 +191,10 @@ __all__ = [
     "ensure_writable_dir",
     "existing",
     "imwrite",
-    "is_within",
     "path_argument",
     "refuse_file",
     "refuse_overwrite",
     "same_file",
-    "staged_write",
     "write_bytes",
     "write_text",
 ]

@@ -119,9 +119,15 @@ def test_detector_benchmark_quick(tmp_path, capsys):
         assert r["model_gflops"] > r["backbone_gflops"] > 0
         assert {"stem", "res2", "res3", "res4", "res5", "FPN", "RPN", "ROI heads"} <= set(r["breakdown_train_forward"])
     assert data["targets"][0]["model"] == "toy LambdaResNet"
+    first = data["records"][0]
+    assert (f"proposals ({first['test_proposals']}) and detections ({first['test_detections']})"
+            in (tmp_path / "detector_cpu_quick.md").read_text())
     assert (tmp_path / "detector_cpu_quick.png").stat().st_size > 5_000
     assert run_tool("benchmark_detector.py", "--quick", "--output", tmp_path) == 2  # not replaced unasked
     assert "would be overwritten" in capsys.readouterr().err
+    before = (tmp_path / "detector_cpu_quick.json").read_bytes()
+    assert run_tool("benchmark_detector.py", "--quick", "--output", tmp_path, "--tag", "again") == 0  # a run of its own
+    assert (tmp_path / "detector_cpu_quick_again.md").exists() and (tmp_path / "detector_cpu_quick.json").read_bytes() == before
 
 
 def test_detectron2_reference_gets_the_worst_case_work_from_random_weights(monkeypatch):

@@ -209,3 +209,32 @@ def test_export_refuses_what_it_cannot_do(tmp_path, tiny_weights, sample_image, 
     assert _export(tmp_path, tiny_weights, tmp_path / "missing.png", "--format", "torchscript", "--export-method", "tracing") == 2
     assert "missing.png: not a readable image" in capsys.readouterr().err
     assert not (tmp_path / "model.ts").exists()
+
+
+def test_an_export_that_differs_is_flagged_and_replaces_nothing_half_way(tmp_path, tiny_weights, sample_image, capsys, monkeypatch):
+    import lambda_det.export as export
+
+    flags = ("--format", "torchscript", "--export-method", "tracing")
+    assert _export(tmp_path, tiny_weights, sample_image, *flags) == 0
+    assert json.loads((tmp_path / "export_info.json").read_text())["passed"] is True
+    earlier = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the exported file cannot be run")
+
+    monkeypatch.setattr(export, "run_exported", crash)
+    with pytest.raises(RuntimeError):
+        _export(tmp_path, tiny_weights, sample_image, *flags, "--overwrite")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == earlier  # the earlier export, whole, and no partial files
+
+    def other_outputs(*args, **kwargs):
+        raise export.ExportError("the exported model returns 3 outputs, the model 4")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(export, "max_difference", other_outputs)
+    capsys.readouterr()
+    assert _export(tmp_path, tiny_weights, sample_image, *flags, "--overwrite") == 1
+    assert "returns 3 outputs" in capsys.readouterr().err
+    info = json.loads((tmp_path / "export_info.json").read_text())
+    assert info["passed"] is False and info["checks"]["sample"]["max_abs_difference"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export_info.json", "model.ts"]

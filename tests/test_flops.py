@@ -102,3 +102,33 @@ def test_analyze_model_tool_reports_flops_and_parameters(tmp_path, capsys):
     assert summary["model_params_m"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
     assert run_tool("analyze_model.py", "--config-file", TOY_CONFIG, "--tasks", "parameter", "--json", out, *TINY) == 2
     assert "would be overwritten" in capsys.readouterr().err
+
+
+def test_analyze_model_takes_overrides_right_after_tasks_and_names_a_late_flag(tmp_path, capsys):
+    out = tmp_path / "analysis.json"
+    # Detectron2's usage without -n: the overrides follow --tasks directly
+    assert run_tool("analyze_model.py", "--config-file", TOY_CONFIG, "--tasks", "parameter", *TINY, "--json", out) == 0
+    from detectron2.modeling import build_model
+
+    from lambda_det import load_config
+
+    tiny = build_model(load_config(str(TOY_CONFIG), TINY))
+    assert json.loads(out.read_text())["model_params_m"] == pytest.approx(sum(p.numel() for p in tiny.parameters()) / 1e6)
+    capsys.readouterr()
+    # after another flag's value, argparse hands everything that follows to the overrides
+    assert run_tool("analyze_model.py", "--config-file", TOY_CONFIG, "--tasks", "parameter", "-n", "1", *TINY,
+                    "--json", tmp_path / "late.json") == 2
+    err = capsys.readouterr().err
+    assert "--json comes after the config overrides" in err and not (tmp_path / "late.json").exists()
+
+
+def test_analyze_model_worst_case_refuses_a_model_whose_heads_get_nothing(capsys):
+    """Detectron2's R-101 from random weights: features of ~1e7, no proposals, so the heads' FLOPs
+    would silently be left out of a --worst-case count."""
+    from detectron2 import model_zoo
+
+    config = model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml")
+    code = run_tool("analyze_model.py", "--config-file", config, "--tasks", "flop", "-n", "1",
+                    "--input-size", "128", "128", "--worst-case", "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu")
+    assert code == 2
+    assert "instead of TEST.DETECTIONS_PER_IMAGE=100" in capsys.readouterr().err

@@ -195,3 +195,22 @@ def test_converter_refuses_what_it_cannot_convert(tmp_path, capsys):
     assert "timm lambda_resnet26t" in capsys.readouterr().out
     assert run_tool("convert_timm_to_d2.py", good, "--output", tmp_path / "out.pth") == 2  # not replaced unasked
     assert "would be overwritten" in capsys.readouterr().err
+
+
+def test_timms_training_checkpoints_convert_and_the_input_is_never_the_output(tmp_path, capsys):
+    """timm's CheckpointSaver files hold its argparse.Namespace next to state_dict / state_dict_ema."""
+    import argparse
+
+    model = _randomized_timm("lambda_resnet26t", features_only=False)
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    checkpoint = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 3, "arch": "lambda_resnet26t", "state_dict": model.state_dict(), "state_dict_ema": ema,
+                "args": argparse.Namespace(lr=0.1, model="lambda_resnet26t"), "version": 2}, checkpoint)
+    assert run_tool("convert_timm_to_d2.py", checkpoint, "--output", tmp_path / "d2.pth") == 0
+    written = torch.load(tmp_path / "d2.pth", weights_only=True)["model"]
+    _, from_ema, _ = convert_state_dict(ema)  # the EMA weights are the ones timm evaluates and publishes
+    assert written.keys() == {f"backbone.bottom_up.{k}" for k in from_ema}
+    assert all(torch.equal(written[f"backbone.bottom_up.{k}"], v) for k, v in from_ema.items())
+    before = checkpoint.read_bytes()
+    assert run_tool("convert_timm_to_d2.py", checkpoint, "--output", checkpoint, "--overwrite") == 2
+    assert "is the input checkpoint" in capsys.readouterr().err and checkpoint.read_bytes() == before

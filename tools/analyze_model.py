@@ -23,9 +23,10 @@ from lambda_det.outputs import ensure_writable_dir, existing, path_argument, ref
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--tasks", choices=TASKS, required=True, nargs="+")
-    parser.add_argument("-n", "--num-inputs", type=positive_int, default=100,
-                        help="inputs to average FLOPs / activations over (they are data-dependent)")
+    parser.add_argument("--tasks", required=True, nargs="+", metavar="TASK", help=f"one or more of {', '.join(TASKS)}")
+    parser.add_argument("-n", "--num-inputs", type=positive_int,
+                        help="inputs to average FLOPs / activations over (they are data-dependent); default 100 "
+                        "as Detectron2, or 1 with --input-size and --worst-case (every such input counts the same)")
     parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"),
                         help="synthetic images of this size instead of DATASETS.TEST[0]")
     parser.add_argument("--worst-case", action="store_true",
@@ -34,6 +35,18 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     args = parser.parse_args()
+    # --tasks takes words until the next flag: trailing overrides right after it belong to opts
+    tasks = list(args.tasks)
+    first_other = next((i for i, t in enumerate(tasks) if t not in TASKS), len(tasks))
+    if first_other < len(tasks) and "." in tasks[first_other]:  # a config key such as MODEL.DEVICE
+        args.opts[:0] = tasks[first_other:]
+        tasks = tasks[:first_other]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        parser.error(f"--tasks: {unknown or args.tasks} not among {list(TASKS)}")
+    args.tasks = tasks
+    if args.num_inputs is None:
+        args.num_inputs = 1 if args.input_size and args.worst_case else 100  # then every input counts the same
     try:
         cfg = lambda_det.load_config(args.config_file, args.opts)
         cfg.DATALOADER.NUM_WORKERS = 0
@@ -53,7 +66,8 @@ def main() -> int:
             ensure_writable_dir(args.json.parent, "--json's folder")
         if {"flop", "activation"} & set(args.tasks) and not args.input_size and not cfg.DATASETS.TEST:
             raise UserError("--tasks flop/activation need inputs: DATASETS.TEST[0], or --input-size H W")
-        summary = analyze(cfg, args.tasks, args.num_inputs, tuple(args.input_size) if args.input_size else None)
+        summary = analyze(cfg, args.tasks, args.num_inputs, tuple(args.input_size) if args.input_size else None,
+                          check_worst_case=args.worst_case)
         if args.json:
             record = {"config_file": args.config_file, "opts": args.opts, "input_size": args.input_size,
                       "worst_case": args.worst_case, "num_inputs": args.num_inputs, **summary}

@@ -6,7 +6,7 @@ iteration, inference, peak training memory, parameters, GFLOPs, and a per-part b
     python tools/benchmark_detector.py                          # 1024 and 512, CPU
     python tools/benchmark_detector.py --device cuda --amp --batch 8
     python tools/benchmark_detector.py --quick                  # a toy model and its twin: < 1 minute
-    python tools/benchmark_detector.py --models LambdaResNet-101 "LambdaResNet-101 conv twin" --sizes 1024
+    python tools/benchmark_detector.py --models LambdaResNet-101 "LambdaResNet-101 conv twin" --sizes 1024 --tag pairs
 
 Results go to --output (default output/benchmarks; the committed ones: --output docs/benchmarks
 --overwrite) and are not replaced without --overwrite. Logic: lambda_det/benchmark/detector.py.
@@ -32,6 +32,8 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", help="subset of the models, by name")
     parser.add_argument("--no-flops", action="store_true", help="skip the GFLOPs counts (tracing takes a while)")
     parser.add_argument("--quick", action="store_true", help="a toy LambdaResNet and its conv twin at 128, once")
+    parser.add_argument("--tag", default="", help="file names detector_<device>_<tag>.*, so a run of some models "
+                        "does not replace the full run's files (e.g. --tag pairs)")
     args = parser.parse_args()
     if args.device == "cuda":
         import torch
@@ -46,7 +48,10 @@ def main() -> int:
             parser.error(f"--models: unknown {unknown}; choose from {list(known)}")
         models = [known[name] for name in args.models]
     sizes, repeats = ([128], 1) if args.quick else (args.sizes, args.repeats)
+    if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
+        parser.error(f"--tag {args.tag!r}: letters, digits, '-' and '_' only (it becomes part of file names)")
     tag = "_quick" if args.quick else ""
+    tag += f"_{args.tag}" if args.tag else ""
     names = [f"detector_{args.device}{tag}.{ext}" for ext in ("json", "md", "png")]
     try:
         if not args.overwrite:

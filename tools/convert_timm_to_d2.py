@@ -31,6 +31,8 @@ def main() -> int:
     try:
         if args.output.exists() and args.output.is_dir():
             raise UserError(f"--output {args.output} is a directory; name the .pth file to write")
+        if args.input is not None and args.output.exists() and args.input.exists() and args.output.samefile(args.input):
+            raise UserError(f"--output {args.output} is the input checkpoint; name a new file")
         if not args.overwrite and args.output.exists():
             refuse_overwrite([args.output], "--output", "of an earlier conversion")
         ensure_writable_dir(args.output.parent, "--output's folder")

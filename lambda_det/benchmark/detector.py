@@ -1,6 +1,7 @@
 """What a whole Mask R-CNN costs with each Table 6 backbone, next to Detectron2's own R-101-FPN:
-training iteration time (forward, backward, optimizer step at learning rate 0), inference time, peak training memory,
-parameters, GFLOPs, and where the forward's time goes (stem, res2..res5, FPN, RPN, ROI heads).
+training iteration time (forward, backward, optimizer step at learning rate 0), inference time,
+peak training memory, parameters, GFLOPs, and where the forward's time goes (stem, res2..res5,
+FPN, RPN, ROI heads).
 Used by ``tools/benchmark_detector.py``.
 
 One process, models interleaved: every round runs each model's step once, in a rotated order. Inputs are synthetic
@@ -151,7 +152,7 @@ class Runner:
     def check_worst_case(self) -> None:
         """The timings mean what they say only if the heads get the maximum of proposals and detections."""
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
             found = [len(out["instances"]) for out in self.model(self.eval_inputs)]
         expected = self.cfg.TEST.DETECTIONS_PER_IMAGE
         if any(n != expected for n in found):
@@ -256,11 +257,16 @@ def run(
         for r in runners:
             r.check_worst_case()
         for mode, step in (("train", "train_step"), ("inference", "inference")):
+            if mode == "inference":  # the training rounds moved the BN statistics the inference uses
+                for r in runners:
+                    r.check_worst_case()
             timings = interleaved({r.name: getattr(r, step) for r in runners}, repeats, dev)
             for r in runners:
                 record = next((x for x in records if x["model"] == r.name and x["size"] == size), None)
                 if record is None:
-                    record = {"model": r.name, "size": size, **r.parameters()}
+                    record = {"model": r.name, "size": size, **r.parameters(),
+                              "test_proposals": r.cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
+                              "test_detections": r.cfg.TEST.DETECTIONS_PER_IMAGE}
                     records.append(record)
                 record[mode] = timings[r.name].to_dict()
                 log(f"{size}x{size} {r.name}: {mode} {spread(record[mode])}")
@@ -330,11 +336,14 @@ def report(result: dict) -> str:
         memory = _size(r["train_peak_bytes"]) if r.get("train_peak_bytes") else r.get("memory_failed", "-")
         rows.append([r["model"], r["size"], f"{r['model_params_m']:.1f} / {r['bottom_up_params_m']:.1f}", flops,
                      spread(r["train"]), spread(r["inference"]), memory])
+    def values(key: str) -> str:
+        return "/".join(str(v) for v in sorted({r.get(key, "?") for r in result["records"]}, key=str))
+
     text = (f"# Mask R-CNN with the Table 6 backbones ({env['device']})\n\n`{json.dumps(env)}`; batch "
             f"{result['batch']}, synthetic inputs, models interleaved, median (range) of {result['repeats']} rounds "
             f"({INTERLEAVING}); "
-            "train = forward + backward + SGD step; inference at the test-time maximum of proposals (1000) and "
-            "detections (100); peak memory of one training iteration (RSS on CPUs). GFLOPs: Detectron2's "
+            "train = forward + backward + SGD step (at learning rate 0); inference at the test-time maximum of "
+            f"proposals ({values('test_proposals')}) and detections ({values('test_detections')}); peak memory of one training iteration (RSS on CPUs). GFLOPs: Detectron2's "
             "FlopCountAnalysis of the inference forward (one multiply-add = one flop), backbone = without FPN.\n\n"
             + markdown(head, rows))
     parts_head = ["model", "size", "mode", "stem", "res2", "res3", "res4", "res5", "FPN", "RPN", "ROI heads"]

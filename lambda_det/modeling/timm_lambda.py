@@ -17,6 +17,7 @@ terms INPUT.FORMAT "RGB", PIXEL_MEAN [123.675, 116.28, 103.53], PIXEL_STD [58.39
 """
 from __future__ import annotations
 
+import argparse
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -185,10 +186,12 @@ def read_timm_weights(path) -> Dict[str, torch.Tensor]:
             raise ConversionError("is a .safetensors file, which needs the 'safetensors' package (pip install safetensors)") from None
         except Exception as exc:  # safetensors' own errors: a header or size that does not fit
             raise ConversionError(f"is not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
-    problem = weights_problem(str(path))
-    if problem:
-        raise ConversionError(problem)
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    # timm's training checkpoints (CheckpointSaver: model_best.pth.tar) also hold its argparse.Namespace
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        problem = weights_problem(str(path))
+        if problem:
+            raise ConversionError(problem)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict_ema", "state_dict", "model"):
         if isinstance(loaded.get(key), dict):
             loaded = loaded[key]
