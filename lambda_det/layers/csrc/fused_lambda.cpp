@@ -42,6 +42,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -79,6 +80,27 @@ struct Row {
 // ----------------------------------------------------------------------------------------------
 // logits and their gradients: x-taps are the vector, 8 independent accumulators
 // ----------------------------------------------------------------------------------------------
+// Calls block(HN, CN, hb, cb) over tiles of HN heads x CN vector chunks (HN, CN as compile-time
+// constants, so every block's accumulators stay in registers): 4 x 2 where they fit, else smaller.
+template <typename Block>
+inline void for_each_tile(int64_t heads, int chunks, Block&& block) {
+  using one = std::integral_constant<int, 1>;
+  using two = std::integral_constant<int, 2>;
+  using four = std::integral_constant<int, 4>;
+  for (int64_t hb = 0; hb < heads;) {
+    const bool h4 = heads - hb >= 4;
+    for (int cb = 0; cb < chunks;) {
+      const bool c2 = chunks - cb >= 2;
+      if (h4 && c2) block(four{}, two{}, hb, cb);
+      else if (h4) block(four{}, one{}, hb, cb);
+      else if (c2) block(one{}, two{}, hb, cb);
+      else block(one{}, one{}, hb, cb);
+      cb += c2 ? 2 : 1;
+    }
+    hb += h4 ? 4 : 1;
+  }
+}
+
 template <typename T, int HN, int CN>
 inline void logits_block(const Shape& s, const T* q, const T* r_a, int dy0, int dy1, int64_t hb, int cb, T* a) {
   constexpr int L = V64<T>::L;
@@ -106,20 +128,9 @@ inline void logits_block(const Shape& s, const T* q, const T* r_a, int dy0, int 
 // a[hh][u][dy][0..RWP) of one position, rows dy in [dy0, dy1)
 template <typename T>
 void logits(const Shape& s, const T* q, const T* r_a, int dy0, int dy1, T* a) {
-  constexpr int L = V64<T>::L;
-  const int chunks = static_cast<int>(s.RWP / L);
-  for (int64_t hb = 0; hb < s.h;) {
-    const int64_t hn = s.h - hb >= 4 ? 4 : 1;
-    for (int cb = 0; cb < chunks;) {
-      const int cn = chunks - cb >= 2 ? 2 : 1;
-      if (hn == 4 && cn == 2) logits_block<T, 4, 2>(s, q, r_a, dy0, dy1, hb, cb, a);
-      else if (hn == 4) logits_block<T, 4, 1>(s, q, r_a, dy0, dy1, hb, cb, a);
-      else if (cn == 2) logits_block<T, 1, 2>(s, q, r_a, dy0, dy1, hb, cb, a);
-      else logits_block<T, 1, 1>(s, q, r_a, dy0, dy1, hb, cb, a);
-      cb += cn;
-    }
-    hb += hn;
-  }
+  for_each_tile(s.h, static_cast<int>(s.RWP / V64<T>::L), [&](auto hn, auto cn, int64_t hb, int cb) {
+    logits_block<T, decltype(hn)::value, decltype(cn)::value>(s, q, r_a, dy0, dy1, hb, cb, a);
+  });
 }
 
 // da[hh][u][dy][.] of one position for one scope row: sum_v g[hh][v] V[u, v, y + dy - ch, x - cw + dx]
@@ -147,20 +158,9 @@ inline void logit_grads_block(const Shape& s, const T* g, const T* vrows, int64_
 
 template <typename T>
 void logit_grads(const Shape& s, const T* g, const T* vrows, int64_t x, int64_t u, int dy, T* da) {
-  constexpr int L = V64<T>::L;
-  const int chunks = static_cast<int>(s.RWP / L);
-  for (int64_t hb = 0; hb < s.h;) {
-    const int64_t hn = s.h - hb >= 4 ? 4 : 1;
-    for (int cb = 0; cb < chunks;) {
-      const int cn = chunks - cb >= 2 ? 2 : 1;
-      if (hn == 4 && cn == 2) logit_grads_block<T, 4, 2>(s, g, vrows, x, u, dy, hb, cb, da);
-      else if (hn == 4) logit_grads_block<T, 4, 1>(s, g, vrows, x, u, dy, hb, cb, da);
-      else if (cn == 2) logit_grads_block<T, 1, 2>(s, g, vrows, x, u, dy, hb, cb, da);
-      else logit_grads_block<T, 1, 1>(s, g, vrows, x, u, dy, hb, cb, da);
-      cb += cn;
-    }
-    hb += hn;
-  }
+  for_each_tile(s.h, static_cast<int>(s.RWP / V64<T>::L), [&](auto hn, auto cn, int64_t hb, int cb) {
+    logit_grads_block<T, decltype(hn)::value, decltype(cn)::value>(s, g, vrows, x, u, dy, hb, cb, da);
+  });
 }
 
 // da of positions x and x + 1 together (4 heads, all RWP x-taps in 2 vectors): the value rows they
