@@ -142,3 +142,11 @@ def test_detectron2_reference_gets_the_worst_case_work_from_random_weights(monke
     untamed = detector.Runner(reference, 128, 1, torch.device("cpu"), False)
     with pytest.raises(RuntimeError, match="detections per image instead of 100"):
         untamed.check_worst_case()
+
+
+def test_times_keep_two_digits_below_ten_milliseconds():
+    from lambda_det.benchmark.timing import spread
+
+    assert spread({"median_s": 0.1234, "min_s": 0.118, "max_s": 0.131, "runs": 3}) == "123 ms (118-131)"
+    assert spread({"median_s": 0.00031, "min_s": 0.0003, "max_s": 0.00042, "runs": 3}) == "0.31 ms (0.3-0.42)"
+    assert spread({"median_s": 0.0042, "min_s": 0.0042, "max_s": 0.0042, "runs": 1}) == "4.2 ms"

@@ -16,7 +16,7 @@ from lambda_det.checks import UserError
 from lambda_det.modeling.timm_lambda import (
     TIMM_MODELS, ConversionError, convert_state_dict, read_timm_weights, save_detectron2_weights,
 )
-from lambda_det.outputs import ensure_writable_dir, path_argument, refuse_overwrite
+from lambda_det.outputs import ensure_writable_dir, path_argument, refuse_overwrite, same_file
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
     try:
         if args.output.exists() and args.output.is_dir():
             raise UserError(f"--output {args.output} is a directory; name the .pth file to write")
-        if args.input is not None and args.output.exists() and args.input.exists() and args.output.samefile(args.input):
+        if args.input is not None and same_file(args.input, args.output):
             raise UserError(f"--output {args.output} is the input checkpoint; name a new file")
         if not args.overwrite and args.output.exists():
             refuse_overwrite([args.output], "--output", "of an earlier conversion")

@@ -24,7 +24,9 @@ import torch
 from ..checks import UserError
 from ..outputs import StagedFiles, write_text
 from .plotting import grouped_bars
-from .timing import INTERLEAVING, environment_summary, interleaved, markdown, peak_memory_bytes, run_worker, spread, synchronize
+from .timing import (
+    INTERLEAVING, environment_summary, interleaved, markdown, milliseconds, peak_memory_bytes, run_worker, spread, synchronize,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 COCO_CONFIGS = REPO / "configs" / "COCO-InstanceSegmentation"
@@ -351,7 +353,7 @@ def report(result: dict) -> str:
     for r in result["records"]:
         for mode, key in (("train forward", "breakdown_train_forward"), ("inference", "breakdown_inference")):
             b = r.get(key, {})
-            part_rows.append([r["model"], r["size"], mode] + [f"{b[p] * 1000:.0f} ms" if p in b else "-" for p in parts_head[3:]])
+            part_rows.append([r["model"], r["size"], mode] + [f"{milliseconds(b[p])} ms" if p in b else "-" for p in parts_head[3:]])
     text += "\n## Where the forward's time goes (one instrumented run)\n\n" + markdown(parts_head, part_rows)
     if result["targets"]:
         text += "\n## LambdaResNets against their conv twins (same network and SE, 3x3 convs instead of lambda layers)\n\n"

@@ -25,7 +25,7 @@ from ..layers import fused as fused_operator
 from ..layers.position_lambdas import TERM_IMPLS
 from ..outputs import StagedFiles, write_text
 from .plotting import line_plot, ratio_bars
-from .timing import INTERLEAVING, environment_summary, interleaved, markdown, peak_memory_bytes, run_worker, spread
+from .timing import INTERLEAVING, environment_summary, interleaved, markdown, milliseconds, peak_memory_bytes, run_worker, spread
 
 MODES = ("forward", "forward+backward")
 
@@ -259,7 +259,7 @@ def layer_table(records: List[dict], reference: str = "timm") -> str:
         for s in sides:
             for mode in MODES:
                 r, ref = cell.get((m, s), {}), cell.get((reference, s), {})
-                text = f"{r[mode]['median_s'] * 1000:.0f} ms" if mode in r else "-"
+                text = f"{milliseconds(r[mode]['median_s'])} ms" if mode in r else "-"
                 if mode in r and mode in ref and m != reference:
                     text += f" ({ref[mode]['median_s'] / r[mode]['median_s']:.1f}x)"
                 row.append(text)
@@ -335,7 +335,7 @@ def sweep_report(records: List[dict], title: str, environment: dict, repeats: in
         for mode in MODES:
             m = r[mode]
             rows.append([r["channels"], f"{r['side']}x{r['side']}", r.get("stride", 1), r["batch"], r["scope"], mode,
-                         *[f"{m['times'][f]['median_s'] * 1000:.0f} ms" + ("" if m["times"][f]["runs"] > 1 else "*")
+                         *[f"{milliseconds(m['times'][f]['median_s'])} ms" + ("" if m["times"][f]["runs"] > 1 else "*")
                            if f in m["times"] else "-" for f in forms],
                          m["auto_picks"], m["fastest"], f"{m['auto_vs_fastest']:.2f}"])
     worst_value, worst_mode, worst_record = max(((r[mode]["auto_vs_fastest"], mode, r) for r in records for mode in MODES),

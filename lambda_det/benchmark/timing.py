@@ -1,7 +1,8 @@
 """Shared measurement for the benchmarks: wall time of a step as medians with their spread over
 repeats, with the methods compared interleaved in one run (each round runs every method, in an
-order rotated from round to round, so a drift of the machine or a noisy neighbour hits all alike); peak memory (CUDA's allocator, or the peak RSS of a
-fresh worker process on the CPU); what machine it ran on."""
+order rotated from round to round, so a drift of the machine or a noisy neighbour hits all
+alike); peak memory (CUDA's allocator, or the peak RSS of a fresh worker process on the CPU);
+what machine it ran on."""
 from __future__ import annotations
 
 import dataclasses
@@ -153,13 +154,20 @@ def environment_summary(device: torch.device) -> dict:
     return info
 
 
+def milliseconds(seconds: float) -> str:
+    """'123', '4.2', '0.31': whole milliseconds where that keeps two digits (a GPU's sub-millisecond
+    layers would otherwise all read 0)."""
+    ms = seconds * 1000
+    return f"{ms:.0f}" if ms >= 10 else f"{ms:.2g}"
+
+
 def spread(timing: dict) -> str:
     """'123 ms (118-131)': the median and the range of the runs."""
     if "median_s" not in timing:
         return "-"
-    text = f"{timing['median_s'] * 1000:.0f} ms"
+    text = f"{milliseconds(timing['median_s'])} ms"
     if timing.get("runs", 1) > 1:
-        text += f" ({timing['min_s'] * 1000:.0f}-{timing['max_s'] * 1000:.0f})"
+        text += f" ({milliseconds(timing['min_s'])}-{milliseconds(timing['max_s'])})"
     return text
 
 
@@ -175,6 +183,7 @@ __all__ = [
     "environment_summary",
     "interleaved",
     "markdown",
+    "milliseconds",
     "peak_memory_bytes",
     "run_worker",
     "spread",
