@@ -10,8 +10,9 @@ import argparse
 import difflib
 import math
 import re
+import sys
 from numbers import Real
-from typing import Iterable, List, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 
 class UserError(ValueError):
@@ -25,6 +26,22 @@ class ConfigError(UserError):
 # --------------------------------------------------------------------------------------------
 # argparse types: argparse names the flag ("argument --repeats: ...") and exits with status 2
 # --------------------------------------------------------------------------------------------
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """``parser.parse_args``, for tools whose trailing KEY VALUE config overrides are argparse's
+    REMAINDER: a flag after them would be handed over as a config key (or a required flag reported
+    missing), so it is named instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((i for i, a in enumerate(argv) if CONFIG_KEY.match(a)), None)
+    late = [a for a in argv[first:] if a.startswith("--")] if first is not None else []
+    if late:
+        parser.error(f"{late[0]} comes after the config overrides (from {argv[first]} on), where it would be read "
+                     "as a config key; put flags before the trailing KEY VALUE overrides")
+    return parser.parse_args(argv)
+
+
 def positive_int(text: str) -> int:
     value = _parse_int(text)
     if value < 1:
@@ -418,9 +435,11 @@ def _show(value) -> str:
 
 
 __all__ = [
+    "CONFIG_KEY",
     "ConfigError",
     "UserError",
     "check_dataset_dicts",
+    "parse_args_with_overrides",
     "check_datasets",
     "check_launch_args",
     "check_registered",

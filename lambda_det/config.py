@@ -119,10 +119,6 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     except (TypeError, AttributeError) as exc:  # a _BASE_ that is not a mapping
         raise ConfigError(f"config file {config_file} (or a _BASE_ it names) is not a mapping of config keys: {exc}") from None
     opts = list(opts)
-    flags = [o for o in opts[::2] if str(o).startswith("--")]
-    if flags:  # argparse's REMAINDER takes everything after the first override, flags included
-        raise ConfigError(f"{flags[0]} comes after the config overrides, where it is read as a config key; "
-                          f"put flags before the trailing KEY VALUE overrides (overrides: {opts})")
     if len(opts) % 2:
         raise ConfigError(f"config overrides must be KEY VALUE pairs; {opts[-1]!r} has no value (overrides: {opts})")
     try:

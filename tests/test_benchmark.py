@@ -125,6 +125,8 @@ def test_detector_benchmark_quick(tmp_path, capsys):
     assert (tmp_path / "detector_cpu_quick.png").stat().st_size > 5_000
     assert run_tool("benchmark_detector.py", "--quick", "--output", tmp_path) == 2  # not replaced unasked
     assert "would be overwritten" in capsys.readouterr().err
+    assert run_tool("benchmark_detector.py", "--quick", "--output", tmp_path, "--amp") == 2  # the real problem first
+    assert "--amp needs --device cuda" in capsys.readouterr().err
     before = (tmp_path / "detector_cpu_quick.json").read_bytes()
     assert run_tool("benchmark_detector.py", "--quick", "--output", tmp_path, "--tag", "again") == 0  # a run of its own
     assert (tmp_path / "detector_cpu_quick_again.md").exists() and (tmp_path / "detector_cpu_quick.json").read_bytes() == before

@@ -206,6 +206,10 @@ def test_export_refuses_what_it_cannot_do(tmp_path, tiny_weights, sample_image, 
     assert run_tool("export_model.py", "--config-file", TOY_CONFIG, "--format", "torchscript", "--export-method",
                     "tracing", "--output", tmp_path, *TINY) == 2
     assert "exporting needs trained weights" in capsys.readouterr().err
+    # a required flag after the overrides: named as misplaced, not as missing
+    assert run_tool("export_model.py", "--config-file", TOY_CONFIG, "--format", "torchscript", "--export-method", "tracing",
+                    "MODEL.WEIGHTS", tiny_weights, "--output", tmp_path) == 2
+    assert "--output comes after the config overrides" in capsys.readouterr().err
     assert _export(tmp_path, tiny_weights, tmp_path / "missing.png", "--format", "torchscript", "--export-method", "tracing") == 2
     assert "missing.png: not a readable image" in capsys.readouterr().err
     assert not (tmp_path / "model.ts").exists()

@@ -16,7 +16,7 @@ import sys
 
 import lambda_det
 from lambda_det.analysis import TASKS, analyze, worst_case
-from lambda_det.checks import UserError, positive_int, validate_config
+from lambda_det.checks import UserError, parse_args_with_overrides, positive_int, validate_config
 from lambda_det.outputs import ensure_writable_dir, existing, path_argument, refuse_overwrite, write_text
 
 
@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument("--tasks", required=True, nargs="+", metavar="TASK", help=f"one or more of {', '.join(TASKS)}")
     parser.add_argument("-n", "--num-inputs", type=positive_int,
                         help="inputs to average FLOPs / activations over (they are data-dependent); default 100 "
-                        "as Detectron2, or 1 with --input-size and --worst-case (every such input counts the same)")
+                        "as Detectron2, or 1 with --input-size (synthetic inputs of one size count nearly the same)")
     parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"),
                         help="synthetic images of this size instead of DATASETS.TEST[0]")
     parser.add_argument("--worst-case", action="store_true",
@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--json", type=path_argument, help="also write the totals to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
-    args = parser.parse_args()
+    args = parse_args_with_overrides(parser)
     # --tasks takes words until the next flag: trailing overrides right after it belong to opts
     tasks = list(args.tasks)
     first_other = next((i for i, t in enumerate(tasks) if t not in TASKS), len(tasks))
@@ -46,7 +46,7 @@ def main() -> int:
         parser.error(f"--tasks: {unknown or args.tasks} not among {list(TASKS)}")
     args.tasks = tasks
     if args.num_inputs is None:
-        args.num_inputs = 1 if args.input_size and args.worst_case else 100  # then every input counts the same
+        args.num_inputs = 1 if args.input_size else 100  # synthetic inputs of one size count (nearly) the same
     try:
         cfg = lambda_det.load_config(args.config_file, args.opts)
         cfg.DATALOADER.NUM_WORKERS = 0

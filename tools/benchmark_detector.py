@@ -35,6 +35,8 @@ def main() -> int:
     parser.add_argument("--tag", default="", help="file names detector_<device>_<tag>.*, so a run of some models "
                         "does not replace the full run's files (e.g. --tag pairs)")
     args = parser.parse_args()
+    if args.amp and args.device != "cuda":
+        parser.error("--amp needs --device cuda (mixed precision on CPUs is not what GPUs run)")
     if args.device == "cuda":
         import torch
 
@@ -50,7 +52,7 @@ def main() -> int:
     sizes, repeats = ([128], 1) if args.quick else (args.sizes, args.repeats)
     if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
         parser.error(f"--tag {args.tag!r}: letters, digits, '-' and '_' only (it becomes part of file names)")
-    tag = "_quick" if args.quick else ""
+    tag = ("_quick" if args.quick else "") + ("_amp" if args.amp else "")
     tag += f"_{args.tag}" if args.tag else ""
     names = [f"detector_{args.device}{tag}.{ext}" for ext in ("json", "md", "png")]
     try:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import lambda_det
-from lambda_det.checks import UserError, probability, validate_config
+from lambda_det.checks import UserError, parse_args_with_overrides, probability, validate_config
 from lambda_det.demo import Demo, check_outputs, collect_inputs, plan_outputs, run_demo
 from lambda_det.outputs import path_argument
 
@@ -28,7 +28,7 @@ def main() -> int:
     parser.add_argument("--confidence-threshold", type=probability, default=0.5, help="minimum score to draw, in [0, 1]")
     parser.add_argument("--overwrite", action="store_true", help="replace pictures an earlier run left in --output")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
-    args = parser.parse_args()
+    args = parse_args_with_overrides(parser)
     try:
         cfg = lambda_det.load_config(args.config_file, args.opts)
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold

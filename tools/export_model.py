@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import lambda_det
-from lambda_det.checks import UserError, validate_config
+from lambda_det.checks import UserError, parse_args_with_overrides, validate_config
 from lambda_det.outputs import StagedFiles, ensure_writable_dir, existing, path_argument, refuse_file, refuse_overwrite
 
 TOLERANCE = 1e-2  # largest difference accepted between export and model (pixels, scores, mask probabilities)
@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--backbone-only", action="store_true", help="ONNX of backbone + FPN only (p2..p6)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
-    args = parser.parse_args()
+    args = parse_args_with_overrides(parser)
     if args.export_method == "scripting" and args.format != "torchscript":
         parser.error("--export-method scripting makes TorchScript: use --format torchscript")
     if args.backbone_only and args.format != "onnx":

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from detectron2.data import DatasetCatalog
 
-from ..checks import non_negative_int, positive_int
+from ..checks import non_negative_int, parse_args_with_overrides, positive_int
 from ..config import load_config
 from ..data import prepare_dataset
 from ..demo import Demo, Inputs, run_demo
@@ -51,7 +51,7 @@ def build_cfg(args):
 
 def run(argv: Optional[List[str]] = None) -> dict:
     """The main job. Raises UserError (before anything is written) for bad flags, config or output."""
-    args = build_parser().parse_args(argv)
+    args = parse_args_with_overrides(build_parser(), argv)
     cfg = build_cfg(args)
     refuse_file(Path(cfg.OUTPUT_DIR), "--output")
     if args.no_resume and existing_run(cfg.OUTPUT_DIR):

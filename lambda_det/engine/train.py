@@ -24,7 +24,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import Checkpointer, WeightsError, check_resume, intact_checkpoints, is_local, weights_problem
-from ..checks import ConfigError, UserError, check_datasets, check_launch_args, validate_config
+from ..checks import ConfigError, UserError, check_datasets, check_launch_args, parse_args_with_overrides, validate_config
 from ..config import load_config
 from ..data import prepare_dataset
 from ..outputs import OutputError, ensure_writable_dir, refuse_file, refuse_overwrite, write_text
@@ -271,7 +271,7 @@ def launch_from_args(args) -> None:
 def run_cli(argv: Optional[List[str]] = None) -> int:
     """tools/train_net.py: exit status 0 done, 2 bad flags / config / weights / output location,
     1 a write that failed during the run (disk full)."""
-    args = argument_parser().parse_args(argv)
+    args = parse_args_with_overrides(argument_parser(), argv)
     print("Command Line Args:", args)
     try:
         cfg = load_cfg(args)
