@@ -18,10 +18,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.modeling import build_model
 from detectron2.structures import ImageList
 
 from .checkpoint import Checkpointer
+from .data import prepare_dataset
+from .engine.preflight import build_model_on_cpu
+from .errors import UserError
 
 logger = logging.getLogger("lambda_det")
 
@@ -37,7 +39,7 @@ def worst_case(cfg) -> None:
 
 
 def build_analysis_model(cfg) -> torch.nn.Module:
-    model = build_model(cfg)
+    model = build_model_on_cpu(cfg).to(cfg.MODEL.DEVICE)
     if cfg.MODEL.WEIGHTS:
         # counts do not depend on the weights: a backbone-only file (the timm configs' converted
         # weights) is fine here, with Detectron2's warnings, as in Detectron2's analyze_model
@@ -57,8 +59,6 @@ def synthetic_inputs(num_inputs: int, height: int, width: int, seed: int = 0) ->
 def dataset_inputs(cfg, num_inputs: int) -> List[List[dict]]:
     """The first ``num_inputs`` batches of Detectron2's test loader of DATASETS.TEST[0]."""
     from detectron2.data import build_detection_test_loader
-
-    from .data import prepare_dataset
 
     name = cfg.DATASETS.TEST[0]
     prepare_dataset(name)
@@ -162,7 +162,6 @@ def analyze(cfg, tasks: Sequence[str], num_inputs: int, input_size: Optional[Tup
     ``check_worst_case`` (with ``worst_case(cfg)``): first make sure the heads really get the
     maximum of detections; from random weights without zero-initialized residual branches (e.g.
     Detectron2's own ResNets) the features can grow so large that the RPN proposes nothing."""
-    from .checks import UserError
 
     model = build_analysis_model(cfg)
     summary: Dict[str, float] = {}

@@ -13,13 +13,9 @@ import torch
 import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .checks import UserError
+from .errors import WeightsError
 
 logger = logging.getLogger("lambda_det")
-
-
-class WeightsError(UserError):
-    """A weights file that cannot be read, or that does not fit the model."""
 
 
 def is_local(path: str) -> bool:

@@ -9,6 +9,8 @@ import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .errors import ConfigError
+
 
 def add_lambda_config(cfg: CN) -> CN:
     """Add MODEL.LAMBDA_RESNET and INPUT.LSJ to a Detectron2 config (idempotent).
@@ -92,8 +94,6 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
 
     Raises ConfigError naming the file, key or override that is wrong.
     """
-    from .checks import ConfigError
-
     cfg = add_lambda_config(get_cfg())
     path = Path(config_file)
     if not path.is_file():

@@ -25,9 +25,10 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image, UnidentifiedImageError
 
-from .checkpoint import Checkpointer, WeightsError
-from .checks import ConfigError
-from .outputs import OutputError, ensure_writable_dir, imwrite, refuse_file, refuse_overwrite, same_file
+from .checkpoint import Checkpointer
+from .engine.preflight import explained_build_errors
+from .errors import ConfigError, OutputError, WeightsError
+from .utils.file_safety import ensure_writable_dir, imwrite, refuse_file, refuse_overwrite, same_file
 
 logger = logging.getLogger("lambda_det")
 
@@ -161,7 +162,7 @@ class Demo:
         unloaded = cfg.clone()
         unloaded.defrost()
         unloaded.MODEL.WEIGHTS = ""
-        with _quiet("fvcore.common.checkpoint", "detectron2.checkpoint.detection_checkpoint"):
+        with _quiet("fvcore.common.checkpoint", "detectron2.checkpoint.detection_checkpoint"), explained_build_errors(cfg):
             self.predictor = DefaultPredictor(unloaded)
         # the whole model must come from the file: a partial load would draw a half-random model's guesses
         Checkpointer(self.predictor.model, strict=True, cfg=cfg).load(cfg.MODEL.WEIGHTS)

@@ -18,24 +18,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checks import UserError
-from .outputs import check_written, write_text
+from .errors import ExportError
+from .utils.file_safety import StagedFiles, check_written, ensure_writable_dir, write_text
 
 FORMATS = ("torchscript", "onnx")
 METHODS = ("tracing", "scripting")
 ONNX_OPSET = 17
+TOLERANCE = 1e-2  # largest difference accepted between export and model (pixels, scores, mask probabilities)
 # fields of the Instances the R-CNN inference produces, for scripting (Detectron2's export tool lists the same)
 SCRIPTING_FIELDS = ("proposal_boxes", "objectness_logits", "pred_boxes", "scores", "pred_classes", "pred_masks")
-
-
-class ExportError(UserError):
-    """An export that cannot be made or that does not reproduce the model."""
 
 
 def resize_for_model(cfg, image_bgr: np.ndarray) -> torch.Tensor:
@@ -181,8 +178,49 @@ def max_difference(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]
     return worst
 
 
-def write_info(path: Path, info: Dict) -> Path:
-    return write_text(path, json.dumps(info, indent=2))
+def file_name(fmt: str, backbone_only: bool = False) -> str:
+    return "backbone.onnx" if backbone_only else ("model.onnx" if fmt == "onnx" else "model.ts")
+
+
+def other_size(image: torch.Tensor) -> torch.Tensor:
+    """The check at another size: the model's input shrunk to about 3/4, not a multiple of 32."""
+    import cv2
+
+    resized = np.ascontiguousarray(image.numpy().transpose(1, 2, 0))
+    h, w = resized.shape[:2]
+    return torch.as_tensor(cv2.resize(resized, (max(32, w * 3 // 4 + 1), max(32, h * 3 // 4 + 3))).transpose(2, 0, 1).copy())
+
+
+def export_and_check(model, image: torch.Tensor, fmt: str, method: str, output_dir: Path, *, backbone_only: bool = False,
+                     about: Optional[Dict] = None) -> Tuple[Dict, List[str]]:
+    """Export ``model`` into ``output_dir`` (model file + export_info.json, together or not at all)
+    and run the export on ``image`` and at another size against the model: (checks, problems)."""
+    output_dir = Path(output_dir)
+    ensure_writable_dir(output_dir, "--output")
+    path = output_dir / file_name(fmt, backbone_only)
+    with StagedFiles() as staged:  # written after the checks, or not at all
+        staged_model = staged.stage(path)
+        if fmt == "torchscript":
+            info = export_torchscript(model, image, method, staged_model)
+        else:
+            info = export_onnx(model, image, staged_model, backbone_only=backbone_only)
+        checks, problems = {}, []
+        for label, tensor in (("sample", image), ("other_size", other_size(image))):
+            expected = reference_outputs(model, tensor, backbone_only=backbone_only)
+            got = run_exported(staged_model, tensor, fmt, method)
+            try:
+                difference = max_difference(got, expected)
+            except ExportError as exc:  # another number or shape of outputs: it differs, by how much is moot
+                difference = None
+                problems.append(f"{label}: {exc}")
+            checks[label] = {"input_size": list(tensor.shape[1:]), "max_abs_difference": difference}
+        worst = max((c["max_abs_difference"] for c in checks.values() if c["max_abs_difference"] is not None), default=0.0)
+        if worst > TOLERANCE:
+            problems.append(f"the export differs from the model by {worst:.3g} (> {TOLERANCE})")
+        info.update(format=fmt, export_method=method, **(about or {}), checks=checks, tolerance=TOLERANCE,
+                    passed=not problems, torch=torch.__version__)
+        write_text(staged.stage(output_dir / "export_info.json"), json.dumps(info, indent=2))
+    return checks, problems
 
 
 __all__ = [
@@ -190,7 +228,9 @@ __all__ = [
     "ExportError",
     "FORMATS",
     "METHODS",
+    "export_and_check",
     "export_onnx",
+    "file_name",
     "export_torchscript",
     "max_difference",
     "output_names",
@@ -198,6 +238,5 @@ __all__ = [
     "resize_for_model",
     "run_exported",
     "tracing_adapter",
-    "write_info",
 ]
 

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from conftest import small_cfg
-from lambda_det.checks import UserError
+from lambda_det.errors import UserError
 from lambda_det.data import TOY_CLASSES, generate_toy_dataset
 from lambda_det.evaluation import PAPER_TABLE6, build_coco_evaluator, compare, load_ap_by_size, write_ap_by_size
 

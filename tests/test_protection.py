@@ -19,8 +19,9 @@ from PIL import Image
 
 from lambda_det import load_config
 from lambda_det.checkpoint import Checkpointer, WeightsError, check_resume, weights_problem
-from lambda_det.checks import ConfigError, UserError, validate_config
-from lambda_det.outputs import OutputError
+from lambda_det.engine import validate_config
+from lambda_det.errors import ConfigError, UserError
+from lambda_det.errors import OutputError
 
 
 def _hashes(folder: Path) -> dict:
@@ -179,12 +180,12 @@ def test_a_failed_write_is_an_error_naming_the_path(tiny_weights, tmp_path, caps
     assert "processed" not in captured.out
 
     # a full disk: the picture is encoded in memory and written by Python, so the reason is named
-    import lambda_det.outputs
+    import lambda_det.utils.file_safety
 
     def full_disk(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(lambda_det.outputs.os, "fsync", full_disk)
+    monkeypatch.setattr(lambda_det.utils.file_safety.os, "fsync", full_disk)
     assert _demo(tiny_weights, [photos / "street.jpg"], tmp_path / "out2") == 2
     err = capsys.readouterr().err
     assert f"could not write image {tmp_path / 'out2' / 'street.png'}: no space left on the device" in err
@@ -362,13 +363,11 @@ def test_refused_runs_leave_the_runs_config_yaml_alone(tmp_path, tiny_weights, c
 
 
 def test_evaluation_into_a_run_writes_its_config_beside_its_results(tmp_path, tiny_weights, small_val):
-    from lambda_det.engine import run_cli
-
     run = save_tiny_weights(tmp_path / "run").parent
     config_before = (run / "config.yaml").read_text()
     args = ["--config-file", TOY_CONFIG, "--eval-only", *TINY, "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
             "DATASETS.TEST", f"('{small_val}',)", "MODEL.WEIGHTS", run / "model_final.pth", "OUTPUT_DIR", run]
-    assert run_cli([str(a) for a in args]) == 0
+    assert run_tool("train_net.py", *args) == 0
     assert (run / "config.yaml").read_text() == config_before
     assert "MIN_SIZE_TEST: 96" in (run / "inference" / small_val / "config.yaml").read_text()
 
@@ -445,10 +444,8 @@ def test_quickstart_never_retrains_over_a_run(tmp_path, capsys, tiny_weights):
     (run / "model_final.pth").write_bytes(Path(tiny_weights).read_bytes())
     (run / "last_checkpoint").write_text("model_final.pth")
     before = _hashes(run)
-    from lambda_det.engine.quickstart import run as quickstart
-
-    with pytest.raises(OutputError, match="already holds a run"):
-        quickstart(["--output", str(run), "--no-resume", "--max-iter", "2"])
+    assert run_tool("quickstart.py", "--output", run, "--no-resume", "--max-iter", "2") == 2
+    assert "already holds a run" in capsys.readouterr().err
     assert _hashes(run) == before
 
 
@@ -476,9 +473,7 @@ def test_evaluation_records_what_produced_it_and_is_not_replaced_unasked(tmp_pat
     out = tmp_path / "eval"
     args = ["--config-file", TOY_CONFIG, "--eval-only", *TINY, "MODEL.WEIGHTS", tiny_weights,
             "DATASETS.TEST", f"('{small_val}',)", "OUTPUT_DIR", out]
-    from lambda_det.engine import run_cli
-
-    assert run_cli([str(a) for a in args]) == 0
+    assert run_tool("train_net.py", *args) == 0
     report = out / "inference" / small_val / "ap_by_size.json"
     record = json.loads(report.read_text())["provenance"]
     assert record["weights"] == str(Path(tiny_weights).resolve())
@@ -491,10 +486,10 @@ def test_evaluation_records_what_produced_it_and_is_not_replaced_unasked(tmp_pat
     assert str(Path(tiny_weights).resolve()) in (report.parent / "ap_by_size.md").read_text()
 
     before = _hashes(out / "inference")
-    assert run_cli([str(a) for a in args]) == 2  # a second evaluation into the same place
+    assert run_tool("train_net.py", *args) == 2  # a second evaluation into the same place
     assert "--overwrite" in capsys.readouterr().err
     assert _hashes(out / "inference") == before
-    assert run_cli(["--overwrite"] + [str(a) for a in args]) == 0
+    assert run_tool("train_net.py", "--overwrite", *args) == 0
 
     # compare_runs shows it, and does not replace its own earlier comparison unasked
     assert run_tool("compare_runs.py", out, "--output", tmp_path / "cmp") == 0

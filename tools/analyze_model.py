@@ -16,8 +16,9 @@ import sys
 
 import lambda_det
 from lambda_det.analysis import TASKS, analyze, worst_case
-from lambda_det.checks import UserError, parse_args_with_overrides, positive_int, validate_config
-from lambda_det.outputs import ensure_writable_dir, existing, path_argument, refuse_overwrite, write_text
+from lambda_det.engine import cpu_if_no_cuda, parse_args_with_overrides, positive_int, run_main, validate_config
+from lambda_det.errors import UserError
+from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite, write_text
 
 
 def main() -> int:
@@ -47,36 +48,29 @@ def main() -> int:
     args.tasks = tasks
     if args.num_inputs is None:
         args.num_inputs = 1 if args.input_size else 100  # synthetic inputs of one size count (nearly) the same
-    try:
-        cfg = lambda_det.load_config(args.config_file, args.opts)
-        cfg.DATALOADER.NUM_WORKERS = 0
-        import torch
-
-        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-            cfg.MODEL.DEVICE = "cpu"
-        if args.worst_case:
-            worst_case(cfg)
-        cfg.freeze()
-        validate_config(cfg, training=False)
-        if args.json:
-            if args.json.is_dir():
-                raise UserError(f"--json {args.json} is a directory; name a file")
-            if not args.overwrite:
-                refuse_overwrite(existing([args.json]), "--json", "of an earlier analysis")
-            ensure_writable_dir(args.json.parent, "--json's folder")
-        if {"flop", "activation"} & set(args.tasks) and not args.input_size and not cfg.DATASETS.TEST:
-            raise UserError("--tasks flop/activation need inputs: DATASETS.TEST[0], or --input-size H W")
-        summary = analyze(cfg, args.tasks, args.num_inputs, tuple(args.input_size) if args.input_size else None,
-                          check_worst_case=args.worst_case)
-        if args.json:
-            record = {"config_file": args.config_file, "opts": args.opts, "input_size": args.input_size,
-                      "worst_case": args.worst_case, "num_inputs": args.num_inputs, **summary}
-            write_text(args.json, json.dumps(record, indent=2))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = lambda_det.load_config(args.config_file, args.opts)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cpu_if_no_cuda(cfg)
+    if args.worst_case:
+        worst_case(cfg)
+    cfg.freeze()
+    validate_config(cfg, training=False)
+    if args.json:
+        if args.json.is_dir():
+            raise UserError(f"--json {args.json} is a directory; name a file")
+        if not args.overwrite:
+            refuse_overwrite(existing([args.json]), "--json", "of an earlier analysis")
+        ensure_writable_dir(args.json.parent, "--json's folder")
+    if {"flop", "activation"} & set(args.tasks) and not args.input_size and not cfg.DATASETS.TEST:
+        raise UserError("--tasks flop/activation need inputs: DATASETS.TEST[0], or --input-size H W")
+    summary = analyze(cfg, args.tasks, args.num_inputs, tuple(args.input_size) if args.input_size else None,
+                      check_worst_case=args.worst_case)
+    if args.json:
+        record = {"config_file": args.config_file, "opts": args.opts, "input_size": args.input_size,
+                  "worst_case": args.worst_case, "num_inputs": args.num_inputs, **summary}
+        write_text(args.json, json.dumps(record, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from lambda_det.benchmark.detector import quick_models, run, table6_models
-from lambda_det.checks import UserError, positive_int
-from lambda_det.outputs import ensure_writable_dir, existing, path_argument, refuse_overwrite
+from lambda_det.engine import positive_int, run_main
+from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite
 
 
 def main() -> int:
@@ -55,16 +55,12 @@ def main() -> int:
     tag = ("_quick" if args.quick else "") + ("_amp" if args.amp else "")
     tag += f"_{args.tag}" if args.tag else ""
     names = [f"detector_{args.device}{tag}.{ext}" for ext in ("json", "md", "png")]
-    try:
-        if not args.overwrite:
-            refuse_overwrite(existing(args.output / n for n in names), "--output", "of an earlier benchmark")
-        ensure_writable_dir(args.output, "--output")
-        run(args.output, sizes, models, repeats, args.batch, args.device, args.amp, flops=not args.no_flops, tag=tag)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not args.overwrite:
+        refuse_overwrite(existing(args.output / n for n in names), "--output", "of an earlier benchmark")
+    ensure_writable_dir(args.output, "--output")
+    run(args.output, sizes, models, repeats, args.batch, args.device, args.amp, flops=not args.no_flops, tag=tag)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from lambda_det.benchmark import LayerSpec, form_sweep, run, scope_sweep_cells, table6_cells, vs_conv, write_sweep
-from lambda_det.checks import UserError, positive_int
-from lambda_det.outputs import ensure_writable_dir, existing, path_argument, refuse_overwrite
+from lambda_det.engine import positive_int, run_main
+from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite
 
 
 def main() -> int:
@@ -61,34 +61,30 @@ def main() -> int:
         names = [f"vs_timm_{tag}.json", f"vs_timm_{tag}.md"]
     else:
         names = [f"lambda_layer_{tag}.{ext}" for ext in ("json", "md", "png")]
-    try:
-        if not args.overwrite:
-            refuse_overwrite(existing(args.output / n for n in names), "--output", "of an earlier benchmark")
-        ensure_writable_dir(args.output, "--output")  # before the minutes of timing, not after
-        if args.vs_conv:
-            vs_conv(args.output, args.batches, args.device, args.repeats)
-        elif args.auto_rule:
-            cells = table6_cells(args.batches, args.sides or [16, 32, 64, 128])
-            records = form_sweep(cells, args.device, args.repeats)
-            write_sweep(args.output, "auto_rule", "Forms of the position term at the Table 6 models' shapes (impl='auto')",
-                        records, args.device, args.repeats)
-        elif args.scope_sweep:
-            cells = scope_sweep_cells(args.sides or [8, 16, 32, 64], args.scopes, LayerSpec(batch=args.batch))
-            records = form_sweep(cells, args.device, args.repeats)
-            write_sweep(args.output, "scope_sweep", "Forms of the position term by map size and scope", records,
-                        args.device, args.repeats)
-        elif args.vs_timm:
-            from lambda_det.benchmark.backbone import vs_timm
+    if not args.overwrite:
+        refuse_overwrite(existing(args.output / n for n in names), "--output", "of an earlier benchmark")
+    ensure_writable_dir(args.output, "--output")  # before the minutes of timing, not after
+    if args.vs_conv:
+        vs_conv(args.output, args.batches, args.device, args.repeats)
+    elif args.auto_rule:
+        cells = table6_cells(args.batches, args.sides or [16, 32, 64, 128])
+        records = form_sweep(cells, args.device, args.repeats)
+        write_sweep(args.output, "auto_rule", "Forms of the position term at the Table 6 models' shapes (impl='auto')",
+                    records, args.device, args.repeats)
+    elif args.scope_sweep:
+        cells = scope_sweep_cells(args.sides or [8, 16, 32, 64], args.scopes, LayerSpec(batch=args.batch))
+        records = form_sweep(cells, args.device, args.repeats)
+        write_sweep(args.output, "scope_sweep", "Forms of the position term by map size and scope", records,
+                    args.device, args.repeats)
+    elif args.vs_timm:
+        from lambda_det.benchmark.backbone import vs_timm
 
-            vs_timm(args.output, args.sizes, args.batch, args.repeats, args.device)
-        else:
-            run(args.output, args.sides or [32, 64, 128], args.memory_sides, args.device, args.repeats, args.methods,
-                LayerSpec(batch=args.batch, scope=args.scope))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        vs_timm(args.output, args.sizes, args.batch, args.repeats, args.device)
+    else:
+        run(args.output, args.sides or [32, 64, 128], args.memory_sides, args.device, args.repeats, args.methods,
+            LayerSpec(batch=args.batch, scope=args.scope))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lambda_det.checks import UserError
+from lambda_det.engine import run_main
 from lambda_det.evaluation import PAPER_TABLE6, compare
-from lambda_det.outputs import path_argument
+from lambda_det.utils.file_safety import path_argument
 
 
 def main() -> int:
@@ -28,15 +28,11 @@ def main() -> int:
     parser.add_argument("--output", type=path_argument, default=Path("output/compare"))
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --output")
     args = parser.parse_args()
-    try:
-        paths = compare(args.runs, args.output, paper_rows=args.paper, names=args.names, overwrite=args.overwrite)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    paths = compare(args.runs, args.output, paper_rows=args.paper, names=args.names, overwrite=args.overwrite)
     print(paths["md"].read_text())
     print(f"wrote {paths['md']}, {paths['png']}, {paths['json']}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -12,11 +12,10 @@ second downloads through timm (needs timm and network access). Logic: lambda_det
 import argparse
 import sys
 
-from lambda_det.checks import UserError
-from lambda_det.modeling.timm_lambda import (
-    TIMM_MODELS, ConversionError, convert_state_dict, read_timm_weights, save_detectron2_weights,
-)
-from lambda_det.outputs import ensure_writable_dir, path_argument, refuse_overwrite, same_file
+from lambda_det.engine import run_main
+from lambda_det.errors import ConversionError, UserError
+from lambda_det.modeling.timm_lambda import TIMM_MODELS, convert_state_dict, read_timm_weights, save_detectron2_weights
+from lambda_det.utils.file_safety import ensure_writable_dir, path_argument, refuse_overwrite, same_file
 
 
 def main() -> int:
@@ -28,38 +27,34 @@ def main() -> int:
     parser.add_argument("--output", required=True, type=path_argument, help="the Detectron2 checkpoint to write (.pth)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     args = parser.parse_args()
-    try:
-        if args.output.exists() and args.output.is_dir():
-            raise UserError(f"--output {args.output} is a directory; name the .pth file to write")
-        if args.input is not None and same_file(args.input, args.output):
-            raise UserError(f"--output {args.output} is the input checkpoint; name a new file")
-        if not args.overwrite and args.output.exists():
-            refuse_overwrite([args.output], "--output", "of an earlier conversion")
-        ensure_writable_dir(args.output.parent, "--output's folder")
-        if args.pretrained:
-            try:
-                import timm
-            except ImportError:
-                raise UserError("--pretrained needs timm: pip install timm (or pass a downloaded checkpoint file)") from None
-            try:
-                state_dict = timm.create_model(args.pretrained, pretrained=True).state_dict()
-            except Exception as exc:  # the hub's own errors (no network, no such weights)
-                raise UserError(f"--pretrained {args.pretrained}: timm could not fetch the weights ({exc})") from None
-            source, name = f"timm hub: {args.pretrained}", args.pretrained
-        else:
-            source, name = str(args.input), args.model
-            try:
-                state_dict = read_timm_weights(args.input)
-            except ConversionError as exc:
-                raise UserError(f"{args.input} {exc}") from None
+    if args.output.exists() and args.output.is_dir():
+        raise UserError(f"--output {args.output} is a directory; name the .pth file to write")
+    if args.input is not None and same_file(args.input, args.output):
+        raise UserError(f"--output {args.output} is the input checkpoint; name a new file")
+    if not args.overwrite and args.output.exists():
+        refuse_overwrite([args.output], "--output", "of an earlier conversion")
+    ensure_writable_dir(args.output.parent, "--output's folder")
+    if args.pretrained:
         try:
-            name, converted, report = convert_state_dict(state_dict, name)
+            import timm
+        except ImportError:
+            raise UserError("--pretrained needs timm: pip install timm (or pass a downloaded checkpoint file)") from None
+        try:
+            state_dict = timm.create_model(args.pretrained, pretrained=True).state_dict()
+        except Exception as exc:  # the hub's own errors (no network, no such weights)
+            raise UserError(f"--pretrained {args.pretrained}: timm could not fetch the weights ({exc})") from None
+        source, name = f"timm hub: {args.pretrained}", args.pretrained
+    else:
+        source, name = str(args.input), args.model
+        try:
+            state_dict = read_timm_weights(args.input)
         except ConversionError as exc:
-            raise UserError(f"{source} {exc}") from None
-        save_detectron2_weights(args.output, converted, report, source)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            raise UserError(f"{args.input} {exc}") from None
+    try:
+        name, converted, report = convert_state_dict(state_dict, name)
+    except ConversionError as exc:
+        raise UserError(f"{source} {exc}") from None
+    save_detectron2_weights(args.output, converted, report, source)
     kinds = ", ".join(report["left_out_kinds"]) or "nothing"
     print(f"{source}: timm {name}, {report['mapped']} backbone tensors mapped; left out {len(report['left_out'])} "
           f"({kinds}{': ' + ', '.join(report['left_out'][:4]) + ' ...' if report['left_out'] else ''})")
@@ -68,4 +63,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

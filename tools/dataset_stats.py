@@ -10,22 +10,18 @@ import argparse
 import sys
 
 import lambda_det  # noqa: F401  (registers the toy datasets)
-from lambda_det.checks import UserError
 from lambda_det.data.stats import dataset_statistics, statistics_table
+from lambda_det.engine import run_main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+", help="registered dataset names")
     args = parser.parse_args()
-    try:
-        stats = [dataset_statistics(name) for name in args.datasets]
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    stats = [dataset_statistics(name) for name in args.datasets]
     print(statistics_table(stats), end="")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import lambda_det
-from lambda_det.checks import UserError, parse_args_with_overrides, probability, validate_config
 from lambda_det.demo import Demo, check_outputs, collect_inputs, plan_outputs, run_demo
-from lambda_det.outputs import path_argument
+from lambda_det.engine import cpu_if_no_cuda, parse_args_with_overrides, probability, run_main, validate_config
+from lambda_det.utils.file_safety import path_argument
 
 
 def main() -> int:
@@ -29,22 +29,15 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace pictures an earlier run left in --output")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     args = parse_args_with_overrides(parser)
-    try:
-        cfg = lambda_det.load_config(args.config_file, args.opts)
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
-        import torch
-
-        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-            cfg.MODEL.DEVICE = "cpu"
-        cfg.freeze()
-        validate_config(cfg, training=False)
-        output = Path(args.output)
-        inputs = collect_inputs([str(p) for p in args.input], exclude=output)
-        check_outputs(inputs, plan_outputs(inputs, output), output, args.overwrite)  # before the model is loaded
-        processed = run_demo(Demo(cfg), inputs, output, overwrite=args.overwrite)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = lambda_det.load_config(args.config_file, args.opts)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+    cpu_if_no_cuda(cfg)
+    cfg.freeze()
+    validate_config(cfg, training=False)
+    output = Path(args.output)
+    inputs = collect_inputs([str(p) for p in args.input], exclude=output)
+    check_outputs(inputs, plan_outputs(inputs, output), output, args.overwrite)  # before the model is loaded
+    processed = run_demo(Demo(cfg), inputs, output, overwrite=args.overwrite)
     if processed == 0:
         print("error: nothing could be processed", file=sys.stderr)
         return 1
@@ -53,4 +46,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -9,8 +9,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..checks import UserError
-from ..outputs import StagedFiles, write_text
+from ..errors import UserError
+from ..utils.file_safety import StagedFiles, write_text
 from .layer import MODES
 from .timing import INTERLEAVING, environment_summary, interleaved, markdown, spread
 

@@ -21,15 +21,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..checks import UserError
-from ..outputs import StagedFiles, write_text
+from ..errors import UserError
+from ..utils.file_safety import StagedFiles, write_text
+from ..model_zoo import get_config_file
 from .plotting import grouped_bars
 from .timing import (
     INTERLEAVING, environment_summary, interleaved, markdown, milliseconds, peak_memory_bytes, run_worker, spread, synchronize,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-COCO_CONFIGS = REPO / "configs" / "COCO-InstanceSegmentation"
 
 
 @dataclasses.dataclass
@@ -50,9 +49,10 @@ def table6_models() -> List[DetectorModel]:
         ("ResNet-152 + SE", "mask_rcnn_R_152_SE_FPN_paper.yaml"),
         ("LambdaResNet-152", "mask_rcnn_LambdaR_152_FPN_paper.yaml"),
     ]
-    models = [DetectorModel(name, str(COCO_CONFIGS / file)) for name, file in rows]
+    coco = "COCO-InstanceSegmentation/"
+    models = [DetectorModel(name, get_config_file(coco + file)) for name, file in rows]
     for depth in (101, 152):
-        models.append(DetectorModel(f"LambdaResNet-{depth} conv twin", str(COCO_CONFIGS / f"mask_rcnn_LambdaR_{depth}_FPN_paper.yaml"),
+        models.append(DetectorModel(f"LambdaResNet-{depth} conv twin", get_config_file(f"{coco}mask_rcnn_LambdaR_{depth}_FPN_paper.yaml"),
                                     ("MODEL.LAMBDA_RESNET.VARIANT", "conv")))
     models.append(DetectorModel("Detectron2 R-101-FPN", "model_zoo:COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml"))
     return models
@@ -60,7 +60,7 @@ def table6_models() -> List[DetectorModel]:
 
 def quick_models() -> List[DetectorModel]:
     """A small LambdaResNet and its conv twin on the toy config: the whole machinery in seconds."""
-    toy = str(REPO / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml")
+    toy = get_config_file("Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml")
     small = ("MODEL.LAMBDA_RESNET.STAGE_BLOCKS", "[1,1,1,1]", "MODEL.LAMBDA_RESNET.WIDTH_PER_GROUP", "32",
              "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32")
     return [DetectorModel("toy LambdaResNet", toy, small),

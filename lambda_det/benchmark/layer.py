@@ -19,11 +19,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..checks import UserError
+from ..errors import UserError
 from ..layers import LambdaLayer
 from ..layers import fused as fused_operator
 from ..layers.position_lambdas import TERM_IMPLS
-from ..outputs import StagedFiles, write_text
+from ..utils.file_safety import StagedFiles, write_text
 from .plotting import line_plot, ratio_bars
 from .timing import INTERLEAVING, environment_summary, interleaved, markdown, milliseconds, peak_memory_bytes, run_worker, spread
 

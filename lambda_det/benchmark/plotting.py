@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Sequence
 
-from ..outputs import OutputError
+from ..errors import OutputError
 
 
 def _pyplot():

@@ -1,5 +1,7 @@
 """Data: dataset registration (the embedded toy dataset, COCO checks) and mappers (large-scale jitter)."""
-from .datasets import TOY_DATASETS, prepare_dataset, register_toy_datasets
+from .datasets import (
+    TOY_DATASETS, check_dataset_dicts, check_datasets, check_registered, prepare_dataset, register_toy_datasets,
+)
 from .mappers import build_lsj_augmentations, build_train_mapper
 from .toy import TOY_CLASSES, generate_toy_dataset
 
@@ -8,6 +10,9 @@ register_toy_datasets()
 __all__ = [
     "TOY_CLASSES",
     "TOY_DATASETS",
+    "check_dataset_dicts",
+    "check_datasets",
+    "check_registered",
     "build_lsj_augmentations",
     "build_train_mapper",
     "generate_toy_dataset",

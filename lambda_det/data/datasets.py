@@ -1,21 +1,19 @@
-"""Dataset registration: the embedded toy dataset, and checks for COCO-format files on disk."""
+"""Dataset registration (the embedded toy dataset) and the checks of registered datasets: names,
+classes, files on disk, and what their annotations need from the config."""
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..checks import UserError, check_registered
+from ..errors import ConfigError, DatasetError
 from .toy import TOY_CLASSES, TOY_COLORS, TOY_SPLITS, default_toy_root, generate_toy_dataset
 
 TOY_DATASETS = {f"toy_shapes_{split}": split for split in TOY_SPLITS}
-
-
-class DatasetError(UserError):
-    """A registered dataset whose files are not where its registration says."""
 
 
 def register_toy_datasets(root: Optional[Path] = None) -> None:
@@ -63,3 +61,45 @@ def prepare_dataset(name: str) -> None:
                 f"DETECTRON2_DATASETS is now {os.environ.get('DETECTRON2_DATASETS', 'unset (so ./datasets)')}."
             )
         raise DatasetError(f"dataset {name!r} is missing files: {', '.join(missing)}.{hint}")
+
+
+def check_registered(name: str, what: str) -> None:
+    """A dataset name that Detectron2 knows, or an error with the closest registered names."""
+    registered = DatasetCatalog.list()
+    if name not in registered:
+        close = difflib.get_close_matches(name, registered, n=3)
+        hint = f"; did you mean {close}?" if close else f"; registered: {sorted(registered)[:12]} ..."
+        raise ConfigError(f"{what} names {name!r}, which is not a registered dataset{hint}")
+
+
+def check_datasets(cfg, names: Iterable[str], key: str) -> None:
+    """Registered, and with as many classes as the model predicts (when the metadata says)."""
+    for name in names:
+        check_registered(name, key)
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+            raise ConfigError(
+                f"MODEL.ROI_HEADS.NUM_CLASSES={cfg.MODEL.ROI_HEADS.NUM_CLASSES}, but dataset {name!r} ({key}) has "
+                f"{len(classes)} classes ({', '.join(classes[:6])}{' ...' if len(classes) > 6 else ''}): set "
+                f"MODEL.ROI_HEADS.NUM_CLASSES {len(classes)}"
+            )
+
+
+def check_dataset_dicts(cfg, dataset_dicts: Sequence[dict], names: Sequence[str]) -> None:
+    """What the loaded annotations need from the config: class ids in range, a usable mask format."""
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    kinds = set()
+    for record in dataset_dicts:
+        for ann in record.get("annotations", ()):
+            if not 0 <= ann["category_id"] < num_classes:
+                raise ConfigError(
+                    f"{record.get('file_name', 'an image')} of {list(names)} has an annotation of class "
+                    f"{ann['category_id']}, outside MODEL.ROI_HEADS.NUM_CLASSES={num_classes}"
+                )
+            if cfg.MODEL.MASK_ON and "segmentation" in ann:
+                kinds.add("RLE" if isinstance(ann["segmentation"], dict) else "polygon")
+    if cfg.MODEL.MASK_ON and cfg.INPUT.MASK_FORMAT == "polygon" and "RLE" in kinds:
+        raise ConfigError(
+            f"INPUT.MASK_FORMAT='polygon', but {list(names)} has RLE masks, which only 'bitmask' can read: "
+            "set INPUT.MASK_FORMAT bitmask"
+        )

@@ -6,7 +6,7 @@ from typing import List
 import detectron2.data.transforms as T
 from detectron2.data import DatasetMapper
 
-from ..checks import ConfigError
+from ..errors import ConfigError
 
 
 def build_lsj_augmentations(cfg) -> List[T.Augmentation]:

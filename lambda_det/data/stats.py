@@ -8,8 +8,8 @@ from typing import Dict, List
 
 from detectron2.data import MetadataCatalog
 
-from ..checks import UserError, check_registered
-from .datasets import prepare_dataset
+from ..errors import UserError
+from .datasets import check_registered, prepare_dataset
 
 # COCOeval's area ranges (pixels of the instance's segmentation area)
 SMALL_MAX_AREA = 32**2

@@ -1,5 +1,28 @@
-"""Engine: the trainer and the train_net entry point."""
-from .train import argument_parser, launch_from_args, load_cfg, main, preflight, run_cli, setup_cfg
+"""Engine: the trainer, the checks before a run, and what the tools share (Detectron2's engine/defaults)."""
+from .defaults import (
+    argument_parser, check_launch_args, cpu_if_no_cuda, load_cfg, non_negative_int, parse_args_with_overrides,
+    positive_int, probability, run_main, setup, setup_cfg, share_cpu_cores,
+)
+from .preflight import build_model_on_cpu, existing_run, explained_build_errors, preflight, validate_config
 from .trainer import Trainer
 
-__all__ = ["Trainer", "argument_parser", "launch_from_args", "load_cfg", "main", "preflight", "run_cli", "setup_cfg"]
+__all__ = [
+    "Trainer",
+    "argument_parser",
+    "build_model_on_cpu",
+    "check_launch_args",
+    "cpu_if_no_cuda",
+    "existing_run",
+    "explained_build_errors",
+    "load_cfg",
+    "non_negative_int",
+    "parse_args_with_overrides",
+    "positive_int",
+    "preflight",
+    "probability",
+    "run_main",
+    "setup",
+    "setup_cfg",
+    "share_cpu_cores",
+    "validate_config",
+]

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Optional
 
 from detectron2.data import DatasetCatalog, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import Checkpointer
-from ..checks import ConfigError, check_dataset_dicts
-from ..data import build_train_mapper, prepare_dataset
+from ..data import build_train_mapper, check_dataset_dicts, prepare_dataset
+from ..errors import ConfigError
 from ..evaluation import build_coco_evaluator, evaluation_provenance, write_ap_by_size
 
 logger = logging.getLogger("lambda_det")
@@ -25,11 +25,8 @@ logger = logging.getLogger("lambda_det")
 class Trainer(DefaultTrainer):
     """DefaultTrainer with lambda_det's data, evaluation and CPU-aware distributed training."""
 
-    # What this process evaluates, for the provenance in ap_by_size.json (set by train_net's main):
-    # {"config_file": ..., "weights": file evaluated by --eval-only, or None while training}.
-    run_context: dict = {}
-
-    def __init__(self, cfg):
+    def __init__(self, cfg, *, config_file: Optional[str] = None):
+        """``config_file``: the file the config came from, recorded with every evaluation."""
         # Same construction as DefaultTrainer.__init__ (Detectron2 0.7), except for two things it
         # cannot do on CPUs: DDP of a CPU model needs device_ids=None, and AMP needs CUDA.
         TrainerBase.__init__(self)
@@ -54,7 +51,20 @@ class Trainer(DefaultTrainer):
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
+        self.config_file = config_file
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        """Detectron2's hooks; its evaluation hook evaluates through ``test`` with this run's provenance."""
+        built = super().build_hooks()
+        for i, hook in enumerate(built):
+            if isinstance(hook, hooks.EvalHook):
+                built[i] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
+        return built
+
+    def _evaluate(self):
+        self._last_eval_results = self.test(self.cfg, self.model, provenance={"config_file": self.config_file})
+        return self._last_eval_results
 
     def resume_or_load(self, resume=True):
         """Detectron2's: a resumed run's checkpoint must fit the model exactly (the same run goes on);
@@ -90,15 +100,20 @@ class Trainer(DefaultTrainer):
         return build_coco_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None):
-        """Detectron2's evaluation, then ap_by_size.{json,md,png} per dataset (main process)."""
+    def test(cls, cfg, model, evaluators=None, provenance: Optional[dict] = None):
+        """Detectron2's evaluation, then ap_by_size.{json,md,png} per dataset (main process).
+
+        ``provenance``: what is evaluated, for ap_by_size.json: ``config_file``, and for weights
+        loaded from a file (--eval-only) ``weights`` and the ``iteration`` they were saved at.
+        """
+        provenance = provenance or {}
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
             run_name = Path(cfg.OUTPUT_DIR).name
             trained = _iterations_trained(cfg)
-            if trained is None and cls.run_context.get("iteration") is not None:  # --eval-only of a checkpoint
-                trained = cls.run_context["iteration"] + 1
+            if trained is None and provenance.get("iteration") is not None:  # --eval-only of a checkpoint
+                trained = provenance["iteration"] + 1
             for dataset_name, dataset_results in per_dataset.items():
                 if not dataset_results:
                     continue
@@ -106,9 +121,9 @@ class Trainer(DefaultTrainer):
                 provenance = evaluation_provenance(
                     cfg,
                     dataset_name,
-                    weights=cls.run_context.get("weights"),
+                    weights=provenance.get("weights"),
                     iterations_trained=trained,
-                    config_file=cls.run_context.get("config_file"),
+                    config_file=provenance.get("config_file"),
                     num_images=_dataset_size(dataset_name),
                 )
                 paths = write_ap_by_size(

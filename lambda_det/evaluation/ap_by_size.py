@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..checks import UserError
-from ..outputs import OutputError, StagedFiles, ensure_writable_dir, existing, refuse_overwrite, write_text
+from ..errors import OutputError, ResultFileError
+from ..utils.file_safety import StagedFiles, ensure_writable_dir, existing, refuse_overwrite, write_text
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASKS = (("bbox", "box"), ("segm", "mask"))
@@ -149,10 +149,6 @@ def provenance_table(rows: Sequence[Tuple[str, Optional[dict]]]) -> str:
                  str(p.get("model", "-")), config]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-class ResultFileError(UserError):
-    """A run or result file given to compare_runs that is not an evaluated run."""
 
 
 def find_ap_by_size(path: Path) -> Path:

@@ -7,9 +7,10 @@ from .lambda_resnet import (
     build_lambda_resnet_backbone,
     build_lambda_resnet_fpn_backbone,
     imagenet_num_params,
+    lambda_resnet_config_problems,
     register_backbones,
 )
-from .layouts import PAPER_C4_LAMBDA_BLOCKS, STAGE_BLOCKS, parse_layout, variant_layout
+from .layouts import PAPER_C4_LAMBDA_BLOCKS, STAGE_BLOCKS, STAGE_NAMES, parse_layout, variant_layout
 
 register_backbones()
 
@@ -21,9 +22,11 @@ __all__ = [
     "build_lambda_resnet_backbone",
     "build_lambda_resnet_fpn_backbone",
     "imagenet_num_params",
+    "lambda_resnet_config_problems",
     "register_backbones",
     "PAPER_C4_LAMBDA_BLOCKS",
     "STAGE_BLOCKS",
+    "STAGE_NAMES",
     "parse_layout",
     "variant_layout",
 ]

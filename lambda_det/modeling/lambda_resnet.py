@@ -19,7 +19,7 @@ shortcuts, SiLU, and lambda layers with timm's position bias and 2x2 pooling.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -29,7 +29,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
-from ..checks import ConfigError
+from ..errors import ConfigError
 from ..layers import LambdaLayer
 from ..layers.lambda_layer import POOLS
 from ..layers.position_lambdas import IMPL_CHOICES
@@ -335,6 +335,71 @@ def lambda_resnet_kwargs_from_cfg(cfg, input_channels: int) -> Dict:
         lambda_pool=c.LAMBDA_POOL,
         position_bias=c.POSITION_BIAS,
     )
+
+
+def lambda_resnet_config_problems(cfg) -> List[str]:
+    """What makes a LambdaResNet config unbuildable or unable to take the inputs it will get."""
+    if "LAMBDA_RESNET" not in cfg.MODEL or "lambda_resnet" not in str(cfg.MODEL.BACKBONE.NAME):
+        return []
+    try:
+        kwargs = lambda_resnet_kwargs_from_cfg(cfg, len(cfg.MODEL.PIXEL_MEAN))
+        strides = lambda_block_input_strides(kwargs)
+    except ConfigError as exc:
+        return [str(exc)]
+    problems = []
+    c = cfg.MODEL.LAMBDA_RESNET
+    for stage, width in _lambda_stage_widths(kwargs, strides):
+        if width % c.HEADS:
+            problems.append(
+                f"MODEL.LAMBDA_RESNET.HEADS={c.HEADS}: must divide the bottleneck width of every stage with "
+                f"lambda blocks; {stage} has WIDTH_PER_GROUP x {width // c.WIDTH_PER_GROUP} = {width}"
+            )
+    if c.NORM == "GN":
+        for stage, width in _lambda_stage_widths(kwargs, strides):
+            for what, channels in (("queries HEADS x DIM_K", c.HEADS * c.DIM_K), ("values", width // c.HEADS * c.DIM_U)):
+                if channels % 32:
+                    problems.append(
+                        f"MODEL.LAMBDA_RESNET.NORM='GN' (GroupNorm of 32 groups) needs a multiple of 32 channels; the "
+                        f"lambda layers of {stage} normalize {channels} ({what})"
+                    )
+        if c.WIDTH_PER_GROUP % 32:
+            problems.append("MODEL.LAMBDA_RESNET.WIDTH_PER_GROUP must be a multiple of 32 with NORM='GN'")
+    if c.SCOPE == 0 and strides:
+        problems += _global_scope_problems(cfg, min(strides.values()))
+    return sorted(set(problems), key=problems.index)
+
+
+def _lambda_stage_widths(kwargs: dict, strides: dict) -> Iterable:
+    for stage in sorted({name.split(".")[0] for name in strides}):
+        index = int(stage[-1]) - 2
+        yield stage, kwargs["width_per_group"] * 2**index
+
+
+def _global_scope_problems(cfg, smallest_stride: int) -> List[str]:
+    """A global-scope layer has a table for maps up to GLOBAL_MAX_SIZE: check the largest map it will see."""
+    limit = cfg.MODEL.LAMBDA_RESNET.GLOBAL_MAX_SIZE
+    sources = []
+    if "LSJ" in cfg.INPUT and cfg.INPUT.LSJ.ENABLED:
+        sources.append(("INPUT.LSJ.IMAGE_SIZE", cfg.INPUT.LSJ.IMAGE_SIZE))
+    else:
+        sources.append(("INPUT.MAX_SIZE_TRAIN", cfg.INPUT.MAX_SIZE_TRAIN))
+    if cfg.INPUT.MIN_SIZE_TEST == 0:
+        return [
+            "INPUT.MIN_SIZE_TEST=0 (test images are not resized) cannot be bounded for a global-scope lambda layer "
+            "(MODEL.LAMBDA_RESNET.SCOPE=0): set INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST or use a local SCOPE"
+        ]
+    sources.append(("INPUT.MAX_SIZE_TEST", cfg.INPUT.MAX_SIZE_TEST))
+    problems = []
+    for key, side in sources:
+        padded = -(-side // 32) * 32  # images are padded to the FPN's size divisibility
+        largest_map = -(-padded // smallest_stride)
+        if largest_map > limit:
+            problems.append(
+                f"MODEL.LAMBDA_RESNET.GLOBAL_MAX_SIZE={limit}: {key}={side} gives lambda-layer maps of up to "
+                f"{largest_map}x{largest_map} (stride {smallest_stride}); raise GLOBAL_MAX_SIZE to >= {largest_map}, "
+                "lower the input size, or use a local SCOPE"
+            )
+    return problems
 
 
 def build_lambda_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
-from ..checks import ConfigError
+from ..errors import ConfigError
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 

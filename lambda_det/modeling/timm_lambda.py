@@ -23,6 +23,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ..errors import ConversionError
+
 TIMM_MODELS: Dict[str, dict] = {
     "lambda_resnet26t": {"blocks": [2, 2, 2, 2], "layout": ["CC", "CC", "CL", "LL"], "activation": "relu"},
     "lambda_resnet50ts": {"blocks": [3, 4, 6, 3], "layout": ["CCC", "CCCL", "CLCLCL", "CLC"], "activation": "silu"},
@@ -103,10 +105,6 @@ def _convert_tensor(timm_key: str, value: torch.Tensor) -> torch.Tensor:
     if timm_key.endswith("conv_lambda.weight"):  # Conv3d (k, 1, r, r, 1) -> R[dy, dx, k, u]
         return value[..., 0].permute(2, 3, 0, 1).contiguous()
     return value
-
-
-class ConversionError(ValueError):
-    """A state dict that is not the timm model it should be."""
 
 
 def convert_state_dict(state_dict: Dict[str, torch.Tensor], name: Optional[str] = None) -> Tuple[str, Dict[str, torch.Tensor], dict]:
@@ -204,7 +202,7 @@ def save_detectron2_weights(path, converted: Dict[str, torch.Tensor], report: di
     import io
     from pathlib import Path
 
-    from ..outputs import write_bytes
+    from ..utils.file_safety import write_bytes
 
     payload = {
         "model": {f"backbone.bottom_up.{k}": v for k, v in converted.items()},

@@ -17,11 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence
 
-from .checks import UserError
-
-
-class OutputError(UserError):
-    """An output location that would lose or hide data, or a write that failed."""
+from ..errors import OutputError
 
 
 def path_argument(text: str) -> Path:
@@ -185,7 +181,6 @@ def existing(paths: Iterable[Path]) -> List[Path]:
 
 
 __all__ = [
-    "OutputError",
     "StagedFiles",
     "check_written",
     "ensure_writable_dir",

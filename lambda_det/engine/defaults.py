@@ -1,0 +1,206 @@
+"""What every tool shares, in the conventions of Detectron2's ``engine/defaults.py``: the argument
+parser of train_net, argparse types that name what is allowed, the per-process setup (logging,
+config dump, seed, CPU threads), and ``run_main``, which turns a :class:`UserError` into one
+``error: ...`` line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from detectron2.engine import default_argument_parser
+from detectron2.utils import comm
+from detectron2.utils.collect_env import collect_env_info
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+from ..config import load_config
+from ..errors import UserError
+from ..utils.file_safety import write_text
+
+logger = logging.getLogger("lambda_det")
+
+EPILOG = """
+Examples:
+  Toy data, CPU:       tools/train_net.py --config-file configs/Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml
+  COCO, 8 GPUs:        tools/train_net.py --num-gpus 8 --config-file configs/COCO-InstanceSegmentation/mask_rcnn_LambdaR_101_FPN_100ep.yaml
+  Resume after a stop: the same command with --resume
+  Evaluate:            tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/.../model_final.pth
+  Two CPU processes:   tools/train_net.py --num-gpus 2 ... (without GPUs, --num-gpus counts gloo processes)
+
+Training never writes over an earlier run: an OUTPUT_DIR that holds one (checkpoints, metrics,
+logs, evaluations, a config.yaml) is continued with --resume, or refused. --eval-only writes into
+OUTPUT_DIR/inference/<dataset>/ (its config.yaml too) and refuses to replace an earlier evaluation
+there unless --overwrite is given.
+"""
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` with --amp and --overwrite."""
+    parser = default_argument_parser(epilog=EPILOG)
+    parser.add_argument("--amp", action="store_true", help="mixed precision (sets SOLVER.AMP.ENABLED; needs CUDA)")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="with --eval-only: replace an earlier evaluation in OUTPUT_DIR/inference/<dataset>/",
+    )
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# argparse types: argparse names the flag ("argument --repeats: ...") and exits with status 2
+# --------------------------------------------------------------------------------------------
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """``parser.parse_args``, for tools whose trailing KEY VALUE config overrides are argparse's
+    REMAINDER: a flag after them would be handed over as a config key (or a required flag reported
+    missing), so it is named instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((i for i, a in enumerate(argv) if CONFIG_KEY.match(a)), None)
+    late = [a for a in argv[first:] if a.startswith("--")] if first is not None else []
+    if late:
+        parser.error(f"{late[0]} comes after the config overrides (from {argv[first]} on), where it would be read "
+                     "as a config key; put flags before the trailing KEY VALUE overrides")
+    return parser.parse_args(argv)
+
+
+def positive_int(text: str) -> int:
+    value = _parse_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: give an integer >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _parse_int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: give an integer >= 0")
+    return value
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give a value in [0, 1]") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: give a value in [0, 1]")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def check_launch_args(args: argparse.Namespace, device: str) -> None:
+    """Detectron2's launcher flags (--num-gpus, --num-machines, --machine-rank) for this device."""
+    if args.num_gpus < 1:
+        raise UserError(f"--num-gpus {args.num_gpus}: give 1 or more (on CPUs it counts processes)")
+    if args.num_machines < 1:
+        raise UserError(f"--num-machines {args.num_machines}: give 1 or more")
+    if not 0 <= args.machine_rank < args.num_machines:
+        raise UserError(f"--machine-rank {args.machine_rank}: must lie in [0, --num-machines - 1 = {args.num_machines - 1}]")
+    if device.startswith("cuda"):
+        available = torch.cuda.device_count()
+        if args.num_gpus > available:
+            raise UserError(f"--num-gpus {args.num_gpus}: this machine has {available} CUDA device(s)")
+
+
+def run_main(main: Callable[[], object]) -> int:
+    """A tool's exit status: what ``main`` returns if it is an int (anything else is 0), or 2 with
+    one ``error:`` line when it raises a UserError (bad input)."""
+    try:
+        status = main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
+
+
+# --------------------------------------------------------------------------------------------
+# the config and the process
+# --------------------------------------------------------------------------------------------
+def cpu_if_no_cuda(cfg) -> None:
+    """MODEL.DEVICE cuda on a machine without CUDA runs on the CPU, with a warning."""
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
+        cfg.MODEL.DEVICE = "cpu"
+
+
+def load_cfg(args):
+    """The config of a train_net run (no side effects): file, overrides, --amp, CPU fallback."""
+    cfg = load_config(args.config_file, args.opts)
+    if args.amp:
+        cfg.SOLVER.AMP.ENABLED = True
+    cpu_if_no_cuda(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def setup_cfg(args):
+    """Per process: the config, the CPU threads it may use, logging, the config dump, the seed."""
+    cfg = load_cfg(args)
+    share_cpu_cores(cfg, args.num_gpus)
+    setup(cfg, args, eval_only=args.eval_only)
+    return cfg
+
+
+def setup(cfg, args, *, eval_only: bool = False) -> None:
+    """Detectron2's default_setup (logger into OUTPUT_DIR/log.txt, environment and config in the log,
+    seed), except that a config.yaml of an earlier run is never replaced: an evaluation writes its
+    config beside its results, and a resumed run whose config changed keeps the earlier one as
+    config.<n>.yaml."""
+    output_dir = Path(cfg.OUTPUT_DIR)
+    rank = comm.get_rank()
+    if comm.is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+    setup_logger(str(output_dir), distributed_rank=rank, name="fvcore")
+    log = setup_logger(str(output_dir), distributed_rank=rank)
+    setup_logger(str(output_dir), distributed_rank=rank, name="lambda_det")
+    log.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
+    log.info("Environment info:\n%s", collect_env_info())
+    log.info("Command line arguments: %s", args)
+    if comm.is_main_process():
+        text = cfg.dump()
+        if eval_only:
+            targets = [output_dir / "inference" / name / "config.yaml" for name in cfg.DATASETS.TEST]
+        else:
+            targets = [output_dir / "config.yaml"]
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_file() and target.read_text() != text and not eval_only:
+                kept = _free_name(target)
+                os.replace(target, kept)
+                log.info("The config changed since this run's last start: the earlier one is kept as %s", kept)
+            write_text(target, text)
+            log.info("Full config saved to %s", target)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    if not eval_only:
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+
+
+def _free_name(path: Path) -> Path:
+    n = 1
+    while (path.parent / f"{path.stem}.{n}{path.suffix}").exists():
+        n += 1
+    return path.parent / f"{path.stem}.{n}{path.suffix}"
+
+
+def share_cpu_cores(cfg, processes_per_machine: int) -> None:
+    """N training processes on CPUs: each gets its share of the cores (all of them each is ~10x slower).
+
+    An explicit OMP_NUM_THREADS is the user's choice and is kept.
+    """
+    if processes_per_machine <= 1 or not cfg.MODEL.DEVICE.startswith("cpu") or "OMP_NUM_THREADS" in os.environ:
+        return
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes_per_machine))

@@ -1,0 +1,394 @@
+"""Everything that can be known to fail, checked before a process starts or a file is written.
+
+``validate_config`` checks the values of Detectron2's own keys that would otherwise fail late or
+deep inside torch or Detectron2 (each message names the key, the value and what is allowed; the
+allowed values come from Detectron2 itself where it has them); ``MODEL.LAMBDA_RESNET`` is checked
+by its reader, ``lambda_det.modeling.lambda_resnet_config_problems``. ``preflight`` adds, for a
+train_net run: the datasets and their files, the model (built once, on the CPU), OUTPUT_DIR (not a
+file, writable, not an earlier run unless resumed), the weights file and, where they must fit
+(evaluation, resume), that they do.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import re
+import shutil
+import sys
+from numbers import Real
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+from detectron2.data import samplers
+from detectron2.modeling import build_model
+from detectron2.solver import build_lr_scheduler
+from fvcore.common.registry import Registry
+
+from ..checkpoint import Checkpointer, check_resume, is_local, weights_problem
+from ..data import check_datasets, prepare_dataset
+from ..errors import ConfigError, OutputError, UserError, WeightsError
+from ..modeling import STAGE_NAMES, lambda_resnet_config_problems
+from ..utils.file_safety import ensure_writable_dir, refuse_file, refuse_overwrite
+
+INPUT_FORMATS = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}
+
+# what marks an OUTPUT_DIR as holding a run (or anything Detectron2 would write or append to)
+RUN_MARKERS = ("last_checkpoint", "metrics.json", "config.yaml", "log.txt", "inference")
+
+
+
+
+def train_samplers() -> List[str]:
+    """The training samplers of the installed Detectron2 (DATALOADER.SAMPLER_TRAIN names a class)."""
+    return sorted(name for name in dir(samplers) if name.endswith("TrainingSampler"))
+
+
+class _Problems:
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.lines: List[str] = []
+
+    def get(self, key: str):
+        node = self.cfg
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    def add(self, key: str, allowed: str) -> None:
+        self.lines.append(f"{key}={_show(self.get(key))}: {allowed}")
+
+    def integer(self, key: str, minimum: int) -> None:
+        value = self.get(key)
+        if not _is_int(value) or value < minimum:
+            self.add(key, f"must be an integer >= {minimum}")
+
+    def number(self, key: str, low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False) -> None:
+        value = self.get(key)
+        ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+        if ok:
+            ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not ok:
+            self.add(key, f"must be a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+
+    def choice(self, key: str, choices: Sequence[str]) -> None:
+        if self.get(key) not in choices:
+            self.add(key, f"choose from {list(choices)}")
+
+
+def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
+    """Every value of ``cfg`` that would otherwise fail late or deep inside torch / Detectron2.
+
+    Raises ConfigError listing all problems found (one per line).
+    """
+    p = _Problems(cfg)
+    output_dir = str(cfg.OUTPUT_DIR)
+    if not output_dir:
+        p.add("OUTPUT_DIR", "must name a directory")
+    elif output_dir.endswith((".txt", ".log")):
+        p.add("OUTPUT_DIR", "ends like a file name, which Detectron2's logger takes for the log file itself; name a directory")
+
+    # the model
+    p.integer("MODEL.ROI_HEADS.NUM_CLASSES", 1)
+    for key in ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.NMS_THRESH",
+                "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.RPN.POSITIVE_FRACTION"):
+        p.number(key, 0.0, 1.0)
+    for key in ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+                "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "MODEL.RPN.POST_NMS_TOPK_TEST",
+                "TEST.DETECTIONS_PER_IMAGE"):
+        p.integer(key, 1)
+    channels = INPUT_FORMATS.get(cfg.INPUT.FORMAT)
+    if channels is None:
+        p.choice("INPUT.FORMAT", list(INPUT_FORMATS))
+    else:
+        for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
+            if len(p.get(key)) != channels:
+                p.add(key, f"needs {channels} value(s), one per channel of INPUT.FORMAT={cfg.INPUT.FORMAT!r}")
+    if any(not (isinstance(s, Real) and s > 0) for s in cfg.MODEL.PIXEL_STD):
+        p.add("MODEL.PIXEL_STD", "every value must be > 0")
+    _check_device(p)
+    _check_anchors(p)
+    _check_fpn(p)
+    _check_feature_names(p)
+    for head in ("ROI_BOX_HEAD", "ROI_MASK_HEAD"):
+        p.integer(f"MODEL.{head}.POOLER_RESOLUTION", 1)
+        p.integer(f"MODEL.{head}.POOLER_SAMPLING_RATIO", 0)
+
+    # inputs
+    sizes = cfg.INPUT.MIN_SIZE_TRAIN
+    sizes = sizes if isinstance(sizes, (list, tuple)) else [sizes]
+    if not sizes or any(not _is_int(s) or s < 1 for s in sizes):
+        p.add("INPUT.MIN_SIZE_TRAIN", "must be one or more integers >= 1")
+    p.choice("INPUT.MIN_SIZE_TRAIN_SAMPLING", ["choice", "range", "range_by_clip", "choice_by_clip"])
+    if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range" and (len(sizes) != 2 or sizes[0] >= sizes[1]):
+        p.add("INPUT.MIN_SIZE_TRAIN", "needs 2 values low < high with INPUT.MIN_SIZE_TRAIN_SAMPLING='range'")
+    p.integer("INPUT.MAX_SIZE_TRAIN", 1)
+    p.integer("INPUT.MIN_SIZE_TEST", 0)
+    p.integer("INPUT.MAX_SIZE_TEST", 1)
+    p.choice("INPUT.MASK_FORMAT", ["polygon", "bitmask"])
+    p.choice("INPUT.RANDOM_FLIP", ["none", "horizontal", "vertical"])
+    if cfg.INPUT.CROP.ENABLED:
+        p.choice("INPUT.CROP.TYPE", ["relative_range", "relative", "absolute", "absolute_range"])
+    if "LSJ" in cfg.INPUT and cfg.INPUT.LSJ.ENABLED:
+        p.integer("INPUT.LSJ.IMAGE_SIZE", 32)
+        p.number("INPUT.LSJ.MIN_SCALE", 0.0, low_open=True)
+        if _is_number(cfg.INPUT.LSJ.MIN_SCALE) and _is_number(cfg.INPUT.LSJ.MAX_SCALE) and cfg.INPUT.LSJ.MAX_SCALE < cfg.INPUT.LSJ.MIN_SCALE:
+            p.add("INPUT.LSJ.MAX_SCALE", f"must be >= INPUT.LSJ.MIN_SCALE={cfg.INPUT.LSJ.MIN_SCALE}")
+    p.integer("DATALOADER.NUM_WORKERS", 0)
+
+    if training:
+        _check_solver(p, world_size)
+    if not p.lines:  # the backbone's checks assume the basic types above are right
+        p.lines += lambda_resnet_config_problems(cfg)
+    if p.lines:
+        raise ConfigError("the config cannot work:\n  " + "\n  ".join(p.lines))
+
+
+def _check_solver(p: _Problems, world_size: int) -> None:
+    cfg = p.cfg
+    p.integer("SOLVER.IMS_PER_BATCH", 1)
+    if _is_int(cfg.SOLVER.IMS_PER_BATCH) and cfg.SOLVER.IMS_PER_BATCH % world_size:
+        p.add("SOLVER.IMS_PER_BATCH", f"must be divisible by the number of processes ({world_size})")
+    p.number("SOLVER.BASE_LR", 0.0, low_open=True)
+    p.integer("SOLVER.MAX_ITER", 1)
+    steps = list(cfg.SOLVER.STEPS)
+    if any(not _is_int(s) or s < 0 for s in steps) or steps != sorted(set(steps)):
+        p.add("SOLVER.STEPS", "must be increasing integers >= 0 (iterations at which the lr drops)")
+    if _is_int(cfg.SOLVER.MAX_ITER) and cfg.SOLVER.MAX_ITER in steps:
+        p.add("SOLVER.STEPS", f"must be < SOLVER.MAX_ITER={cfg.SOLVER.MAX_ITER} (Detectron2's scheduler fails on a step at the last iteration)")
+    _check_lr_scheduler(p)
+    if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupCosineLR" and _is_number(cfg.SOLVER.BASE_LR):
+        p.number("SOLVER.BASE_LR_END", 0.0, cfg.SOLVER.BASE_LR)
+    p.number("SOLVER.GAMMA", 0.0, low_open=True)
+    p.integer("SOLVER.WARMUP_ITERS", 0)
+    p.number("SOLVER.WARMUP_FACTOR", 0.0, 1.0, low_open=True)
+    p.choice("SOLVER.WARMUP_METHOD", ["linear", "constant"])
+    p.number("SOLVER.MOMENTUM", 0.0, 1.0, high_open=True)
+    p.number("SOLVER.WEIGHT_DECAY", 0.0)
+    p.integer("SOLVER.CHECKPOINT_PERIOD", 1)
+    p.integer("TEST.EVAL_PERIOD", 0)
+    p.choice("DATALOADER.SAMPLER_TRAIN", train_samplers())
+    if cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+        p.choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", ["value", "norm"])
+        p.number("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 0.0, low_open=True)
+    if cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+        p.add("SOLVER.AMP.ENABLED", f"needs a CUDA device (Detectron2's AMPTrainer); MODEL.DEVICE is {cfg.MODEL.DEVICE!r}")
+    if not cfg.DATASETS.TRAIN:
+        p.add("DATASETS.TRAIN", "training needs at least one dataset")
+
+
+def _check_lr_scheduler(p: _Problems) -> None:
+    """Detectron2's build_lr_scheduler decides which names it knows: ask it."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    try:
+        build_lr_scheduler(p.cfg, optimizer)
+    except ValueError as exc:
+        if "Unknown LR scheduler" in str(exc):
+            p.add("SOLVER.LR_SCHEDULER_NAME", "is not a scheduler of Detectron2's build_lr_scheduler")
+
+
+def _check_device(p: _Problems) -> None:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(p.cfg.MODEL.DEVICE)):
+        p.add("MODEL.DEVICE", "must be 'cpu', 'cuda' or 'cuda:N' (Detectron2's models run on those)")
+
+
+def _check_feature_names(p: _Problems) -> None:
+    """An FPN over a ResNet reads stages res2..res5 and makes levels p2..p6, which the heads read."""
+    cfg = p.cfg
+    if not str(cfg.MODEL.BACKBONE.NAME).endswith("resnet_fpn_backbone"):
+        return
+    stages = list(STAGE_NAMES)
+    unknown = [f for f in cfg.MODEL.FPN.IN_FEATURES if f not in stages]
+    if unknown or not cfg.MODEL.FPN.IN_FEATURES:
+        p.add("MODEL.FPN.IN_FEATURES", f"must name ResNet stages from {stages}" + (f"; {unknown} are not" if unknown else ""))
+        return
+    levels = [int(f[-1]) for f in cfg.MODEL.FPN.IN_FEATURES]
+    available = [f"p{level}" for level in levels] + [f"p{max(levels) + 1}"]  # + the max-pooled top level
+    for key in ("MODEL.RPN.IN_FEATURES", "MODEL.ROI_HEADS.IN_FEATURES"):
+        missing = [f for f in p.get(key) if f not in available]
+        if missing:
+            p.add(key, f"asks for {missing}; the FPN makes {available}")
+
+
+def _check_anchors(p: _Problems) -> None:
+    cfg = p.cfg
+    levels = len(cfg.MODEL.RPN.IN_FEATURES)
+    for key in ("MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"):
+        value = p.get(key)
+        if len(value) not in (1, levels):
+            p.add(key, f"needs 1 entry or one per MODEL.RPN.IN_FEATURES level ({levels})")
+        elif any(not _is_number(x) or x <= 0 for entry in value for x in (entry if isinstance(entry, (list, tuple)) else [entry])):
+            p.add(key, "every value must be > 0")
+
+
+def _check_fpn(p: _Problems) -> None:
+    cfg = p.cfg
+    if "FPN" not in str(cfg.MODEL.BACKBONE.NAME).upper():
+        return
+    p.integer("MODEL.FPN.OUT_CHANNELS", 1)
+    if cfg.MODEL.FPN.NORM == "GN" and _is_int(cfg.MODEL.FPN.OUT_CHANNELS) and cfg.MODEL.FPN.OUT_CHANNELS % 32:
+        p.add("MODEL.FPN.OUT_CHANNELS", "must be a multiple of 32 with MODEL.FPN.NORM='GN' (GroupNorm of 32 groups)")
+
+
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    return repr(value)
+
+
+
+
+def existing_run(output_dir: str) -> List[Path]:
+    """The files and folders that show an earlier run (or its evaluation) in OUTPUT_DIR."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [out / name for name in RUN_MARKERS if (out / name).exists()]
+    return found + sorted(out.glob("model_*.pth")) + sorted(out.glob("events.out.tfevents*"))
+
+
+def build_model_on_cpu(cfg):
+    """The config's model, built on the CPU: a config that cannot build fails here, with a ConfigError."""
+    cpu_cfg = cfg.clone()
+    cpu_cfg.defrost()
+    cpu_cfg.MODEL.DEVICE = "cpu"
+    cpu_cfg.freeze()
+    with explained_build_errors(cfg):
+        return build_model(cpu_cfg)
+
+
+@contextlib.contextmanager
+def explained_build_errors(cfg):
+    """A model build that fails inside Detectron2 becomes a ConfigError that names the config key."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (KeyError, ValueError, AssertionError, RuntimeError, TypeError, IndexError) as exc:
+        raise ConfigError(explain_build_error(cfg, exc)) from None
+
+
+REGISTRY_MISS = re.compile(r"No object named '(?P<value>[^']*)' found in '(?P<registry>[^']*)' registry")
+
+
+def explain_build_error(cfg, exc: Exception) -> str:
+    """The failure in words: an unknown registry name is named with its config key and the closest
+    registered names (Detectron2's registries, as they are in this process)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    miss = REGISTRY_MISS.search(text)
+    if miss:
+        registry = _registries().get(miss["registry"])
+        names = sorted(name for name, _ in registry) if registry is not None else []
+        keys = [key for key, value in _flatten(cfg) if value == miss["value"]]
+        close = difflib.get_close_matches(miss["value"], names, n=1)
+        where = f"{keys[0]}={miss['value']!r}" if keys else repr(miss["value"])
+        return f"{where}: is not registered in Detectron2's {miss['registry']}" + (f"; did you mean {close[0]!r}?" if close else "")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"the config's model cannot be built: {type(exc).__name__}: {first}"
+
+
+def _registries() -> dict:
+    """Every Registry object of the loaded modules, by name."""
+    found = {}
+    for module in list(sys.modules.values()):
+        for value in list(getattr(module, "__dict__", {}).values()):
+            if isinstance(value, Registry):
+                found.setdefault(value._name, value)
+    return found
+
+
+def _flatten(node, prefix: str = ""):
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, name + ".")
+        else:
+            yield name, value
+
+
+def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, world_size: int = 1) -> None:
+    """Everything about a train_net run that can be known to fail, checked before any process
+    starts or file is written: config values, datasets, OUTPUT_DIR, the model build and the weights."""
+    validate_config(cfg, training=not eval_only, world_size=world_size)
+    datasets = ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST)
+    if not eval_only:
+        check_datasets(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+    check_datasets(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
+    output_dir = cfg.OUTPUT_DIR
+    refuse_file(Path(output_dir), "OUTPUT_DIR")
+    strict_weights = None
+    if eval_only:
+        if not cfg.DATASETS.TEST:
+            raise UserError("--eval-only needs DATASETS.TEST: the datasets to evaluate on")
+        resumed = check_resume(output_dir) if resume else None
+        if resumed is None:
+            if not cfg.MODEL.WEIGHTS:
+                raise WeightsError(
+                    "--eval-only needs weights: pass MODEL.WEIGHTS path/to/model.pth, or --resume to evaluate the "
+                    f"last checkpoint in OUTPUT_DIR={output_dir}"
+                )
+            _check_weights_file(cfg.MODEL.WEIGHTS)
+        strict_weights = str(resumed) if resumed is not None else cfg.MODEL.WEIGHTS
+        if not overwrite:
+            earlier = [Path(output_dir) / "inference" / name / "ap_by_size.json" for name in cfg.DATASETS.TEST]
+            refuse_overwrite([p for p in earlier if p.exists()], "--eval-only", "of an earlier evaluation")
+    elif resume:
+        resumed = check_resume(output_dir)
+        if resumed is not None:
+            strict_weights = str(resumed)
+        elif cfg.MODEL.WEIGHTS:
+            _check_weights_file(cfg.MODEL.WEIGHTS)
+    else:
+        run = existing_run(output_dir)
+        if run:
+            raise OutputError(
+                f"OUTPUT_DIR {output_dir} already holds a run ({', '.join(p.name for p in run[:4])}"
+                f"{' ...' if len(run) > 4 else ''}); nothing was written. Continue it with --resume, or train into "
+                "another OUTPUT_DIR (trailing `OUTPUT_DIR path`), or move the old run away yourself"
+            )
+        if cfg.MODEL.WEIGHTS:
+            _check_weights_file(cfg.MODEL.WEIGHTS)
+    for name in datasets:
+        prepare_dataset(name)  # files present (the toy data is generated)
+    model = build_model_on_cpu(cfg)
+    if strict_weights:
+        # the weights must fit before anything of the run (its config.yaml) is touched
+        Checkpointer(model, strict=True, cfg=cfg).load(strict_weights)
+    if not eval_only:
+        _warn_about_disk_space(cfg, model)
+    del model
+    ensure_writable_dir(Path(output_dir), "OUTPUT_DIR")
+
+
+def _warn_about_disk_space(cfg, model) -> None:
+    """Detectron2 keeps every periodic checkpoint: say so when they will not fit on the disk."""
+    per_checkpoint = 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # weights + momentum
+    count = cfg.SOLVER.MAX_ITER // cfg.SOLVER.CHECKPOINT_PERIOD + 1
+    folder = Path(cfg.OUTPUT_DIR)
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if count * per_checkpoint > free:
+        print(f"warning: the {count} checkpoints of this run need about {count * per_checkpoint / 2**30:.1f} GiB; "
+              f"{folder} has {free / 2**30:.1f} GiB free (SOLVER.CHECKPOINT_PERIOD sets how many are written)",
+              file=sys.stderr)
+
+
+def _check_weights_file(path: str) -> None:
+    if is_local(path):
+        problem = weights_problem(path)
+        if problem:
+            raise WeightsError(f"MODEL.WEIGHTS {path} {problem}")
+
+

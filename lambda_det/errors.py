@@ -1,0 +1,38 @@
+"""The errors lambda_det raises for bad input from the user: a flag, a config value, a file.
+
+Each message says what is wrong and what to do. The tools print one as a single ``error: ...``
+line and exit with status 2 (``lambda_det.engine.run_main``). This module imports nothing of
+lambda_det, so every other module can use it.
+"""
+
+
+class UserError(ValueError):
+    """Bad input from the user (a flag, a config value, a file); the message says what and why."""
+
+
+class ConfigError(UserError):
+    """A config value that cannot work."""
+
+
+class OutputError(UserError):
+    """An output location that would lose or hide data, or a write that failed."""
+
+
+class WeightsError(UserError):
+    """A weights file that cannot be read, or that does not fit the model."""
+
+
+class DatasetError(UserError):
+    """A registered dataset whose files are not where its registration says."""
+
+
+class ExportError(UserError):
+    """An export that cannot be made or that does not reproduce the model."""
+
+
+class ResultFileError(UserError):
+    """A run or result file that is not an evaluated run."""
+
+
+class ConversionError(UserError):
+    """A state dict that is not the timm model it should be."""

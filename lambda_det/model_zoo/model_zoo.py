@@ -1,0 +1,49 @@
+"""Shipped configs by their path under ``configs/`` (see the package docstring)."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+from detectron2.modeling import build_model
+
+from ..config import load_config
+from ..errors import ConfigError
+
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+
+
+def list_configs() -> List[str]:
+    """Every shipped config, as the relative path ``get_config_file`` takes."""
+    return sorted(str(p.relative_to(CONFIG_ROOT)) for p in CONFIG_ROOT.rglob("*.yaml"))
+
+
+def get_config_file(config_path: str) -> str:
+    """The absolute path of a shipped config, e.g. "COCO-InstanceSegmentation/mask_rcnn_LambdaR_101_FPN_paper.yaml"."""
+    path = CONFIG_ROOT / config_path
+    if not path.is_file():
+        close = difflib.get_close_matches(config_path, list_configs(), n=3)
+        hint = f"; did you mean {close}?" if close else f"; shipped: {list_configs()}"
+        raise ConfigError(f"{config_path!r} is not a config that ships with lambda_det{hint}")
+    return str(path)
+
+
+def get_config(config_path: str, opts: Sequence[str] = ()):
+    """The config (Detectron2's defaults + lambda_det's keys + the file + KEY VALUE ``opts``), not frozen."""
+    return load_config(get_config_file(config_path), opts)
+
+
+def get(config_path: str, trained: bool = False, device: str = "cpu") -> torch.nn.Module:
+    """The model a shipped config builds, in evaluation mode, on ``device``.
+
+    ``trained=True`` would load trained weights, which lambda_det does not publish (the paper's
+    COCO models were never released): it raises, rather than returning a random model as trained.
+    """
+    if trained:
+        raise ConfigError(
+            f"no trained weights are published for {config_path}: train one (tools/train_net.py) and load it "
+            "with MODEL.WEIGHTS, or call get(..., trained=False) for a randomly initialized model"
+        )
+    cfg = get_config(config_path, ["MODEL.DEVICE", device])
+    return build_model(cfg).eval()
