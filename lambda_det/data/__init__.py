@@ -2,7 +2,7 @@
 from .datasets import (
     TOY_DATASETS, check_dataset_dicts, check_datasets, check_registered, prepare_dataset, register_toy_datasets,
 )
-from .mappers import build_lsj_augmentations, build_train_mapper
+from .mappers import build_lsj_augmentations, build_train_mapper, lsj_problems
 from .toy import TOY_CLASSES, generate_toy_dataset
 
 register_toy_datasets()
@@ -16,6 +16,7 @@ __all__ = [
     "build_lsj_augmentations",
     "build_train_mapper",
     "generate_toy_dataset",
+    "lsj_problems",
     "prepare_dataset",
     "register_toy_datasets",
 ]

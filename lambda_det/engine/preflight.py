@@ -27,7 +27,7 @@ from detectron2.solver import build_lr_scheduler
 from fvcore.common.registry import Registry
 
 from ..checkpoint import Checkpointer, check_resume, is_local, weights_problem
-from ..data import check_datasets, prepare_dataset
+from ..data import check_datasets, lsj_problems, prepare_dataset
 from ..errors import ConfigError, OutputError, UserError, WeightsError
 from ..modeling import STAGE_NAMES, lambda_resnet_config_problems
 from ..utils.file_safety import ensure_writable_dir, refuse_file, refuse_overwrite
@@ -130,11 +130,7 @@ def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
     p.choice("INPUT.RANDOM_FLIP", ["none", "horizontal", "vertical"])
     if cfg.INPUT.CROP.ENABLED:
         p.choice("INPUT.CROP.TYPE", ["relative_range", "relative", "absolute", "absolute_range"])
-    if "LSJ" in cfg.INPUT and cfg.INPUT.LSJ.ENABLED:
-        p.integer("INPUT.LSJ.IMAGE_SIZE", 32)
-        p.number("INPUT.LSJ.MIN_SCALE", 0.0, low_open=True)
-        if _is_number(cfg.INPUT.LSJ.MIN_SCALE) and _is_number(cfg.INPUT.LSJ.MAX_SCALE) and cfg.INPUT.LSJ.MAX_SCALE < cfg.INPUT.LSJ.MIN_SCALE:
-            p.add("INPUT.LSJ.MAX_SCALE", f"must be >= INPUT.LSJ.MIN_SCALE={cfg.INPUT.LSJ.MIN_SCALE}")
+    p.lines += lsj_problems(cfg)
     p.integer("DATALOADER.NUM_WORKERS", 0)
 
     if training:

@@ -16,7 +16,6 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import Checkpointer
 from ..data import build_train_mapper, check_dataset_dicts, prepare_dataset
-from ..errors import ConfigError
 from ..evaluation import build_coco_evaluator, evaluation_provenance, write_ap_by_size
 
 logger = logging.getLogger("lambda_det")
@@ -27,17 +26,12 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg, *, config_file: Optional[str] = None):
         """``config_file``: the file the config came from, recorded with every evaluation."""
-        # Same construction as DefaultTrainer.__init__ (Detectron2 0.7), except for two things it
-        # cannot do on CPUs: DDP of a CPU model needs device_ids=None, and AMP needs CUDA.
+        # Same construction as DefaultTrainer.__init__ (Detectron2 0.7), except that DDP of a CPU
+        # model needs device_ids=None (preflight refuses AMP without CUDA).
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
-            raise ConfigError(
-                "SOLVER.AMP.ENABLED=True needs a CUDA device (Detectron2's AMPTrainer); on the CPU set "
-                "SOLVER.AMP.ENABLED False (the lambda layers compute in float32 either way)"
-            )
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
