@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
+import math
 import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
@@ -28,7 +32,9 @@ from PIL import Image, UnidentifiedImageError
 from .checkpoint import Checkpointer
 from .engine.preflight import explained_build_errors
 from .errors import ConfigError, OutputError, WeightsError
-from .utils.file_safety import ensure_writable_dir, imwrite, refuse_file, refuse_overwrite, same_file
+from .utils.file_safety import (
+    ensure_writable_dir, file_sha256, imwrite, refuse_file, refuse_overwrite, same_file, temporary_path, write_text,
+)
 
 logger = logging.getLogger("lambda_det")
 
@@ -43,36 +49,41 @@ class Inputs:
     not_found: List[str] = field(default_factory=list)
     empty_dirs: List[Path] = field(default_factory=list)  # directories without images or videos
     directories: List[Path] = field(default_factory=list)  # every directory named as input
+    unreadable: List[Tuple[Path, str]] = field(default_factory=list)  # entries a scan could not read, and why
+
+
+# In the output folder: the pictures the demo wrote there, by name and content hash. Only those are
+# the demo's own; every other file a glob or folder scan finds is one of the user's inputs.
+MANIFEST = ".lambda_det_demo.json"
 
 
 def collect_inputs(patterns: Iterable[str], exclude: Optional[Path] = None) -> Inputs:
     """Expand files, globs and directories (images inside, recursively, through symbolic links) into
     images and videos.
 
-    Files directly in ``exclude`` (the output folder, where the demo writes its pictures) are left
-    out of directory and glob scans, so a later run never takes its own earlier pictures for
-    inputs; a file named explicitly is kept.
+    Whatever the user names is an input wherever it is, with one exception: pictures the demo
+    itself wrote into ``exclude`` (the output folder; listed in its manifest, unchanged since) are
+    left out of folder and glob scans, so a later run does not take them for inputs.
     """
     found = Inputs()
     seen = set()
     media = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
-    excluded = Path(exclude).resolve() if exclude is not None else None
+    own = demo_pictures(Path(exclude)) if exclude is not None else set()
 
     def keep(p: Path) -> bool:
-        return excluded is None or p.resolve().parent != excluded
+        return p.suffix.lower() in media and p.resolve() not in own
 
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
             found.directories.append(path)
-            candidates = [p for p in _walk(path) if p.suffix.lower() in media and keep(p)]
+            candidates = [p for p in _walk(path, found.unreadable) if keep(p)]
             if not candidates:
                 found.empty_dirs.append(path)
         elif path.is_file():
             candidates = [path]
         elif glob.has_magic(pattern):
-            candidates = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-            candidates = [p for p in candidates if keep(p)]
+            candidates = [p for p in sorted(Path(p) for p in glob.glob(pattern, recursive=True)) if _is_file(p, found.unreadable) and keep(p)]
             if not candidates:
                 found.not_found.append(pattern)
         else:
@@ -86,18 +97,65 @@ def collect_inputs(patterns: Iterable[str], exclude: Optional[Path] = None) -> I
     return found
 
 
-def _walk(folder: Path) -> List[Path]:
-    """Files under a folder, sorted, following symbolic links to folders (each real folder once)."""
+def _walk(folder: Path, unreadable: List[Tuple[Path, str]]) -> List[Path]:
+    """Files under a folder, sorted, following symbolic links to folders (each real folder once).
+
+    A link to a folder that contains the scanned one (``/``, a parent) would scan it all again and
+    is skipped, as are entries that cannot be read; both are listed in ``unreadable`` with the reason.
+    """
     files, visited = [], set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
+    top = os.path.realpath(folder)
+
+    def failed(error: OSError) -> None:
+        unreadable.append((Path(error.filename or folder), error.strerror or str(error)))
+
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=failed):
         real = os.path.realpath(root)
         if real in visited:
             dirs[:] = []
             continue
         visited.add(real)
+        for name in list(dirs):
+            link = Path(root) / name
+            target = os.path.realpath(link)
+            if link.is_symlink() and (top == target or top.startswith(target.rstrip(os.sep) + os.sep)):
+                unreadable.append((link, f"a link to {target}, which holds the folder being scanned"))
+                dirs.remove(name)
         dirs.sort()
-        files += [Path(root) / n for n in names if (Path(root) / n).is_file()]
+        files += [Path(root) / n for n in names if _is_file(Path(root) / n, unreadable)]
     return sorted(files)
+
+
+def _is_file(path: Path, unreadable: List[Tuple[Path, str]]) -> bool:
+    try:
+        return path.is_file()
+    except OSError as exc:
+        unreadable.append((path, exc.strerror or str(exc)))
+        return False
+
+
+def demo_pictures(out_dir: Path) -> set:
+    """Resolved paths of the pictures the demo wrote into ``out_dir`` that are unchanged since."""
+    try:
+        written = json.loads((Path(out_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    own = set()
+    for name, digest in written.items() if isinstance(written, dict) else ():
+        path = Path(out_dir) / str(name)
+        if path.parent == Path(out_dir) and path.is_file() and file_sha256(path) == digest:
+            own.add(path.resolve())
+    return own
+
+
+def _record_pictures(out_dir: Path, written: List[Path]) -> None:
+    try:
+        listed = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        listed = {}
+    listed = listed if isinstance(listed, dict) else {}
+    listed.update({path.name: file_sha256(path) for path in written})
+    write_text(out_dir / MANIFEST, json.dumps(listed, indent=1, sort_keys=True))
 
 
 def to_bgr8(image: np.ndarray) -> np.ndarray:
@@ -121,17 +179,35 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image shape {image.shape}")
 
 
+# The demo draws each picture at its own size, and drawing costs about 100x the decoded bytes: larger
+# images are scaled down to this many pixels first (detections come from the test-time resize anyway).
+MAX_PIXELS = 4096 * 4096
+
+
 def read_image_bgr(path: Path) -> np.ndarray:
     """The image as Detectron2's ``read_image(path, "BGR")`` gives it (EXIF orientation applied).
 
     PIL's 16-bit and float modes, which ``convert("RGB")`` would clip, are scaled to 8 bits.
     """
+    return read_image_within(path)[0]
+
+
+def read_image_within(path: Path, max_pixels: Optional[int] = None) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """(``read_image_bgr``'s image, scaled down to at most ``max_pixels`` pixels, (width, height) before)."""
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels and width * height > max_pixels:
+                scale = math.sqrt(max_pixels / (width * height))
+                size = (max(1, int(width * scale)), max(1, int(height * scale)))
+                image.draft("RGB", size)  # JPEG decodes at a fraction of its size instead of in full
+                image = image.resize(size, Image.BILINEAR)
+            unrotated = image.size
             image = _apply_exif_orientation(image)
+            original = (width, height) if image.size == unrotated else (height, width)
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                return to_bgr8(np.asarray(image))
-            return np.ascontiguousarray(convert_PIL_to_numpy(image, "BGR"))
+                return to_bgr8(np.asarray(image)), original
+            return np.ascontiguousarray(convert_PIL_to_numpy(image, "BGR")), original
     except Image.DecompressionBombError as exc:
         raise ValueError(f"too large to read safely ({exc}); Detectron2's loading refuses it too") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -277,39 +353,72 @@ def run_demo(
         report(f"skipped {pattern}: no such file, directory or matching glob")
     for directory in inputs.empty_dirs:
         report(f"skipped {directory}: no images or videos in it; looked for {', '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))}")
+    for entry, reason in inputs.unreadable:
+        report(f"skipped {entry}: {reason}")
     if not plan:
         return 0
     ensure_writable_dir(out_dir, "--output")
-    processed = 0
-    for path, target in plan:
-        if path.suffix.lower() in VIDEO_EXTENSIONS:
-            processed += _run_video(demo, path, target, report) > 0
-            continue
+    written: List[Path] = []
+    try:
+        for index, (path, target) in enumerate(plan, start=1):
+            progress = f"[{index}/{len(plan)}] " if len(plan) > 1 else ""
+            if path.suffix.lower() in VIDEO_EXTENSIONS:
+                if _run_video(demo, path, target, lambda line: report(progress + line)):
+                    written.append(target)
+                continue
+            try:
+                bgr, original = read_image_within(path, MAX_PIXELS)
+                demo.check_size(bgr)
+            except ValueError as exc:
+                report(f"{progress}skipped {path}: {exc}")
+                continue
+            instances, drawn = demo(bgr)
+            imwrite(target, drawn)
+            written.append(target)
+            scaled = "" if original == bgr.shape[1::-1] else (
+                f" (drawn at {bgr.shape[1]}x{bgr.shape[0]}: {original[0]}x{original[1]} is over the demo's "
+                f"{MAX_PIXELS / 1e6:.1f}-megapixel budget)")
+            report(f"{progress}{path}: {demo.describe(instances)} -> {target}{scaled}")
+    finally:
+        if written:
+            _record_pictures(out_dir, written)
+    return len(written)
+
+
+@contextlib.contextmanager
+def _decoder_messages(lines: List[str]):
+    """Collect what the video decoder (FFmpeg, inside OpenCV) writes straight to the process's
+    stderr: a damaged file makes it print a line per broken packet."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
         try:
-            bgr = read_image_bgr(path)
-            demo.check_size(bgr)
-        except ValueError as exc:
-            report(f"skipped {path}: {exc}")
-            continue
-        instances, drawn = demo(bgr)
-        imwrite(target, drawn)
-        report(f"{path}: {demo.describe(instances)} -> {target}")
-        processed += 1
-    return processed
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += sink.read().decode(errors="replace").splitlines()
 
 
 def _run_video(demo: Demo, path: Path, target: Path, report: Callable[[str], None]) -> int:
-    capture = cv2.VideoCapture(str(path))
+    """Draw every frame of a video into ``target`` (mp4v); the number of frames written (0: skipped)."""
+    noise: List[str] = []
+    with _decoder_messages(noise):
+        capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         report(f"skipped {path}: not a readable video")
         return 0
     fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
-    partial = target.with_name(f".{target.stem}.partial{target.suffix}")
+    announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    partial = temporary_path(target)
     writer: Optional[cv2.VideoWriter] = None
     frames = detections = 0
     try:
         while True:
-            ok, frame = capture.read()
+            with _decoder_messages(noise):
+                ok, frame = capture.read()
             if not ok:
                 break
             instances, drawn = demo(to_bgr8(frame))
@@ -320,6 +429,21 @@ def _run_video(demo: Demo, path: Path, target: Path, report: Callable[[str], Non
             writer.write(drawn)
             frames += 1
             detections += len(instances)
+        if writer is not None:
+            writer.release()
+        if frames == 0:
+            partial.unlink(missing_ok=True)
+            report(f"skipped {path}: no frames could be read" + _damage(announced, frames, noise))
+            return 0
+        # OpenCV's writer reports no failure (e.g. a full disk leaves a file without its index):
+        # the video counts as written when it reads back with every frame
+        check = cv2.VideoCapture(str(partial))
+        readable = check.isOpened() and int(check.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
+        check.release()
+        if not readable:
+            raise OutputError(f"could not write video {target}: the file OpenCV wrote does not read back with its "
+                              f"{frames} frames (disk full?)")
+        os.replace(partial, target)
     except BaseException:
         if writer is not None:
             writer.release()
@@ -327,20 +451,17 @@ def _run_video(demo: Demo, path: Path, target: Path, report: Callable[[str], Non
         raise
     finally:
         capture.release()
-    if writer is not None:
-        writer.release()
-    if frames == 0:
-        report(f"skipped {path}: no frames could be read")
-        return 0
-    # OpenCV's writer reports no failure (e.g. a full disk leaves a file without its index):
-    # the video counts as written when it reads back with every frame
-    check = cv2.VideoCapture(str(partial))
-    readable = check.isOpened() and int(check.get(cv2.CAP_PROP_FRAME_COUNT)) == frames
-    check.release()
-    if not readable:
-        partial.unlink(missing_ok=True)
-        raise OutputError(f"could not write video {target}: the file OpenCV wrote does not read back with its "
-                          f"{frames} frames (disk full?)")
-    os.replace(partial, target)
-    report(f"{path}: {frames} frames, {detections} detections in all -> {target}")
+    report(f"{path}: {frames} frames, {detections} detections in all -> {target}" + _damage(announced, frames, noise))
     return frames
+
+
+def _damage(announced: int, frames: int, noise: List[str]) -> str:
+    """What a partly readable video lost, in words (the decoder's own messages go to the log)."""
+    for line in noise:
+        logger.debug("video decoder: %s", line)
+    text = ""
+    if announced > frames:
+        text += f"; read {frames} of the {announced} frames its header announces (the file is damaged or cut off)"
+    if noise:
+        text += f"; the decoder reported {len(noise)} problem(s)"
+    return text

@@ -7,13 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import Optional
 
-
-def file_sha256(path: Path, prefix: int = 16) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:prefix]
+from ..utils.file_safety import file_sha256
 
 
 def describe_model(cfg) -> str:
@@ -68,11 +62,13 @@ def evaluation_provenance(
     record["model"] = describe_model(cfg)
     record["input_size_test"] = {"min": cfg.INPUT.MIN_SIZE_TEST, "max": cfg.INPUT.MAX_SIZE_TEST}
     record["config_file"] = str(Path(config_file).resolve()) if config_file else None
-    record["config_sha256"] = hashlib.sha256(cfg.dump().encode()).hexdigest()[:16]
+    # the file as it is on disk (what its label names), and the whole config the run used
+    record["config_sha256"] = file_sha256(Path(config_file)) if config_file and Path(config_file).is_file() else None
+    record["merged_config_sha256"] = hashlib.sha256(cfg.dump().encode()).hexdigest()[:16]
     record["output_dir"] = str(Path(cfg.OUTPUT_DIR).resolve())
     record["evaluated_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record["versions"] = {"lambda_det": __version__, "torch": torch.__version__, "detectron2": detectron2.__version__}
     return record
 
 
-__all__ = ["describe_model", "evaluation_provenance", "file_sha256"]
+__all__ = ["describe_model", "evaluation_provenance"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -74,21 +75,38 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def file_sha256(path: Path, prefix: int = 16) -> str:
+    """The first ``prefix`` hex digits of the file's SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:prefix]
+
+
 def _reason(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device"
     return exc.strerror or str(exc)
 
 
-def _temporary(path: Path) -> Path:
-    # keeps the extension (OpenCV and matplotlib choose the format by it)
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
+def temporary_path(path: Path) -> Path:
+    """A new, empty file beside ``path`` under a unique name no other file has (created exclusively,
+    so it never is a file of the user's), ending in ``path``'s extension (OpenCV and matplotlib
+    choose the format by it). The caller renames it over ``path`` or removes it."""
+    path = Path(path)
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".partial{path.suffix}")
+    except OSError as exc:
+        raise OutputError(f"could not write {path}: {_reason(exc)}") from None
+    os.close(fd)
+    return Path(name)
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write through a temporary file and rename; errors name the path and the reason."""
     path = Path(path)
-    tmp = _temporary(path)
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -144,7 +162,7 @@ class StagedFiles:
         self.pending: Dict[Path, Path] = {}
 
     def stage(self, path: Path) -> Path:
-        tmp = _temporary(Path(path))
+        tmp = temporary_path(Path(path))
         self.pending[Path(path)] = tmp
         return tmp
 
@@ -185,11 +203,13 @@ __all__ = [
     "check_written",
     "ensure_writable_dir",
     "existing",
+    "file_sha256",
     "imwrite",
     "path_argument",
     "refuse_file",
     "refuse_overwrite",
     "same_file",
+    "temporary_path",
     "write_bytes",
     "write_text",
 ]
