@@ -257,6 +257,13 @@ def check_resume(output_dir: str) -> Optional[Path]:
         last = out / name
         problem = weights_problem(str(last))
         if problem is None:
+            final = out / "model_final.pth"
+            final_problem = weights_problem(str(final)) if final.exists() and final.name != name else None
+            if final_problem:  # killed while writing it: training would end at once and leave it damaged
+                raise WeightsError(
+                    f"--resume: {final} {final_problem}; nothing was changed. The run's last intact checkpoint is "
+                    f"{last}: move the damaged file away (mv {final} {final}.damaged) and run the same command "
+                    "again with --resume to write it anew")
             return last
     intact = intact_checkpoints(out, exclude=[last] if last else [])
     what = f"{marker} is empty" if last is None else f"the last checkpoint {last} (named in {marker}) {problem}"
@@ -266,6 +273,16 @@ def check_resume(output_dir: str) -> Optional[Path]:
     else:
         lines.append(f"  No intact checkpoint is left in {output_dir}: start a new run in another OUTPUT_DIR.")
     raise WeightsError("\n".join(lines))
+
+
+def saved_iteration(path: Path) -> Optional[int]:
+    """The iteration a checkpoint was saved at (Detectron2 stores it beside the weights), or None."""
+    try:
+        loaded = torch.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path), weights_only=True)
+    except Exception:  # not a checkpoint Detectron2 wrote: its iteration is unknown
+        return None
+    iteration = loaded.get("iteration") if isinstance(loaded, dict) else None
+    return iteration if isinstance(iteration, int) else None
 
 
 def _how_to_resume(intact: List[Tuple[Path, Optional[int]]], marker: Path) -> str:
@@ -283,5 +300,6 @@ __all__ = [
     "describe_load_error",
     "fit_report",
     "intact_checkpoints",
+    "saved_iteration",
     "weights_problem",
 ]

@@ -314,9 +314,11 @@ def plan_outputs(inputs: Inputs, out_dir: Path) -> List[Tuple[Path, Path]]:
     return plan
 
 
-def check_outputs(inputs: Inputs, plan: List[Tuple[Path, Path]], out_dir: Path, overwrite: bool, flag: str = "--output") -> None:
+def check_outputs(inputs: Inputs, plan: List[Tuple[Path, Path]], out_dir: Path, overwrite: bool, flag: str = "--output",
+                  replace_own: bool = False) -> None:
     """Refuse, before any work, an output folder that holds the user's inputs or pictures that would
-    replace an input or (unless ``overwrite``) an existing file."""
+    replace an input or (unless ``overwrite``) an existing file; ``replace_own``: the demo's own
+    earlier pictures (its manifest) may be replaced, nothing else."""
     refuse_file(out_dir, flag)
     out_resolved = Path(out_dir).resolve()
     for directory in inputs.directories:
@@ -336,11 +338,14 @@ def check_outputs(inputs: Inputs, plan: List[Tuple[Path, Path]], out_dir: Path, 
             if target.exists() and same_file(target, other):
                 raise OutputError(f"{flag} {out_dir}: writing {target} would overwrite the input {other} (the same file)")
     if not overwrite:
-        refuse_overwrite([target for _, target in plan if target.exists()], flag, "that already exist")
+        own = demo_pictures(out_dir) if replace_own else set()
+        refuse_overwrite([target for _, target in plan if target.exists() and target.resolve() not in own], flag,
+                         "that already exist")
 
 
 def run_demo(
-    demo: Demo, inputs: Inputs, out_dir: Path, report: Callable[[str], None] = print, overwrite: bool = False
+    demo: Demo, inputs: Inputs, out_dir: Path, report: Callable[[str], None] = print, overwrite: bool = False,
+    replace_own: bool = False,
 ) -> int:
     """Process every input, write pictures / videos under ``out_dir``; return how many were processed.
 
@@ -348,7 +353,7 @@ def run_demo(
     """
     out_dir = Path(out_dir)
     plan = plan_outputs(inputs, out_dir)
-    check_outputs(inputs, plan, out_dir, overwrite)
+    check_outputs(inputs, plan, out_dir, overwrite, replace_own=replace_own)
     for pattern in inputs.not_found:
         report(f"skipped {pattern}: no such file, directory or matching glob")
     for directory in inputs.empty_dirs:

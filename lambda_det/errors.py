@@ -36,3 +36,7 @@ class ResultFileError(UserError):
 
 class ConversionError(UserError):
     """A state dict that is not the timm model it should be."""
+
+
+class TrainingDiverged(UserError):
+    """A training run whose loss became non-finite or exploded: its settings cannot train this model."""

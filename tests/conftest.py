@@ -119,3 +119,24 @@ def _restore_logging():
                 lg.removeHandler(handler)
                 handler.close()
     setup_logger.cache_clear()
+
+
+def toy_eval_dataset(tmp_path_factory, images: int = 6) -> str:
+    """A small COCO-format toy validation set registered under a fresh name."""
+    import uuid
+
+    from detectron2.data import MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    from lambda_det.data import TOY_CLASSES, generate_toy_dataset
+
+    root = generate_toy_dataset(tmp_path_factory.mktemp("toy"), splits={"val": images}, seed=5)
+    name = f"toy_small_{uuid.uuid4().hex[:6]}"
+    register_coco_instances(name, {}, str(root / "annotations/instances_val.json"), str(root / "val"))
+    MetadataCatalog.get(name).thing_classes = list(TOY_CLASSES)
+    return name
+
+
+@pytest.fixture(scope="module")
+def small_val(tmp_path_factory):
+    return toy_eval_dataset(tmp_path_factory)

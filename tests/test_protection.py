@@ -450,26 +450,6 @@ def test_quickstart_never_retrains_over_a_run(tmp_path, capsys, tiny_weights):
     assert _hashes(run) == before
 
 
-def _toy_eval_dataset(tmp_path_factory, images: int = 6):
-    import uuid
-
-    from detectron2.data import MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
-
-    from lambda_det.data import TOY_CLASSES, generate_toy_dataset
-
-    root = generate_toy_dataset(tmp_path_factory.mktemp("toy"), splits={"val": images}, seed=5)
-    name = f"toy_small_{uuid.uuid4().hex[:6]}"
-    register_coco_instances(name, {}, str(root / "annotations/instances_val.json"), str(root / "val"))
-    MetadataCatalog.get(name).thing_classes = list(TOY_CLASSES)
-    return name
-
-
-@pytest.fixture(scope="module")
-def small_val(tmp_path_factory):
-    return _toy_eval_dataset(tmp_path_factory)
-
-
 def test_evaluation_records_what_produced_it_and_is_not_replaced_unasked(tmp_path, tiny_weights, small_val, capsys):
     out = tmp_path / "eval"
     args = ["--config-file", TOY_CONFIG, "--eval-only", *TINY, "MODEL.WEIGHTS", tiny_weights,

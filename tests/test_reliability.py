@@ -108,3 +108,146 @@ def test_demo_draws_a_huge_image_within_its_pixel_budget(tiny_weights, tmp_path,
     drawn = cv2.imread(str(tmp_path / "out" / "big.png"))
     assert drawn.shape[0] * drawn.shape[1] <= MAX_PIXELS and abs(drawn.shape[1] / drawn.shape[0] - 1.5) < 0.01
     assert "6000x4000 is over the demo's" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# training, resuming, evaluating
+# ---------------------------------------------------------------------------------------------
+def train(out: Path, small_val: str, *extra: str) -> int:
+    """A 4-iteration run of the tiny model (checkpoints at iterations 1 and 3, then model_final);
+    ``extra``: flags, then config overrides."""
+    flags = [e for e in extra if e.startswith("--")]
+    overrides = [e for e in extra if not e.startswith("--")]
+    return run_tool("train_net.py", "--config-file", TOY_CONFIG, *flags, *TINY, "SOLVER.MAX_ITER", "4",
+                    "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
+                    "DATASETS.TEST", f"('{small_val}',)", *overrides, "OUTPUT_DIR", out)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, small_val):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert train(out, small_val) == 0
+    return out
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+def test_resuming_a_finished_run_changes_nothing_and_says_so(finished, small_val, tmp_path, capsys):
+    run = copy_of(finished, tmp_path)
+    before = hashes(run)
+    # the same settings, or other test settings (which used to replace its AP at 128 px by AP at 96 px)
+    for extra in ((), ("INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96")):
+        assert train(run, small_val, "--resume", *extra) == 0
+        out = capsys.readouterr().out
+        assert "holds a finished run (model_final.pth: 4 of SOLVER.MAX_ITER=4 iterations)" in out and "--overwrite" in out
+        assert hashes(run) == before
+    # asked: it evaluates again
+    assert train(run, small_val, "--resume", "--overwrite") == 0
+    assert hashes(run)["model_final.pth"] == before["model_final.pth"]
+
+
+def test_resume_refuses_a_truncated_final_checkpoint_and_changes_nothing(finished, small_val, tmp_path, capsys):
+    run = copy_of(finished, tmp_path)
+    final = run / "model_final.pth"
+    final.write_bytes(final.read_bytes()[: final.stat().st_size // 2])  # killed while writing it
+    (run / "last_checkpoint").write_text("model_0000003.pth")
+    before = hashes(run)
+    assert train(run, small_val, "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {final} is truncated" in err and "mv " in err
+    assert hashes(run) == before
+
+
+def test_evaluation_refuses_to_replace_any_file_an_evaluation_writes(tiny_weights, small_val, tmp_path, capsys):
+    folder = tmp_path / "eval" / "inference" / small_val
+    for name in ("coco_instances_results.json", "instances_predictions.pth", "config.yaml"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(f"an earlier evaluation's {name}")
+        before = hashes(tmp_path / "eval")
+        assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "--eval-only", *TINY, "MODEL.WEIGHTS", tiny_weights,
+                        "DATASETS.TEST", f"('{small_val}',)", "OUTPUT_DIR", tmp_path / "eval") == 2
+        err = capsys.readouterr().err
+        assert name in err and "--overwrite" in err
+        assert hashes(tmp_path / "eval") == before
+        (folder / name).unlink()
+
+
+def test_the_main_job_continues_only_its_own_runs(finished, tmp_path, capsys):
+    run = copy_of(finished, tmp_path)
+    image(run / "demo" / "000001.png")  # the user's own picture, where the main job draws its first
+    before = hashes(run)
+    assert run_tool("quickstart.py", "--output", run, "--max-iter", "4") == 2
+    assert "holds a run the main job did not make" in capsys.readouterr().err
+    assert hashes(run) == before
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_with_the_holders_pid(tmp_path, small_val, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom lambda_det.engine import run_folder_lock\n"
+                               "with run_folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = hashes(out)
+        assert train(out, small_val, "--resume") == 2
+        assert f"is in use by another run (pid {holder.pid})" in capsys.readouterr().err
+        assert hashes(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(out, small_val, "--resume") == 0  # the lock ends with its process
+
+
+def _train_in_subprocess(out: Path, *extra: str, max_iter: int = 200):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(TOY_CONFIG), *TINY,
+           "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()", *extra,
+           "OUTPUT_DIR", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = _train_in_subprocess(out)
+    deadline = time.time() + 300
+    while not (out / "last_checkpoint").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "Traceback" not in stdout, stderr[-3000:]
+    last = (out / "last_checkpoint").read_text().strip()
+    assert f"error: interrupted; the last checkpoint is {out / last}" in stderr
+    assert "train_net.py --resume" in stderr
+
+
+@pytest.mark.parametrize("clipping", ["True", "False"])
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoints(tmp_path, clipping):
+    out = tmp_path / "run"
+    proc = _train_in_subprocess(out, "SOLVER.BASE_LR", "100.0", "SOLVER.WARMUP_ITERS", "0",
+                                "SOLVER.CLIP_GRADIENTS.ENABLED", clipping, max_iter=60)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 2, stderr[-3000:]
+    assert "Traceback" not in stderr and "Traceback" not in stdout, (stdout + stderr)[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "training diverged at iteration" in lines[0] and "SOLVER.BASE_LR=100.0" in lines[0], stderr[-2000:]
+    assert not (out / "model_final.pth").exists()
+    for path in out.glob("model_*.pth"):  # what was written before the divergence still loads
+        from lambda_det.checkpoint import weights_problem
+
+        assert weights_problem(str(path)) is None

@@ -6,6 +6,7 @@ where everything went.
     python tools/quickstart.py [--output DIR] [--max-iter N] [--no-resume] [KEY VALUE ...]
 """
 import argparse
+import json
 import logging
 import sys
 import time
@@ -18,12 +19,13 @@ from lambda_det.config import load_config
 from lambda_det.data import prepare_dataset
 from lambda_det.demo import Demo, Inputs, run_demo
 from lambda_det.engine import (
-    Trainer, existing_run, non_negative_int, parse_args_with_overrides, positive_int, preflight, run_main, setup,
+    Trainer, existing_run, finished_run, interrupted, run_folder_lock, non_negative_int, parse_args_with_overrides,
+    positive_int, preflight, run_main, setup,
 )
 from lambda_det.errors import OutputError
 from lambda_det.evaluation import load_ap_by_size, markdown_table
 from lambda_det.model_zoo import get_config_file
-from lambda_det.utils.file_safety import path_argument, refuse_file
+from lambda_det.utils.file_safety import path_argument, refuse_file, write_text
 
 TOY_CONFIG = "Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml"
 
@@ -55,52 +57,74 @@ def setup_cfg(args):
     return cfg
 
 
+# written into the main job's output folder when it starts a run: it continues only runs it made
+MARKER = "main_job.json"
+
+
 def main(argv=None) -> dict:
     """The main job. Raises UserError (before anything is written) for bad flags, config or output."""
     args = parse_args_with_overrides(argument_parser(), argv)
     cfg = setup_cfg(args)
-    refuse_file(Path(cfg.OUTPUT_DIR), "--output")
-    if args.no_resume and existing_run(cfg.OUTPUT_DIR):
+    out = Path(cfg.OUTPUT_DIR)
+    refuse_file(out, "--output")
+    run = existing_run(cfg.OUTPUT_DIR)
+    if run and args.no_resume:
         raise OutputError(
-            f"--no-resume: {cfg.OUTPUT_DIR} already holds a run; nothing was written. Retrain into another "
+            f"--no-resume: {out} already holds a run; nothing was written. Retrain into another "
             "--output, or move the old run away yourself"
         )
+    if run and not (out / MARKER).is_file():
+        raise OutputError(
+            f"--output {out} holds a run the main job did not make ({', '.join(p.name for p in run[:4])}); the main job "
+            "continues only its own runs, and nothing was written: choose another --output"
+        )
     preflight(cfg, eval_only=False, resume=not args.no_resume)
-    setup(cfg, args)
-    log = logging.getLogger("lambda_det")
-    start = time.perf_counter()
-    out = Path(cfg.OUTPUT_DIR)
+    finished = finished_run(cfg) if run else None
+    report_dir = out / "inference" / cfg.DATASETS.TEST[0]
+    if finished and (report_dir / "ap_by_size.json").is_file():
+        print(f"{out} holds the main job's finished run ({finished[1]} iterations): nothing was trained or changed; "
+              f"train anew with --output another/folder")
+        return summarize(out, report_dir, None, None)
+    with run_folder_lock(cfg.OUTPUT_DIR):
+        if not (out / MARKER).is_file():
+            write_text(out / MARKER, json.dumps({"tool": "tools/quickstart.py", "config_file": str(args.config_file)}))
+        setup(cfg, args)
+        log = logging.getLogger("lambda_det")
+        start = time.perf_counter()
 
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
-        prepare_dataset(name)
-    log.info("toy dataset ready: %s", ", ".join(f"{n} ({len(DatasetCatalog.get(n))} images)" for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)))
+        for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+            prepare_dataset(name)
+        log.info("toy dataset ready: %s", ", ".join(f"{n} ({len(DatasetCatalog.get(n))} images)" for n in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)))
 
-    trainer = Trainer(cfg, config_file=args.config_file)
-    trainer.resume_or_load(resume=not args.no_resume)
-    if trainer.start_iter >= cfg.SOLVER.MAX_ITER:
-        log.info("%s already holds a finished run (iteration %d): evaluating it again", out, trainer.start_iter)
-    trainer.train()  # Detectron2 logs progress with ETA every 20 iterations, then evaluates
-    train_minutes = (time.perf_counter() - start) / 60
+        trainer = Trainer(cfg, config_file=args.config_file)
+        trainer.resume_or_load(resume=not args.no_resume)
+        try:
+            trainer.train()  # Detectron2 logs progress with ETA every 20 iterations, then evaluates
+        except KeyboardInterrupt:
+            print(f"error: {interrupted(cfg.OUTPUT_DIR, ['python', *sys.argv])}", file=sys.stderr)
+            raise SystemExit(130) from None
+        train_minutes = (time.perf_counter() - start) / 60
 
-    val_name = cfg.DATASETS.TEST[0]
-    val_images = [Path(d["file_name"]) for d in DatasetCatalog.get(val_name)[: args.demo_images]]
-    demo_cfg = cfg.clone()
-    demo_cfg.defrost()
-    demo_cfg.MODEL.WEIGHTS = str(out / "model_final.pth")
-    demo_cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.5
-    demo_cfg.freeze()
-    demo_dir = out / "demo"
-    # the run's own pictures: a resumed run draws them again from its final weights
-    run_demo(Demo(demo_cfg), Inputs(images=val_images), demo_dir, report=log.info, overwrite=True)
+        val_images = [Path(d["file_name"]) for d in DatasetCatalog.get(cfg.DATASETS.TEST[0])[: args.demo_images]]
+        demo_cfg = cfg.clone()
+        demo_cfg.defrost()
+        demo_cfg.MODEL.WEIGHTS = str(out / "model_final.pth")
+        demo_cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.5
+        demo_cfg.freeze()
+        # a resumed run draws its own pictures again from its final weights; any other file there stays
+        run_demo(Demo(demo_cfg), Inputs(images=val_images), out / "demo", report=log.info, replace_own=True)
+    return summarize(out, report_dir, train_minutes, len(val_images))
 
-    report_dir = out / "inference" / val_name
+
+def summarize(out: Path, report_dir: Path, train_minutes, demo_images) -> dict:
     _, summary = load_ap_by_size(report_dir / "ap_by_size.json")  # written by Trainer.test
     print()
-    print(f"Trained and evaluated in {train_minutes:.1f} min; demo on {len(val_images)} validation images.")
-    print(markdown_table([(f"{out.name} on {val_name}", summary)]))
+    if train_minutes is not None:
+        print(f"Trained and evaluated in {train_minutes:.1f} min; demo on {demo_images} validation images.")
+    print(markdown_table([(f"{out.name} on {report_dir.name}", summary)]))
     print(f"AP by size (table, chart, JSON): {report_dir}/ap_by_size.md, ap_by_size.png, ap_by_size.json")
     print(f"Checkpoints and logs:           {out}/model_final.pth, metrics.json, log.txt, TensorBoard events")
-    print(f"Demo pictures:                   {demo_dir}/")
+    print(f"Demo pictures:                   {out / 'demo'}/")
     return summary
 
 

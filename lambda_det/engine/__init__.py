@@ -1,9 +1,11 @@
 """Engine: the trainer, the checks before a run, and what the tools share (Detectron2's engine/defaults)."""
 from .defaults import (
-    argument_parser, check_launch_args, cpu_if_no_cuda, load_cfg, non_negative_int, parse_args_with_overrides,
-    positive_int, probability, run_main, setup, setup_cfg, share_cpu_cores,
+    argument_parser, check_launch_args, cpu_if_no_cuda, interrupted, load_cfg, run_folder_lock, non_negative_int,
+    parse_args_with_overrides, positive_int, probability, run_main, setup, setup_cfg, share_cpu_cores,
 )
-from .preflight import build_model_on_cpu, existing_run, explained_build_errors, preflight, validate_config
+from .preflight import (
+    build_model_on_cpu, earlier_evaluation, existing_run, explained_build_errors, finished_run, preflight, validate_config,
+)
 from .trainer import Trainer
 
 __all__ = [
@@ -12,9 +14,13 @@ __all__ = [
     "build_model_on_cpu",
     "check_launch_args",
     "cpu_if_no_cuda",
+    "earlier_evaluation",
     "existing_run",
     "explained_build_errors",
+    "finished_run",
+    "interrupted",
     "load_cfg",
+    "run_folder_lock",
     "non_negative_int",
     "parse_args_with_overrides",
     "positive_int",

@@ -6,9 +6,12 @@ config dump, seed, CPU threads), and ``run_main``, which turns a :class:`UserErr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import logging
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -21,7 +24,8 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..config import load_config
-from ..errors import UserError
+from ..checkpoint import intact_checkpoints
+from ..errors import OutputError, UserError
 from ..utils.file_safety import write_text
 
 logger = logging.getLogger("lambda_det")
@@ -47,7 +51,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", action="store_true", help="mixed precision (sets SOLVER.AMP.ENABLED; needs CUDA)")
     parser.add_argument(
         "--overwrite", action="store_true",
-        help="with --eval-only: replace an earlier evaluation in OUTPUT_DIR/inference/<dataset>/",
+        help="replace an earlier evaluation in OUTPUT_DIR/inference/<dataset>/: with --eval-only, or with --resume "
+        "of a finished run (which otherwise changes nothing)",
     )
     return parser
 
@@ -128,6 +133,43 @@ def run_main(main: Callable[[], object]) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# one writer per run folder, and runs that stop
+# --------------------------------------------------------------------------------------------
+LOCK_FILE = ".lambda_det.lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(output_dir: str):
+    """Hold an exclusive lock on OUTPUT_DIR while the block runs (the process's end, kill -9 included,
+    releases it): a second run into the same folder is refused, naming the process that holds it."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise OutputError(f"OUTPUT_DIR {output_dir} is in use by another run (pid {holder}); nothing was written. "
+                              "Wait for it to end, or use another OUTPUT_DIR") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)  # closing the file releases the lock
+
+
+def interrupted(output_dir: str, command: Sequence[str]) -> str:
+    """The message for Ctrl-C during a run: where the last checkpoint is, and the command that goes on."""
+    intact = intact_checkpoints(Path(output_dir)) if Path(output_dir).is_dir() else []
+    if not intact:
+        return f"interrupted before the first checkpoint was written (OUTPUT_DIR {output_dir})"
+    path, iteration = intact[0]
+    at = f" (iteration {iteration})" if iteration is not None else ""
+    return f"interrupted; the last checkpoint is {path}{at}. Continue with:\n  {' '.join(shlex.quote(str(w)) for w in command)}"
+
+
+# --------------------------------------------------------------------------------------------
 # the config and the process
 # --------------------------------------------------------------------------------------------
 def cpu_if_no_cuda(cfg) -> None:
@@ -167,6 +209,9 @@ def setup(cfg, args, *, eval_only: bool = False) -> None:
     setup_logger(str(output_dir), distributed_rank=rank, name="fvcore")
     log = setup_logger(str(output_dir), distributed_rank=rank)
     setup_logger(str(output_dir), distributed_rank=rank, name="lambda_det")
+    for handler in log.handlers:
+        if type(handler) is logging.StreamHandler:  # the terminal; log.txt keeps the whole traceback
+            handler.addFilter(_known_failures_in_one_line)
     log.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
     log.info("Environment info:\n%s", collect_env_info())
     log.info("Command line arguments: %s", args)
@@ -187,6 +232,13 @@ def setup(cfg, args, *, eval_only: bool = False) -> None:
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     if not eval_only:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+
+
+def _known_failures_in_one_line(record: logging.LogRecord) -> bool:
+    """Detectron2 logs the traceback of any error that ends training; for bad input, divergence and
+    failed writes the tool prints one line that says it all, so the terminal gets no traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, (UserError, OSError))
 
 
 def _free_name(path: Path) -> Path:

@@ -18,7 +18,7 @@ import shutil
 import sys
 from numbers import Real
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.data import samplers
@@ -26,7 +26,7 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 from fvcore.common.registry import Registry
 
-from ..checkpoint import Checkpointer, check_resume, is_local, weights_problem
+from ..checkpoint import Checkpointer, check_resume, is_local, saved_iteration, weights_problem
 from ..data import check_datasets, lsj_problems, prepare_dataset
 from ..errors import ConfigError, OutputError, UserError, WeightsError
 from ..modeling import STAGE_NAMES, lambda_resnet_config_problems
@@ -245,6 +245,28 @@ def _show(value) -> str:
 
 
 
+# what an evaluation writes into OUTPUT_DIR/inference/<dataset>/ (Detectron2's COCOEvaluator, the
+# config, the AP-by-size report)
+EVALUATION_FILES = ("coco_instances_results.json", "instances_predictions.pth", "config.yaml",
+                    "ap_by_size.json", "ap_by_size.md", "ap_by_size.png")
+
+
+def earlier_evaluation(cfg) -> List[Path]:
+    """The files an evaluation of DATASETS.TEST into OUTPUT_DIR would replace."""
+    folders = [Path(cfg.OUTPUT_DIR) / "inference" / name for name in cfg.DATASETS.TEST]
+    return [folder / name for folder in folders for name in EVALUATION_FILES if (folder / name).exists()]
+
+
+def finished_run(cfg) -> Optional[Tuple[Path, int]]:
+    """(checkpoint, iterations trained) when --resume would stand on a run that has trained
+    SOLVER.MAX_ITER iterations already, else None."""
+    last = check_resume(cfg.OUTPUT_DIR)
+    iteration = saved_iteration(last) if last is not None else None
+    if iteration is None or iteration + 1 < cfg.SOLVER.MAX_ITER:
+        return None
+    return last, iteration + 1
+
+
 def existing_run(output_dir: str) -> List[Path]:
     """The files and folders that show an earlier run (or its evaluation) in OUTPUT_DIR."""
     out = Path(output_dir)
@@ -337,8 +359,7 @@ def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, wo
             _check_weights_file(cfg.MODEL.WEIGHTS)
         strict_weights = str(resumed) if resumed is not None else cfg.MODEL.WEIGHTS
         if not overwrite:
-            earlier = [Path(output_dir) / "inference" / name / "ap_by_size.json" for name in cfg.DATASETS.TEST]
-            refuse_overwrite([p for p in earlier if p.exists()], "--eval-only", "of an earlier evaluation")
+            refuse_overwrite(earlier_evaluation(cfg), "--eval-only", "of an earlier evaluation")
     elif resume:
         resumed = check_resume(output_dir)
         if resumed is not None:

@@ -9,13 +9,15 @@ import weakref
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from detectron2.data import DatasetCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import Checkpointer
+from ..checkpoint import Checkpointer, intact_checkpoints
 from ..data import build_train_mapper, check_dataset_dicts, prepare_dataset
+from ..errors import TrainingDiverged
 from ..evaluation import build_coco_evaluator, evaluation_provenance, write_ap_by_size
 
 logger = logging.getLogger("lambda_det")
@@ -59,6 +61,32 @@ class Trainer(DefaultTrainer):
     def _evaluate(self):
         self._last_eval_results = self.test(self.cfg, self.model, provenance={"config_file": self.config_file})
         return self._last_eval_results
+
+    # a total loss this many times the median of the run's first iterations means it diverged
+    DIVERGENCE_FACTOR = 100.0
+
+    def run_step(self):
+        """Detectron2's step, stopped with one line when the loss is no longer finite or explodes,
+        before the checkpointer can save the diverged weights."""
+        self._trainer.iter = self.iter
+        try:
+            self._trainer.run_step()
+        except FloatingPointError:  # Detectron2's check of a non-finite loss
+            raise TrainingDiverged(self._diverged("is not finite")) from None
+        if "total_loss" not in self.storage.histories():
+            return  # written by the main process only
+        losses = [value for value, _ in self.storage.history("total_loss").values()]
+        reference = float(np.median(losses[:5]))
+        if len(losses) > 5 and losses[-1] > self.DIVERGENCE_FACTOR * reference:
+            raise TrainingDiverged(self._diverged(f"is {losses[-1]:.3g}, {losses[-1] / reference:.0f}x the first iterations' {reference:.3g}"))
+
+    def _diverged(self, what: str) -> str:
+        solver = self.cfg.SOLVER
+        intact = intact_checkpoints(Path(self.cfg.OUTPUT_DIR))
+        kept = f"the checkpoints written before are intact (newest: {intact[0][0]})" if intact else "no checkpoint was written"
+        return (f"training diverged at iteration {self.iter}: the total loss {what}. Look at SOLVER.BASE_LR={solver.BASE_LR} "
+                f"and SOLVER.WARMUP_ITERS={solver.WARMUP_ITERS} (gradient clipping: SOLVER.CLIP_GRADIENTS.ENABLED="
+                f"{solver.CLIP_GRADIENTS.ENABLED}); {kept}")
 
     def resume_or_load(self, resume=True):
         """Detectron2's: a resumed run's checkpoint must fit the model exactly (the same run goes on);
