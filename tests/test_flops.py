@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import TINY, TOY_CONFIG, run_tool, small_cfg
 
-from lambda_det.layers import LambdaLayer, lambda_layer_flops
+from lambda_det.layers import IMPL_CHOICES, LambdaLayer, lambda_layer_flops
 from lambda_det.layers.flops import taps_inside
 
-IMPLS = ["auto", "conv", "conv2d", "conv3d", "einsum", "fft"]
+IMPLS = list(IMPL_CHOICES)
 
 
 def _fvcore_flops(module, *inputs):

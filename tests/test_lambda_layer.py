@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lambda_det.layers import POSITION_LAMBDA_IMPLS, LambdaLayer, lambda_layer_num_params
-from lambda_det.layers.position_lambdas import TERM_IMPLS
+from lambda_det.layers import POSITION_LAMBDA_IMPLS, TERM_IMPLS, LambdaLayer, lambda_layer_num_params
 
 IMPLS = sorted(POSITION_LAMBDA_IMPLS)  # the position-lambda forms (values, kernel) -> lambdas
 
@@ -169,8 +168,7 @@ def test_fused_operator_in_float32_at_the_papers_shapes_matches_float64():
     """The paper's k = 16, h = 4, r = 23 in float32 (the vectorized kernels' float path, with paired
     positions) against the float64 reference form, forward and every gradient."""
     from lambda_det.layers.fused import lambda_output_fused
-    from lambda_det.layers.lambda_layer import apply_position_lambdas
-    from lambda_det.layers.position_lambdas import position_lambdas_conv2d
+    from lambda_det.layers.position_lambdas import apply_position_lambdas, position_lambdas_conv2d
 
     torch.manual_seed(0)
     b, h, k, v, height, width = 2, 4, 16, 48, 13, 14
