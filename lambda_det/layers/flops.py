@@ -27,7 +27,7 @@ Tracing for export (``torch.jit.trace``, ONNX, ``TracingAdapter``) never sees th
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
 from fvcore.nn.activation_count import _DEFAULT_SUPPORTED_OPS as ACTIVATION_HANDLES
@@ -52,29 +52,16 @@ def position_term_flops(batch: int, heads: int, dim_k: int, dim_v: int, dim_u: i
     return batch * (dim_k * dim_v * dim_u * taps + heads * dim_k * dim_v * height * width)
 
 
-def lambda_layer_flops(
-    in_channels: int,
-    out_channels: int,
-    height: int,
-    width: int,
-    *,
-    dim_k: int = 16,
-    heads: int = 4,
-    dim_u: int = 1,
-    scope: Optional[int] = 23,
-    batch: int = 1,
-) -> int:
-    """Closed-form multiply-adds of one LambdaLayer forward on a (batch, in_channels, height, width) map.
+def lambda_layer_flops(layer: torch.nn.Module, height: int, width: int, batch: int = 1) -> int:
+    """Closed-form multiply-adds of one forward of a LambdaLayer on a (batch, d, height, width) map.
 
     A global scope (None) covers the whole map; a local r x r scope is clipped at the borders.
     """
-    dim_v = out_channels // heads
-    n = height * width
-    window_h, window_w = (2 * height - 1, 2 * width - 1) if scope is None else (scope, scope)
-    projections = n * in_channels * (heads * dim_k + dim_k * dim_u + dim_v * dim_u)
-    content = n * dim_k * dim_v * dim_u + n * heads * dim_k * dim_v
-    position = position_term_flops(1, heads, dim_k, dim_v, dim_u, height, width, window_h, window_w)
-    return batch * (projections + content + position)
+    h, k, u, v, n = layer.heads, layer.dim_k, layer.dim_u, layer.dim_v, height * width
+    window_h, window_w = (2 * height - 1, 2 * width - 1) if layer.scope is None else (layer.scope, layer.scope)
+    projections = n * layer.in_channels * (h * k + k * u + v * u)
+    content = n * k * v * u + n * h * k * v
+    return batch * (projections + content + position_term_flops(1, h, k, v, u, height, width, window_h, window_w))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -289,28 +289,13 @@ OUTPUT_BY_IMPL: Dict[str, Callable[..., Tensor]] = {
 }
 
 
-def lambda_layer_num_params(
-    in_channels: int,
-    out_channels: int,
-    *,
-    dim_k: int = 16,
-    heads: int = 4,
-    dim_u: int = 1,
-    scope: Optional[int] = 23,
-    norm: str = "BN",
-    global_max_size: Union[int, Tuple[int, int]] = 64,
-    position_bias: bool = False,
-) -> int:
+def lambda_layer_num_params(layer: LambdaLayer) -> int:
     """Closed-form parameter count: projections + norm affine parameters + embeddings (+ bias)."""
-    dim_v = out_channels // heads
-    projections = in_channels * (heads * dim_k + dim_k * dim_u + dim_v * dim_u)
-    norms = 2 * (heads * dim_k + dim_v * dim_u) if norm in ("BN", "SyncBN", "GN") else 0
-    if scope is None:
-        gh, gw = (global_max_size, global_max_size) if isinstance(global_max_size, int) else global_max_size
-        taps = (2 * gh - 1) * (2 * gw - 1)
-    else:
-        taps = scope * scope
-    return projections + norms + taps * dim_k * dim_u + (dim_k if position_bias else 0)
+    h, k, u, v = layer.heads, layer.dim_k, layer.dim_u, layer.dim_v
+    norms = 2 * (h * k + v * u) if layer.norm in ("BN", "SyncBN", "GN") else 0
+    gh, gw = layer.global_max_size
+    taps = (2 * gh - 1) * (2 * gw - 1) if layer.scope is None else layer.scope * layer.scope
+    return layer.in_channels * (h * k + k * u + v * u) + norms + taps * k * u + (k if layer.position_bias is not None else 0)
 
 
 def _check_positive(name: str, value: int) -> None:
