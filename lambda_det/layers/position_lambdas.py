@@ -10,7 +10,7 @@ taken as zero. ``kernel`` is the relative-position embedding R laid out as a con
 shape (k, u, rh, rw) with odd rh, rw and centre (cy, cx) = (rh // 2, rw // 2); a global scope is
 the same thing with a kernel that spans every offset (rh = 2H - 1, rw = 2W - 1).
 
-The forms differ only in speed and memory (Sec. 3.2, Table 2):
+The forms differ only in speed and memory (Table 2):
 
 * ``einsum``  the paper's masked global einsum: gathers E (n, m, k, u) and contracts it with V.
               Memory Theta(n m k u): only for small maps.
