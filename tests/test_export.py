@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import TINY, TOY_CONFIG, run_tool, small_cfg
 
-from lambda_det.layers import LambdaLayer
+from lambda_det.layers import IMPL_CHOICES, LambdaLayer
 
-IMPL_VALUES = ["auto", "conv", "conv2d", "conv3d", "einsum", "fft"]
+IMPL_VALUES = list(IMPL_CHOICES)  # "fused" too: TorchScript runs it as the FFT, a trace as the convolution
 # larger, smaller, non-square, not multiples of 32, smaller than the 7x7 scope
 OTHER_SIZES = [(40, 33), (6, 9), (3, 3), (17, 50)]
 GLOBAL_OTHER_SIZES = [(30, 21), (6, 9), (3, 3), (13, 34)]  # global scope: up to global_max_size 34

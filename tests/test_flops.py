@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import TINY, TOY_CONFIG, run_tool, small_cfg
 
-from lambda_det.layers import LambdaLayer, lambda_layer_flops
+from lambda_det.layers import IMPL_CHOICES, LambdaLayer, lambda_layer_flops
 from lambda_det.layers.flops import taps_inside
 
-IMPLS = ["auto", "conv", "conv2d", "conv3d", "einsum", "fft"]
+IMPLS = list(IMPL_CHOICES)
 
 
 def _fvcore_flops(module, *inputs):
@@ -48,7 +48,7 @@ def test_one_layer_counts_the_closed_form_for_every_impl(scope, height, width):
                    + n * k * v * u + n * h * k * v  # content lambda and its application
                    + pairs * k * v * u + n * h * k * v)  # position lambdas (pairs inside the map) and application
     assert counts == {by_hand}
-    assert lambda_layer_flops(d, d_out, height, width, dim_k=k, heads=h, dim_u=u, scope=scope, batch=2) == by_hand
+    assert lambda_layer_flops(layer, height, width, batch=2) == by_hand
 
 
 def test_position_term_is_counted_not_reported_unsupported():

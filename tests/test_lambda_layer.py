@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lambda_det.layers import POSITION_LAMBDA_IMPLS, LambdaLayer, lambda_layer_num_params
-from lambda_det.layers.position_lambdas import TERM_IMPLS
+from lambda_det.layers import POSITION_LAMBDA_IMPLS, TERM_IMPLS, LambdaLayer, lambda_layer_num_params
 
 IMPLS = sorted(POSITION_LAMBDA_IMPLS)  # the position-lambda forms (values, kernel) -> lambdas
 
@@ -169,8 +168,7 @@ def test_fused_operator_in_float32_at_the_papers_shapes_matches_float64():
     """The paper's k = 16, h = 4, r = 23 in float32 (the vectorized kernels' float path, with paired
     positions) against the float64 reference form, forward and every gradient."""
     from lambda_det.layers.fused import lambda_output_fused
-    from lambda_det.layers.lambda_layer import apply_position_lambdas
-    from lambda_det.layers.position_lambdas import position_lambdas_conv2d
+    from lambda_det.layers.position_lambdas import apply_position_lambdas, position_lambdas_conv2d
 
     torch.manual_seed(0)
     b, h, k, v, height, width = 2, 4, 16, 48, 13, 14
@@ -270,8 +268,7 @@ def test_parameter_count_closed_form(d, d_out, k, h, u, scope, norm):
     taps = scope * scope if scope else (2 * 12 - 1) ** 2
     by_hand = d * h * k + d * k * u + d * v * u + (2 * (h * k + v * u) if norm else 0) + taps * k * u
     assert sum(p.numel() for p in layer.parameters()) == by_hand
-    kwargs = dict(dim_k=k, heads=h, dim_u=u, scope=scope, norm=norm, global_max_size=12)
-    assert lambda_layer_num_params(d, d_out, **kwargs) == by_hand
+    assert lambda_layer_num_params(layer) == by_hand
 
 
 def test_initialization_follows_the_paper():

@@ -19,7 +19,7 @@ projections (d * (h k + k u + v u) per position), the content lambda (matmul, k 
 position) and its application (bmm, h * k * v per position); matmuls rather than einsums, which
 fvcore counts only to 4 significant digits. Softmax, normalization and the
 stride-2 average pool are not multiply-adds (Detectron2's analysis ignores them).
-``lambda_layer_flops`` is the closed form of the whole layer.
+``lambda_layer_flops`` is the closed form of a whole layer.
 
 ``import lambda_det`` registers the handles in fvcore's defaults, so ``fvcore.nn.FlopCountAnalysis``,
 ``detectron2.utils.analysis.FlopCountAnalysis`` and ``tools/analyze_model.py`` all use them.
@@ -27,9 +27,14 @@ Tracing for export (``torch.jit.trace``, ONNX, ``TracingAdapter``) never sees th
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
+from fvcore.nn.activation_count import _DEFAULT_SUPPORTED_OPS as ACTIVATION_HANDLES
+from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS as FLOP_HANDLES
+from fvcore.nn.jit_handles import get_shape
+
+from .position_lambdas import position_term
 
 Tensor = torch.Tensor
 
@@ -47,52 +52,29 @@ def position_term_flops(batch: int, heads: int, dim_k: int, dim_v: int, dim_u: i
     return batch * (dim_k * dim_v * dim_u * taps + heads * dim_k * dim_v * height * width)
 
 
-def lambda_layer_flops(
-    in_channels: int,
-    out_channels: int,
-    height: int,
-    width: int,
-    *,
-    dim_k: int = 16,
-    heads: int = 4,
-    dim_u: int = 1,
-    scope: Optional[int] = 23,
-    batch: int = 1,
-) -> int:
-    """Closed-form multiply-adds of one LambdaLayer forward on a (batch, in_channels, height, width) map.
+def lambda_layer_flops(layer: torch.nn.Module, height: int, width: int, batch: int = 1) -> int:
+    """Closed-form multiply-adds of one forward of a LambdaLayer on a (batch, d, height, width) map.
 
     A global scope (None) covers the whole map; a local r x r scope is clipped at the borders.
     """
-    dim_v = out_channels // heads
-    n = height * width
-    window_h, window_w = (2 * height - 1, 2 * width - 1) if scope is None else (scope, scope)
-    projections = n * in_channels * (heads * dim_k + dim_k * dim_u + dim_v * dim_u)
-    content = n * dim_k * dim_v * dim_u + n * heads * dim_k * dim_v
-    position = position_term_flops(1, heads, dim_k, dim_v, dim_u, height, width, window_h, window_w)
-    return batch * (projections + content + position)
+    h, k, u, v, n = layer.heads, layer.dim_k, layer.dim_u, layer.dim_v, height * width
+    window_h, window_w = (2 * height - 1, 2 * width - 1) if layer.scope is None else (layer.scope, layer.scope)
+    projections = n * layer.in_channels * (h * k + k * u + v * u)
+    content = n * k * v * u + n * h * k * v
+    return batch * (projections + content + position_term_flops(1, h, k, v, u, height, width, window_h, window_w))
 
 
 # ---------------------------------------------------------------------------------------------
 # the operator fvcore sees, and its handles
 # ---------------------------------------------------------------------------------------------
-def _position_term(q: Tensor, values: Tensor, kernel: Tensor, impl: str) -> Tensor:
-    """(lambda^p_n)^T q_n for every position: q (b, h, k, n), values (b, u, v, H, W), kernel
-    (k, u, rh, rw) -> (b, h, v, n). Computed by the named position-lambda form."""
-    from .lambda_layer import apply_position_lambdas
-    from .position_lambdas import position_lambdas
-
-    b, _, k, n = q.shape
-    lam = position_lambdas(values, kernel, impl).reshape(b, k, values.shape[2], n)
-    return apply_position_lambdas(q, lam)
-
-
-def _define_position_term():
-    """The operator, defined once per process (a re-import finds it registered)."""
+def _define_position_term_op():
+    """``position_term`` as the operator lambda_det::position_term, defined once per process (a
+    re-import finds it registered)."""
     try:
         return torch.ops.lambda_det.position_term
     except (AttributeError, RuntimeError):
         pass
-    op = torch.library.custom_op("lambda_det::position_term", _position_term, mutates_args=())
+    op = torch.library.custom_op("lambda_det::position_term", position_term, mutates_args=())
 
     @op.register_fake
     def _fake(q: Tensor, values: Tensor, kernel: Tensor, impl: str) -> Tensor:
@@ -101,13 +83,11 @@ def _define_position_term():
     return torch.ops.lambda_det.position_term
 
 
-position_term = _define_position_term()
+position_term_op = _define_position_term_op()
 
 
 def position_term_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     """fvcore handle of lambda_det::position_term: the closed form, from the traced shapes."""
-    from fvcore.nn.jit_handles import get_shape
-
     b, heads, dim_k, _ = get_shape(inputs[0])
     _, dim_u, dim_v, height, width = get_shape(inputs[1])
     _, _, kernel_h, kernel_w = get_shape(inputs[2])
@@ -116,8 +96,6 @@ def position_term_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
 
 def position_term_activation_jit(inputs: List[Any], outputs: List[Any]) -> int:
     """fvcore activation handle: the elements the operator writes (as fvcore counts an einsum)."""
-    from fvcore.nn.jit_handles import get_shape
-
     count = 1
     for size in get_shape(outputs[0]):
         count *= size
@@ -136,22 +114,9 @@ def counted_by_fvcore(module: torch.nn.Module) -> bool:
 def register_fvcore_handles() -> None:
     """Add the handles to fvcore's default tables (idempotent), for every FlopCountAnalysis /
     ActivationCountAnalysis created afterwards, Detectron2's included."""
-    import importlib
-
-    try:  # the modules: fvcore.nn re-exports functions of the same names
-        flop_count = importlib.import_module("fvcore.nn.flop_count")
-        activation_count = importlib.import_module("fvcore.nn.activation_count")
-    except ImportError:  # fvcore is a dependency, but the layer itself does not need it
-        return
-    flop_count._DEFAULT_SUPPORTED_OPS["lambda_det::position_term"] = position_term_flop_jit
-    activation_count._DEFAULT_SUPPORTED_OPS["lambda_det::position_term"] = position_term_activation_jit
+    FLOP_HANDLES["lambda_det::position_term"] = position_term_flop_jit
+    ACTIVATION_HANDLES["lambda_det::position_term"] = position_term_activation_jit
 
 
-__all__ = [
-    "counted_by_fvcore",
-    "lambda_layer_flops",
-    "position_term",
-    "position_term_flops",
-    "register_fvcore_handles",
-    "taps_inside",
-]
+__all__ = ["counted_by_fvcore", "lambda_layer_flops", "position_term_flops", "position_term_op", "register_fvcore_handles",
+           "taps_inside"]

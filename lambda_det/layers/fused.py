@@ -9,8 +9,8 @@ output once; its backward recomputes the logits instead of storing them. The res
 is the same function as every other form (tests/test_lambda_layer.py checks it in float64 against
 the loop reference, gradcheck checks its backward).
 
-The operator is compiled on first use with PyTorch's C++ extension loader (g++ and ninja; about
-half a minute), for this machine's CPU (``-march=native``), and cached under
+The operator is compiled on first use with PyTorch's C++ extension loader (g++ and ninja), for
+this machine's CPU (``-march=native``), and cached under
 ``$LAMBDA_DET_CACHE/extensions`` (default ``~/.cache/lambda_det``). If it cannot be built,
 ``available()`` is False with the reason in ``unavailable_reason()``, and ``impl="auto"`` uses the
 other forms. ``LAMBDA_DET_FUSED=0`` turns it off.
@@ -82,7 +82,7 @@ def extension():
             directory = build_directory()
             directory.mkdir(parents=True, exist_ok=True)
             if not (directory / "build.ninja").exists():
-                logger.info("building lambda_det's fused lambda operator (once, about half a minute) in %s", directory)
+                logger.info("building lambda_det's fused lambda operator (once per machine and version) in %s", directory)
             _module = load(name=f"lambda_det_{directory.name}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
                            extra_ldflags=LDFLAGS, build_directory=str(directory), verbose=False)
         except Exception as exc:  # a missing compiler / ninja / headers: the other forms still work
@@ -167,10 +167,14 @@ def _values_padded_x(values: Tensor, rw: int, dtype: torch.dtype):
 
 
 def lambda_output_fused(q: Tensor, values: Tensor, kernel: Tensor, content_lambda: Tensor) -> Tensor:
-    """y_n = (lambda^c + lambda^p_n)^T q_n for every position: q (b, h, k, H, W), values (b, u, v, H, W),
-    kernel (k, u, rh, rw) with odd rh, rw, content_lambda (b, k, v) -> (b, h v, H, W). CPU, float32 / float64."""
+    """y_n = (lambda^c + lambda^p_n)^T q_n for every position: q (b, h, k, H, W) or (b, h, k, H W), values
+    (b, u, v, H, W), kernel (k, u, rh, rw) with odd rh, rw, content_lambda (b, k, v) -> (b, h v, H, W).
+    CPU, float32 / float64."""
+    if q.device.type != "cpu":
+        raise ValueError(f"impl='fused' runs on CPUs; this input is on {q.device}: use impl='auto'")
     if extension() is None:
         raise RuntimeError(f"the fused lambda operator is unavailable here: {unavailable_reason()}")
+    q = q.reshape(*q.shape[:3], *values.shape[3:])
     return _FusedLambda.apply(q.contiguous(), values.contiguous(), kernel.contiguous(), content_lambda.contiguous())
 
 

@@ -1,15 +1,17 @@
 """The lambda layer of LambdaNetworks (Bello, ICLR 2021), Sec. 3 and App. B-E, for NCHW maps."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+from functools import partial
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
+from detectron2.layers import get_norm
 from torch import nn
 
-from .flops import counted_by_fvcore, position_term
+from .flops import counted_by_fvcore, position_term_op
 from .fused import available as fused_available
 from .fused import lambda_output_fused
-from .position_lambdas import IMPL_ALIASES, IMPL_CHOICES, choose_impl, position_lambdas, position_lambdas_conv2d
+from .position_lambdas import FUSED, IMPL_ALIASES, IMPL_CHOICES, POSITION_LAMBDA_IMPLS, choose_impl, position_term
 
 Tensor = torch.Tensor
 
@@ -115,8 +117,8 @@ class LambdaLayer(nn.Module):
         self.norm = norm
         self.global_max_size = tuple(global_max_size)
 
-        # W_Q, W_K and W_V as one 1x1 convolution (one oneDNN call instead of three small ones, up
-        # to 4x faster), output channels in that order: queries (h, k), keys (u, k), values (u, v)
+        # W_Q, W_K and W_V as one 1x1 convolution: one large product instead of three small ones, whose
+        # time is mostly per-call overhead. Output channels: queries (h, k), keys (u, k), values (u, v)
         self.qkv = nn.Conv2d(in_channels, heads * dim_k + dim_k * dim_u + self.dim_v * dim_u, 1, bias=False)
         self.norm_q = _make_norm(norm, heads * dim_k)
         self.norm_v = _make_norm(norm, self.dim_v * dim_u)
@@ -201,114 +203,99 @@ class LambdaLayer(nn.Module):
                 raise ValueError(
                     f"LambdaLayer expects an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
                 )
-        q, keys, values = self.qkv(x).split(self.split_sizes(), dim=1)
+        q, keys, values = self.qkv(x).split(self.split_sizes(), dim=1)  # (b, h k | k u | v u, H, W)
         if self.norm_q is not None and self.norm_v is not None:
-            q = self.norm_q(q)
-            values = self.norm_v(values)
-
-        if torch.jit.is_scripting():
-            out = self._lambdas(q, keys, values, x.dtype == torch.float64)
+            q, values = self.norm_q(q), self.norm_v(values)
+        if torch.jit.is_scripting():  # TorchScript leaves autocast to the caller
+            out = self._lambda_output(q, keys, values, x.dtype)
         else:
-            # the softmax and the sums over positions run in float32 even under autocast
-            out_dtype = _autocast_dtype(x)
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                out = self._lambdas(q, keys, values, x.dtype == torch.float64)
-            out = out.to(out_dtype)
+            # autocast would run the products below in its low precision again: they accumulate in
+            # float32 (float64 for a float64 input), and only the output goes back to autocast's dtype
+            device = x.device.type
+            out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+            with torch.autocast(device_type=device, enabled=False):
+                out = self._lambda_output(q, keys, values, x.dtype).to(out_dtype)
         if self.pool is not None:
             out = self.pool(out)
         return out
 
-    def _lambdas(self, q: Tensor, keys: Tensor, values: Tensor, double: bool) -> Tensor:
-        """y_n = concat_h (lambda_c + lambda^p_n)^T q_n^h from the projected queries, keys, values."""
-        b, height, width = q.shape[0], q.shape[2], q.shape[3]
-        n = height * width
-        dtype = torch.float64 if double else torch.float32
-        q = q.to(dtype).reshape(b, self.heads, self.dim_k, n)
-        keys = keys.to(dtype).reshape(b, self.dim_u, self.dim_k, n).softmax(dim=-1)
-        values = values.to(dtype).reshape(b, self.dim_u, self.dim_v, height, width)
-        # content lambda: sum over u and m of softmax(K) V^T, (b, k, v); matmuls, which fvcore counts exactly
-        flat_values = values.reshape(b, self.dim_u, self.dim_v, n)
-        content_lambda = torch.matmul(keys[:, 0], flat_values[:, 0].transpose(1, 2))
-        for i in range(1, self.dim_u):
-            content_lambda = content_lambda + torch.matmul(keys[:, i], flat_values[:, i].transpose(1, 2))
-        if self.position_bias is not None:
-            # the bias b of every position lambda is position-independent: it joins the content lambda
-            content_lambda = content_lambda + self.position_bias.to(dtype).reshape(1, self.dim_k, 1)
-        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
-            needs_grad = torch.is_grad_enabled() and (q.requires_grad or values.requires_grad)
+    def _lambda_output(self, q: Tensor, keys: Tensor, values: Tensor, input_dtype: torch.dtype) -> Tensor:
+        """y_n = concat_h (lambda^c + lambda^p_n)^T q_n^h, (b, h v, H, W), from the projections."""
+        b, _, height, width = q.shape
+        n, k, u, v = height * width, self.dim_k, self.dim_u, self.dim_v
+        dtype = torch.float64 if input_dtype == torch.float64 else torch.float32
+        q = q.to(dtype).reshape(b, self.heads, k, n)  # (b, h, k, n)
+        keys = keys.to(dtype).reshape(b, u, k, n).softmax(dim=-1)  # (b, u, k, m), normalized over m only
+        values = values.to(dtype).reshape(b, u, v, height, width)  # (b, u, v, H, W)
+        # lambda^c = sum over u and m of softmax(K) V^T, (b, k, v): a matmul, which fvcore counts exactly
+        flat_values = values.reshape(b, u, v, n).transpose(2, 3).reshape(b, -1, v)  # (b, u m, v)
+        content_lambda = torch.matmul(keys.transpose(1, 2).reshape(b, k, -1), flat_values)
+        if self.position_bias is not None:  # the same for every position: it joins the content lambda
+            content_lambda = content_lambda + self.position_bias.to(dtype).reshape(1, k, 1)
+        # the one place that decides how the position term is computed
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or values.requires_grad)
+        if torch.jit.is_scripting():
+            out = self._scripted_output(q, values, content_lambda, needs_grad)
+        elif counted_by_fvcore(self):
+            out = self._counted_output(q, values, content_lambda)
+        elif torch.jit.is_tracing():
+            out = self._traced_output(q, values, content_lambda)
+        else:
             impl = self.resolve_impl(height, width, needs_grad, q.device.type == "cpu" and fused_available())
-            if impl == "fused":
-                if q.device.type != "cpu":
-                    raise ValueError(f"impl='fused' runs on CPUs; this input is on {q.device}: use impl='auto'")
-                kernel = self.position_kernel(height, width).to(dtype)
-                return lambda_output_fused(q.reshape(b, self.heads, self.dim_k, height, width), values, kernel, content_lambda)
-        # lambda_c^T q_n for every head and position: one (v x k)(k x n) product per image and head
-        lhs = content_lambda.transpose(1, 2).unsqueeze(1).expand(b, self.heads, self.dim_v, self.dim_k)
-        content = torch.bmm(lhs.reshape(b * self.heads, self.dim_v, self.dim_k), q.reshape(b * self.heads, self.dim_k, n))
-        out = content.reshape(b, self.heads, self.dim_v, n) + self._position_term(q, values, height, width)
+            out = OUTPUT_BY_IMPL[impl](q, values, self.position_kernel(height, width).to(dtype), content_lambda)
         return out.reshape(b, self.out_channels, height, width)
 
-    def _position_term(self, q: Tensor, values: Tensor, height: int, width: int) -> Tensor:
-        """(lambda^p_n)^T q_n for every position n, (b, h, v, n), by a position-lambda form."""
-        b = q.shape[0]
-        dtype = q.dtype
-        if not torch.jit.is_scripting():
-            if counted_by_fvcore(self):  # one operator whose FLOPs fvcore counts by the definition
-                kernel = self.position_kernel(height, width).to(dtype)
-                impl = self.resolve_impl(height, width, False)
-                return position_term(q, values, kernel, "conv2d" if impl == "fused" else impl)
-            if torch.jit.is_tracing():
-                # A trace records one path for all sizes: the convolution with the whole table is
-                # exact at every size (it never crops to the map), where the FFT's padded sizes and
-                # the kernel crop would be frozen at the traced size.
-                kernel = self.rel_pos_emb.permute(2, 3, 0, 1).to(dtype)
-                lam = position_lambdas_conv2d(values, kernel)
-                return apply_position_lambdas(q, lam.reshape(b, self.dim_k, self.dim_v, height * width))
-        kernel = self.position_kernel(height, width).to(dtype)
-        needs_grad = torch.is_grad_enabled() and (q.requires_grad or values.requires_grad)
-        impl = self.resolve_impl(height, width, needs_grad, False)
-        if impl == "fused":  # TorchScript, or fused explicitly where it cannot run: the same function by the FFT
-            impl = "fft"
-        lam = position_lambdas(values, kernel, impl)
-        return apply_position_lambdas(q, lam.reshape(b, self.dim_k, self.dim_v, height * width))
+    def _scripted_output(self, q: Tensor, values: Tensor, content_lambda: Tensor, needs_grad: bool) -> Tensor:
+        """TorchScript: a compiled operator is no part of a portable file, so "fused" runs as "fft" (a
+        literal: TorchScript reads no str globals)."""
+        height, width = values.shape[-2], values.shape[-1]
+        impl = self.resolve_impl(height, width, needs_grad)
+        kernel = self.position_kernel(height, width).to(q.dtype)
+        return lambda_output(q, values, kernel, content_lambda, "fft" if impl == "fused" else impl)
+
+    def _counted_output(self, q: Tensor, values: Tensor, content_lambda: Tensor) -> Tensor:
+        """Under fvcore: the position term as the one operator whose FLOPs it counts by the definition."""
+        height, width = values.shape[-2], values.shape[-1]
+        impl = self.resolve_impl(height, width, needs_grad=False)
+        kernel = self.position_kernel(height, width).to(q.dtype)
+        return content_output(q, content_lambda) + position_term_op(q, values, kernel, "conv2d" if impl == FUSED else impl)
+
+    def _traced_output(self, q: Tensor, values: Tensor, content_lambda: Tensor) -> Tensor:
+        """A trace records one path for all sizes: the convolution with the whole relative table is exact
+        at every size (it never crops to the map), where the FFT's padded sizes and the kernel crop
+        would be frozen at the traced size."""
+        return lambda_output(q, values, self.rel_pos_emb.permute(2, 3, 0, 1).to(q.dtype), content_lambda, "conv2d")
 
 
-def apply_position_lambdas(q: Tensor, lambdas: Tensor) -> Tensor:
-    """out[b, h, v, n] = sum_k q[b, h, k, n] * lambdas[b, k, v, n]: every position has its own lambda.
-
-    A loop over the small k of whole-map multiply-adds: about 1.6x faster forward+backward on a
-    CPU than einsum's per-position batched matmul (which has n tiny (h x k)(k x v) products).
-    """
-    # unbind, not indexing: indexing's backward would write k full-size zero gradients
-    queries, per_k = q.unbind(2), lambdas.unbind(1)
-    out = queries[0].unsqueeze(2) * per_k[0].unsqueeze(1)
-    for i in range(1, len(queries)):
-        out = out + queries[i].unsqueeze(2) * per_k[i].unsqueeze(1)
-    return out
+def content_output(q: Tensor, content_lambda: Tensor) -> Tensor:
+    """(lambda^c)^T q_n for every head and position: q (b, h, k, n), content_lambda (b, k, v) -> (b, h, v, n).
+    One (v x k)(k x n) product per image and head."""
+    b, heads, k, n = q.shape
+    v = content_lambda.shape[2]
+    lhs = content_lambda.transpose(1, 2).unsqueeze(1).expand(b, heads, v, k).reshape(b * heads, v, k)
+    return torch.bmm(lhs, q.reshape(b * heads, k, n)).reshape(b, heads, v, n)
 
 
-def lambda_layer_num_params(
-    in_channels: int,
-    out_channels: int,
-    *,
-    dim_k: int = 16,
-    heads: int = 4,
-    dim_u: int = 1,
-    scope: Optional[int] = 23,
-    norm: str = "BN",
-    global_max_size: Union[int, Tuple[int, int]] = 64,
-    position_bias: bool = False,
-) -> int:
+def lambda_output(q: Tensor, values: Tensor, kernel: Tensor, content_lambda: Tensor, impl: str) -> Tensor:
+    """(lambda^c + lambda^p_n)^T q_n for every head and position, the position lambdas by the named form:
+    q (b, h, k, n), values (b, u, v, H, W), kernel (k, u, rh, rw), content_lambda (b, k, v) -> (b, h, v, n)."""
+    return content_output(q, content_lambda) + position_term(q, values, kernel, impl)
+
+
+# impl -> the output from (q, values, kernel, content_lambda), in (b, h, v, n) order: what an eager forward runs
+OUTPUT_BY_IMPL: Dict[str, Callable[..., Tensor]] = {
+    **{form: partial(lambda_output, impl=form) for form in POSITION_LAMBDA_IMPLS},
+    FUSED: lambda_output_fused,
+}
+
+
+def lambda_layer_num_params(layer: LambdaLayer) -> int:
     """Closed-form parameter count: projections + norm affine parameters + embeddings (+ bias)."""
-    dim_v = out_channels // heads
-    projections = in_channels * (heads * dim_k + dim_k * dim_u + dim_v * dim_u)
-    norms = 2 * (heads * dim_k + dim_v * dim_u) if norm in ("BN", "SyncBN", "GN") else 0
-    if scope is None:
-        gh, gw = (global_max_size, global_max_size) if isinstance(global_max_size, int) else global_max_size
-        taps = (2 * gh - 1) * (2 * gw - 1)
-    else:
-        taps = scope * scope
-    return projections + norms + taps * dim_k * dim_u + (dim_k if position_bias else 0)
+    h, k, u, v = layer.heads, layer.dim_k, layer.dim_u, layer.dim_v
+    norms = 2 * (h * k + v * u) if layer.norm in ("BN", "SyncBN", "GN") else 0
+    gh, gw = layer.global_max_size
+    taps = (2 * gh - 1) * (2 * gw - 1) if layer.scope is None else layer.scope * layer.scope
+    return layer.in_channels * (h * k + k * u + v * u) + norms + taps * k * u + (k if layer.position_bias is not None else 0)
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -317,8 +304,6 @@ def _check_positive(name: str, value: int) -> None:
 
 
 def _make_norm(norm: str, channels: int) -> Optional[nn.Module]:
-    from detectron2.layers import get_norm
-
     if not norm:
         return None
     if norm == "GN" and channels % 32 != 0:
@@ -329,11 +314,5 @@ def _make_norm(norm: str, channels: int) -> Optional[nn.Module]:
     return get_norm(norm, channels)
 
 
-def _autocast_dtype(x: Tensor) -> torch.dtype:
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
-
-
-__all__ = ["LambdaLayer", "lambda_layer_num_params"]
+__all__ = ["OUTPUT_BY_IMPL", "LambdaLayer", "NORM_CHOICES", "POOLS", "content_output", "lambda_layer_num_params",
+           "lambda_output"]

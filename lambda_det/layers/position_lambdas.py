@@ -10,7 +10,7 @@ taken as zero. ``kernel`` is the relative-position embedding R laid out as a con
 shape (k, u, rh, rw) with odd rh, rw and centre (cy, cx) = (rh // 2, rw // 2); a global scope is
 the same thing with a kernel that spans every offset (rh = 2H - 1, rw = 2W - 1).
 
-The forms differ only in speed and memory (paper_notes §1, Table 2):
+The forms differ only in speed and memory (Table 2):
 
 * ``einsum``  the paper's masked global einsum: gathers E (n, m, k, u) and contracts it with V.
               Memory Theta(n m k u): only for small maps.
@@ -20,8 +20,9 @@ The forms differ only in speed and memory (paper_notes §1, Table 2):
               that cannot alias into the output (H + rh // 2). Cost independent of the scope, which
               is why it wins for the paper's r = 23 on a CPU.
 
-Inputs are float32/float64; autocast is the caller's business (see LambdaLayer). Everything here
-is TorchScript-compatible (``torch.jit.script`` of the layer uses it as is).
+``position_term`` composes a named form with ``apply_position_lambdas``: (lambda^p_n)^T q_n for every
+position. Inputs are float32/float64; autocast is the caller's business (see LambdaLayer). Everything
+here is TorchScript-compatible (``torch.jit.script`` of the layer uses it as is).
 """
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ def fft_size(minimum: int) -> int:
 
 
 def position_lambdas(values: Tensor, kernel: Tensor, impl: str) -> Tensor:
-    """The position lambdas by the named form ("einsum", "conv2d", "conv3d" or "fft")."""
+    """``POSITION_LAMBDA_IMPLS[impl](values, kernel)`` as TorchScript compiles it (it cannot index a
+    dict of functions)."""
     if impl == "fft":
         return position_lambdas_fft(values, kernel)
     if impl == "conv2d":
@@ -122,6 +124,27 @@ def position_lambdas(values: Tensor, kernel: Tensor, impl: str) -> Tensor:
     raise ValueError("unknown position-lambda form " + impl)
 
 
+def apply_position_lambdas(q: Tensor, lambdas: Tensor) -> Tensor:
+    """out[b, h, v, n] = sum_k q[b, h, k, n] * lambdas[b, k, v, n]: every position has its own lambda.
+
+    A loop over the small k of whole-map multiply-adds, not einsum, which would run n tiny
+    (h x k)(k x v) products as a batched matmul.
+    """
+    # unbind, not indexing: indexing's backward would write k full-size zero gradients
+    queries, per_k = q.unbind(2), lambdas.unbind(1)
+    out = queries[0].unsqueeze(2) * per_k[0].unsqueeze(1)
+    for i in range(1, len(queries)):
+        out = out + queries[i].unsqueeze(2) * per_k[i].unsqueeze(1)
+    return out
+
+
+def position_term(q: Tensor, values: Tensor, kernel: Tensor, impl: str) -> Tensor:
+    """(lambda^p_n)^T q_n for every position, the lambdas by the named form: q (b, h, k, n), values
+    (b, u, v, H, W), kernel (k, u, rh, rw) -> (b, h, v, n)."""
+    b, _, k, n = q.shape
+    return apply_position_lambdas(q, position_lambdas(values, kernel, impl).reshape(b, k, values.shape[2], n))
+
+
 POSITION_LAMBDA_IMPLS: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "einsum": position_lambdas_einsum,
     "conv2d": position_lambdas_conv2d,
@@ -130,7 +153,7 @@ POSITION_LAMBDA_IMPLS: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 # "conv" is the name the paper and the issue use for the lambda convolution.
 IMPL_ALIASES = {"conv": "conv2d"}
-# The position term applied to the queries in one CPU operator (lambda_det/layers/fused.py): it never
+# The position term applied to the queries in one CPU operator (fused.py): it never
 # materializes the position lambdas, so it is not a form of POSITION_LAMBDA_IMPLS.
 FUSED = "fused"
 TERM_IMPLS = (*sorted(POSITION_LAMBDA_IMPLS), FUSED)  # every way the layer can compute its position term
@@ -143,13 +166,11 @@ def choose_impl(height: int, width: int, rh: int, rw: int, needs_grad: bool, fus
     ``fused_ok``: the fused CPU operator can run (CPU input, operator built here); ``needs_grad``:
     the forward is recorded for a backward pass (training), or not (evaluation).
 
-    Measured on a 2-core CPU (docs/benchmarks/auto_rule_cpu.md: d = 256 and 512, maps 16..128,
-    batch 1..8, stride 1 and 2, forward and forward+backward): the fused operator was the fastest
-    form in every cell, ahead of the next form by 1.4x (forward, small maps) to 8.5x. Without it
-    (TorchScript, a machine where it cannot be built, CUDA): the direct convolution for evaluation
-    and for small kernels or maps, the FFT for training with larger ones (its cost does not grow
-    with the scope); within 1.19x of the fastest of those forms at every Table 6 shape in that run.
-    Not yet measured on a GPU.
+    The fused operator does fewer multiply-adds per tap than any lambda form and never materializes
+    the lambdas, so it wins wherever it runs. Without it (TorchScript, no compiler, CUDA): the direct
+    convolution for evaluation and for small kernels or maps, the FFT for training with larger ones
+    (its cost does not grow with the scope). The measurements behind the rule are in
+    docs/benchmarks/auto_rule_cpu.md (CPU only so far).
     """
     if fused_ok:
         return "fused"  # a literal: TorchScript compiles this function and reads no str globals
