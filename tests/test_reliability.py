@@ -251,3 +251,75 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoints(tmp_path,
         from lambda_det.checkpoint import weights_problem
 
         assert weights_problem(str(path)) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# a user's own COCO-format dataset, from the command line
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def own_dataset(tmp_path_factory):
+    from lambda_det.data import generate_toy_dataset
+
+    return generate_toy_dataset(tmp_path_factory.mktemp("mine"), splits={"train": 4, "val": 3}, seed=7)
+
+
+def own(root: Path, *extra: str, flags=(), name="mine"):
+    train_json, val_json = root / "annotations/instances_train.json", root / "annotations/instances_val.json"
+    return ("--dataset", f"{name}_train", train_json, root / "train", "--dataset", f"{name}_val", val_json, root / "val",
+            *flags, "--config-file", TOY_CONFIG, *TINY, "DATASETS.TRAIN", f"('{name}_train',)",
+            "DATASETS.TEST", f"('{name}_val',)", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
+            *extra)
+
+
+def test_training_and_evaluating_a_users_coco_dataset_from_the_command_line(own_dataset, tmp_path, capsys):
+    assert run_tool("train_net.py", *own(own_dataset, "OUTPUT_DIR", tmp_path / "run")) == 0
+    assert (tmp_path / "run" / "inference" / "mine_val" / "ap_by_size.json").is_file()
+    assert run_tool("dataset_stats.py", "mine_val", "--dataset", "mine_val", own_dataset / "annotations/instances_val.json",
+                    own_dataset / "val") == 0
+    assert "| mine_val | 3 |" in capsys.readouterr().out
+    # the class count is checked against the dataset's categories
+    assert run_tool("train_net.py", *own(own_dataset, "MODEL.ROI_HEADS.NUM_CLASSES", "3", "OUTPUT_DIR", tmp_path / "x")) == 2
+    assert "has 4 classes" in capsys.readouterr().err
+
+
+def test_a_coco_json_with_stray_categories_or_missing_images_is_named_before_anything_starts(own_dataset, tiny_weights,
+                                                                                            tmp_path, capsys):
+    import json
+    import shutil
+
+    for damage, expected in (("category", "whose category_id is not among its categories"),
+                             ("image", "are not in")):
+        root = Path(shutil.copytree(own_dataset, tmp_path / damage))
+        val = root / "annotations/instances_val.json"
+        data = json.loads(val.read_text())
+        if damage == "category":
+            data["annotations"][1]["category_id"] = 9
+        else:
+            (root / "val" / data["images"][0]["file_name"]).unlink()
+        val.write_text(json.dumps(data))
+        for flags in ((), ("--eval-only",)):
+            out = tmp_path / f"run_{damage}_{len(flags)}"
+            extra = ("MODEL.WEIGHTS", tiny_weights) if flags else ()
+            assert run_tool("train_net.py", *own(root, *extra, "OUTPUT_DIR", out, flags=flags, name=damage)) == 2
+            err = capsys.readouterr().err
+            assert f"dataset '{damage}_val': " in err and expected in err and str(val) in err, err
+            assert "Traceback" not in err
+            assert not out.exists()  # no inference/<name>/config.yaml left behind
+
+
+def test_a_cache_variable_naming_a_file_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cache = tmp_path / "not_a_folder"
+    cache.write_text("mine")
+    env = dict(os.environ, LAMBDA_DET_CACHE=str(cache), PYTHONPATH=str(REPO), LAMBDA_DET_FUSED="0")
+    for argv in (["dataset_stats.py", "toy_shapes_val"],
+                 ["train_net.py", "--config-file", str(TOY_CONFIG), *TINY, "OUTPUT_DIR", str(tmp_path / "run")]):
+        done = subprocess.run([sys.executable, str(REPO / "tools" / argv[0]), *argv[1:]], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and "LAMBDA_DET_CACHE=" in done.stderr, done.stderr[-2000:]
+    assert cache.read_text() == "mine"

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
-"""Train or evaluate Mask R-CNN with a LambdaResNet backbone (Detectron2's train_net conventions).
+r"""Train or evaluate Mask R-CNN with a LambdaResNet backbone (Detectron2's train_net conventions).
 
     python tools/train_net.py --config-file CONFIG [--num-gpus N] [--resume] [--eval-only [--overwrite]] [--amp] [KEY VALUE ...]
+    python tools/train_net.py --config-file CONFIG --dataset mine_train train.json images/ --dataset mine_val val.json images/ \
+        DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.ROI_HEADS.NUM_CLASSES 3
 
 Outputs under OUTPUT_DIR: checkpoints, metrics.json, TensorBoard events,
 inference/<dataset>/{coco_instances_results.json, ap_by_size.json, ap_by_size.md, ap_by_size.png}.
@@ -19,7 +21,7 @@ import lambda_det  # noqa: F401  (registers backbones and datasets)
 from lambda_det.checkpoint import Checkpointer, intact_checkpoints
 from lambda_det.engine import (
     Trainer, argument_parser, check_launch_args, earlier_evaluation, finished_run, interrupted, load_cfg, run_folder_lock,
-    parse_args_with_overrides, preflight, run_main, setup_cfg,
+    parse_args_with_overrides, preflight, register_datasets, run_main, setup_cfg,
 )
 
 
@@ -48,6 +50,7 @@ def main_in_worker(args):
 def train_net(argv=None) -> int:
     args = parse_args_with_overrides(argument_parser(), argv)
     print("Command Line Args:", args)
+    register_datasets(args)
     cfg = load_cfg(args)
     check_launch_args(args, cfg.MODEL.DEVICE)
     preflight(cfg, eval_only=args.eval_only, resume=args.resume, overwrite=args.overwrite,

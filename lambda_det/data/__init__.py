@@ -1,6 +1,7 @@
 """Data: dataset registration (the embedded toy dataset, COCO checks) and mappers (large-scale jitter)."""
 from .datasets import (
-    TOY_DATASETS, check_dataset_dicts, check_datasets, check_registered, prepare_dataset, register_toy_datasets,
+    TOY_DATASETS, check_coco_files, check_dataset_dicts, check_datasets, check_registered, prepare_dataset,
+    register_coco_dataset, register_toy_datasets,
 )
 from .mappers import build_lsj_augmentations, build_train_mapper, lsj_problems
 from .toy import TOY_CLASSES, generate_toy_dataset
@@ -10,6 +11,7 @@ register_toy_datasets()
 __all__ = [
     "TOY_CLASSES",
     "TOY_DATASETS",
+    "check_coco_files",
     "check_dataset_dicts",
     "check_datasets",
     "check_registered",
@@ -18,5 +20,6 @@ __all__ = [
     "generate_toy_dataset",
     "lsj_problems",
     "prepare_dataset",
+    "register_coco_dataset",
     "register_toy_datasets",
 ]

@@ -3,12 +3,14 @@ classes, files on disk, and what their annotations need from the config."""
 from __future__ import annotations
 
 import difflib
+import functools
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
+from detectron2.data.datasets import load_coco_json, register_coco_instances
 
 from ..errors import ConfigError, DatasetError
 from .toy import TOY_CLASSES, TOY_COLORS, TOY_SPLITS, default_toy_root, generate_toy_dataset
@@ -48,7 +50,13 @@ def prepare_dataset(name: str) -> None:
     check_registered(name, "the config")
     meta = MetadataCatalog.get(name)
     if name in TOY_DATASETS:
-        generate_toy_dataset(Path(meta.toy_root))
+        try:
+            generate_toy_dataset(Path(meta.toy_root))
+        except OSError as exc:
+            raise DatasetError(
+                f"the toy dataset cannot be written to {meta.toy_root}: {exc.strerror or exc} ({exc.filename}); "
+                f"LAMBDA_DET_CACHE={os.environ.get('LAMBDA_DET_CACHE', '(unset: ~/.cache/lambda_det)')} must name a "
+                "folder you can write to") from None
         return
     expected = [p for p in (meta.get("json_file"), meta.get("image_root")) if p]
     missing = [p for p in expected if not os.path.exists(p)]
@@ -61,6 +69,68 @@ def prepare_dataset(name: str) -> None:
                 f"DETECTRON2_DATASETS is now {os.environ.get('DETECTRON2_DATASETS', 'unset (so ./datasets)')}."
             )
         raise DatasetError(f"dataset {name!r} is missing files: {', '.join(missing)}.{hint}")
+
+
+def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
+    """A user's COCO-format dataset under ``name`` (Detectron2's ``register_coco_instances``), with
+    its class names read from the json so that the config's class count can be checked before a run.
+    Registering the same name with the same files again is a no-op."""
+    for path, what in ((json_file, "annotation file"), (image_root, "image folder")):
+        if not os.path.exists(path):
+            raise DatasetError(f"dataset {name!r}: its {what} {path} does not exist")
+    meta = MetadataCatalog.get(name)
+    if name in DatasetCatalog.list():
+        if (meta.get("json_file"), meta.get("image_root")) == (str(json_file), str(image_root)):
+            return
+        raise DatasetError(f"dataset {name!r} is already registered (with {meta.get('json_file')}); choose another name")
+    data = _read_coco_json(str(json_file))
+    register_coco_instances(name, {}, str(json_file), str(image_root))
+    meta.thing_classes = [c["name"] for c in sorted(data.get("categories", []), key=lambda c: c["id"])]
+
+
+def check_coco_files(name: str) -> None:
+    """A registered COCO-format dataset whose json lists what is on disk: every annotation's
+    category among its categories, every image file present. DatasetError names the file and the
+    first offending entries (Detectron2 would fail on them in the middle of a run, or not at all)."""
+    meta = MetadataCatalog.get(name)
+    json_file, image_root = meta.get("json_file", None), meta.get("image_root", None)
+    if not json_file or not image_root:
+        return
+    prepare_dataset(name)
+    path = Path(json_file)
+    problem = _coco_problem(str(path), str(image_root), path.stat().st_mtime_ns, path.stat().st_size)
+    if problem:
+        raise DatasetError(f"dataset {name!r}: {problem}")
+
+
+@functools.lru_cache(maxsize=None)
+def _coco_problem(json_file: str, image_root: str, mtime_ns: int, size: int) -> Optional[str]:
+    data = _read_coco_json(json_file)
+    categories = {c.get("id") for c in data.get("categories", [])}
+    strays = [a for a in data.get("annotations", []) if a.get("category_id") not in categories]
+    if strays:
+        shown = ", ".join(f"id {a.get('id')} (category_id {a.get('category_id')!r})" for a in strays[:3])
+        return (f"{json_file} has {len(strays)} annotation(s) whose category_id is not among its categories "
+                f"{sorted(categories)[:12]}: {shown}")
+    images = data.get("images", [])
+    missing = [i.get("file_name") for i in images if not os.path.isfile(os.path.join(image_root, str(i.get("file_name"))))]
+    if missing:
+        return (f"{len(missing)} of the {len(images)} images that {json_file} lists are not in {image_root}: "
+                + ", ".join(map(str, missing[:3])) + (" ..." if len(missing) > 3 else ""))
+    return None
+
+
+def _read_coco_json(json_file: str) -> dict:
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{json_file} cannot be read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{json_file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"{json_file} is not a COCO annotation file (no 'images' list)")
+    return data
 
 
 def check_registered(name: str, what: str) -> None:

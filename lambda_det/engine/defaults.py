@@ -24,6 +24,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from ..config import load_config
+from ..data import register_coco_dataset
 from ..checkpoint import intact_checkpoints
 from ..errors import OutputError, UserError
 from ..utils.file_safety import write_text
@@ -49,12 +50,27 @@ def argument_parser() -> argparse.ArgumentParser:
     """Detectron2's ``default_argument_parser`` with --amp and --overwrite."""
     parser = default_argument_parser(epilog=EPILOG)
     parser.add_argument("--amp", action="store_true", help="mixed precision (sets SOLVER.AMP.ENABLED; needs CUDA)")
+    add_dataset_argument(parser)
     parser.add_argument(
         "--overwrite", action="store_true",
         help="replace an earlier evaluation in OUTPUT_DIR/inference/<dataset>/: with --eval-only, or with --resume "
         "of a finished run (which otherwise changes nothing)",
     )
     return parser
+
+
+def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGES"),
+        help="register a COCO-format dataset (annotation json, image folder) under NAME, for DATASETS.TRAIN / "
+        "DATASETS.TEST (MODEL.ROI_HEADS.NUM_CLASSES must be its number of categories); repeatable",
+    )
+
+
+def register_datasets(args: argparse.Namespace) -> None:
+    """The datasets named by --dataset, in this process (each training process registers them)."""
+    for name, json_file, image_root in args.dataset:
+        register_coco_dataset(name, json_file, image_root)
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +206,9 @@ def load_cfg(args):
 
 
 def setup_cfg(args):
-    """Per process: the config, the CPU threads it may use, logging, the config dump, the seed."""
+    """Per process: the datasets of --dataset, the config, the CPU threads it may use, logging, the
+    config dump, the seed."""
+    register_datasets(args)
     cfg = load_cfg(args)
     share_cpu_cores(cfg, args.num_gpus)
     setup(cfg, args, eval_only=args.eval_only)

@@ -27,7 +27,7 @@ from detectron2.solver import build_lr_scheduler
 from fvcore.common.registry import Registry
 
 from ..checkpoint import Checkpointer, check_resume, is_local, saved_iteration, weights_problem
-from ..data import check_datasets, lsj_problems, prepare_dataset
+from ..data import check_coco_files, check_datasets, lsj_problems
 from ..errors import ConfigError, OutputError, UserError, WeightsError
 from ..modeling import STAGE_NAMES, lambda_resnet_config_problems
 from ..utils.file_safety import ensure_writable_dir, refuse_file, refuse_overwrite
@@ -377,7 +377,7 @@ def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, wo
         if cfg.MODEL.WEIGHTS:
             _check_weights_file(cfg.MODEL.WEIGHTS)
     for name in datasets:
-        prepare_dataset(name)  # files present (the toy data is generated)
+        check_coco_files(name)  # files present (the toy data is generated), and what the json lists
     model = build_model_on_cpu(cfg)
     if strict_weights:
         # the weights must fit before anything of the run (its config.yaml) is touched
