@@ -2,7 +2,9 @@
 model they are loaded into, and the intact checkpoints of a run whose last one is damaged."""
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import pickle
 import re
 import zipfile
@@ -13,7 +15,8 @@ import torch
 import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .errors import WeightsError
+from .errors import OutputError, WeightsError
+from .utils.file_safety import temporary_path, write_text
 
 logger = logging.getLogger("lambda_det")
 
@@ -117,6 +120,33 @@ class Checkpointer(DetectionCheckpointer):
         self.strict = strict
         self.cfg = cfg
         self._path: Optional[str] = None
+
+    def save(self, name: str, **kwargs) -> None:
+        """fvcore's save, written under a temporary name and renamed when complete: a full disk (or a
+        kill) leaves the earlier checkpoints and last_checkpoint as they were, and no partial file.
+        A failed write is an OSError naming the checkpoint."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict(), **{k: obj.state_dict() for k, obj in self.checkpointables.items()}, **kwargs}
+        target = Path(self.save_dir) / f"{name}.pth"
+        self.logger.info("Saving checkpoint to %s", target)
+        partial = temporary_path(target)
+        try:
+            with open(partial, "wb") as f:
+                torch.save(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
+        self.tag_last_checkpoint(target.name)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        try:
+            write_text(Path(self.save_dir) / "last_checkpoint", last_filename_basename)
+        except OutputError as exc:
+            raise OSError(errno.EIO, str(exc), str(Path(self.save_dir) / "last_checkpoint")) from None
 
     def load(self, path, *args, **kwargs):
         problem = file_problem(path) if path and is_local(path) else None

@@ -323,3 +323,34 @@ def test_a_cache_variable_naming_a_file_is_one_line(tmp_path):
         assert done.returncode == 2, done.stderr[-2000:]
         assert "Traceback" not in done.stderr and "LAMBDA_DET_CACHE=" in done.stderr, done.stderr[-2000:]
     assert cache.read_text() == "mine"
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_it_and_leaves_no_partial_file(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "run"
+    argv = [str(REPO / "tools" / "train_net.py"), "--config-file", str(TOY_CONFIG), *TINY, "SOLVER.MAX_ITER", "6",
+            "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)]
+    code = (
+        "import errno, runpy, sys, torch\n"
+        "real = torch.save\n"
+        "def full(obj, f, *a, **k):\n"
+        "    if 'model_0000003' in str(getattr(f, 'name', f)):\n"
+        "        f.write(b'x' * 100000)\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "    return real(obj, f, *a, **k)\n"
+        "torch.save = full\n"
+        f"sys.argv = {argv!r}\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, (done.stdout + done.stderr)[-3000:]
+    assert f"error: the run stopped on {out / 'model_0000003.pth'}: No space left on device" in done.stderr
+    assert f"newest: {out / 'model_0000001.pth'}" in done.stderr
+    assert sorted(p.name for p in out.iterdir() if "model_" in p.name) == ["model_0000001.pth"]  # no partial file
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
