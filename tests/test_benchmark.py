@@ -1,7 +1,6 @@
 """The benchmarks' own logic on tiny sizes: every method and form runs in both modes, outputs are
 written whole, auto is checked against the fastest form, nothing is lost."""
 import json
-import time
 
 import pytest
 import torch
@@ -40,22 +39,50 @@ def test_layer_benchmark_times_both_modes_and_writes_json_markdown_and_plot(tmp_
     assert not list(tmp_path.glob(".*partial*"))
 
 
-def test_interleaved_rotates_the_order_and_times_one_call_of_short_steps():
-    calls = []
+class FakeClock:
+    """Seconds that pass only when a step says what it costs: the harness's rules without timing."""
 
-    def step(name, seconds):
+    def __init__(self):
+        self.now = 0.0
+        self.calls = []
+
+    def __call__(self):
+        return self.now
+
+    def step(self, name, *seconds):
+        """A step costing ``seconds[i]`` on its i-th call (the last one from then on)."""
         def run_step():
-            calls.append(name)
-            time.sleep(seconds)
+            self.calls.append(name)
+            self.now += seconds[min(self.calls.count(name), len(seconds)) - 1]
         return run_step
 
-    steps = {"a": step("a", 0.002), "b": step("b", 0.03), "c": step("c", 0.03)}
-    timings = interleaved(steps, repeats=3, device=torch.device("cpu"), min_sample_s=0.02)
+
+def test_interleaved_rotates_the_order_and_times_one_call_of_short_steps():
+    clock = FakeClock()
+    steps = {"a": clock.step("a", 0.002), "b": clock.step("b", 0.03), "c": clock.step("c", 0.03)}
+    timings = interleaved(steps, repeats=3, device=torch.device("cpu"), min_sample_s=0.02, clock=clock)
+    calls = clock.calls
+    assert calls[:3] == list("abc")  # one warm-up each
     rounds = [name for i, name in enumerate(calls[3:]) if i == 0 or calls[3 + i - 1] != name]
     assert rounds == list("abc" "bca" "cab")  # each round starts one step later
-    assert calls[3:].count("a") == 3 * calls[3:].index("b") and calls[3:].index("b") >= 5  # a short step fills 20 ms
-    assert timings["a"].median < 0.01 and timings["b"].median > 0.025  # per call, not per round
+    assert calls[3:].count("a") == 3 * calls[3:].index("b") and calls[3:].index("b") == 10  # a short step fills 20 ms
+    assert calls[3:].count("b") == calls[3:].count("c") == 3  # a long one runs once per round
+    assert timings["a"].times == pytest.approx([0.002] * 3) and timings["b"].times == pytest.approx([0.03] * 3)  # per call
     assert all(len(t.times) == 3 for t in timings.values())
+
+
+def test_interleaved_times_a_step_slow_in_its_warm_up_once_and_counts_calls_from_the_last_warm_up():
+    clock = FakeClock()
+    # "a" is slow in its first warm-up only: its call count follows the last one
+    steps = {"a": clock.step("a", 0.5, 0.01), "b": clock.step("b", 0.02), "slow": clock.step("slow", 0.2)}
+    timings = interleaved(steps, repeats=4, device=torch.device("cpu"), warmup=2, slow_factor=5.0, min_sample_s=0.05,
+                          clock=clock)
+    assert clock.calls[:6] == list("aabb") + ["slow", "slow"]  # warm-ups, step by step
+    timed = clock.calls[6:]
+    assert timed.count("slow") == 1 and len(timings["slow"].times) == 1  # out of the race after one round
+    assert timed.count("a") == 4 * 5 and timed.count("b") == 4 * 3  # ceil(50 ms / warm-up time) calls per round
+    assert timings["slow"].times == pytest.approx([0.2])
+    assert timings["a"].times == pytest.approx([0.01] * 4) and timings["b"].times == pytest.approx([0.02] * 4)
 
 
 def test_unknown_method_is_named(tmp_path):

@@ -41,7 +41,7 @@ def synchronize(device: torch.device) -> None:
 
 def interleaved(
     steps: Dict[str, Callable[[], None]], repeats: int, device: torch.device, warmup: int = 1,
-    slow_factor: Optional[float] = None, min_sample_s: float = 0.05,
+    slow_factor: Optional[float] = None, min_sample_s: float = 0.05, clock: Callable[[], float] = time.perf_counter,
 ) -> Dict[str, Timing]:
     """Run every step ``warmup`` times, then ``repeats`` rounds of every step, and return the time
     of one run of each step per round.
@@ -53,14 +53,13 @@ def interleaved(
     a timer sample of a few milliseconds is mostly noise on a busy machine.
     ``slow_factor``: a step whose warm-up took more than this times the fastest warm-up is timed
     once more instead of ``repeats`` times (it is out of the race; its time is still reported).
+    ``clock``: seconds as ``time.perf_counter`` counts them; a test's fake clock checks these rules
+    without depending on how busy the machine is.
     """
     first: Dict[str, float] = {}
     for name, step in steps.items():
         for _ in range(warmup):
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            first[name] = time.perf_counter() - start
+            first[name] = _seconds_per_call(step, 1, device, clock)
     fastest = min(first.values()) if first else 0.0
     calls = {name: max(1, math.ceil(min_sample_s / max(first.get(name, min_sample_s), 1e-6))) for name in steps}
     names = list(steps)
@@ -70,13 +69,16 @@ def interleaved(
         for name in names[shift:] + names[:shift]:
             if round_index > 0 and slow_factor is not None and first[name] > slow_factor * fastest:
                 continue
-            step = steps[name]
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                step()
-            synchronize(device)
-            timings[name].times.append((time.perf_counter() - start) / calls[name])
+            timings[name].times.append(_seconds_per_call(steps[name], calls[name], device, clock))
     return timings
+
+
+def _seconds_per_call(step: Callable[[], None], calls: int, device: torch.device, clock: Callable[[], float]) -> float:
+    start = clock()
+    for _ in range(calls):
+        step()
+    synchronize(device)
+    return (clock() - start) / calls
 
 
 INTERLEAVING = ("interleaved, the order rotated each round; a step under 50 ms is repeated to fill 50 ms "
