@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from lambda_det.benchmark import LayerSpec, form_sweep, layer_table, run, vs_conv, write_sweep
-from lambda_det.benchmark.layer import auto_check
+from lambda_det.benchmark import LayerSpec, form_sweep, layer_table, run_layer_benchmark, vs_conv, write_sweep
+from lambda_det.benchmark.layer import auto_check, layer_benchmark_paths, sweep_paths, vs_conv_paths
 from lambda_det.benchmark.timing import interleaved
 
 
@@ -14,7 +14,7 @@ def test_layer_benchmark_times_both_modes_and_writes_json_markdown_and_plot(tmp_
     spec = LayerSpec(channels=64, dim_k=4, heads=4, scope=7, batch=1)
     methods = ["lambda/auto", "lambda/fft", "lambda/conv2d", "lambda/fused", "lambda/einsum", "conv3x3", "attention"]
     # memory at 64x64 (1 MiB tensors): peak RSS resolves about that, not a few pages
-    result = run(tmp_path, sides=[8, 16], memory_sides=[64], repeats=2, methods=methods, spec=spec, log=lambda _: None)
+    result = run_layer_benchmark(tmp_path, sides=[8, 16], memory_sides=[64], repeats=2, methods=methods, spec=spec, log=lambda _: None)
     data = json.loads((tmp_path / "lambda_layer_cpu.json").read_text())
     assert data == json.loads(json.dumps(result))
     cells = {(r["method"], r["side"]): r for r in data["records"]}
@@ -37,6 +37,7 @@ def test_layer_benchmark_times_both_modes_and_writes_json_markdown_and_plot(tmp_
     table = (tmp_path / "lambda_layer_cpu.md").read_text()
     assert "| lambda/fused |" in table and "16x16 fwd+bwd" in table and "`impl=\"auto\"`: the form it picks against the fastest form" in table
     assert not list(tmp_path.glob(".*partial*"))
+    assert sorted(layer_benchmark_paths(tmp_path, "cpu").values()) == sorted(tmp_path.iterdir())  # what the tool checks
 
 
 class FakeClock:
@@ -87,7 +88,7 @@ def test_interleaved_times_a_step_slow_in_its_warm_up_once_and_counts_calls_from
 
 def test_unknown_method_is_named(tmp_path):
     with pytest.raises(ValueError, match="lambda/quantum"):
-        run(tmp_path, sides=[8], memory_sides=[8], methods=["lambda/quantum"], log=lambda _: None)
+        run_layer_benchmark(tmp_path, sides=[8], memory_sides=[8], methods=["lambda/quantum"], log=lambda _: None)
 
 
 def test_auto_check_compares_autos_pick_with_the_fastest_form():
@@ -119,6 +120,7 @@ def test_form_sweep_reports_what_auto_picks_and_the_fastest_form(tmp_path):
             assert m["fastest"] in m["times"] and m["auto_picks"] in m["times"]
             assert m["auto_vs_fastest"] >= 1.0
     paths = write_sweep(tmp_path, "auto_rule", "test", records, "cpu", 2)
+    assert paths == sweep_paths(tmp_path, "auto_rule", "cpu") and sorted(paths.values()) == sorted(tmp_path.iterdir())
     assert "auto / fastest" in paths["md"].read_text()
     assert json.loads(paths["json"].read_text())["records"] == json.loads(json.dumps(records))
 
@@ -132,6 +134,7 @@ def test_vs_conv_compares_layer_and_block_with_memory(tmp_path):
         if r["level"] == "layer":
             assert set(r["peak_bytes"]) == {"lambda", "conv3x3"}
     assert "Worst ratios" in (tmp_path / "lambda_vs_conv_cpu.md").read_text()
+    assert sorted(vs_conv_paths(tmp_path, "cpu").values()) == sorted(tmp_path.iterdir())
 
 
 def test_detector_benchmark_quick(tmp_path, capsys):

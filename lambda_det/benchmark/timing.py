@@ -2,7 +2,7 @@
 repeats, with the methods compared interleaved in one run (each round runs every method, in an
 order rotated from round to round, so a drift of the machine or a noisy neighbour hits all
 alike); peak memory (CUDA's allocator, or the peak RSS of a fresh worker process on the CPU);
-what machine it ran on."""
+what machine it ran on; the files a run writes."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,9 +15,12 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
+
+from ..utils.file_safety import StagedFiles, write_text
 
 
 @dataclasses.dataclass
@@ -173,10 +176,19 @@ def spread(timing: dict) -> str:
     return text
 
 
-def markdown(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+def result_paths(out_dir: Path, stem: str, plot: bool) -> Dict[str, Path]:
+    """The files of one benchmark run: ``<stem>.json``, ``.md`` and, with a plot, ``.png``."""
+    return {ext: Path(out_dir) / f"{stem}.{ext}" for ext in ("json", "md", "png") if plot or ext != "png"}
+
+
+def write_results(paths: Dict[str, Path], result: dict, report: str, plot: Optional[Callable[[Path], None]] = None) -> None:
+    """``result`` as JSON, ``report`` as markdown and, if given, ``plot``'s chart: all of them or none."""
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
+    with StagedFiles() as staged:
+        write_text(staged.stage(paths["json"]), json.dumps(result, indent=2))
+        write_text(staged.stage(paths["md"]), report)
+        if plot is not None:
+            plot(staged.stage(paths["png"]))
 
 
 __all__ = [
@@ -184,10 +196,11 @@ __all__ = [
     "Timing",
     "environment_summary",
     "interleaved",
-    "markdown",
     "milliseconds",
     "peak_memory_bytes",
+    "result_paths",
     "run_worker",
     "spread",
     "synchronize",
+    "write_results",
 ]
