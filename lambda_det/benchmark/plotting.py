@@ -10,8 +10,7 @@ from ..errors import OutputError
 
 
 def _pyplot():
-    # imported on first use: the Agg backend has to be chosen before pyplot is imported, and
-    # importing this module should not choose it for the caller
+    # lazy: Agg must be chosen before pyplot is imported, and importing this module must not choose it
     import matplotlib
 
     matplotlib.use("Agg")

@@ -56,8 +56,7 @@ def interleaved(
     a timer sample of a few milliseconds is mostly noise on a busy machine.
     ``slow_factor``: a step whose warm-up took more than this times the fastest warm-up is timed
     once more instead of ``repeats`` times (it is out of the race; its time is still reported).
-    ``clock``: seconds as ``time.perf_counter`` counts them; a test's fake clock checks these rules
-    without depending on how busy the machine is.
+    ``clock``: seconds, as ``time.perf_counter`` (a fake one tests these rules without timing anything).
     """
     first: Dict[str, float] = {}
     for name, step in steps.items():

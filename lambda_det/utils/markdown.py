@@ -1,6 +1,4 @@
 """Markdown tables, as the reports and tools write them."""
-from __future__ import annotations
-
 from typing import Iterable, Sequence
 
 
