@@ -5,13 +5,14 @@ import importlib
 
 import pytest
 import torch
-from conftest import small_cfg, synthetic_batch
+from conftest import small_cfg
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.structures import ImageList
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from detectron2.utils.events import EventStorage
 
 import lambda_det
+from lambda_det.benchmark.detector import synthetic_batch
 from lambda_det.layers import LambdaLayer
 from lambda_det.modeling import LambdaBottleneck, build_lambda_resnet
 from lambda_det.modeling.layouts import PAPER_C4_LAMBDA_BLOCKS, STAGE_BLOCKS
@@ -117,7 +118,7 @@ def test_mask_rcnn_training_step_for_each_family_member(member):
     cfg = small_cfg(ZERO_INIT_RESIDUAL=False, **FAMILY[member])
     model = build_model(cfg).train()
     with EventStorage():
-        losses = model(synthetic_batch(96, 128, num_images=2))
+        losses = model(synthetic_batch(96, 128, num_classes=3, num_images=2))
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
@@ -130,7 +131,7 @@ def test_mask_rcnn_training_step_for_each_family_member(member):
         assert lambda_layers and all(m.rel_pos_emb.grad.abs().sum() > 0 for m in lambda_layers)
     model.eval()
     with torch.no_grad():
-        out = model([{"image": synthetic_batch(80, 112)[0]["image"], "height": 80, "width": 112}])
+        out = model([{"image": synthetic_batch(80, 112, num_classes=3)[0]["image"], "height": 80, "width": 112}])
     assert out[0]["instances"].image_size == (80, 112)
 
 
@@ -141,7 +142,7 @@ def test_mask_rcnn_training_step_deep_members(depth, variant):
     cfg.MODEL.FPN.OUT_CHANNELS = 256
     model = build_model(cfg).train()
     with EventStorage():
-        losses = model(synthetic_batch(128, 160))
+        losses = model(synthetic_batch(128, 160, num_classes=3))
     total = sum(losses.values())
     total.backward()
     assert torch.isfinite(total)
@@ -159,7 +160,7 @@ def test_freeze_at_freezes_stem_and_stages_like_detectron2():
     assert all(p.requires_grad for p in bottom_up.res3.parameters())
     frozen_before = {k: v.clone() for k, v in bottom_up.res2.state_dict().items()}
     with EventStorage():
-        sum(model(synthetic_batch()).values()).backward()
+        sum(model(synthetic_batch(96, 128, num_classes=3)).values()).backward()
     assert all(p.grad is None for p in bottom_up.stem.parameters())
     assert any(p.grad is not None for p in bottom_up.res3.parameters())
     # FrozenBN statistics do not move in training mode

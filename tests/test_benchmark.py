@@ -1,13 +1,12 @@
 """The benchmarks' own logic on tiny sizes: every method and form runs in both modes, outputs are
 written whole, auto is checked against the fastest form, nothing is lost."""
 import json
-import time
 
 import pytest
 import torch
 
-from lambda_det.benchmark import LayerSpec, form_sweep, layer_table, run, vs_conv, write_sweep
-from lambda_det.benchmark.layer import auto_check
+from lambda_det.benchmark import LayerSpec, form_sweep, layer_table, run_layer_benchmark, vs_conv, write_sweep
+from lambda_det.benchmark.layer import auto_check, layer_benchmark_paths, sweep_paths, vs_conv_paths
 from lambda_det.benchmark.timing import interleaved
 
 
@@ -15,7 +14,7 @@ def test_layer_benchmark_times_both_modes_and_writes_json_markdown_and_plot(tmp_
     spec = LayerSpec(channels=64, dim_k=4, heads=4, scope=7, batch=1)
     methods = ["lambda/auto", "lambda/fft", "lambda/conv2d", "lambda/fused", "lambda/einsum", "conv3x3", "attention"]
     # memory at 64x64 (1 MiB tensors): peak RSS resolves about that, not a few pages
-    result = run(tmp_path, sides=[8, 16], memory_sides=[64], repeats=2, methods=methods, spec=spec, log=lambda _: None)
+    result = run_layer_benchmark(tmp_path, sides=[8, 16], memory_sides=[64], repeats=2, methods=methods, spec=spec, log=lambda _: None)
     data = json.loads((tmp_path / "lambda_layer_cpu.json").read_text())
     assert data == json.loads(json.dumps(result))
     cells = {(r["method"], r["side"]): r for r in data["records"]}
@@ -38,29 +37,58 @@ def test_layer_benchmark_times_both_modes_and_writes_json_markdown_and_plot(tmp_
     table = (tmp_path / "lambda_layer_cpu.md").read_text()
     assert "| lambda/fused |" in table and "16x16 fwd+bwd" in table and "`impl=\"auto\"`: the form it picks against the fastest form" in table
     assert not list(tmp_path.glob(".*partial*"))
+    assert sorted(layer_benchmark_paths(tmp_path, "cpu").values()) == sorted(tmp_path.iterdir())  # what the tool checks
+
+
+class FakeClock:
+    """Seconds that pass only when a step says what it costs: the harness's rules without timing."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.calls = []
+
+    def __call__(self):
+        return self.now
+
+    def step(self, name, *seconds):
+        """A step costing ``seconds[i]`` on its i-th call (the last one from then on)."""
+        def run_step():
+            self.calls.append(name)
+            self.now += seconds[min(self.calls.count(name), len(seconds)) - 1]
+        return run_step
 
 
 def test_interleaved_rotates_the_order_and_times_one_call_of_short_steps():
-    calls = []
-
-    def step(name, seconds):
-        def run_step():
-            calls.append(name)
-            time.sleep(seconds)
-        return run_step
-
-    steps = {"a": step("a", 0.002), "b": step("b", 0.03), "c": step("c", 0.03)}
-    timings = interleaved(steps, repeats=3, device=torch.device("cpu"), min_sample_s=0.02)
+    clock = FakeClock()
+    steps = {"a": clock.step("a", 0.002), "b": clock.step("b", 0.03), "c": clock.step("c", 0.03)}
+    timings = interleaved(steps, repeats=3, device=torch.device("cpu"), min_sample_s=0.02, clock=clock)
+    calls = clock.calls
+    assert calls[:3] == list("abc")  # one warm-up each
     rounds = [name for i, name in enumerate(calls[3:]) if i == 0 or calls[3 + i - 1] != name]
     assert rounds == list("abc" "bca" "cab")  # each round starts one step later
-    assert calls[3:].count("a") == 3 * calls[3:].index("b") and calls[3:].index("b") >= 5  # a short step fills 20 ms
-    assert timings["a"].median < 0.01 and timings["b"].median > 0.025  # per call, not per round
+    assert calls[3:].count("a") == 3 * calls[3:].index("b") and calls[3:].index("b") == 10  # a short step fills 20 ms
+    assert calls[3:].count("b") == calls[3:].count("c") == 3  # a long one runs once per round
+    assert timings["a"].times == pytest.approx([0.002] * 3) and timings["b"].times == pytest.approx([0.03] * 3)  # per call
     assert all(len(t.times) == 3 for t in timings.values())
+
+
+def test_interleaved_times_a_step_slow_in_its_warm_up_once_and_counts_calls_from_the_last_warm_up():
+    clock = FakeClock()
+    # "a" is slow in its first warm-up only: its call count follows the last one
+    steps = {"a": clock.step("a", 0.5, 0.01), "b": clock.step("b", 0.02), "slow": clock.step("slow", 0.2)}
+    timings = interleaved(steps, repeats=4, device=torch.device("cpu"), warmup=2, slow_factor=5.0, min_sample_s=0.05,
+                          clock=clock)
+    assert clock.calls[:6] == list("aabb") + ["slow", "slow"]  # warm-ups, step by step
+    timed = clock.calls[6:]
+    assert timed.count("slow") == 1 and len(timings["slow"].times) == 1  # out of the race after one round
+    assert timed.count("a") == 4 * 5 and timed.count("b") == 4 * 3  # ceil(50 ms / warm-up time) calls per round
+    assert timings["slow"].times == pytest.approx([0.2])
+    assert timings["a"].times == pytest.approx([0.01] * 4) and timings["b"].times == pytest.approx([0.02] * 4)
 
 
 def test_unknown_method_is_named(tmp_path):
     with pytest.raises(ValueError, match="lambda/quantum"):
-        run(tmp_path, sides=[8], memory_sides=[8], methods=["lambda/quantum"], log=lambda _: None)
+        run_layer_benchmark(tmp_path, sides=[8], memory_sides=[8], methods=["lambda/quantum"], log=lambda _: None)
 
 
 def test_auto_check_compares_autos_pick_with_the_fastest_form():
@@ -92,6 +120,7 @@ def test_form_sweep_reports_what_auto_picks_and_the_fastest_form(tmp_path):
             assert m["fastest"] in m["times"] and m["auto_picks"] in m["times"]
             assert m["auto_vs_fastest"] >= 1.0
     paths = write_sweep(tmp_path, "auto_rule", "test", records, "cpu", 2)
+    assert paths == sweep_paths(tmp_path, "auto_rule", "cpu") and sorted(paths.values()) == sorted(tmp_path.iterdir())
     assert "auto / fastest" in paths["md"].read_text()
     assert json.loads(paths["json"].read_text())["records"] == json.loads(json.dumps(records))
 
@@ -105,6 +134,7 @@ def test_vs_conv_compares_layer_and_block_with_memory(tmp_path):
         if r["level"] == "layer":
             assert set(r["peak_bytes"]) == {"lambda", "conv3x3"}
     assert "Worst ratios" in (tmp_path / "lambda_vs_conv_cpu.md").read_text()
+    assert sorted(vs_conv_paths(tmp_path, "cpu").values()) == sorted(tmp_path.iterdir())
 
 
 def test_detector_benchmark_quick(tmp_path, capsys):

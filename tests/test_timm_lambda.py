@@ -111,8 +111,8 @@ def test_converted_weights_load_into_the_mask_rcnn_config_with_no_backbone_keys_
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
+    from lambda_det.benchmark.detector import synthetic_batch
     from lambda_det.checkpoint import Checkpointer
-    from conftest import synthetic_batch
 
     # BN trains every stage here: Detectron2's freezing turns BN of frozen stages into FrozenBN that
     # expects BN's num_batches_tracked, a counter no ImageNet checkpoint of its own carries either
@@ -139,7 +139,7 @@ def test_converted_weights_load_into_the_mask_rcnn_config_with_no_backbone_keys_
     torch.testing.assert_close(model.state_dict()[key], saved[key])
     model.train()
     with EventStorage():
-        losses = model(synthetic_batch(128, 96, num_images=1))
+        losses = model(synthetic_batch(128, 96, num_classes=3, num_images=1))
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
 

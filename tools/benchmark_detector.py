@@ -5,7 +5,7 @@ iteration, inference, peak training memory, parameters, GFLOPs, and a per-part b
 
     python tools/benchmark_detector.py                          # 1024 and 512, CPU
     python tools/benchmark_detector.py --device cuda --amp --batch 8
-    python tools/benchmark_detector.py --quick                  # a toy model and its twin: < 1 minute
+    python tools/benchmark_detector.py --quick                  # a toy model and its twin at 128, one round
     python tools/benchmark_detector.py --models LambdaResNet-101 "LambdaResNet-101 conv twin" --sizes 1024 --tag pairs
 
 Results go to --output (default output/benchmarks; the committed ones: --output docs/benchmarks
@@ -15,7 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lambda_det.benchmark.detector import quick_models, run, table6_models
+import torch
+
+from lambda_det.benchmark.detector import detector_benchmark_paths, quick_models, run_detector_benchmark, table6_models
 from lambda_det.engine import positive_int, run_main
 from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite
 
@@ -37,11 +39,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.amp and args.device != "cuda":
         parser.error("--amp needs --device cuda (mixed precision on CPUs is not what GPUs run)")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: torch sees no CUDA device on this machine")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device on this machine")
     models = quick_models() if args.quick else table6_models()
     if args.models:
         known = {m.name: m for m in models}
@@ -54,11 +53,11 @@ def main() -> int:
         parser.error(f"--tag {args.tag!r}: letters, digits, '-' and '_' only (it becomes part of file names)")
     tag = ("_quick" if args.quick else "") + ("_amp" if args.amp else "")
     tag += f"_{args.tag}" if args.tag else ""
-    names = [f"detector_{args.device}{tag}.{ext}" for ext in ("json", "md", "png")]
     if not args.overwrite:
-        refuse_overwrite(existing(args.output / n for n in names), "--output", "of an earlier benchmark")
+        refuse_overwrite(existing(detector_benchmark_paths(args.output, args.device, tag).values()), "--output",
+                         "of an earlier benchmark")
     ensure_writable_dir(args.output, "--output")
-    run(args.output, sizes, models, repeats, args.batch, args.device, args.amp, flops=not args.no_flops, tag=tag)
+    run_detector_benchmark(args.output, sizes, models, repeats, args.batch, args.device, args.amp, flops=not args.no_flops, tag=tag)
     return 0
 
 

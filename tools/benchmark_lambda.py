@@ -14,9 +14,16 @@ replaced without --overwrite. Competitors need `pip install -e .[bench]`. Logic:
 """
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
-from lambda_det.benchmark import LayerSpec, form_sweep, run, scope_sweep_cells, table6_cells, vs_conv, write_sweep
+import torch
+
+from lambda_det.benchmark.layer import (
+    LayerSpec, form_sweep, layer_benchmark_paths, run_layer_benchmark, scope_sweep_cells, sweep_paths, table6_cells, vs_conv,
+    vs_conv_paths, write_sweep,
+)
+from lambda_det.benchmark.backbone import vs_timm, vs_timm_paths
 from lambda_det.engine import positive_int, run_main
 from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite
 
@@ -45,44 +52,34 @@ def main() -> int:
     even = [r for r in [args.scope, *args.scopes] if r % 2 == 0]
     if even:
         parser.error(f"--scope / --scopes: {even[0]} is even; a scope r x r needs an odd r")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: torch sees no CUDA device on this machine")
-    tag = args.device
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device on this machine")
+    out, device = args.output, args.device
     if args.vs_conv:
-        names = [f"lambda_vs_conv_{tag}.{ext}" for ext in ("json", "md", "png")]
-    elif args.auto_rule:
-        names = [f"auto_rule_{tag}.json", f"auto_rule_{tag}.md"]
-    elif args.scope_sweep:
-        names = [f"scope_sweep_{tag}.json", f"scope_sweep_{tag}.md"]
+        paths = vs_conv_paths(out, device)
+        benchmark = partial(vs_conv, out, args.batches, device, args.repeats)
+    elif args.auto_rule or args.scope_sweep:
+        if args.auto_rule:
+            name, title = "auto_rule", "Forms of the position term at the Table 6 models' shapes (impl='auto')"
+            cells = table6_cells(args.batches, args.sides or [16, 32, 64, 128])
+        else:
+            name, title = "scope_sweep", "Forms of the position term by map size and scope"
+            cells = scope_sweep_cells(args.sides or [8, 16, 32, 64], args.scopes, LayerSpec(batch=args.batch))
+        paths = sweep_paths(out, name, device)
+
+        def benchmark() -> None:
+            write_sweep(out, name, title, form_sweep(cells, device, args.repeats), device, args.repeats)
     elif args.vs_timm:
-        names = [f"vs_timm_{tag}.json", f"vs_timm_{tag}.md"]
+        paths = vs_timm_paths(out, device)
+        benchmark = partial(vs_timm, out, args.sizes, args.batch, args.repeats, device)
     else:
-        names = [f"lambda_layer_{tag}.{ext}" for ext in ("json", "md", "png")]
+        paths = layer_benchmark_paths(out, device)
+        benchmark = partial(run_layer_benchmark, out, args.sides or [32, 64, 128], args.memory_sides, device, args.repeats,
+                            args.methods, LayerSpec(batch=args.batch, scope=args.scope))
     if not args.overwrite:
-        refuse_overwrite(existing(args.output / n for n in names), "--output", "of an earlier benchmark")
-    ensure_writable_dir(args.output, "--output")  # before the minutes of timing, not after
-    if args.vs_conv:
-        vs_conv(args.output, args.batches, args.device, args.repeats)
-    elif args.auto_rule:
-        cells = table6_cells(args.batches, args.sides or [16, 32, 64, 128])
-        records = form_sweep(cells, args.device, args.repeats)
-        write_sweep(args.output, "auto_rule", "Forms of the position term at the Table 6 models' shapes (impl='auto')",
-                    records, args.device, args.repeats)
-    elif args.scope_sweep:
-        cells = scope_sweep_cells(args.sides or [8, 16, 32, 64], args.scopes, LayerSpec(batch=args.batch))
-        records = form_sweep(cells, args.device, args.repeats)
-        write_sweep(args.output, "scope_sweep", "Forms of the position term by map size and scope", records,
-                    args.device, args.repeats)
-    elif args.vs_timm:
-        from lambda_det.benchmark.backbone import vs_timm
-
-        vs_timm(args.output, args.sizes, args.batch, args.repeats, args.device)
-    else:
-        run(args.output, args.sides or [32, 64, 128], args.memory_sides, args.device, args.repeats, args.methods,
-            LayerSpec(batch=args.batch, scope=args.scope))
+        refuse_overwrite(existing(paths.values()), "--output", "of an earlier benchmark")
+    ensure_writable_dir(out, "--output")  # before the minutes of timing, not after
+    benchmark()
     return 0
 
 

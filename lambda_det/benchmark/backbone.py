@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Dict, Sequence
 
 import torch
 
 from ..errors import UserError
-from ..utils.file_safety import StagedFiles, write_text
-from .layer import MODES
-from .timing import INTERLEAVING, environment_summary, interleaved, markdown, spread
+from ..modeling import build_lambda_resnet
+from ..modeling.timm_lambda import build_kwargs, convert_state_dict
+from ..utils.markdown import markdown_table
+from .layer import MODES, step_function
+from .timing import INTERLEAVING, environment_summary, interleaved, result_paths, spread, write_results
 
 
 def backbone_pair(name: str, device: torch.device):
     """(timm's features_only model, ours with its converted weights), both in training mode."""
     try:
-        import timm
+        import timm  # optional (the "bench" extra): needed only here
     except ImportError:
         raise UserError("--vs-timm needs timm: pip install -e '.[bench]'") from None
-    from ..modeling import build_lambda_resnet
-    from ..modeling.timm_lambda import build_kwargs, convert_state_dict
 
     torch.manual_seed(0)
     theirs = timm.create_model(name, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
@@ -31,18 +31,8 @@ def backbone_pair(name: str, device: torch.device):
     return theirs.to(device), ours.to(device)
 
 
-def _step(model, x: torch.Tensor, mode: str) -> Callable[[], None]:
-    def forward() -> None:
-        with torch.no_grad():
-            model(x)
-
-    def forward_backward() -> None:
-        outputs = model(x)
-        outputs = outputs.values() if isinstance(outputs, dict) else outputs
-        sum(o.float().square().mean() for o in outputs).backward()
-        model.zero_grad(set_to_none=True)
-
-    return forward if mode == "forward" else forward_backward
+def vs_timm_paths(out_dir: Path, device: str) -> Dict[str, Path]:
+    return result_paths(out_dir, f"vs_timm_{torch.device(device).type}", plot=False)
 
 
 def vs_timm(out_dir: Path, sizes: Sequence[int] = (512, 1024), batch: int = 1, repeats: int = 3, device: str = "cpu",
@@ -54,7 +44,7 @@ def vs_timm(out_dir: Path, sizes: Sequence[int] = (512, 1024), batch: int = 1, r
         x = torch.randn(batch, 3, size, size, device=dev)
         record = {"model": name, "size": size, "batch": batch}
         for mode in MODES:
-            timings = interleaved({"timm": _step(theirs, x, mode), "lambda_det": _step(ours, x, mode)}, repeats, dev)
+            timings = interleaved({"timm": step_function(theirs, x, mode), "lambda_det": step_function(ours, x, mode)}, repeats, dev)
             record[mode] = {k: t.to_dict() for k, t in timings.items()}
             record[mode]["speedup"] = timings["timm"].median / timings["lambda_det"].median
             log(f"{name} {size}x{size} {mode}: timm {spread(record[mode]['timm'])}, lambda_det "
@@ -66,14 +56,10 @@ def vs_timm(out_dir: Path, sizes: Sequence[int] = (512, 1024), batch: int = 1, r
     text = (f"# {name}: timm's model against the same backbone on lambda_det's layer ({dev.type})\n\n"
             f"`{json.dumps(result['environment'])}`; the same weights (converted), training mode (batch norm on batch "
             f"statistics), median (range) of {repeats} rounds, {INTERLEAVING}; backbone only (res2..res5), "
-            "impl=\"auto\".\n\n" + markdown(["size", "batch", "mode", "timm", "lambda_det", "speed-up"], rows))
-    paths = {ext: Path(out_dir) / f"vs_timm_{dev.type}.{ext}" for ext in ("json", "md")}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with StagedFiles() as staged:
-        write_text(staged.stage(paths["json"]), json.dumps(result, indent=2))
-        write_text(staged.stage(paths["md"]), text)
+            "impl=\"auto\".\n\n" + markdown_table(["size", "batch", "mode", "timm", "lambda_det", "speed-up"], rows))
+    write_results(vs_timm_paths(out_dir, device), result, text)
     log(text)
     return result
 
 
-__all__ = ["backbone_pair", "vs_timm"]
+__all__ = ["backbone_pair", "vs_timm", "vs_timm_paths"]

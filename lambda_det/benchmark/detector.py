@@ -17,18 +17,26 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.modeling.backbone.resnet import BottleneckBlock
+from detectron2.solver import build_optimizer
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
 
+from ..analysis import count_flops, count_parameters, worst_case
+from ..config import add_lambda_config, load_config
 from ..errors import UserError
-from ..utils.file_safety import StagedFiles, write_text
 from ..model_zoo import get_config_file
+from ..utils.markdown import markdown_table
 from .plotting import grouped_bars
 from .timing import (
-    INTERLEAVING, environment_summary, interleaved, markdown, milliseconds, peak_memory_bytes, run_worker, spread, synchronize,
+    INTERLEAVING, environment_summary, interleaved, milliseconds, peak_memory_bytes, result_paths, run_worker, spread, synchronize,
+    write_results,
 )
-
 
 
 @dataclasses.dataclass
@@ -68,15 +76,13 @@ def quick_models() -> List[DetectorModel]:
 
 
 def build_cfg(model: DetectorModel, size: int, device: str, amp: bool):
-    from detectron2 import model_zoo
-    from detectron2.config import get_cfg
-
-    from ..analysis import worst_case
-    from ..config import add_lambda_config, load_config
-
     if model.config.startswith("model_zoo:"):
+        # imported here: detectron2.model_zoo imports pkg_resources, which warns on every import,
+        # and only Detectron2's own configs need it
+        from detectron2 import model_zoo as detectron2_model_zoo
+
         cfg = add_lambda_config(get_cfg())
-        cfg.merge_from_file(model_zoo.get_config_file(model.config.split(":", 1)[1]))
+        cfg.merge_from_file(detectron2_model_zoo.get_config_file(model.config.split(":", 1)[1]))
         cfg.merge_from_list(list(model.opts))
     else:
         cfg = load_config(model.config, model.opts)
@@ -90,8 +96,8 @@ def build_cfg(model: DetectorModel, size: int, device: str, amp: bool):
     cfg.INPUT.MIN_SIZE_TEST = size
     cfg.INPUT.MAX_SIZE_TEST = size
     # learning rate 0: the optimizer does all of its arithmetic but the weights stay put, so every
-    # round times the same model, and a randomly initialized one cannot diverge (at batch 1, both
-    # the recipes' 0.32 and the linearly scaled 0.00125 ended in NaN within a few rounds)
+    # round times the same model, and a randomly initialized one cannot diverge (at batch 1 the
+    # recipes' learning rate, scaled or not, turns it to NaN within a few rounds)
     cfg.SOLVER.BASE_LR = 0.0
     worst_case(cfg)
     cfg.freeze()
@@ -102,33 +108,32 @@ def zero_init_residual_branches(model: torch.nn.Module) -> None:
     """Start every Detectron2 bottleneck's residual branch at zero (the gamma of its last norm), as
     our LambdaResNets and Goyal et al. (2017) do. Detectron2 leaves it at one, which it can afford
     because it starts from ImageNet weights: from random weights, 33 blocks of FrozenBN with identity
-    statistics grow R-101's features to ~1e7, and the RPN then yields no proposals, so the heads
-    would do no work. The operations timed are the same either way."""
-    from detectron2.modeling.backbone.resnet import BottleneckBlock
-
+    statistics grow R-101's features by orders of magnitude, and the RPN then yields no proposals, so
+    the heads would do no work. The operations timed are the same either way."""
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, BottleneckBlock):
                 module.conv3.norm.weight.zero_()
 
 
-def synthetic_batch(size: int, batch: int, device: torch.device, num_classes: int, seed: int = 0) -> List[dict]:
-    """Detectron2 training inputs: noise images of size x size with 8 box+mask instances each."""
-    from detectron2.structures import BitMasks, Boxes, Instances
-
+def synthetic_batch(height: int, width: int, *, num_classes: int, num_images: int = 1, device: torch.device | str = "cpu",
+                    seed: int = 0) -> List[dict]:
+    """Detectron2 training inputs: noise images of height x width with 8 box+mask instances each,
+    of classes drawn below ``num_classes``."""
     g = torch.Generator().manual_seed(seed)
+    extent = torch.tensor([width, height], dtype=torch.float32)  # (x, y)
     out = []
-    for _ in range(batch):
-        image = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
-        corners = torch.rand(8, 2, generator=g) * size * 0.7
-        extents = (torch.rand(8, 2, generator=g) * 0.25 + 0.05) * size
-        boxes = torch.cat([corners, corners + extents], dim=1).clamp(max=size - 1)
-        masks = torch.zeros(8, size, size, dtype=torch.bool)
+    for _ in range(num_images):
+        image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)
+        corners = torch.rand(8, 2, generator=g) * extent * 0.7
+        extents = (torch.rand(8, 2, generator=g) * 0.25 + 0.05) * extent
+        boxes = torch.minimum(torch.cat([corners, corners + extents], dim=1), (extent - 1).repeat(2))
+        masks = torch.zeros(8, height, width, dtype=torch.bool)
         for i, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
             masks[i, y0:y1, x0:x1] = True
-        inst = Instances((size, size), gt_boxes=Boxes(boxes), gt_classes=torch.randint(0, num_classes, (8,), generator=g),
+        inst = Instances((height, width), gt_boxes=Boxes(boxes), gt_classes=torch.randint(0, num_classes, (8,), generator=g),
                          gt_masks=BitMasks(masks))
-        out.append({"image": image.to(device), "instances": inst.to(device), "height": size, "width": size})
+        out.append({"image": image.to(device), "instances": inst.to(device), "height": height, "width": width})
     return out
 
 
@@ -136,16 +141,13 @@ class Runner:
     """A model with its optimizer and inputs: one training iteration, one inference."""
 
     def __init__(self, model_def: DetectorModel, size: int, batch: int, device: torch.device, amp: bool) -> None:
-        from detectron2.modeling import build_model
-        from detectron2.solver import build_optimizer
-
         self.name = model_def.name
         self.cfg = build_cfg(model_def, size, device.type, amp)
         torch.manual_seed(0)
         self.model = build_model(self.cfg)
         zero_init_residual_branches(self.model)
         self.optimizer = build_optimizer(self.cfg, self.model)
-        self.inputs = synthetic_batch(size, batch, device, self.cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        self.inputs = synthetic_batch(size, size, num_classes=self.cfg.MODEL.ROI_HEADS.NUM_CLASSES, num_images=batch, device=device)
         self.eval_inputs = [{"image": d["image"], "height": size, "width": size} for d in self.inputs]
         self.device = device
         self.amp = amp and device.type == "cuda"
@@ -162,8 +164,6 @@ class Runner:
                                "its randomly initialized features are not finite enough for the heads")
 
     def train_step(self) -> None:
-        from detectron2.utils.events import EventStorage
-
         self.model.train()
         with EventStorage(0), torch.autocast(self.device.type, enabled=self.amp):
             losses = sum(self.model(self.inputs).values())
@@ -180,11 +180,6 @@ class Runner:
         self.model.eval()
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
             self.model(self.eval_inputs)
-
-    def parameters(self) -> Dict[str, float]:
-        from ..analysis import count_parameters
-
-        return count_parameters(self.model)
 
     def parts(self) -> Dict[str, torch.nn.Module]:
         """stem, res2..res5, FPN (the FPN module less its bottom-up backbone), RPN, ROI heads."""
@@ -234,8 +229,6 @@ def detector_memory(cell: dict, common: dict) -> dict:
 
 def gflops(runner: Runner) -> Dict[str, float]:
     """Whole-model and backbone GFLOPs of the inference forward (Detectron2's FlopCountAnalysis)."""
-    from ..analysis import count_flops
-
     runner.model.eval()
     report = count_flops(runner.model, [runner.eval_inputs[:1]], warnings=False)
     summary = report.summary()
@@ -243,7 +236,11 @@ def gflops(runner: Runner) -> Dict[str, float]:
             "backbone_fpn_gflops": summary["backbone_fpn_gflops"]}
 
 
-def run(
+def detector_benchmark_paths(out_dir: Path, device: str, tag: str = "") -> Dict[str, Path]:
+    return result_paths(out_dir, f"detector_{torch.device(device).type}{tag}", plot=True)
+
+
+def run_detector_benchmark(
     out_dir: Path, sizes: Sequence[int] = (1024, 512), models: Optional[Sequence[DetectorModel]] = None,
     repeats: int = 3, batch: int = 1, device: str = "cpu", amp: bool = False, flops: bool = True, tag: str = "",
     log: Callable[[str], None] = print,
@@ -253,27 +250,25 @@ def run(
         raise UserError("--amp needs --device cuda (mixed precision on CPUs is not what GPUs run)")
     models = list(models or table6_models())
     log(f"{len(models)} models at {list(sizes)} on {dev} ({environment_summary(dev)}), batch {batch}, {repeats} rounds")
-    records = []
+    by_model_size: Dict[Tuple[str, int], dict] = {}
     for size in sizes:
         runners = [Runner(m, size, batch, dev, amp) for m in models]
         for r in runners:
             r.check_worst_case()
+            by_model_size[r.name, size] = {"model": r.name, "size": size, **count_parameters(r.model),
+                                           "test_proposals": r.cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
+                                           "test_detections": r.cfg.TEST.DETECTIONS_PER_IMAGE}
         for mode, step in (("train", "train_step"), ("inference", "inference")):
             if mode == "inference":  # the training rounds moved the BN statistics the inference uses
                 for r in runners:
                     r.check_worst_case()
             timings = interleaved({r.name: getattr(r, step) for r in runners}, repeats, dev)
             for r in runners:
-                record = next((x for x in records if x["model"] == r.name and x["size"] == size), None)
-                if record is None:
-                    record = {"model": r.name, "size": size, **r.parameters(),
-                              "test_proposals": r.cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
-                              "test_detections": r.cfg.TEST.DETECTIONS_PER_IMAGE}
-                    records.append(record)
+                record = by_model_size[r.name, size]
                 record[mode] = timings[r.name].to_dict()
                 log(f"{size}x{size} {r.name}: {mode} {spread(record[mode])}")
         for r in runners:
-            record = next(x for x in records if x["model"] == r.name and x["size"] == size)
+            record = by_model_size[r.name, size]
             record["breakdown_train_forward"] = r.forward_breakdown(training=True)
             record["breakdown_inference"] = r.forward_breakdown(training=False)
             if flops:
@@ -285,24 +280,20 @@ def run(
     memory = run_worker("detector_memory", cells, common) if dev.type == "cpu" else [
         dict(cell=c, **detector_memory(c, common)) for c in cells]
     for m in memory:
-        record = next(x for x in records if x["model"] == m["cell"]["model"]["name"] and x["size"] == m["cell"]["size"])
+        record = by_model_size[m["cell"]["model"]["name"], m["cell"]["size"]]
         record["train_peak_bytes"] = m.get("peak_bytes")
         if "failed" in m:
             record["memory_failed"] = m["failed"]
+    records = list(by_model_size.values())
     result = {"environment": environment_summary(dev), "batch": batch, "repeats": repeats, "amp": amp,
               "models": [dataclasses.asdict(m) for m in models], "records": records, "targets": targets(records)}
-    name = f"detector_{dev.type}{tag}"
-    paths = {ext: Path(out_dir) / f"{name}.{ext}" for ext in ("json", "md", "png")}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with StagedFiles() as staged:
-        write_text(staged.stage(paths["json"]), json.dumps(result, indent=2))
-        write_text(staged.stage(paths["md"]), report(result))
-        size = max(sizes)
-        rows = [x for x in records if x["size"] == size]
-        grouped_bars([x["model"] for x in rows],
-                     {f"train ({size})": [x["train"]["median_s"] for x in rows],
-                      f"inference ({size})": [x["inference"]["median_s"] for x in rows]},
-                     staged.stage(paths["png"]), f"Mask R-CNN time per iteration ({dev.type}, batch {batch})", "seconds")
+    paths = detector_benchmark_paths(out_dir, device, tag)
+    largest = max(sizes)
+    rows = [x for x in records if x["size"] == largest]
+    write_results(paths, result, report(result), lambda png: grouped_bars(
+        [x["model"] for x in rows], {f"train ({largest})": [x["train"]["median_s"] for x in rows],
+                                     f"inference ({largest})": [x["inference"]["median_s"] for x in rows]},
+        png, f"Mask R-CNN time per iteration ({dev.type}, batch {batch})", "seconds"))
     log(report(result))
     log(f"wrote {paths['json']}, .md, .png")
     return result
@@ -347,20 +338,21 @@ def report(result: dict) -> str:
             "train = forward + backward + SGD step (at learning rate 0); inference at the test-time maximum of "
             f"proposals ({values('test_proposals')}) and detections ({values('test_detections')}); peak memory of one training iteration (RSS on CPUs). GFLOPs: Detectron2's "
             "FlopCountAnalysis of the inference forward (one multiply-add = one flop), backbone = without FPN.\n\n"
-            + markdown(head, rows))
+            + markdown_table(head, rows))
     parts_head = ["model", "size", "mode", "stem", "res2", "res3", "res4", "res5", "FPN", "RPN", "ROI heads"]
     part_rows = []
     for r in result["records"]:
         for mode, key in (("train forward", "breakdown_train_forward"), ("inference", "breakdown_inference")):
             b = r.get(key, {})
             part_rows.append([r["model"], r["size"], mode] + [f"{milliseconds(b[p])} ms" if p in b else "-" for p in parts_head[3:]])
-    text += "\n## Where the forward's time goes (one instrumented run)\n\n" + markdown(parts_head, part_rows)
+    text += "\n## Where the forward's time goes (one instrumented run)\n\n" + markdown_table(parts_head, part_rows)
     if result["targets"]:
         text += "\n## LambdaResNets against their conv twins (same network and SE, 3x3 convs instead of lambda layers)\n\n"
-        text += markdown(["model", "size", "train time ratio", "inference time ratio", "peak train memory ratio"],
+        text += markdown_table(["model", "size", "train time ratio", "inference time ratio", "peak train memory ratio"],
                          [[t["model"], t["size"], f"{t['train_ratio']:.2f}x", f"{t['inference_ratio']:.2f}x",
                            f"{t['train_memory_ratio']:.2f}x" if "train_memory_ratio" in t else "-"] for t in result["targets"]])
     return text
 
 
-__all__ = ["DetectorModel", "Runner", "detector_memory", "quick_models", "report", "run", "table6_models"]
+__all__ = ["DetectorModel", "Runner", "detector_benchmark_paths", "detector_memory", "quick_models", "report",
+           "run_detector_benchmark", "synthetic_batch", "table6_models"]

@@ -23,9 +23,12 @@ from ..errors import UserError
 from ..layers import LambdaLayer
 from ..layers import fused as fused_operator
 from ..layers.position_lambdas import TERM_IMPLS
-from ..utils.file_safety import StagedFiles, write_text
+from ..modeling import LambdaBottleneck
+from ..utils.markdown import markdown_table
 from .plotting import line_plot, ratio_bars
-from .timing import INTERLEAVING, environment_summary, interleaved, markdown, milliseconds, peak_memory_bytes, run_worker, spread
+from .timing import (
+    INTERLEAVING, environment_summary, interleaved, milliseconds, peak_memory_bytes, result_paths, run_worker, spread, write_results,
+)
 
 MODES = ("forward", "forward+backward")
 
@@ -87,7 +90,7 @@ def available_methods(include_competitors: bool = True, device_type: str = "cpu"
     ]
     methods.append(Method("conv3x3", lambda s: nn.Conv2d(s.channels, s.channels, 3, stride=s.stride, padding=1, bias=False), 128, 256))
     methods.append(Method("attention", lambda s: GlobalSelfAttention(s.channels, s.heads), 64, 64))
-    if include_competitors:
+    if include_competitors:  # optional (the "bench" extra): imported only where they are compared
         try:
             from timm.layers.lambda_layer import LambdaLayer as TimmLambdaLayer
 
@@ -110,7 +113,8 @@ def available_methods(include_competitors: bool = True, device_type: str = "cpu"
 
 
 def step_function(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
-    """One forward (no gradients: evaluation) or one forward+backward (training)."""
+    """One forward (no gradients: evaluation) or one forward+backward (training) of a module that
+    returns a tensor, or a list or dict of them (a backbone's features)."""
     if mode == "forward":
         def forward() -> None:
             with torch.no_grad():
@@ -118,7 +122,11 @@ def step_function(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[],
         return forward
 
     def forward_backward() -> None:
-        module(x).float().square().mean().backward()
+        outputs = module(x)
+        if isinstance(outputs, torch.Tensor):
+            outputs = [outputs]
+        losses = [o.float().square().mean() for o in (outputs.values() if isinstance(outputs, dict) else outputs)]
+        sum(losses[1:], losses[0]).backward()  # from the first loss, not from 0: one output, one backward, no sum
         module.zero_grad(set_to_none=True)
         x.grad = None
     return forward_backward
@@ -144,7 +152,11 @@ def max_abs_difference_to_conv2d(spec: LayerSpec, side: int, device: torch.devic
 # ---------------------------------------------------------------------------------------------
 # the layer benchmark: every method, forward and forward+backward, peak memory, exactness
 # ---------------------------------------------------------------------------------------------
-def run(
+def layer_benchmark_paths(out_dir: Path, device: str) -> Dict[str, Path]:
+    return result_paths(out_dir, f"lambda_layer_{torch.device(device).type}", plot=True)
+
+
+def run_layer_benchmark(
     out_dir: Path, sides: Sequence[int], memory_sides: Sequence[int], device: str = "cpu", repeats: int = 3,
     methods: Optional[Sequence[str]] = None, spec: Optional[LayerSpec] = None, log: Callable[[str], None] = print,
 ) -> dict:
@@ -184,10 +196,8 @@ def run(
         del modules, x
     log("peak memory ...")
     cells = [{"method": m.name, "side": side} for side in memory_sides for m in chosen if side <= m.max_side_memory]
-    if dev.type == "cpu":
-        memory = run_worker("layer_memory", cells, {"spec": dataclasses.asdict(spec)})
-    else:
-        memory = [dict(cell=c, **layer_memory(c, spec, dev)) for c in cells]
+    memory = run_worker("layer_memory", cells, {"spec": dataclasses.asdict(spec)}) if dev.type == "cpu" else [
+        dict(cell=c, **layer_memory(c, spec, dev)) for c in cells]
     for record in memory:
         entry = next((r for r in records if r["method"] == record["cell"]["method"] and r["side"] == record["cell"]["side"]), None)
         if entry is None:
@@ -200,14 +210,9 @@ def run(
     exactness = max_abs_difference_to_conv2d(spec, side=min(64, max(sides)), device=dev)
     result = {"environment": environment_summary(dev), "spec": dataclasses.asdict(spec), "repeats": repeats,
               "records": records, "max_abs_difference_to_conv2d": exactness, "auto_check": auto_check(records)}
-    tag = dev.type
-    paths = {ext: Path(out_dir) / f"lambda_layer_{tag}.{ext}" for ext in ("json", "md", "png")}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with StagedFiles() as staged:
-        write_text(staged.stage(paths["json"]), json.dumps(result, indent=2))
-        write_text(staged.stage(paths["md"]), layer_report(result))
-        line_plot(records, staged.stage(paths["png"]), f"lambda layer vs alternatives ({tag}, batch {spec.batch}, "
-                  f"d={spec.channels}, r={spec.scope})")
+    paths = layer_benchmark_paths(out_dir, device)
+    write_results(paths, result, layer_report(result), lambda png: line_plot(
+        records, png, f"lambda layer vs alternatives ({dev.type}, batch {spec.batch}, d={spec.channels}, r={spec.scope})"))
     log(layer_table(records))
     log(f"wrote {paths['json']}, .md, .png")
     return result
@@ -218,7 +223,11 @@ def layer_memory(cell: dict, spec: LayerSpec, device: torch.device) -> dict:
     method = {m.name: m for m in available_methods(device_type=device.type)}[cell["method"]]
     torch.manual_seed(0)
     module = method.build(spec).to(device)
-    x = torch.randn(spec.batch, spec.channels, cell["side"], cell["side"], device=device, requires_grad=True)
+    return _training_peak_bytes(module, spec.batch, spec.channels, cell["side"], device)
+
+
+def _training_peak_bytes(module: nn.Module, batch: int, channels: int, side: int, device: torch.device) -> dict:
+    x = torch.randn(batch, channels, side, side, device=device, requires_grad=True)
     step = step_function(module, x, "forward+backward")
     step()  # warm-up: one-time buffers are not the layer's working memory
     return {"peak_bytes": peak_memory_bytes(step, device)}
@@ -267,7 +276,7 @@ def layer_table(records: List[dict], reference: str = "timm") -> str:
             r = cell.get((m, s), {})
             row.append(f"{r['peak_bytes'] / 2**20:.0f} MiB" if "peak_bytes" in r else ("failed" if "memory_failed" in r else "-"))
         rows.append(row)
-    return markdown(head, rows) + f"\n(Nx) = speed-up over `{reference}` at the same size and mode, same run.\n"
+    return markdown_table(head, rows) + f"\n(Nx) = speed-up over `{reference}` at the same size and mode, same run.\n"
 
 
 def layer_report(result: dict) -> str:
@@ -342,19 +351,19 @@ def sweep_report(records: List[dict], title: str, environment: dict, repeats: in
                                                 key=lambda item: item[0])
     return (f"# {title}\n\n`{json.dumps(environment)}`; median of {repeats} rounds, forms {INTERLEAVING}; "
             "* = timed once (its first run took over 5x the fastest form's). Forward = no gradients (evaluation); "
-            "forward+backward = training.\n\n" + markdown(head, rows)
+            "forward+backward = training.\n\n" + markdown_table(head, rows)
             + f"\nWorst auto / fastest: {worst_value:.2f} ({worst_mode}, d = {worst_record['channels']}, "
             f"{worst_record['side']}x{worst_record['side']}, stride {worst_record.get('stride', 1)}, batch {worst_record['batch']}).\n")
 
 
+def sweep_paths(out_dir: Path, name: str, device: str) -> Dict[str, Path]:
+    return result_paths(out_dir, f"{name}_{torch.device(device).type}", plot=False)
+
+
 def write_sweep(out_dir: Path, name: str, title: str, records: List[dict], device: str, repeats: int) -> Dict[str, Path]:
-    dev = torch.device(device)
-    env = environment_summary(dev)
-    paths = {ext: Path(out_dir) / f"{name}_{dev.type}.{ext}" for ext in ("json", "md")}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with StagedFiles() as staged:
-        write_text(staged.stage(paths["json"]), json.dumps({"environment": env, "repeats": repeats, "records": records}, indent=2))
-        write_text(staged.stage(paths["md"]), sweep_report(records, title, env, repeats))
+    env = environment_summary(torch.device(device))
+    paths = sweep_paths(out_dir, name, device)
+    write_results(paths, {"environment": env, "repeats": repeats, "records": records}, sweep_report(records, title, env, repeats))
     return paths
 
 
@@ -383,8 +392,6 @@ def vs_conv(out_dir: Path, batches: Sequence[int] = (1, 2, 4, 8), device: str = 
             log: Callable[[str], None] = print, shapes: Sequence[tuple] = TABLE6_SHAPES) -> dict:
     """impl="auto" against a 3x3 conv of the same width and stride (layer), and a lambda bottleneck
     against the same block with the 3x3 conv (block), forward and forward+backward; peak memory."""
-    from ..modeling import LambdaBottleneck
-
     dev = torch.device(device)
     records = []
     for batch in batches:
@@ -415,14 +422,14 @@ def vs_conv(out_dir: Path, batches: Sequence[int] = (1, 2, 4, 8), device: str = 
         r = next(r for r in records if r["level"] == "layer" and r["shape"] == c["shape"] and r["batch"] == c["batch"])
         r.setdefault("peak_bytes", {})[c["kind"]] = m.get("peak_bytes")
     result = {"environment": environment_summary(dev), "repeats": repeats, "records": records}
-    paths = {ext: Path(out_dir) / f"lambda_vs_conv_{dev.type}.{ext}" for ext in ("json", "md", "png")}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with StagedFiles() as staged:
-        write_text(staged.stage(paths["json"]), json.dumps(result, indent=2))
-        write_text(staged.stage(paths["md"]), vs_conv_report(result))
-        ratio_bars(records, staged.stage(paths["png"]), f"lambda / 3x3 conv time ({dev.type})")
+    write_results(vs_conv_paths(out_dir, device), result, vs_conv_report(result),
+                  lambda png: ratio_bars(records, png, f"lambda / 3x3 conv time ({dev.type})"))
     log(vs_conv_report(result))
     return result
+
+
+def vs_conv_paths(out_dir: Path, device: str) -> Dict[str, Path]:
+    return result_paths(out_dir, f"lambda_vs_conv_{torch.device(device).type}", plot=True)
 
 
 def vs_conv_memory(cell: dict, device: torch.device) -> dict:
@@ -430,10 +437,7 @@ def vs_conv_memory(cell: dict, device: torch.device) -> dict:
     d, stride = cell["channels"], cell["stride"]
     module = (_lambda(LayerSpec(channels=d, stride=stride), "auto") if cell["kind"] == "lambda"
               else nn.Conv2d(d, d, 3, stride=stride, padding=1, bias=False)).to(device)
-    x = torch.randn(cell["batch"], d, cell["side"], cell["side"], device=device, requires_grad=True)
-    step = step_function(module, x, "forward+backward")
-    step()
-    return {"peak_bytes": peak_memory_bytes(step, device)}
+    return _training_peak_bytes(module, cell["batch"], d, cell["side"], device)
 
 
 def vs_conv_report(result: dict) -> str:
@@ -458,7 +462,7 @@ def vs_conv_report(result: dict) -> str:
     return (f"# The lambda layer against the 3x3 convolution it replaces ({result['environment']['device']})\n\n"
             f"`{json.dumps(result['environment'])}`; impl=\"auto\", k = 16, h = 4, r = 23; median (range) of "
             f"{result['repeats']} rounds, lambda and conv {INTERLEAVING}. layer = the layer alone; block = the whole "
-            "bottleneck (1x1, lambda layer or 3x3 conv, 1x1, norms, shortcut).\n\n" + markdown(head, rows)
+            "bottleneck (1x1, lambda layer or 3x3 conv, 1x1, norms, shortcut).\n\n" + markdown_table(head, rows)
             + "\nWorst ratios over the batches: " + "; ".join(summary) + ".\n")
 
 
@@ -470,12 +474,15 @@ __all__ = [
     "available_methods",
     "form_sweep",
     "lambda_forms",
+    "layer_benchmark_paths",
     "layer_memory",
     "layer_table",
-    "run",
+    "run_layer_benchmark",
     "scope_sweep_cells",
+    "sweep_paths",
     "table6_cells",
     "vs_conv",
     "vs_conv_memory",
+    "vs_conv_paths",
     "write_sweep",
 ]

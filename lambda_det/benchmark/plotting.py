@@ -4,10 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Sequence
 
+import numpy as np
+
 from ..errors import OutputError
 
 
 def _pyplot():
+    # lazy: Agg must be chosen before pyplot is imported, and importing this module must not choose it
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,8 +60,6 @@ def line_plot(records: List[dict], path: Path, title: str) -> None:
 def ratio_bars(records: List[dict], path: Path, title: str) -> None:
     """lambda / conv time per shape and batch, for the layer and the block, forward and forward+backward."""
     plt = _pyplot()
-    import numpy as np
-
     levels = [lv for lv in ("layer", "block") if any(r["level"] == lv for r in records)]
     fig, axes = plt.subplots(1, len(levels), figsize=(7 * len(levels), 4.8), squeeze=False)
     for ax, level in zip(axes[0], levels):
@@ -80,8 +81,6 @@ def ratio_bars(records: List[dict], path: Path, title: str) -> None:
 def grouped_bars(groups: Sequence[str], series: dict, path: Path, title: str, ylabel: str) -> None:
     """One group of bars per entry of ``groups``; ``series`` maps a label to one value per group."""
     plt = _pyplot()
-    import numpy as np
-
     fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(groups)), 5))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))

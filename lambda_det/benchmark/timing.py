@@ -2,7 +2,7 @@
 repeats, with the methods compared interleaved in one run (each round runs every method, in an
 order rotated from round to round, so a drift of the machine or a noisy neighbour hits all
 alike); peak memory (CUDA's allocator, or the peak RSS of a fresh worker process on the CPU);
-what machine it ran on."""
+what machine it ran on; the files a run writes."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,9 +15,12 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
+
+from ..utils.file_safety import StagedFiles, write_text
 
 
 @dataclasses.dataclass
@@ -41,7 +44,7 @@ def synchronize(device: torch.device) -> None:
 
 def interleaved(
     steps: Dict[str, Callable[[], None]], repeats: int, device: torch.device, warmup: int = 1,
-    slow_factor: Optional[float] = None, min_sample_s: float = 0.05,
+    slow_factor: Optional[float] = None, min_sample_s: float = 0.05, clock: Callable[[], float] = time.perf_counter,
 ) -> Dict[str, Timing]:
     """Run every step ``warmup`` times, then ``repeats`` rounds of every step, and return the time
     of one run of each step per round.
@@ -53,14 +56,12 @@ def interleaved(
     a timer sample of a few milliseconds is mostly noise on a busy machine.
     ``slow_factor``: a step whose warm-up took more than this times the fastest warm-up is timed
     once more instead of ``repeats`` times (it is out of the race; its time is still reported).
+    ``clock``: seconds, as ``time.perf_counter`` (a fake one tests these rules without timing anything).
     """
     first: Dict[str, float] = {}
     for name, step in steps.items():
         for _ in range(warmup):
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            first[name] = time.perf_counter() - start
+            first[name] = _seconds_per_call(step, 1, device, clock)
     fastest = min(first.values()) if first else 0.0
     calls = {name: max(1, math.ceil(min_sample_s / max(first.get(name, min_sample_s), 1e-6))) for name in steps}
     names = list(steps)
@@ -70,13 +71,16 @@ def interleaved(
         for name in names[shift:] + names[:shift]:
             if round_index > 0 and slow_factor is not None and first[name] > slow_factor * fastest:
                 continue
-            step = steps[name]
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                step()
-            synchronize(device)
-            timings[name].times.append((time.perf_counter() - start) / calls[name])
+            timings[name].times.append(_seconds_per_call(steps[name], calls[name], device, clock))
     return timings
+
+
+def _seconds_per_call(step: Callable[[], None], calls: int, device: torch.device, clock: Callable[[], float]) -> float:
+    start = clock()
+    for _ in range(calls):
+        step()
+    synchronize(device)
+    return (clock() - start) / calls
 
 
 INTERLEAVING = ("interleaved, the order rotated each round; a step under 50 ms is repeated to fill 50 ms "
@@ -171,10 +175,19 @@ def spread(timing: dict) -> str:
     return text
 
 
-def markdown(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+def result_paths(out_dir: Path, stem: str, plot: bool) -> Dict[str, Path]:
+    """The files of one benchmark run: ``<stem>.json``, ``.md`` and, with a plot, ``.png``."""
+    return {ext: Path(out_dir) / f"{stem}.{ext}" for ext in ("json", "md", "png") if plot or ext != "png"}
+
+
+def write_results(paths: Dict[str, Path], result: dict, report: str, plot: Optional[Callable[[Path], None]] = None) -> None:
+    """``result`` as JSON, ``report`` as markdown and, if given, ``plot``'s chart: all of them or none."""
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
+    with StagedFiles() as staged:
+        write_text(staged.stage(paths["json"]), json.dumps(result, indent=2))
+        write_text(staged.stage(paths["md"]), report)
+        if plot is not None:
+            plot(staged.stage(paths["png"]))
 
 
 __all__ = [
@@ -182,10 +195,11 @@ __all__ = [
     "Timing",
     "environment_summary",
     "interleaved",
-    "markdown",
     "milliseconds",
     "peak_memory_bytes",
+    "result_paths",
     "run_worker",
     "spread",
     "synchronize",
+    "write_results",
 ]

@@ -7,22 +7,20 @@ import sys
 
 import torch
 
+from .detector import detector_memory
+from .layer import LayerSpec, layer_memory, vs_conv_memory
 
-def _jobs():
-    from .detector import detector_memory
-    from .layer import LayerSpec, layer_memory, vs_conv_memory
-
-    cpu = torch.device("cpu")
-    return {
-        "layer_memory": lambda cell, common: layer_memory(cell, LayerSpec(**common["spec"]), cpu),
-        "vs_conv_memory": lambda cell, common: vs_conv_memory(cell, cpu),
-        "detector_memory": lambda cell, common: detector_memory(cell, common),
-    }
+CPU = torch.device("cpu")
+JOBS = {
+    "layer_memory": lambda cell, common: layer_memory(cell, LayerSpec(**common["spec"]), CPU),
+    "vs_conv_memory": lambda cell, common: vs_conv_memory(cell, CPU),
+    "detector_memory": detector_memory,
+}
 
 
 def main(payload: str) -> None:
     task = json.loads(payload)
-    job = _jobs()[task["job"]]
+    job = JOBS[task["job"]]
     for cell in task["cells"]:
         print(json.dumps({"cell": cell, "started": True}), flush=True)
         print(json.dumps({"cell": cell, **job(cell, task["common"])}), flush=True)

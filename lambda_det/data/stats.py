@@ -9,6 +9,7 @@ from typing import Dict, List
 from detectron2.data import MetadataCatalog
 
 from ..errors import UserError
+from ..utils.markdown import markdown_table
 from .datasets import check_registered, prepare_dataset
 
 # COCOeval's area ranges (pixels of the instance's segmentation area)
@@ -50,12 +51,8 @@ def dataset_statistics(name: str) -> Dict:
 
 def statistics_table(stats: List[Dict]) -> str:
     head = ["dataset", "images", "instances", "small %", "medium %", "large %", "per class"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in stats:
-        classes = ", ".join(f"{k} {v}" for k, v in s["per_class"].items())
-        cells = [s["dataset"], s["images"], s["instances"], s["small_pct"], s["medium_pct"], s["large_pct"], classes]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(head, [[s["dataset"], s["images"], s["instances"], s["small_pct"], s["medium_pct"], s["large_pct"],
+                                  ", ".join(f"{k} {v}" for k, v in s["per_class"].items())] for s in stats])
 
 
 __all__ = ["dataset_statistics", "statistics_table"]

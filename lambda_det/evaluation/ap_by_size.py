@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import OutputError, ResultFileError
+from ..utils import markdown
 from ..utils.file_safety import StagedFiles, ensure_writable_dir, existing, refuse_overwrite, write_text
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -51,19 +52,9 @@ def _clean(value) -> Optional[float]:
 def markdown_table(rows: Sequence[Tuple[str, Summary]]) -> str:
     """| run | AP bb | AP50 | AP75 | APs | APm | APl | AP mask | ... |: one row per run."""
     head = ["run"] + [f"{m} {label}" for _, label in TASKS for m in METRICS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, summary in rows:
-        cells = [_cell(name)]
-        for task, _ in TASKS:
-            values = summary.get(task, {})
-            cells += ["-" if values.get(m) is None else f"{values[m]:.1f}" for m in METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    """Text for a markdown table cell: a '|' would split the row."""
-    return str(text).replace("|", "/").replace("\n", " ")
+    return markdown.markdown_table(head, [
+        [name] + ["-" if summary.get(task, {}).get(m) is None else f"{summary[task][m]:.1f}" for task, _ in TASKS for m in METRICS]
+        for name, summary in rows])
 
 
 def bar_chart(rows: Sequence[Tuple[str, Summary]], path: Path, title: str = "AP by object size") -> None:
@@ -132,10 +123,10 @@ def write_ap_by_size(
 def provenance_table(rows: Sequence[Tuple[str, Optional[dict]]]) -> str:
     """| run | dataset | weights | iterations | test size | model | config |: what produced each row."""
     head = ["run", "dataset", "weights", "iterations", "test size", "model", "config"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for name, p in rows:
         if not p:
-            lines.append("| " + " | ".join([name] + ["-"] * (len(head) - 1)) + " |")
+            cells.append([name] + ["-"] * (len(head) - 1))
             continue
         weights = str(p.get("weights") or "-")
         if p.get("weights_sha256"):
@@ -145,10 +136,9 @@ def provenance_table(rows: Sequence[Tuple[str, Optional[dict]]]) -> str:
         config = str(p.get("config_file") or "-")
         if p.get("config_sha256"):
             config += f" (sha256 {str(p['config_sha256'])[:8]})"
-        cells = [name, dataset, weights, str(p.get("iterations_trained", "-")), f"{size.get('min', '-')}/{size.get('max', '-')}",
-                 str(p.get("model", "-")), config]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+        cells.append([name, dataset, weights, p.get("iterations_trained", "-"), f"{size.get('min', '-')}/{size.get('max', '-')}",
+                      p.get("model", "-"), config])
+    return markdown.markdown_table(head, cells)
 
 
 def find_ap_by_size(path: Path) -> Path:
