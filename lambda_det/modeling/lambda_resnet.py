@@ -51,17 +51,19 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 class DeepStem(CNNBlockBase):
-    """ResNet-D stem with the max-pool replaced by a stride-2 3x3 conv (ResNet-RS); stride 4."""
+    """Three 3x3 convs (the first with stride 2), each with norm and activation, then stride 2 again:
+    a fourth 3x3 conv (ResNet-D's deep stem with its max-pool replaced, as ResNet-RS does) or, with
+    ``max_pool``, a 3x3 max-pool (timm's "tiered" stem). Stride 4."""
 
     def __init__(self, in_channels: int = 3, widths: Sequence[int] = (32, 32, 64), norm: str = "BN",
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", max_pool: bool = False) -> None:
         super().__init__(in_channels, widths[-1], 4)
         self.activation = activation
-        channels = [in_channels, *widths, widths[-1]]
-        strides = [2, 1, 1, 2]
+        self.max_pool = max_pool
+        channels = [in_channels, *widths] + ([] if max_pool else [widths[-1]])
         self.convs = nn.ModuleList(
             Conv2d(cin, cout, 3, stride=s, padding=1, bias=False, norm=get_norm(norm, cout))
-            for cin, cout, s in zip(channels[:-1], channels[1:], strides)
+            for cin, cout, s in zip(channels[:-1], channels[1:], (2, 1, 1, 2))
         )
         for conv in self.convs:
             weight_init.c2_msra_fill(conv)
@@ -69,28 +71,7 @@ class DeepStem(CNNBlockBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
             x = activate(conv(x), self.activation)
-        return x
-
-
-class TieredStem(CNNBlockBase):
-    """timm's "tiered" stem: 3x3 convs of 3/8, 1/2 and all of the width (the first with stride 2),
-    each with norm and activation, then a 3x3 max-pool with stride 2; stride 4."""
-
-    def __init__(self, in_channels: int = 3, width: int = 64, norm: str = "BN", activation: str = "relu") -> None:
-        super().__init__(in_channels, width, 4)
-        self.activation = activation
-        channels = [in_channels, 3 * width // 8, width // 2, width]
-        self.convs = nn.ModuleList(
-            Conv2d(cin, cout, 3, stride=2 if i == 0 else 1, padding=1, bias=False, norm=get_norm(norm, cout))
-            for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:]))
-        )
-        for conv in self.convs:
-            weight_init.c2_msra_fill(conv)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
-            x = activate(conv(x), self.activation)
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1) if self.max_pool else x
 
 
 class SqueezeExcite(nn.Module):
@@ -212,10 +193,8 @@ def build_lambda_resnet(
 
     lambda_kwargs = dict(dim_k=dim_k, heads=heads, dim_u=dim_u, scope=scope, impl=impl, global_max_size=global_max_size,
                          pool=lambda_pool, position_bias=position_bias)
-    if stem == "tiered":
-        stem_module = TieredStem(in_channels, stem_width, norm=norm, activation=activation)
-    else:
-        stem_module = DeepStem(in_channels, widths=(stem_width // 2, stem_width // 2, stem_width), norm=norm, activation=activation)
+    w, tiered = stem_width, stem == "tiered"
+    stem_module = DeepStem(in_channels, (3 * w // 8 if tiered else w // 2, w // 2, w), norm=norm, activation=activation, max_pool=tiered)
     stages = []
     channels = stem_module.out_channels
     for index, (name, letters) in enumerate(zip(STAGE_NAMES, stage_layouts)):
