@@ -1,8 +1,11 @@
 """Reading weights: errors that name the file and what is wrong with it, weights that must fit the
-model they are loaded into, and the intact checkpoints of a run whose last one is damaged."""
+model they are loaded into, the intact checkpoints of a run whose last one is damaged, and timm's
+weight files in, converted Detectron2 checkpoints out."""
 from __future__ import annotations
 
+import argparse
 import errno
+import io
 import logging
 import os
 import pickle
@@ -15,8 +18,8 @@ import torch
 import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .errors import OutputError, WeightsError
-from .utils.file_safety import temporary_path, write_text
+from .errors import ConversionError, OutputError, WeightsError
+from .utils.file_safety import temporary_path, write_bytes, write_text
 
 logger = logging.getLogger("lambda_det")
 
@@ -248,6 +251,49 @@ def _flatten(node, prefix: str) -> Dict[str, object]:
     return out
 
 
+def read_timm_weights(path) -> Dict[str, torch.Tensor]:
+    """The state dict in a timm checkpoint file (.pth / .pt / .bin / .safetensors), unwrapped from
+    {"state_dict": ...}, {"model": ...} or {"state_dict_ema": ...}. Raises ConversionError naming why not."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        problem = file_problem(str(path))
+        if problem:
+            raise ConversionError(problem)
+        try:
+            from safetensors.torch import load_file  # optional: only the hub's files need it
+
+            return load_file(str(path))
+        except ImportError:
+            raise ConversionError("is a .safetensors file, which needs the 'safetensors' package (pip install safetensors)") from None
+        except Exception as exc:  # safetensors' own errors: a header or size that does not fit
+            raise ConversionError(f"is not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
+    # timm's training checkpoints (CheckpointSaver: model_best.pth.tar) also hold its argparse.Namespace
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        problem = weights_problem(str(path))
+        if problem:
+            raise ConversionError(problem)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict_ema", "state_dict", "model"):
+        if isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    return loaded
+
+
+def save_detectron2_weights(path, converted: Dict[str, torch.Tensor], report: dict, source: str) -> None:
+    """A checkpoint MODEL.WEIGHTS loads into a LambdaResNet-FPN Mask R-CNN (keys under backbone.bottom_up)."""
+    payload = {
+        "model": {f"backbone.bottom_up.{k}": v for k, v in converted.items()},
+        "__author__": "lambda_det tools/convert_timm_to_d2.py",
+        "matching_heuristics": False,
+        "timm_model": report["model"],
+        "source": source,
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(Path(path), buffer.getvalue())
+
+
 def checkpoint_iteration(name: str) -> Optional[int]:
     match = re.fullmatch(r"model_(\d+)\.pth", name)
     return int(match.group(1)) if match else None
@@ -330,6 +376,8 @@ __all__ = [
     "describe_load_error",
     "fit_report",
     "intact_checkpoints",
+    "read_timm_weights",
+    "save_detectron2_weights",
     "saved_iteration",
     "weights_problem",
 ]

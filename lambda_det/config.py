@@ -57,7 +57,8 @@ def add_lambda_config(cfg: CN) -> CN:
     c.SCOPE = 23
     # Largest side of a map a global-scope (SCOPE 0) lambda layer accepts; sizes its embedding table.
     c.GLOBAL_MAX_SIZE = 64
-    # Position-lambda implementation: auto, conv, conv2d, conv3d, einsum, fft (same function).
+    # Position-term implementation, one of lambda_det.layers.position_lambdas.IMPL_CHOICES (auto, conv, conv2d,
+    # conv3d, einsum, fft, fused): all the same function; "auto" picks the fastest for the shape and device.
     c.IMPL = "auto"
     # Features the backbone returns (the FPN reads MODEL.FPN.IN_FEATURES out of these).
     c.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
@@ -66,7 +67,7 @@ def add_lambda_config(cfg: CN) -> CN:
     # Stem: "deep" (ResNet-RS: 3x3 convs of STEM_WIDTH/2, STEM_WIDTH/2, STEM_WIDTH and a stride-2 3x3 conv)
     # or "tiered" (timm: 3x3 convs of 3/8, 1/2 and all of STEM_WIDTH, then a 3x3 max-pool).
     c.STEM = "deep"
-    # Output channels of the stem.
+    # Output channels of the stem; its convs are the fractions of it that STEM names.
     c.STEM_WIDTH = 64
     # Downsampling shortcut: "avg" (ResNet-D: 2x2 average pool, then 1x1 conv) or "conv" (strided 1x1 conv).
     c.SHORTCUT = "avg"
@@ -77,14 +78,18 @@ def add_lambda_config(cfg: CN) -> CN:
     # A learned bias on the position lambdas (timm's conv_lambda has one; the paper does not).
     c.POSITION_BIAS = False
 
-    # Large-scale jitter (Ghiasi et al. 2021), the paper's COCO augmentation: resize so the image
-    # fits IMAGE_SIZE x IMAGE_SIZE times a scale drawn from [MIN_SCALE, MAX_SCALE], then a random
-    # IMAGE_SIZE x IMAGE_SIZE crop padded to that size (Detectron2's ResizeScale + FixedSizeCrop).
-    # Test images are resized to fit IMAGE_SIZE. Used by lambda_det.data.build_lsj_train_loader.
+    # Large-scale jitter (Ghiasi et al. 2021), the paper's COCO augmentation, read by
+    # lambda_det.data.build_train_mapper: resize so the image fits IMAGE_SIZE x IMAGE_SIZE times a scale
+    # drawn from [MIN_SCALE, MAX_SCALE], then a random IMAGE_SIZE x IMAGE_SIZE crop padded to that size
+    # (Detectron2's ResizeScale + FixedSizeCrop). Test images follow INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST.
     cfg.INPUT.LSJ = CN()
+    # On in the paper's configs (Base-Paper-LSJ.yaml); off keeps Detectron2's INPUT.MIN_SIZE_TRAIN resizing.
     cfg.INPUT.LSJ.ENABLED = False
+    # Side of the square training crop (the paper's 1024).
     cfg.INPUT.LSJ.IMAGE_SIZE = 1024
+    # Smallest random scale (the paper's 0.1).
     cfg.INPUT.LSJ.MIN_SCALE = 0.1
+    # Largest random scale (the paper's 2.0).
     cfg.INPUT.LSJ.MAX_SCALE = 2.0
     return cfg
 

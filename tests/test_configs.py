@@ -85,19 +85,24 @@ def test_config_builds_the_model_its_name_says(path):
 
 @pytest.mark.parametrize("path", TIMM_CONFIGS, ids=[p.name for p in TIMM_CONFIGS])
 def test_timm_configs_fine_tune_imagenet_weights_in_detectron2s_conventions(path):
+    from detectron2.config import get_cfg
     from detectron2.layers import FrozenBatchNorm2d
 
     from lambda_det.modeling.timm_lambda import TIMM_MODELS, config_values
 
     match = TIMM.fullmatch(path.name)
     cfg = load(path)
-    for key, value in config_values(match["model"]).items():
-        assert cfg.MODEL.LAMBDA_RESNET[key] == value, key
+    preset = config_values(match["model"])
+    defaults = lambda_det.add_lambda_config(get_cfg()).MODEL.LAMBDA_RESNET
+    assert set(preset) <= set(defaults)
+    for key, value in cfg.MODEL.LAMBDA_RESNET.items():  # the preset, NORM, and nothing else of the yaml's own
+        expected = preset.get(key, "FrozenBN" if key == "NORM" else defaults[key])
+        assert value == expected, key
     model = build_model(cfg)
     bottom_up = model.backbone.bottom_up
     stages = [list(getattr(bottom_up, n)) for n in bottom_up.stage_names]
     layout = ["".join("L" if b.use_lambda else "C" for b in stage) for stage in stages]
-    assert layout == TIMM_MODELS[match["model"]]["layout"]
+    assert layout == TIMM_MODELS[match["model"]]["LAYOUT"]
     assert not any(type(m) is torch.nn.BatchNorm2d for m in bottom_up.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in bottom_up.modules())
     assert cfg.MODEL.BACKBONE.FREEZE_AT == 2 and cfg.MODEL.WEIGHTS == f"weights/{match['model']}_d2.pth"

@@ -12,9 +12,10 @@ second downloads through timm (needs timm and network access). Logic: lambda_det
 import argparse
 import sys
 
+from lambda_det.checkpoint import read_timm_weights, save_detectron2_weights
 from lambda_det.engine import run_main
 from lambda_det.errors import ConversionError, UserError
-from lambda_det.modeling.timm_lambda import TIMM_MODELS, convert_state_dict, read_timm_weights, save_detectron2_weights
+from lambda_det.modeling.timm_lambda import TIMM_MODELS, convert_state_dict
 from lambda_det.utils.file_safety import ensure_writable_dir, path_argument, refuse_overwrite, same_file
 
 

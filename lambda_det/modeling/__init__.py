@@ -10,7 +10,7 @@ from .lambda_resnet import (
     lambda_resnet_config_problems,
     register_backbones,
 )
-from .layouts import PAPER_C4_LAMBDA_BLOCKS, STAGE_BLOCKS, STAGE_NAMES, parse_layout, variant_layout
+from .layouts import PAPER_C4_LAMBDA_BLOCKS, STAGE_BLOCKS, STAGE_NAMES
 
 register_backbones()
 
@@ -27,6 +27,4 @@ __all__ = [
     "PAPER_C4_LAMBDA_BLOCKS",
     "STAGE_BLOCKS",
     "STAGE_NAMES",
-    "parse_layout",
-    "variant_layout",
 ]

@@ -1,4 +1,5 @@
-"""Which bottleneck of a LambdaResNet is a lambda block (LambdaNetworks App. D, Table 17-19).
+"""Which bottleneck of a LambdaResNet is a lambda block (LambdaNetworks App. D, Table 17-19), from
+MODEL.LAMBDA_RESNET's DEPTH or STAGE_BLOCKS, VARIANT and LAYOUT.
 
 A layout is four strings, one per stage res2..res5, one letter per block: "C" for a bottleneck
 whose 3x3 is a convolution, "L" for one whose 3x3 is a lambda layer.
@@ -36,10 +37,27 @@ PAPER_C4_LAMBDA_BLOCKS: Dict[int, Tuple[int, ...]] = {
 VARIANTS = ("lambda", "lambda-c4", "conv", "all-lambda", "custom")
 
 
-def stage_blocks(depth: int) -> Tuple[int, int, int, int]:
-    if depth not in STAGE_BLOCKS:
-        raise ConfigError(f"MODEL.LAMBDA_RESNET.DEPTH={depth!r} is not one of {sorted(STAGE_BLOCKS)}")
-    return STAGE_BLOCKS[depth]
+def stage_layouts(c) -> List[str]:
+    """The layout MODEL.LAMBDA_RESNET ``c`` asks for; ConfigError naming the key that gives none."""
+    if c.VARIANT not in VARIANTS:
+        raise ConfigError(f"MODEL.LAMBDA_RESNET.VARIANT={c.VARIANT!r} is not allowed; choose from {list(VARIANTS)}")
+    if c.STAGE_BLOCKS:
+        blocks = tuple(c.STAGE_BLOCKS)
+        if len(blocks) != 4 or min(blocks) < 1:
+            raise ConfigError(f"MODEL.LAMBDA_RESNET.STAGE_BLOCKS={list(blocks)!r} needs 4 positive block counts")
+    elif c.DEPTH in STAGE_BLOCKS:
+        blocks = STAGE_BLOCKS[c.DEPTH]
+    else:
+        raise ConfigError(f"MODEL.LAMBDA_RESNET.DEPTH={c.DEPTH!r} is not allowed; choose from {sorted(STAGE_BLOCKS)}")
+    if c.VARIANT == "custom":
+        if not c.LAYOUT:
+            raise ConfigError("MODEL.LAMBDA_RESNET.VARIANT='custom' needs MODEL.LAMBDA_RESNET.LAYOUT (4 entries)")
+        return parse_layout(c.LAYOUT, blocks)
+    if c.LAYOUT:
+        raise ConfigError(
+            f"MODEL.LAMBDA_RESNET.LAYOUT={list(c.LAYOUT)!r} is only read with VARIANT='custom' (got VARIANT={c.VARIANT!r})"
+        )
+    return variant_layout(c.VARIANT, blocks, c.DEPTH)
 
 
 def variant_layout(variant: str, blocks: Sequence[int], depth: int) -> List[str]:
@@ -56,15 +74,13 @@ def variant_layout(variant: str, blocks: Sequence[int], depth: int) -> List[str]
         return ["L" * n for n in blocks]
     if variant == "lambda-c4":
         return ["C" * blocks[0], "C" * blocks[1], "L" * blocks[2], "L" * blocks[3]]
-    if variant == "lambda":
-        if depth not in PAPER_C4_LAMBDA_BLOCKS or tuple(blocks) != STAGE_BLOCKS[depth]:
-            raise ConfigError(
-                f"MODEL.LAMBDA_RESNET.VARIANT='lambda' places lambda blocks as the paper does for depths "
-                f"{sorted(PAPER_C4_LAMBDA_BLOCKS)}; with STAGE_BLOCKS={list(blocks)} use VARIANT='custom' and LAYOUT"
-            )
-        c4 = "".join("L" if i + 1 in PAPER_C4_LAMBDA_BLOCKS[depth] else "C" for i in range(blocks[2]))
-        return ["C" * blocks[0], "C" * blocks[1], c4, "L" * blocks[3]]
-    raise ConfigError(f"MODEL.LAMBDA_RESNET.VARIANT={variant!r} is not one of {list(VARIANTS)}")
+    if depth not in PAPER_C4_LAMBDA_BLOCKS or tuple(blocks) != STAGE_BLOCKS[depth]:
+        raise ConfigError(
+            f"MODEL.LAMBDA_RESNET.VARIANT='lambda' places lambda blocks as the paper does for depths "
+            f"{sorted(PAPER_C4_LAMBDA_BLOCKS)}; with STAGE_BLOCKS={list(blocks)} use VARIANT='custom' and LAYOUT"
+        )
+    c4 = "".join("L" if i + 1 in PAPER_C4_LAMBDA_BLOCKS[depth] else "C" for i in range(blocks[2]))
+    return ["C" * blocks[0], "C" * blocks[1], c4, "L" * blocks[3]]
 
 
 def parse_layout(layout: Sequence[str], blocks: Sequence[int]) -> List[str]:

@@ -1,6 +1,7 @@
 """timm's ImageNet-trained lambda ResNets, ``lambda_resnet26t`` and ``lambda_resnet50ts``, rebuilt
-from this package's modules (our LambdaLayer in every lambda block), and their weights converted to
-Detectron2 checkpoints. timm is needed only to fetch weights from its hub and in the tests.
+from this package's modules (our LambdaLayer in every lambda block), and their state dicts converted
+to this backbone's (``lambda_det.checkpoint`` reads and writes the files). timm is needed only to
+fetch weights from its hub and in the tests.
 
 The architectures (timm 1.0's byoanet.py / byobnet.py):
 
@@ -17,40 +18,36 @@ terms INPUT.FORMAT "RGB", PIXEL_MEAN [123.675, 116.28, 103.53], PIXEL_STD [58.39
 """
 from __future__ import annotations
 
-import argparse
+import copy
 import re
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from ..errors import ConversionError
+from .lambda_resnet import build_lambda_resnet
 
+_SHARED = {"VARIANT": "custom", "STEM": "tiered", "STEM_WIDTH": 64, "SHORTCUT": "conv", "LAMBDA_POOL": "avg2x2",
+           "POSITION_BIAS": True, "WIDTH_PER_GROUP": 64, "DIM_K": 16, "HEADS": 4, "DIM_U": 1, "SCOPE": 9, "SE_STAGES": []}
+# The MODEL.LAMBDA_RESNET values of each model, as timm's model_cfgs. Base-TimmLambda-FPN.yaml and its
+# leaves spell them out for their readers; tests/test_configs.py checks that they agree with these.
 TIMM_MODELS: Dict[str, dict] = {
-    "lambda_resnet26t": {"blocks": [2, 2, 2, 2], "layout": ["CC", "CC", "CL", "LL"], "activation": "relu"},
-    "lambda_resnet50ts": {"blocks": [3, 4, 6, 3], "layout": ["CCC", "CCCL", "CLCLCL", "CLC"], "activation": "silu"},
+    "lambda_resnet26t": {**_SHARED, "STAGE_BLOCKS": [2, 2, 2, 2], "LAYOUT": ["CC", "CC", "CL", "LL"], "ACTIVATION": "relu"},
+    "lambda_resnet50ts": {**_SHARED, "STAGE_BLOCKS": [3, 4, 6, 3], "LAYOUT": ["CCC", "CCCL", "CLCLCL", "CLC"],
+                          "ACTIVATION": "silu"},
 }
-# what both share (MODEL.LAMBDA_RESNET keys)
-COMMON = {"STEM": "tiered", "STEM_WIDTH": 64, "SHORTCUT": "conv", "LAMBDA_POOL": "avg2x2", "POSITION_BIAS": True,
-          "WIDTH_PER_GROUP": 64, "DIM_K": 16, "HEADS": 4, "DIM_U": 1, "SCOPE": 9, "SE_STAGES": [], "VARIANT": "custom"}
-PIXEL_MEAN_RGB = [123.675, 116.28, 103.53]
-PIXEL_STD_RGB = [58.395, 57.12, 57.375]
 
 
 def config_values(name: str) -> Dict[str, object]:
     """MODEL.LAMBDA_RESNET values that build ``name``."""
     if name not in TIMM_MODELS:
         raise ValueError(f"{name!r} is not one of timm's lambda models here: {sorted(TIMM_MODELS)}")
-    spec = TIMM_MODELS[name]
-    return {**COMMON, "STAGE_BLOCKS": list(spec["blocks"]), "LAYOUT": list(spec["layout"]), "ACTIVATION": spec["activation"]}
+    return copy.deepcopy(TIMM_MODELS[name])
 
 
 def build_kwargs(name: str) -> dict:
     """``build_lambda_resnet`` keyword arguments that build ``name`` (res2..res5, no classifier)."""
-    v = config_values(name)
-    return dict(variant="custom", layout=v["LAYOUT"], blocks_per_stage=v["STAGE_BLOCKS"], width_per_group=v["WIDTH_PER_GROUP"],
-                dim_k=v["DIM_K"], heads=v["HEADS"], dim_u=v["DIM_U"], scope=v["SCOPE"], stem=v["STEM"],
-                stem_width=v["STEM_WIDTH"], shortcut=v["SHORTCUT"], activation=v["ACTIVATION"],
-                lambda_pool=v["LAMBDA_POOL"], position_bias=v["POSITION_BIAS"], se_stages=[])
+    return {key.lower(): value for key, value in config_values(name).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,11 +65,10 @@ def _conv_bn(timm_prefix: str, ours: str, norm: Optional[str] = None) -> List[Tu
 def key_map(name: str) -> List[Tuple[str, str]]:
     """(timm key, our key) for every tensor of the backbone; our keys are relative to the ResNet
     (prefix them with "backbone.bottom_up." for a Mask R-CNN + FPN)."""
-    spec = TIMM_MODELS[name]
     pairs: List[Tuple[str, str]] = []
     for i in range(3):
         pairs += _conv_bn(f"stem.conv{i + 1}", f"stem.convs.{i}")
-    for s, letters in enumerate(spec["layout"]):
+    for s, letters in enumerate(TIMM_MODELS[name]["LAYOUT"]):
         for b, letter in enumerate(letters):
             t, o = f"stages.{s}.{b}", f"res{s + 2}.{b}"
             if b == 0:  # the first block of every stage changes width (and stride, but for the first stage)
@@ -124,8 +120,6 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], name: Optional[str] 
             f"is not a timm {candidate} state dict: {len(missing)} of its {expected} backbone tensors are missing "
             f"(e.g. {', '.join(missing[:3])})" + ("" if name else f"; it is none of {sorted(TIMM_MODELS)} either")
         )
-    from . import build_lambda_resnet
-
     reference = build_lambda_resnet(**build_kwargs(candidate)).state_dict()
     converted: Dict[str, torch.Tensor] = {}
     for timm_key, our_key in key_map(candidate):
@@ -148,72 +142,4 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], name: Optional[str] 
     return candidate, converted, report
 
 
-__all__ = [
-    "COMMON",
-    "ConversionError",
-    "PIXEL_MEAN_RGB",
-    "PIXEL_STD_RGB",
-    "TIMM_MODELS",
-    "build_kwargs",
-    "config_values",
-    "convert_state_dict",
-    "key_map",
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# files
-# ---------------------------------------------------------------------------------------------
-def read_timm_weights(path) -> Dict[str, torch.Tensor]:
-    """The state dict in a timm checkpoint file (.pth / .pt / .bin / .safetensors), unwrapped from
-    {"state_dict": ...}, {"model": ...} or {"state_dict_ema": ...}. Raises ConversionError naming why not."""
-    from pathlib import Path
-
-    from ..checkpoint import file_problem, weights_problem
-
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        problem = file_problem(str(path))
-        if problem:
-            raise ConversionError(problem)
-        try:
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        except ImportError:
-            raise ConversionError("is a .safetensors file, which needs the 'safetensors' package (pip install safetensors)") from None
-        except Exception as exc:  # safetensors' own errors: a header or size that does not fit
-            raise ConversionError(f"is not a readable safetensors file ({str(exc).splitlines()[0][:160]})") from None
-    # timm's training checkpoints (CheckpointSaver: model_best.pth.tar) also hold its argparse.Namespace
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        problem = weights_problem(str(path))
-        if problem:
-            raise ConversionError(problem)
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict_ema", "state_dict", "model"):
-        if isinstance(loaded.get(key), dict):
-            loaded = loaded[key]
-            break
-    return loaded
-
-
-def save_detectron2_weights(path, converted: Dict[str, torch.Tensor], report: dict, source: str) -> None:
-    """A checkpoint MODEL.WEIGHTS loads into a LambdaResNet-FPN Mask R-CNN (keys under backbone.bottom_up)."""
-    import io
-    from pathlib import Path
-
-    from ..utils.file_safety import write_bytes
-
-    payload = {
-        "model": {f"backbone.bottom_up.{k}": v for k, v in converted.items()},
-        "__author__": "lambda_det tools/convert_timm_to_d2.py",
-        "matching_heuristics": False,
-        "timm_model": report["model"],
-        "source": source,
-    }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_bytes(Path(path), buffer.getvalue())
-
-
-__all__ += ["read_timm_weights", "save_detectron2_weights"]
+__all__ = ["TIMM_MODELS", "build_kwargs", "config_values", "convert_state_dict", "key_map"]
