@@ -136,6 +136,14 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
 def _explain(cfg: CN, exc: Exception) -> str:
     """yacs' messages, with the closest existing key for a misspelt one."""
     text = str(exc.args[0]) if exc.args else str(exc)
+    mismatch = re.search(r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) for config key: ([\w.]+)", text)
+    if mismatch:
+        wanted, given, default, value, key = mismatch.groups()
+        if (wanted, given) == ("float", "int"):
+            return f"{key} {value}: {key} takes a number with a decimal point, e.g. {value}.0 (its default is {default})"
+        kinds = {"int": "an integer", "float": "a number", "str": "text", "bool": "True or False", "tuple": "a tuple",
+                 "list": "a list"}
+        return f"{key} {value}: {key} takes {kinds.get(wanted, wanted)} (its default is {default}), not {kinds.get(given, given)}"
     match = re.search(r"Non-existent (?:config )?key: ([\w.]+)", text)
     if not match:
         return text

@@ -354,3 +354,20 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_it_and_leaves_
     assert f"newest: {out / 'model_0000001.pth'}" in done.stderr
     assert sorted(p.name for p in out.iterdir() if "model_" in p.name) == ["model_0000001.pth"]  # no partial file
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+
+
+def test_an_integer_for_a_float_key_says_how_to_write_it(tmp_path, capsys):
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "SOLVER.BASE_LR", "100", "OUTPUT_DIR", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "SOLVER.BASE_LR 100: SOLVER.BASE_LR takes a number with a decimal point, e.g. 100.0" in err
+    assert "Type mismatch" not in err
+
+
+def test_the_timm_converter_refuses_a_pkl_output_and_creates_no_folder_for_a_bad_input(tmp_path, capsys):
+    bad = tmp_path / "not_weights.pth"
+    bad.write_text("no checkpoint")
+    assert run_tool("convert_timm_to_d2.py", bad, "--output", tmp_path / "new" / "deeper" / "out.pth") == 2
+    assert "not_weights.pth is not a checkpoint" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_weights.pth"]  # no empty folders left behind
+    assert run_tool("convert_timm_to_d2.py", bad, "--output", tmp_path / "weights.pkl") == 2
+    assert "name the file .pth" in capsys.readouterr().err

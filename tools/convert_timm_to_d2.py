@@ -7,7 +7,8 @@ checkpoint for MODEL.WEIGHTS (backbone only: the classifier is left out).
 
 The first form reads a local .pth / .bin / .safetensors file (from the hub, or saved with
 torch.save(model.state_dict(), ...)); --model names the architecture if it is not obvious. The
-second downloads through timm (needs timm and network access). Logic: lambda_det/modeling/timm_lambda.py.
+second downloads through timm (needs timm and network access). Logic: lambda_det/modeling/timm_lambda.py
+(the key map) and lambda_det/checkpoint.py (the files).
 """
 import argparse
 import sys
@@ -16,7 +17,7 @@ from lambda_det.checkpoint import read_timm_weights, save_detectron2_weights
 from lambda_det.engine import run_main
 from lambda_det.errors import ConversionError, UserError
 from lambda_det.modeling.timm_lambda import TIMM_MODELS, convert_state_dict
-from lambda_det.utils.file_safety import ensure_writable_dir, path_argument, refuse_overwrite, same_file
+from lambda_det.utils.file_safety import ensure_writable_dir, path_argument, refuse_file, refuse_overwrite, same_file
 
 
 def main() -> int:
@@ -32,9 +33,12 @@ def main() -> int:
         raise UserError(f"--output {args.output} is a directory; name the .pth file to write")
     if args.input is not None and same_file(args.input, args.output):
         raise UserError(f"--output {args.output} is the input checkpoint; name a new file")
+    if args.output.suffix in (".pkl", ".pyth"):
+        raise UserError(f"--output {args.output}: Detectron2 reads {args.output.suffix} weights in another format (Caffe2's "
+                        "pickle, pycls'), not this PyTorch checkpoint; name the file .pth")
     if not args.overwrite and args.output.exists():
         refuse_overwrite([args.output], "--output", "of an earlier conversion")
-    ensure_writable_dir(args.output.parent, "--output's folder")
+    refuse_file(args.output.parent, "--output's folder")  # created only once the input has converted
     if args.pretrained:
         try:
             import timm
@@ -55,6 +59,7 @@ def main() -> int:
         name, converted, report = convert_state_dict(state_dict, name)
     except ConversionError as exc:
         raise UserError(f"{source} {exc}") from None
+    ensure_writable_dir(args.output.parent, "--output's folder")
     save_detectron2_weights(args.output, converted, report, source)
     kinds = ", ".join(report["left_out_kinds"]) or "nothing"
     print(f"{source}: timm {name}, {report['mapped']} backbone tensors mapped; left out {len(report['left_out'])} "
