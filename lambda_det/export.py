@@ -239,4 +239,3 @@ __all__ = [
     "run_exported",
     "tracing_adapter",
 ]
-

@@ -231,6 +231,8 @@ def setup(cfg, args, *, eval_only: bool = False) -> None:
         if type(handler) is logging.StreamHandler:  # the terminal; log.txt keeps the whole traceback
             handler.addFilter(_known_failures_in_one_line)
     log.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
+    # the report imports torch's extension builder, which warns on a CPU-only machine that it found no CUDA runtime
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     log.info("Environment info:\n%s", collect_env_info())
     log.info("Command line arguments: %s", args)
     if comm.is_main_process():

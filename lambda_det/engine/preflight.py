@@ -38,8 +38,6 @@ INPUT_FORMATS = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}
 RUN_MARKERS = ("last_checkpoint", "metrics.json", "config.yaml", "log.txt", "inference")
 
 
-
-
 def train_samplers() -> List[str]:
     """The training samplers of the installed Detectron2 (DATALOADER.SAMPLER_TRAIN names a class)."""
     return sorted(name for name in dir(samplers) if name.endswith("TrainingSampler"))
@@ -227,8 +225,6 @@ def _check_fpn(p: _Problems) -> None:
         p.add("MODEL.FPN.OUT_CHANNELS", "must be a multiple of 32 with MODEL.FPN.NORM='GN' (GroupNorm of 32 groups)")
 
 
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -241,8 +237,6 @@ def _show(value) -> str:
     if isinstance(value, tuple):
         value = list(value)
     return repr(value)
-
-
 
 
 # what an evaluation writes into OUTPUT_DIR/inference/<dataset>/ (Detectron2's COCOEvaluator, the
@@ -407,5 +401,3 @@ def _check_weights_file(path: str) -> None:
         problem = weights_problem(path)
         if problem:
             raise WeightsError(f"MODEL.WEIGHTS {path} {problem}")
-
-

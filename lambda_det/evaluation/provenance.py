@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 from typing import Optional
 
+from .. import __version__
 from ..utils.file_safety import file_sha256
 
 
@@ -42,8 +43,6 @@ def evaluation_provenance(
     """
     import detectron2
     import torch
-
-    from .. import __version__
 
     record: dict = {"dataset": dataset_name}
     if num_images is not None:
