@@ -83,6 +83,7 @@ class Tiles(NamedTuple):
     bk: int
     bv: int
     num_warps: int
+    num_stages: int
 
     @property
     def taps(self) -> int:  # scope columns one band covers
@@ -93,11 +94,11 @@ class Tiles(NamedTuple):
 # float32 precision, so every configuration it can launch is compiled ahead of time by the tests.
 # Forward and dq/dR: 4 heads x 8 positions = 32 rows; the value row haloed to 32 columns leaves 25
 # taps per chunk: r = 23 (the paper's scope) is one chunk, 23 of 32 band columns useful.
-FORWARD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=4)
-QR_GRAD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=4)
+FORWARD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=2)
+QR_GRAD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=2)
 # dV: 16 value columns (its matmul's M), the 32 haloed query columns of 4 heads stacked into the
 # reduction (128), 17 taps per chunk.
-V_GRAD_TILES = Tiles(hb=4, bx=16, bxh=32, rt=32, bk=16, bv=32, num_warps=4)
+V_GRAD_TILES = Tiles(hb=4, bx=16, bxh=32, rt=32, bk=16, bv=32, num_warps=8, num_stages=1)
 
 # (dtype, tl.dot input precision) the dispatcher can pick
 PRECISIONS = (
@@ -131,9 +132,10 @@ if triton is not None:
         HEADS, K, U, NV, H, W, RH, RW,
         HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
         BK: tl.constexpr, BV: tl.constexpr,
-        PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr,
+        PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_K: tl.constexpr,
     ):
-        # program: one image, one query row y, BX positions of it, HB heads, BV value channels
+        # program: one image, one query row y, BX positions of it, HB heads, BV value channels.
+        # ONE_K (k <= BK, the paper's k = 16): the queries stay in registers for every tap chunk
         M: tl.constexpr = HB * BX
         TS: tl.constexpr = BXH - BX + 1
         n_x = tl.cdiv(W, BX)
@@ -168,6 +170,8 @@ if triton is not None:
             ck = tl.load(c_ptr + b * scb + (k0 + kk)[:, None] * sck + vv[None, :] * scv,
                          mask=k_ok[:, None] & v_ok[None, :], other=0.0)
             acc = _mm(qk, ck, acc, PRECISION, DOT_F32)
+        if ONE_K:
+            q0 = tl.load(q_row + kk[None, :] * sqk, mask=row_ok[:, None] & (kk < K)[None, :], other=0.0)
 
         # band geometry: column j of the haloed value row holds tap j - i of position i
         band_d = jj[None, :] - ii[:, None]
@@ -189,12 +193,18 @@ if triton is not None:
                     tap = t0 + tt
                     tap_ok = (tt < TS) & (tap < RW)
                     a = tl.zeros((M, RT), dtype=ACC)
-                    for k0 in range(0, K, BK):
-                        k_ok = (k0 + kk) < K
-                        qk = tl.load(q_row + (k0 + kk)[None, :] * sqk, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-                        rk = tl.load(r_ptr + (k0 + kk)[:, None] * srk + u * sru + dy * sry + tap[None, :] * srx,
-                                     mask=k_ok[:, None] & tap_ok[None, :], other=0.0)
-                        a = _mm(qk, rk, a, PRECISION, DOT_F32)
+                    if ONE_K:
+                        rk = tl.load(r_ptr + kk[:, None] * srk + u * sru + dy * sry + tap[None, :] * srx,
+                                     mask=(kk < K)[:, None] & tap_ok[None, :], other=0.0)
+                        a = _mm(q0, rk, a, PRECISION, DOT_F32)
+                    else:
+                        for k0 in range(0, K, BK):
+                            k_ok = (k0 + kk) < K
+                            qk = tl.load(q_row + (k0 + kk)[None, :] * sqk, mask=row_ok[:, None] & k_ok[None, :],
+                                         other=0.0)
+                            rk = tl.load(r_ptr + (k0 + kk)[:, None] * srk + u * sru + dy * sry + tap[None, :] * srx,
+                                         mask=k_ok[:, None] & tap_ok[None, :], other=0.0)
+                            a = _mm(qk, rk, a, PRECISION, DOT_F32)
                     band = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0)
                     xv = x0 + t0 - cx + jj
                     vrow = tl.load(v_ptr + b * svb + u * svu + yv * svy + xv[:, None] * svx + vv[None, :] * svv,
@@ -217,10 +227,11 @@ if triton is not None:
         HEADS, K, U, NV, H, W, RH, RW, ROWS,
         HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
         BK: tl.constexpr, BV: tl.constexpr,
-        PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr,
+        PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_V: tl.constexpr,
     ):
         # program: one image, ROWS query rows, BX positions, HB heads; writes dq of those and its
-        # own slot of partial dR sums (p[slot, u, dy, t, k]); nothing another program writes
+        # own slot of partial dR sums (p[slot, u, dy, t, k]); nothing another program writes.
+        # ONE_V (v <= BV): the output gradient of a row stays in registers for every tap chunk
         M: tl.constexpr = HB * BX
         TS: tl.constexpr = BXH - BX + 1
         n_x = tl.cdiv(W, BX)
@@ -259,17 +270,25 @@ if triton is not None:
             dy_hi = tl.minimum(cy - y + H, RH)
             q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
             g_row = g_ptr + b * sgb + y * sgy + xq[:, None] * sgx + head[:, None] * NV * sgc
+            if ONE_V:
+                g0 = tl.load(g_row + vl[None, :] * sgc, mask=row_ok[:, None] & (vl < NV)[None, :], other=0.0)
             for k0 in range(0, K, BK):
                 k_ok = (k0 + kk) < K
                 qk = tl.load(q_row + (k0 + kk)[None, :] * sqk, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
                 # content term's dq: G (M x v) @ lambda^c^T (v x k)
                 dq = tl.zeros((M, BK), dtype=ACC)
-                for v0 in range(0, NV, BV):
-                    v_ok = (v0 + vl) < NV
-                    gv = tl.load(g_row + (v0 + vl)[None, :] * sgc, mask=row_ok[:, None] & v_ok[None, :], other=0.0)
-                    ct = tl.load(c_ptr + b * scb + (k0 + kk)[None, :] * sck + (v0 + vl)[:, None] * scv,
-                                 mask=v_ok[:, None] & k_ok[None, :], other=0.0)
-                    dq = _mm(gv, ct, dq, PRECISION, DOT_F32)
+                if ONE_V:
+                    ct = tl.load(c_ptr + b * scb + (k0 + kk)[None, :] * sck + vl[:, None] * scv,
+                                 mask=(vl < NV)[:, None] & k_ok[None, :], other=0.0)
+                    dq = _mm(g0, ct, dq, PRECISION, DOT_F32)
+                else:
+                    for v0 in range(0, NV, BV):
+                        v_ok = (v0 + vl) < NV
+                        gv = tl.load(g_row + (v0 + vl)[None, :] * sgc, mask=row_ok[:, None] & v_ok[None, :],
+                                     other=0.0)
+                        ct = tl.load(c_ptr + b * scb + (k0 + kk)[None, :] * sck + (v0 + vl)[:, None] * scv,
+                                     mask=v_ok[:, None] & k_ok[None, :], other=0.0)
+                        dq = _mm(gv, ct, dq, PRECISION, DOT_F32)
                 for u in range(0, U):
                     for dy in range(dy_lo, dy_hi):
                         yv = y + dy - cy
@@ -277,13 +296,18 @@ if triton is not None:
                             xv = x0 + t0 - cx + jj
                             x_ok = (xv >= 0) & (xv < W)
                             db = tl.zeros((M, BXH), dtype=ACC)
-                            for v0 in range(0, NV, BV):
-                                v_ok = (v0 + vl) < NV
-                                gv = tl.load(g_row + (v0 + vl)[None, :] * sgc, mask=row_ok[:, None] & v_ok[None, :],
-                                             other=0.0)
-                                vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + (v0 + vl)[:, None] * svv
-                                             + xv[None, :] * svx, mask=v_ok[:, None] & x_ok[None, :], other=0.0)
-                                db = _mm(gv, vt, db, PRECISION, DOT_F32)
+                            if ONE_V:
+                                vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + vl[:, None] * svv + xv[None, :] * svx,
+                                             mask=(vl < NV)[:, None] & x_ok[None, :], other=0.0)
+                                db = _mm(g0, vt, db, PRECISION, DOT_F32)
+                            else:
+                                for v0 in range(0, NV, BV):
+                                    v_ok = (v0 + vl) < NV
+                                    gv = tl.load(g_row + (v0 + vl)[None, :] * sgc,
+                                                 mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+                                    vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + (v0 + vl)[:, None] * svv
+                                                 + xv[None, :] * svx, mask=v_ok[:, None] & x_ok[None, :], other=0.0)
+                                    db = _mm(gv, vt, db, PRECISION, DOT_F32)
                             tap = t0 + tt
                             tap_ok = (tt < TS) & (tap < RW)
                             da = tl.where(tap_ok[None, :], tl.gather(db, tap_sel, 1), 0.0).to(dt)
@@ -492,22 +516,63 @@ def _device_context(t: Tensor):
     return contextlib.nullcontext()
 
 
+class Launch(NamedTuple):
+    """One kernel launch as the dispatcher plans it (also what the ahead-of-time compile test compiles)."""
+
+    fn: object
+    grid: Tuple[int, ...]
+    args: tuple
+    constexprs: Dict[str, object]
+    num_warps: int
+    num_stages: int
+
+    def run(self) -> None:
+        self.fn[self.grid](*self.args, num_warps=self.num_warps, num_stages=self.num_stages, **self.constexprs)
+
+
+def forward_launch(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, out: Tensor,
+                   precision: Optional[str] = None) -> Launch:
+    b, heads, k, height, width = q.shape
+    u, v = values.shape[1], values.shape[2]
+    t = FORWARD_TILES
+    grid = (b * height * triton.cdiv(width, t.bx), triton.cdiv(heads, t.hb) * triton.cdiv(v, t.bv))
+    args = (q, values, kernel, content, out, *q.stride(), *values.stride(), *kernel.stride(), *content.stride(),
+            *out.stride(), heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
+    constexprs = dict(_constexprs(t, q.dtype, precision or dot_precision(q.dtype)), ONE_K=k <= t.bk)
+    return Launch(_lambda_fwd_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
+
+
+def qr_grad_launch(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, dq: Tensor,
+                   partial: Tensor, rows: int, precision: Optional[str] = None) -> Launch:
+    b, heads, k, height, width = q.shape
+    u, v = values.shape[1], values.shape[2]
+    t = QR_GRAD_TILES
+    grid = (b * triton.cdiv(height, rows) * triton.cdiv(width, t.bx), triton.cdiv(heads, t.hb))
+    args = (q, values, kernel, content, grad, dq, partial, *q.stride(), *values.stride(), *kernel.stride(),
+            *content.stride(), *grad.stride(), *dq.stride(), *partial.stride()[:4],
+            heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3], rows)
+    constexprs = dict(_constexprs(t, q.dtype, precision or dot_precision(q.dtype)), ONE_V=v <= t.bv)
+    return Launch(_lambda_bwd_qr_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
+
+
+def v_grad_launch(grad: Tensor, q: Tensor, kernel: Tensor, dv: Tensor, precision: Optional[str] = None) -> Launch:
+    b, heads, k, height, width = q.shape
+    u, v = dv.shape[1], dv.shape[2]
+    t = V_GRAD_TILES
+    grid = (b * height * triton.cdiv(width, t.bx), u * triton.cdiv(v, t.bv))
+    args = (q, kernel, grad, dv, *q.stride(), *kernel.stride(), *grad.stride(), *dv.stride(),
+            heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
+    return Launch(_lambda_bwd_v_kernel, grid, args, _constexprs(t, q.dtype, precision or dot_precision(q.dtype)),
+                  t.num_warps, t.num_stages)
+
+
 def forward_into(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, out: Tensor) -> Tensor:
     """Write the lambda output into ``out`` (b, h v, H, W), any strides; inputs are read through their
     strides (no copies), so views into larger buffers work (the tests surround them with NaNs)."""
-    b, heads, k, height, width = q.shape
-    u, v = values.shape[1], values.shape[2]
-    rh, rw = kernel.shape[2], kernel.shape[3]
     if out.numel() == 0:
         return out
-    t = FORWARD_TILES
-    grid = (b * height * triton.cdiv(width, t.bx), triton.cdiv(heads, t.hb) * triton.cdiv(v, t.bv))
     with _device_context(q):
-        _lambda_fwd_kernel[grid](
-            q, values, kernel, content, out,
-            *q.stride(), *values.stride(), *kernel.stride(), *content.stride(), *out.stride(),
-            heads, k, u, v, height, width, rh, rw,
-            num_warps=t.num_warps, **_constexprs(t, q.dtype, dot_precision(q.dtype)))
+        forward_launch(q, values, kernel, content, out).run()
     return out
 
 
@@ -534,8 +599,7 @@ def backward_into(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, conte
     buffer of ``qr_partial_shape`` for the per-program dR sums, contiguous (default: allocated here).
     """
     b, heads, k, height, width = q.shape
-    u, v = values.shape[1], values.shape[2]
-    rh, rw = kernel.shape[2], kernel.shape[3]
+    v = values.shape[2]
     if q.numel() == 0 or values.numel() == 0:
         for t_ in (dq, dv, dr, dc):
             t_.zero_()
@@ -546,24 +610,9 @@ def backward_into(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, conte
         partial = torch.zeros(shape, dtype=_accumulator_dtype(q.dtype), device=q.device)
     elif tuple(partial.shape) != shape or not partial.is_contiguous():
         raise ValueError(f"partial must be a contiguous {shape} buffer, got {tuple(partial.shape)}")
-    precision = dot_precision(q.dtype)
     with _device_context(q):
-        t = QR_GRAD_TILES
-        n_x = triton.cdiv(width, t.bx)
-        grid = (b * triton.cdiv(height, rows) * n_x, triton.cdiv(heads, t.hb))
-        _lambda_bwd_qr_kernel[grid](
-            q, values, kernel, content, grad, dq, partial,
-            *q.stride(), *values.stride(), *kernel.stride(), *content.stride(), *grad.stride(), *dq.stride(),
-            *partial.stride()[:4],
-            heads, k, u, v, height, width, rh, rw, rows,
-            num_warps=t.num_warps, **_constexprs(t, q.dtype, precision))
-        t = V_GRAD_TILES
-        grid = (b * height * triton.cdiv(width, t.bx), u * triton.cdiv(v, t.bv))
-        _lambda_bwd_v_kernel[grid](
-            q, kernel, grad, dv,
-            *q.stride(), *kernel.stride(), *grad.stride(), *dv.stride(),
-            heads, k, u, v, height, width, rh, rw,
-            num_warps=t.num_warps, **_constexprs(t, q.dtype, precision))
+        qr_grad_launch(grad, q, values, kernel, content, dq, partial, rows).run()
+        v_grad_launch(grad, q, kernel, dv).run()
     # dR: the programs' partial sums added in one fixed order (the same bits on every run)
     dr.copy_(partial.sum(0).permute(3, 0, 1, 2))
     # dlambda^c[b, k, v] = sum_{h, n} q[b, h, k, n] g[b, h, v, n]: one batched matmul
@@ -638,3 +687,82 @@ __all__ = [
     "choose_triton", "dot_precision", "forward_into", "lambda_output_triton", "qr_partial_shape",
     "qr_rows_per_program", "unavailable_reason",
 ]
+
+
+# ------------------------------------------------------------------------------------------------
+# every configuration the dispatcher can launch, for ahead-of-time compilation (tests, docs/gpu.md)
+# ------------------------------------------------------------------------------------------------
+_TL_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+class KernelConfiguration(NamedTuple):
+    name: str  # e.g. "forward fp32/tf32"
+    fn: object  # the @triton.jit kernel
+    signature: Dict[str, str]
+    constexprs: Dict[str, object]
+    attrs: Dict[Tuple[int, ...], list]
+    num_warps: int
+    num_stages: int
+
+
+# Launches the compile test specializes for (contiguous tensors, batch 8): res4 of LambdaResNet-101
+# at 1024 px (d 256 -> h 4, k 16, v 64, u 1, 64 x 64, r 23); res5 (d 512 -> v 128, 32 x 32; the
+# stride-2 block at 64 x 64 specializes the same way); and k 32, the queries in two blocks. Between
+# them they reach every tile choice of the dispatcher (ONE_K, ONE_V both ways).
+REFERENCE_LAUNCHES = (
+    ("res4", dict(b=8, heads=4, k=16, u=1, v=64, height=64, width=64, rh=23, rw=23)),
+    ("res5", dict(b=8, heads=4, k=16, u=1, v=128, height=32, width=32, rh=23, rw=23)),
+    ("k32", dict(b=8, heads=4, k=32, u=1, v=64, height=64, width=64, rh=23, rw=23)),
+)
+
+
+def _specialize(launch: Launch, name: str) -> KernelConfiguration:
+    """The signature Triton's JIT gives these arguments: tensors as typed pointers (16-byte aligned),
+    integers equal to 1 as constants, integers divisible by 16 marked so (what lets it vectorize)."""
+    signature, constexprs, attrs = {}, dict(launch.constexprs), {}
+    names = launch.fn.arg_names
+    for i, (arg_name, value) in enumerate(zip(names, launch.args)):
+        if isinstance(value, torch.Tensor):
+            signature[arg_name] = "*" + _TL_NAMES[value.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif value == 1:
+            signature[arg_name] = "constexpr"
+            constexprs[arg_name] = 1
+        else:
+            signature[arg_name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    for arg_name in names[len(launch.args):]:
+        signature[arg_name] = "constexpr"
+    return KernelConfiguration(name, launch.fn, signature, constexprs, attrs, launch.num_warps, launch.num_stages)
+
+
+def kernel_configurations() -> List[KernelConfiguration]:
+    """Every (kernel, tiles, dtype, precision, ONE_K / ONE_V) ``forward_into`` / ``backward_into`` can
+    launch on a GPU, each specialized as Triton's JIT would for the first of REFERENCE_LAUNCHES that
+    makes the choice, ready for ``triton.compile(ASTSource(fn, signature, constexprs, attrs), ...)``."""
+    if triton is None:
+        return []
+    configurations, seen = [], set()
+    for (dtype, precision), (where, s) in ((p, r) for p in PRECISIONS for r in REFERENCE_LAUNCHES):
+        def meta(*size, dt=dtype):
+            return torch.empty(size, dtype=dt, device="meta")
+
+        q = meta(s["b"], s["heads"], s["k"], s["height"], s["width"])
+        values = meta(s["b"], s["u"], s["v"], s["height"], s["width"])
+        kernel = meta(s["k"], s["u"], s["rh"], s["rw"])
+        content = meta(s["b"], s["k"], s["v"])
+        out = meta(s["b"], s["heads"] * s["v"], s["height"], s["width"])
+        rows = qr_rows_per_program(s["b"], s["heads"], s["height"], s["width"])
+        partial = meta(*qr_partial_shape(q, values, kernel, rows), dt=_accumulator_dtype(dtype))
+        label = _TL_NAMES[dtype] + ("/tf32" if precision == "tf32" else "")
+        launches = (("forward", forward_launch(q, values, kernel, content, out, precision)),
+                    ("dq/dR", qr_grad_launch(out, q, values, kernel, content, q, partial, rows, precision)),
+                    ("dV", v_grad_launch(out, q, kernel, values, precision)))
+        for name, launch in launches:
+            launch = launch._replace(constexprs=dict(launch.constexprs, DOT_F32=False))  # a GPU multiplies bf16 itself
+            choice = (name, label, tuple(sorted((k_, str(v_)) for k_, v_ in launch.constexprs.items())))
+            if choice not in seen:
+                seen.add(choice)
+                configurations.append(_specialize(launch, f"{name} {label} ({where})"))
+    return configurations
