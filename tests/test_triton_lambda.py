@@ -341,6 +341,7 @@ def test_device_mask_rcnn_lambdaresnet101_training_step_amp():
     """One training step of the paper's LambdaResNet-101 Mask R-CNN, batch 2 at 1024 px, under AMP
     (the dry run: the tiny toy model at 128 px on the CPU, float32)."""
     from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
 
     from conftest import TINY, TOY_CONFIG, synthetic_batch
     from lambda_det import load_config
@@ -357,7 +358,7 @@ def test_device_mask_rcnn_lambdaresnet101_training_step_amp():
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     scaler = torch.amp.GradScaler(DEVICE, enabled=amp)
     batch = synthetic_batch(size, size, num_images=2)
-    with torch.autocast(device_type=DEVICE, dtype=torch.float16, enabled=amp):
+    with EventStorage(), torch.autocast(device_type=DEVICE, dtype=torch.float16, enabled=amp):
         losses = model(batch)
     total = sum(losses.values())
     assert torch.isfinite(total), {k: float(v) for k, v in losses.items()}
@@ -365,3 +366,84 @@ def test_device_mask_rcnn_lambdaresnet101_training_step_amp():
     scaler.step(optimizer)
     scaler.update()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# make gpu-check / make gpu-wheels
+# ------------------------------------------------------------------------------------------------
+def _gpu_check(*args, results, out=None, timeout=900):
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_RESULTS=str(results))
+    env.pop("TRITON_INTERPRET", None)
+    if out is not None:
+        env["OUT"] = str(out)
+    return subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), *args], capture_output=True, text=True,
+                          env=env, cwd=str(REPO), timeout=timeout)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_check_without_cuda_fails_with_one_line(tmp_path):
+    proc = _gpu_check(results=tmp_path / "results")
+    assert proc.returncode != 0
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and "no CUDA device" in lines[0] and "--dry-run" in lines[0], lines
+
+
+def _assert_dry_run(proc, results, out, steps):
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    summary = (results / "summary.md").read_text()
+    for name in steps:
+        assert re.search(rf"^\| {name} \| ok \|", summary, re.M), summary
+    assert "every step passed" in summary
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.tar.gz", "summary.md"]
+
+
+@needs_triton
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    """The script end to end on the CPU but for the toy training (the slow test below runs that too):
+    wheel check, the CUDA-marked tests in the interpreter, the benchmark flags, the results tarball."""
+    steps = ["install", "tests", "bench_layer", "bench_detector"]
+    proc = _gpu_check("--dry-run", "--steps", " ".join(steps), results=tmp_path / "results", out=tmp_path / "out")
+    _assert_dry_run(proc, tmp_path / "results", tmp_path / "out", steps)
+    report = (tmp_path / "results" / "tests.xml").read_text()
+    assert re.search(r'tests="(\d+)"', report) and 'failures="0"' in report and 'errors="0"' in report
+
+
+@needs_triton
+@pytest.mark.slow
+def test_gpu_check_full_dry_run_on_cpu(tmp_path):
+    steps = ["install", "tests", "bench_layer", "bench_detector", "train"]
+    proc = _gpu_check("--dry-run", results=tmp_path / "results", out=tmp_path / "out")
+    _assert_dry_run(proc, tmp_path / "results", tmp_path / "out", steps)
+    assert (tmp_path / "results" / "train" / "metrics.json").exists()
+
+
+def _fake_wheel(folder: Path, name: str, requires=(), tag="py3-none-any") -> Path:
+    import zipfile
+
+    path = folder / f"{name.replace('-', '_')}-1.0-{tag}.whl"
+    info = f"{name.replace('-', '_')}-1.0.dist-info"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{info}/METADATA", meta)
+        z.writestr(f"{info}/WHEEL", f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: {tag}\n")
+        z.writestr(f"{info}/RECORD", "")
+    return path
+
+
+def test_gpu_wheels_verify_and_missing(tmp_path):
+    """The completeness check: a requirement neither carried nor on the GPU machine fails it, a wheel
+    for another platform fails it; `missing` names only distributions this Python lacks."""
+    script = [sys.executable, str(REPO / "scripts" / "gpu_wheels.py")]
+    _fake_wheel(tmp_path, "lambda-det-fake-a", ["lambda-det-fake-b>=1", "numpy", "black; extra == 'dev'",
+                                                "colorama; sys_platform == 'win32'"])
+    proc = subprocess.run([*script, "verify", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "lambda-det-fake-b" in proc.stderr + proc.stdout
+    _fake_wheel(tmp_path, "lambda-det-fake-b")
+    proc = subprocess.run([*script, "verify", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    _fake_wheel(tmp_path, "pytest", tag="cp310-cp310-win_amd64")
+    proc = subprocess.run([*script, "verify", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "not for CPython 3.12" in proc.stderr + proc.stdout
+    proc = subprocess.run([*script, "missing", str(tmp_path)], capture_output=True, text=True, check=True)
+    listed = sorted(Path(line).name.split("-")[0] for line in proc.stdout.split())
+    assert listed == ["lambda_det_fake_a", "lambda_det_fake_b"]  # pytest is installed here
