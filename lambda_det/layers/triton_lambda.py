@@ -97,8 +97,11 @@ class Tiles(NamedTuple):
 FORWARD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=2)
 QR_GRAD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=2)
 # dV: 16 value columns (its matmul's M), the 32 haloed query columns of 4 heads stacked into the
-# reduction (128), 17 taps per chunk.
-V_GRAD_TILES = Tiles(hb=4, bx=16, bxh=32, rt=32, bk=16, bv=32, num_warps=8, num_stages=1)
+# reduction (128), 17 taps per chunk, v = 64 in one block (so the logits are recomputed once per
+# chunk, not once per value block). IEEE float32 multiplies with FMAs, whose operands take more
+# registers: half the value block there (at 64 it spilled 264 bytes on sm_80).
+V_GRAD_TILES = Tiles(hb=4, bx=16, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=1)
+V_GRAD_TILES_FMA = V_GRAD_TILES._replace(bv=32)
 
 # (dtype, tl.dot input precision) the dispatcher can pick
 PRECISIONS = (
@@ -558,12 +561,12 @@ def qr_grad_launch(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, cont
 def v_grad_launch(grad: Tensor, q: Tensor, kernel: Tensor, dv: Tensor, precision: Optional[str] = None) -> Launch:
     b, heads, k, height, width = q.shape
     u, v = dv.shape[1], dv.shape[2]
-    t = V_GRAD_TILES
+    precision = precision or dot_precision(q.dtype)
+    t = V_GRAD_TILES_FMA if (q.dtype == torch.float32 and precision == "ieee") else V_GRAD_TILES
     grid = (b * height * triton.cdiv(width, t.bx), u * triton.cdiv(v, t.bv))
     args = (q, kernel, grad, dv, *q.stride(), *kernel.stride(), *grad.stride(), *dv.stride(),
             heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
-    return Launch(_lambda_bwd_v_kernel, grid, args, _constexprs(t, q.dtype, precision or dot_precision(q.dtype)),
-                  t.num_warps, t.num_stages)
+    return Launch(_lambda_bwd_v_kernel, grid, args, _constexprs(t, q.dtype, precision), t.num_warps, t.num_stages)
 
 
 def forward_into(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, out: Tensor) -> Tensor:
