@@ -10,9 +10,10 @@
 #   tests           pytest -m cuda tests/test_triton_lambda.py: the Triton operator and every position-term
 #                   form against the float64 reference, AMP, dR determinism, torch.compile, one LambdaResNet-101
 #                   Mask R-CNN training step under AMP (batch 2 at 1024)
+#   train           tools/train_net.py on the toy config on the GPU, a short run with its evaluation
 #   bench_layer     tools/benchmark_lambda.py --vs-conv: the layer and its block vs the 3x3 conv, Table 6 shapes
 #   bench_detector  tools/benchmark_detector.py: LambdaResNet-101, its conv twin, Detectron2's R-101, AMP, batch 8
-#   train           tools/train_net.py on the toy config on the GPU, a short run with its evaluation
+# (the last step gets what is left of the budget when the others ran long)
 #
 # Environment: PYTHON (default python3: the machine's own interpreter, not a venv), OUT (if set, the
 # results go there as gpu_check.tar.gz + summary.md: the device runner returns files under $OUT only),
@@ -25,7 +26,7 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 WHEELS="${GPU_WHEELS:-$ROOT/.gpu_wheels}"
 DRY=0
-STEPS="install tests bench_layer bench_detector train"
+STEPS="install tests train bench_layer bench_detector"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
@@ -136,18 +137,18 @@ pytest_args=(-m pytest tests/test_triton_lambda.py -m cuda -q -p no:cacheprovide
 
 for s in $STEPS; do
   case "$s" in
-    install) step install 60 install_wheels ;;
+    install) step install 30 install_wheels ;;
     tests)
       if [ "$DRY" = 1 ]; then
         step tests 300 env LAMBDA_DET_TEST_DEVICE=cpu TRITON_INTERPRET=1 "$PYTHON" "${pytest_args[@]}"
       else
-        step tests 200 "$PYTHON" "${pytest_args[@]}"
+        step tests 240 "$PYTHON" "${pytest_args[@]}"
       fi ;;
     bench_layer)
       if [ "$DRY" = 1 ]; then
         step bench_layer 60 check_flags benchmark_lambda.py --vs-conv --device --output --overwrite --batches --repeats
       else
-        step bench_layer 90 "$PYTHON" tools/benchmark_lambda.py --vs-conv --device cuda --batches 8 --repeats 3 \
+        step bench_layer 70 "$PYTHON" tools/benchmark_lambda.py --vs-conv --device cuda --batches 8 --repeats 3 \
           --output docs/benchmarks --overwrite
       fi ;;
     bench_detector)
@@ -155,7 +156,7 @@ for s in $STEPS; do
         step bench_detector 60 check_flags benchmark_detector.py --device --amp --batch --sizes --models --output \
           --overwrite --tag --repeats --no-flops
       else
-        step bench_detector 120 "$PYTHON" tools/benchmark_detector.py --device cuda --amp --batch 8 --sizes 1024 \
+        step bench_detector 100 "$PYTHON" tools/benchmark_detector.py --device cuda --amp --batch 8 --sizes 1024 \
           --models "LambdaResNet-101" "LambdaResNet-101 conv twin" "Detectron2 R-101-FPN" --repeats 3 --no-flops \
           --output docs/benchmarks --overwrite --tag gpu_check
       fi ;;
@@ -168,11 +169,11 @@ for s in $STEPS; do
           MODEL.ROI_BOX_HEAD.FC_DIM 64 MODEL.ROI_MASK_HEAD.CONV_DIM 32 INPUT.MIN_SIZE_TRAIN "(128,)" \
           INPUT.MAX_SIZE_TRAIN 128 INPUT.MIN_SIZE_TEST 128 INPUT.MAX_SIZE_TEST 128
       else
-        step train 90 "$PYTHON" tools/train_net.py --config-file configs/Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml \
-          MODEL.DEVICE cuda OUTPUT_DIR "$RESULTS/train" SOLVER.MAX_ITER 200 SOLVER.STEPS "(160, 190)" \
-          SOLVER.WARMUP_ITERS 50 SOLVER.CHECKPOINT_PERIOD 200 DATALOADER.NUM_WORKERS 4
+        step train 75 "$PYTHON" tools/train_net.py --config-file configs/Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml \
+          MODEL.DEVICE cuda OUTPUT_DIR "$RESULTS/train" SOLVER.MAX_ITER 150 SOLVER.STEPS "(120, 140)" \
+          SOLVER.WARMUP_ITERS 30 SOLVER.CHECKPOINT_PERIOD 150 DATALOADER.NUM_WORKERS 4
       fi ;;
-    *) die "unknown step '$s' (install tests bench_layer bench_detector train)" ;;
+    *) die "unknown step '$s' (install tests train bench_layer bench_detector)" ;;
   esac
 done
 

@@ -125,6 +125,43 @@ if triton is not None:
         return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
     @triton.jit
+    def _row_program(H, W, NV, BX: tl.constexpr, BV: tl.constexpr):
+        """(image, row, first column, outer index, value block) of a program of a row-wise grid:
+        axis 0 runs over (image, row, BX-column segment), axis 1 over (outer index, BV value block)."""
+        n_x = tl.cdiv(W, BX)
+        pid = tl.program_id(0)
+        row = pid // n_x
+        n_vb = tl.cdiv(NV, BV)
+        return (row // H).to(tl.int64), row % H, (pid % n_x) * BX, tl.program_id(1) // n_vb, tl.program_id(1) % n_vb
+
+    @triton.jit
+    def _stacked_rows(hg, x0, HEADS, W, HB: tl.constexpr, BX: tl.constexpr):
+        """The M = HB x BX rows of a program's products: (head, position offset, column, in range)."""
+        rows = tl.arange(0, HB * BX)
+        head = hg * HB + rows // BX
+        ii = rows % BX
+        xq = x0 + ii
+        return head, ii, xq, (head < HEADS) & (xq < W)
+
+    @triton.jit
+    def _query_block(q_row, k0, kk, K, sqk, ok):
+        """q[rows, k0 + kk]: a (rows x k block) tile from the rows' base pointers, zero outside k and ok."""
+        return tl.load(q_row + (k0 + kk)[None, :] * sqk, mask=ok[:, None] & ((k0 + kk) < K)[None, :], other=0.0)
+
+    @triton.jit
+    def _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx):
+        """R[k0 + kk, u, dy, tap]: a (k block x tap chunk) tile, zero outside k and the chunk's valid taps."""
+        return tl.load(r_ptr + (k0 + kk)[:, None] * srk + u * sru + dy * sry + tap[None, :] * srx,
+                       mask=((k0 + kk) < K)[:, None] & tap_ok[None, :], other=0.0)
+
+    @triton.jit
+    def _query_taps(x0, W, RW, BX: tl.constexpr):
+        """Scope columns [t_lo, t_hi) that reach inside the map for some query column in [x0, x0 + BX)."""
+        cx = RW // 2
+        x_end = tl.minimum(x0 + BX, W)
+        return tl.maximum(cx - x_end + 1, 0), tl.minimum(cx - x0 + W, RW)
+
+    @triton.jit
     def _lambda_fwd_kernel(
         q_ptr, v_ptr, r_ptr, c_ptr, o_ptr,
         sqb, sqh, sqk, sqy, sqx,
@@ -141,22 +178,8 @@ if triton is not None:
         # ONE_K (k <= BK, the paper's k = 16): the queries stay in registers for every tap chunk
         M: tl.constexpr = HB * BX
         TS: tl.constexpr = BXH - BX + 1
-        n_x = tl.cdiv(W, BX)
-        pid = tl.program_id(0)
-        pid_x = pid % n_x
-        row = pid // n_x
-        b = (row // H).to(tl.int64)
-        y = row % H
-        n_vb = tl.cdiv(NV, BV)
-        hg = tl.program_id(1) // n_vb
-        vb = tl.program_id(1) % n_vb
-        x0 = pid_x * BX
-
-        rows = tl.arange(0, M)
-        head = hg * HB + rows // BX
-        ii = rows % BX
-        xq = x0 + ii
-        row_ok = (head < HEADS) & (xq < W)
+        b, y, x0, hg, vb = _row_program(H, W, NV, BX, BV)
+        head, ii, xq, row_ok = _stacked_rows(hg, x0, HEADS, W, HB, BX)
         kk = tl.arange(0, BK)
         vv = vb * BV + tl.arange(0, BV)
         v_ok = vv < NV
@@ -169,12 +192,12 @@ if triton is not None:
         acc = tl.zeros((M, BV), dtype=ACC)
         for k0 in range(0, K, BK):
             k_ok = (k0 + kk) < K
-            qk = tl.load(q_row + (k0 + kk)[None, :] * sqk, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
             ck = tl.load(c_ptr + b * scb + (k0 + kk)[:, None] * sck + vv[None, :] * scv,
                          mask=k_ok[:, None] & v_ok[None, :], other=0.0)
             acc = _mm(qk, ck, acc, PRECISION, DOT_F32)
         if ONE_K:
-            q0 = tl.load(q_row + kk[None, :] * sqk, mask=row_ok[:, None] & (kk < K)[None, :], other=0.0)
+            q0 = _query_block(q_row, 0, kk, K, sqk, row_ok)
 
         # band geometry: column j of the haloed value row holds tap j - i of position i
         band_d = jj[None, :] - ii[:, None]
@@ -186,9 +209,7 @@ if triton is not None:
         # scope rows and tap columns that reach inside the map for some position of this program
         dy_lo = tl.maximum(cy - y, 0)
         dy_hi = tl.minimum(cy - y + H, RH)
-        x_end = tl.minimum(x0 + BX, W)
-        t_lo = tl.maximum(cx - x_end + 1, 0)
-        t_hi = tl.minimum(cx - x0 + W, RW)
+        t_lo, t_hi = _query_taps(x0, W, RW, BX)
         for u in range(0, U):
             for dy in range(dy_lo, dy_hi):
                 yv = y + dy - cy
@@ -197,16 +218,12 @@ if triton is not None:
                     tap_ok = (tt < TS) & (tap < RW)
                     a = tl.zeros((M, RT), dtype=ACC)
                     if ONE_K:
-                        rk = tl.load(r_ptr + kk[:, None] * srk + u * sru + dy * sry + tap[None, :] * srx,
-                                     mask=(kk < K)[:, None] & tap_ok[None, :], other=0.0)
+                        rk = _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
                         a = _mm(q0, rk, a, PRECISION, DOT_F32)
                     else:
                         for k0 in range(0, K, BK):
-                            k_ok = (k0 + kk) < K
-                            qk = tl.load(q_row + (k0 + kk)[None, :] * sqk, mask=row_ok[:, None] & k_ok[None, :],
-                                         other=0.0)
-                            rk = tl.load(r_ptr + (k0 + kk)[:, None] * srk + u * sru + dy * sry + tap[None, :] * srx,
-                                         mask=k_ok[:, None] & tap_ok[None, :], other=0.0)
+                            qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
+                            rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
                             a = _mm(qk, rk, a, PRECISION, DOT_F32)
                     band = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0)
                     xv = x0 + t0 - cx + jj
@@ -248,11 +265,7 @@ if triton is not None:
         slot = (pid + hg * tl.num_programs(0)).to(tl.int64)
         x0 = pid_x * BX
 
-        rows = tl.arange(0, M)
-        head = hg * HB + rows // BX
-        ii = rows % BX
-        xq = x0 + ii
-        row_ok = (head < HEADS) & (xq < W)
+        head, ii, xq, row_ok = _stacked_rows(hg, x0, HEADS, W, HB, BX)
         kk = tl.arange(0, BK)
         tt = tl.arange(0, RT)
         jj = tl.arange(0, BXH)
@@ -264,9 +277,7 @@ if triton is not None:
 
         cy = RH // 2
         cx = RW // 2
-        x_end = tl.minimum(x0 + BX, W)
-        t_lo = tl.maximum(cx - x_end + 1, 0)
-        t_hi = tl.minimum(cx - x0 + W, RW)
+        t_lo, t_hi = _query_taps(x0, W, RW, BX)
         y_end = tl.minimum(rg * ROWS + ROWS, H)
         for y in range(rg * ROWS, y_end):
             dy_lo = tl.maximum(cy - y, 0)
@@ -277,7 +288,7 @@ if triton is not None:
                 g0 = tl.load(g_row + vl[None, :] * sgc, mask=row_ok[:, None] & (vl < NV)[None, :], other=0.0)
             for k0 in range(0, K, BK):
                 k_ok = (k0 + kk) < K
-                qk = tl.load(q_row + (k0 + kk)[None, :] * sqk, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
                 # content term's dq: G (M x v) @ lambda^c^T (v x k)
                 dq = tl.zeros((M, BK), dtype=ACC)
                 if ONE_V:
@@ -314,8 +325,7 @@ if triton is not None:
                             tap = t0 + tt
                             tap_ok = (tt < TS) & (tap < RW)
                             da = tl.where(tap_ok[None, :], tl.gather(db, tap_sel, 1), 0.0).to(dt)
-                            rk = tl.load(r_ptr + (k0 + kk)[:, None] * srk + u * sru + dy * sry + tap[None, :] * srx,
-                                         mask=k_ok[:, None] & tap_ok[None, :], other=0.0)
+                            rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
                             dq = _mm(da, tl.trans(rk), dq, PRECISION, DOT_F32)
                             # this program's partial dR: read, add, write its own slot
                             p_ptrs = (p_ptr + slot * spp + u * spu + dy * spy + tap[None, :] * spt
@@ -346,16 +356,7 @@ if triton is not None:
         # (the inverse neighbourhood), so every dV element is written by exactly one program.
         S: tl.constexpr = HB * BXH
         TS: tl.constexpr = BXH - BX + 1
-        n_x = tl.cdiv(W, BX)
-        pid = tl.program_id(0)
-        pid_x = pid % n_x
-        row = pid // n_x
-        b = (row // H).to(tl.int64)
-        yv = row % H
-        n_vb = tl.cdiv(NV, BV)
-        u = tl.program_id(1) // n_vb
-        vb = tl.program_id(1) % n_vb
-        x0 = pid_x * BX
+        b, yv, x0, u, vb = _row_program(H, W, NV, BX, BV)
 
         srows = tl.arange(0, S)
         hoff = srows // BXH
@@ -392,10 +393,8 @@ if triton is not None:
                     q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
                     a = tl.zeros((S, RT), dtype=ACC)
                     for k0 in range(0, K, BK):
-                        k_ok = (k0 + kk) < K
-                        qk = tl.load(q_row + (k0 + kk)[None, :] * sqk, mask=ok[:, None] & k_ok[None, :], other=0.0)
-                        rk = tl.load(r_ptr + (k0 + kk)[:, None] * srk + u * sru + dy * sry + tap[None, :] * srx,
-                                     mask=k_ok[:, None] & tap_ok[None, :], other=0.0)
+                        qk = _query_block(q_row, k0, kk, K, sqk, ok)
+                        rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
                         a = _mm(qk, rk, a, PRECISION, DOT_F32)
                     bt = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0).to(dt)  # (S x BX)
                     gs = tl.load(g_ptr + b * sgb + y * sgy + xq[:, None] * sgx + (head[:, None] * NV + vv[None, :]) * sgc,
