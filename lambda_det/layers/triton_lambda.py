@@ -1,0 +1,770 @@
+"""The lambda layer's output as Triton kernels for CUDA: the same function as ``lambda_output_fused``
+(y_n = (lambda^c + lambda^p_n)^T q_n for every query position n, LambdaNetworks Sec. 3), forward and
+backward, on tensor cores, without materializing the per-position lambdas.
+
+Contract (identical to ``lambda_det.layers.fused.lambda_output_fused``)::
+
+    lambda_output_triton(q, values, kernel, content_lambda) -> out
+    q (b, h, k, H, W), values (b, u, v, H, W), kernel (k, u, rh, rw) with odd rh, rw,
+    content_lambda (b, k, v)  ->  out (b, h v, H, W)
+    out[b, h v + j, y, x] = sum_k q[b, h, k, y, x] (content_lambda[b, k, j]
+                            + sum_{u, dy, dx} kernel[k, u, cy + dy, cx + dx] values[b, u, j, y + dy, x + dx])
+
+with zero padding outside the map and (cy, cx) = (rh // 2, rw // 2). Local scopes (Sec. 3.2, the
+"lambda convolution") and global scopes (rh = 2H - 1, rw = 2W - 1) are the same computation.
+
+Order of the sums (the relative-logits order, as the CPU operator): for one image, one row y of
+query positions and one scope row dy,
+
+    a[(h, i), t] = sum_k q[h, k, y, x0 + i] R[k, u, dy, t0 + t]          logits: (M x k) @ (k x T)
+    B[(h, i), j] = a[(h, i), j - i]   for 0 <= j - i < T, else 0         band (a register gather)
+    y[(h, i), :] += B @ V[u, :, y + dy - cy, x0 + t0 - cx + j]            apply: (M x J) @ (J x v)
+
+i.e. two matmuls per (u, dy, tap chunk) on tensor cores (``tl.dot``), the band being the shift that
+turns "tap t of position i" into "column i + t of the haloed value row". Heads share the values
+(Sec. 3: one lambda for all heads), so the h heads and BX positions of a program stack into the
+M = HB * BX rows of one matmul; the content term ``q^T lambda^c`` starts the same accumulator.
+
+Backward (recomputing the logits instead of storing them, as the CPU operator does):
+
+    dB = G @ V_row^T,  da[(h,i), t] = dB[(h,i), i + t]      (the band read back; G = dy/dout)
+    dq += da @ R^T + G @ (lambda^c)^T
+    dR += q^T @ da          per-program partial sums, added in a fixed order afterwards (no atomics)
+    dV[u, :, y', x0 + i] = sum_{h, dy, t} a[(h, j), t] g[h, :, y, x_j]  gathered over the inverse
+                           neighbourhood (the queries whose scope holds column x0 + i): no atomics
+    dlambda^c = sum_n q_n g_n^T      one batched matmul (torch), deterministic
+
+Precision: float32 inputs use TF32 tensor cores when PyTorch's matmul switch allows it
+(``torch.backends.cuda.matmul.allow_tf32`` / ``fp32_precision``; the cuDNN switch governs
+convolutions, not this), IEEE float32 otherwise; float16 / bfloat16 inputs multiply in that type and
+accumulate in float32 (AMP: under autocast the wrapper casts float32 inputs to autocast's type);
+float64 accumulates in float64 (tests). docs/gpu.md has the tiles, the compile table and the
+estimated roofline.
+
+Availability: CUDA with Triton's NVIDIA backend; or any device when ``TRITON_INTERPRET=1`` was set
+before this module was imported (Triton's CPU interpreter: slow, for tests). ``LAMBDA_DET_TRITON=0``
+turns the operator off.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+
+Tensor = torch.Tensor
+
+try:
+    import triton
+    import triton.language as tl
+
+    _IMPORT_ERROR: Optional[str] = None
+except Exception as exc:  # no triton (a CPU-only or minimal install): the layer's other forms still work
+    triton = None
+    tl = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+class Tiles(NamedTuple):
+    """Compile-time tile sizes of one kernel (every one a power of two, as Triton's blocks must be).
+
+    hb heads x bx positions form the M rows of the matmuls; bxh is the haloed width of a value row
+    (the band's columns), so one chunk covers bxh - bx + 1 taps of a scope row; rt >= that many
+    logit columns; bk, bv: blocks of k and v (looped over / gridded beyond that); every tl.dot
+    dimension is >= 16, which NVIDIA's tensor-core lowering needs (small k, v, heads are padded
+    with masked zeros here instead).
+    """
+
+    hb: int
+    bx: int
+    bxh: int
+    rt: int
+    bk: int
+    bv: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def taps(self) -> int:  # scope columns one band covers
+        return self.bxh - self.bx + 1
+
+
+# One tile family per kernel (docs/gpu.md, "Tiles"): the dispatcher varies only the data type and the
+# float32 precision, so every configuration it can launch is compiled ahead of time by the tests.
+# Forward and dq/dR: 4 heads x 8 positions = 32 rows; the value row haloed to 32 columns leaves 25
+# taps per chunk: r = 23 (the paper's scope) is one chunk, 23 of 32 band columns useful.
+FORWARD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=2)
+QR_GRAD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=2)
+# dV: 16 value columns (its matmul's M), the 32 haloed query columns of 4 heads stacked into the
+# reduction (128), 17 taps per chunk, v = 64 in one block (so the logits are recomputed once per
+# chunk, not once per value block). IEEE float32 multiplies with FMAs, whose operands take more
+# registers: half the value block there (at 64 it spilled 264 bytes on sm_80).
+V_GRAD_TILES = Tiles(hb=4, bx=16, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=1)
+V_GRAD_TILES_FMA = V_GRAD_TILES._replace(bv=32)
+
+# (dtype, tl.dot input precision) the dispatcher can pick
+PRECISIONS = (
+    (torch.float32, "tf32"),
+    (torch.float32, "ieee"),
+    (torch.float16, "ieee"),
+    (torch.bfloat16, "ieee"),
+    (torch.float64, "ieee"),
+)
+# programs of the dq/dR kernel aimed for: enough to fill a GPU several times over, few enough that
+# their partial dR sums (U * rh * rw * k floats each) stay small (34 KB each at r 23, k 16)
+QR_TARGET_PROGRAMS = 512
+
+if triton is not None:
+
+    @triton.jit
+    def _mm(a, b, acc, PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+        """acc + a @ b. DOT_F32: multiply in float32 (Triton's interpreter gets bfloat16 dots wrong)."""
+        if DOT_F32:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=acc.dtype)
+        return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+
+    @triton.jit
+    def _row_program(H, W, NV, BX: tl.constexpr, BV: tl.constexpr):
+        """(image, row, first column, outer index, value block) of a program of a row-wise grid:
+        axis 0 runs over (image, row, BX-column segment), axis 1 over (outer index, BV value block)."""
+        n_x = tl.cdiv(W, BX)
+        pid = tl.program_id(0)
+        row = pid // n_x
+        n_vb = tl.cdiv(NV, BV)
+        return (row // H).to(tl.int64), row % H, (pid % n_x) * BX, tl.program_id(1) // n_vb, tl.program_id(1) % n_vb
+
+    @triton.jit
+    def _stacked_rows(hg, x0, HEADS, W, HB: tl.constexpr, BX: tl.constexpr):
+        """The M = HB x BX rows of a program's products: (head, position offset, column, in range)."""
+        rows = tl.arange(0, HB * BX)
+        head = hg * HB + rows // BX
+        ii = rows % BX
+        xq = x0 + ii
+        return head, ii, xq, (head < HEADS) & (xq < W)
+
+    @triton.jit
+    def _query_block(q_row, k0, kk, K, sqk, ok):
+        """q[rows, k0 + kk]: a (rows x k block) tile from the rows' base pointers, zero outside k and ok."""
+        return tl.load(q_row + (k0 + kk)[None, :] * sqk, mask=ok[:, None] & ((k0 + kk) < K)[None, :], other=0.0)
+
+    @triton.jit
+    def _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx):
+        """R[k0 + kk, u, dy, tap]: a (k block x tap chunk) tile, zero outside k and the chunk's valid taps."""
+        return tl.load(r_ptr + (k0 + kk)[:, None] * srk + u * sru + dy * sry + tap[None, :] * srx,
+                       mask=((k0 + kk) < K)[:, None] & tap_ok[None, :], other=0.0)
+
+    @triton.jit
+    def _query_taps(x0, W, RW, BX: tl.constexpr):
+        """Scope columns [t_lo, t_hi) that reach inside the map for some query column in [x0, x0 + BX)."""
+        cx = RW // 2
+        x_end = tl.minimum(x0 + BX, W)
+        return tl.maximum(cx - x_end + 1, 0), tl.minimum(cx - x0 + W, RW)
+
+    @triton.jit
+    def _lambda_fwd_kernel(
+        q_ptr, v_ptr, r_ptr, c_ptr, o_ptr,
+        sqb, sqh, sqk, sqy, sqx,
+        svb, svu, svv, svy, svx,
+        srk, sru, sry, srx,
+        scb, sck, scv,
+        sob, soc, soy, sox,
+        HEADS, K, U, NV, H, W, RH, RW,
+        HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
+        BK: tl.constexpr, BV: tl.constexpr,
+        PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_K: tl.constexpr,
+    ):
+        # program: one image, one query row y, BX positions of it, HB heads, BV value channels.
+        # ONE_K (k <= BK, the paper's k = 16): the queries stay in registers for every tap chunk
+        M: tl.constexpr = HB * BX
+        TS: tl.constexpr = BXH - BX + 1
+        b, y, x0, hg, vb = _row_program(H, W, NV, BX, BV)
+        head, ii, xq, row_ok = _stacked_rows(hg, x0, HEADS, W, HB, BX)
+        kk = tl.arange(0, BK)
+        vv = vb * BV + tl.arange(0, BV)
+        v_ok = vv < NV
+        tt = tl.arange(0, RT)
+        jj = tl.arange(0, BXH)
+        dt = v_ptr.dtype.element_ty
+
+        q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
+        # the content term starts the sum: q (M x k) @ lambda^c (k x v)
+        acc = tl.zeros((M, BV), dtype=ACC)
+        for k0 in range(0, K, BK):
+            k_ok = (k0 + kk) < K
+            qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
+            ck = tl.load(c_ptr + b * scb + (k0 + kk)[:, None] * sck + vv[None, :] * scv,
+                         mask=k_ok[:, None] & v_ok[None, :], other=0.0)
+            acc = _mm(qk, ck, acc, PRECISION, DOT_F32)
+        if ONE_K:
+            q0 = _query_block(q_row, 0, kk, K, sqk, row_ok)
+
+        # band geometry: column j of the haloed value row holds tap j - i of position i
+        band_d = jj[None, :] - ii[:, None]
+        in_band = (band_d >= 0) & (band_d < TS)
+        band_idx = tl.where(in_band, band_d, 0)
+
+        cy = RH // 2
+        cx = RW // 2
+        # scope rows and tap columns that reach inside the map for some position of this program
+        dy_lo = tl.maximum(cy - y, 0)
+        dy_hi = tl.minimum(cy - y + H, RH)
+        t_lo, t_hi = _query_taps(x0, W, RW, BX)
+        for u in range(0, U):
+            for dy in range(dy_lo, dy_hi):
+                yv = y + dy - cy
+                for t0 in range(t_lo, t_hi, TS):
+                    tap = t0 + tt
+                    tap_ok = (tt < TS) & (tap < RW)
+                    a = tl.zeros((M, RT), dtype=ACC)
+                    if ONE_K:
+                        rk = _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+                        a = _mm(q0, rk, a, PRECISION, DOT_F32)
+                    else:
+                        for k0 in range(0, K, BK):
+                            qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
+                            rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+                            a = _mm(qk, rk, a, PRECISION, DOT_F32)
+                    band = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0)
+                    xv = x0 + t0 - cx + jj
+                    vrow = tl.load(v_ptr + b * svb + u * svu + yv * svy + xv[:, None] * svx + vv[None, :] * svv,
+                                   mask=((xv >= 0) & (xv < W))[:, None] & v_ok[None, :], other=0.0)
+                    acc = _mm(band.to(dt), vrow, acc, PRECISION, DOT_F32)
+
+        o_ptrs = o_ptr + b * sob + y * soy + (head[:, None] * NV + vv[None, :]) * soc + xq[:, None] * sox
+        tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & v_ok[None, :])
+
+    @triton.jit
+    def _lambda_bwd_qr_kernel(
+        q_ptr, v_ptr, r_ptr, c_ptr, g_ptr, dq_ptr, p_ptr,
+        sqb, sqh, sqk, sqy, sqx,
+        svb, svu, svv, svy, svx,
+        srk, sru, sry, srx,
+        scb, sck, scv,
+        sgb, sgc, sgy, sgx,
+        sdb, sdh, sdk, sdy, sdx,
+        spp, spu, spy, spt,
+        HEADS, K, U, NV, H, W, RH, RW, ROWS,
+        HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
+        BK: tl.constexpr, BV: tl.constexpr,
+        PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_V: tl.constexpr,
+    ):
+        # program: one image, ROWS query rows, BX positions, HB heads; writes dq of those and its
+        # own slot of partial dR sums (p[slot, u, dy, t, k]); nothing another program writes.
+        # ONE_V (v <= BV): the output gradient of a row stays in registers for every tap chunk
+        M: tl.constexpr = HB * BX
+        TS: tl.constexpr = BXH - BX + 1
+        n_x = tl.cdiv(W, BX)
+        n_rg = tl.cdiv(H, ROWS)
+        pid = tl.program_id(0)
+        pid_x = pid % n_x
+        pid_r = pid // n_x
+        b = (pid_r // n_rg).to(tl.int64)
+        rg = pid_r % n_rg
+        hg = tl.program_id(1)
+        slot = (pid + hg * tl.num_programs(0)).to(tl.int64)
+        x0 = pid_x * BX
+
+        head, ii, xq, row_ok = _stacked_rows(hg, x0, HEADS, W, HB, BX)
+        kk = tl.arange(0, BK)
+        tt = tl.arange(0, RT)
+        jj = tl.arange(0, BXH)
+        vl = tl.arange(0, BV)
+        dt = v_ptr.dtype.element_ty
+        # da[(h, i), t] = dB[(h, i), i + t]: the band read back
+        tap_sel = tl.where(tt[None, :] < TS, ii[:, None] + tt[None, :], 0)
+        tap_sel = tl.minimum(tap_sel, BXH - 1)
+
+        cy = RH // 2
+        cx = RW // 2
+        t_lo, t_hi = _query_taps(x0, W, RW, BX)
+        y_end = tl.minimum(rg * ROWS + ROWS, H)
+        for y in range(rg * ROWS, y_end):
+            dy_lo = tl.maximum(cy - y, 0)
+            dy_hi = tl.minimum(cy - y + H, RH)
+            q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
+            g_row = g_ptr + b * sgb + y * sgy + xq[:, None] * sgx + head[:, None] * NV * sgc
+            if ONE_V:
+                g0 = tl.load(g_row + vl[None, :] * sgc, mask=row_ok[:, None] & (vl < NV)[None, :], other=0.0)
+            for k0 in range(0, K, BK):
+                k_ok = (k0 + kk) < K
+                qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
+                # content term's dq: G (M x v) @ lambda^c^T (v x k)
+                dq = tl.zeros((M, BK), dtype=ACC)
+                if ONE_V:
+                    ct = tl.load(c_ptr + b * scb + (k0 + kk)[None, :] * sck + vl[:, None] * scv,
+                                 mask=(vl < NV)[:, None] & k_ok[None, :], other=0.0)
+                    dq = _mm(g0, ct, dq, PRECISION, DOT_F32)
+                else:
+                    for v0 in range(0, NV, BV):
+                        v_ok = (v0 + vl) < NV
+                        gv = tl.load(g_row + (v0 + vl)[None, :] * sgc, mask=row_ok[:, None] & v_ok[None, :],
+                                     other=0.0)
+                        ct = tl.load(c_ptr + b * scb + (k0 + kk)[None, :] * sck + (v0 + vl)[:, None] * scv,
+                                     mask=v_ok[:, None] & k_ok[None, :], other=0.0)
+                        dq = _mm(gv, ct, dq, PRECISION, DOT_F32)
+                for u in range(0, U):
+                    for dy in range(dy_lo, dy_hi):
+                        yv = y + dy - cy
+                        for t0 in range(t_lo, t_hi, TS):
+                            xv = x0 + t0 - cx + jj
+                            x_ok = (xv >= 0) & (xv < W)
+                            db = tl.zeros((M, BXH), dtype=ACC)
+                            if ONE_V:
+                                vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + vl[:, None] * svv + xv[None, :] * svx,
+                                             mask=(vl < NV)[:, None] & x_ok[None, :], other=0.0)
+                                db = _mm(g0, vt, db, PRECISION, DOT_F32)
+                            else:
+                                for v0 in range(0, NV, BV):
+                                    v_ok = (v0 + vl) < NV
+                                    gv = tl.load(g_row + (v0 + vl)[None, :] * sgc,
+                                                 mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+                                    vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + (v0 + vl)[:, None] * svv
+                                                 + xv[None, :] * svx, mask=v_ok[:, None] & x_ok[None, :], other=0.0)
+                                    db = _mm(gv, vt, db, PRECISION, DOT_F32)
+                            tap = t0 + tt
+                            tap_ok = (tt < TS) & (tap < RW)
+                            da = tl.where(tap_ok[None, :], tl.gather(db, tap_sel, 1), 0.0).to(dt)
+                            rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+                            dq = _mm(da, tl.trans(rk), dq, PRECISION, DOT_F32)
+                            # this program's partial dR: read, add, write its own slot
+                            p_ptrs = (p_ptr + slot * spp + u * spu + dy * spy + tap[None, :] * spt
+                                      + (k0 + kk)[:, None])
+                            p_mask = k_ok[:, None] & tap_ok[None, :]
+                            part = tl.load(p_ptrs, mask=p_mask, other=0.0)
+                            part = _mm(tl.trans(qk), da, part, PRECISION, DOT_F32)
+                            tl.store(p_ptrs, part, mask=p_mask)
+                            # the next row reads this slot back, maybe in other threads of the program
+                            tl.debug_barrier()
+                d_ptrs = dq_ptr + b * sdb + y * sdy + head[:, None] * sdh + (k0 + kk)[None, :] * sdk + xq[:, None] * sdx
+                tl.store(d_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & k_ok[None, :])
+
+    @triton.jit
+    def _lambda_bwd_v_kernel(
+        q_ptr, r_ptr, g_ptr, dv_ptr,
+        sqb, sqh, sqk, sqy, sqx,
+        srk, sru, sry, srx,
+        sgb, sgc, sgy, sgx,
+        sdb, sdu, sdv, sdy, sdx,
+        HEADS, K, U, NV, H, W, RH, RW,
+        HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
+        BK: tl.constexpr, BV: tl.constexpr,
+        PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr,
+    ):
+        # program: one image, one value row y', BX value columns x0.., one u, BV value channels.
+        # dV[x'] gathers a[(h, x), t] g[h, x] over the queries x = x' - t + cx whose scope holds x'
+        # (the inverse neighbourhood), so every dV element is written by exactly one program.
+        S: tl.constexpr = HB * BXH
+        TS: tl.constexpr = BXH - BX + 1
+        b, yv, x0, u, vb = _row_program(H, W, NV, BX, BV)
+
+        srows = tl.arange(0, S)
+        hoff = srows // BXH
+        jj = srows % BXH
+        ii = tl.arange(0, BX)
+        kk = tl.arange(0, BK)
+        tt = tl.arange(0, RT)
+        vv = vb * BV + tl.arange(0, BV)
+        v_ok = vv < NV
+        dt = g_ptr.dtype.element_ty
+        # query j of the haloed segment meets value column i through tap i - j + TS - 1 of the chunk
+        band_d = ii[None, :] - jj[:, None] + (TS - 1)
+        in_band = (band_d >= 0) & (band_d < TS)
+        band_idx = tl.where(in_band, band_d, 0)
+
+        cy = RH // 2
+        cx = RW // 2
+        dy_lo = tl.maximum(yv + cy - H + 1, 0)
+        dy_hi = tl.minimum(yv + cy + 1, RH)
+        x_end = tl.minimum(x0 + BX, W)
+        t_lo = tl.maximum(x0 + cx - W + 1, 0)
+        t_hi = tl.minimum(x_end + cx, RW)
+        acc = tl.zeros((BX, BV), dtype=ACC)
+        for dy in range(dy_lo, dy_hi):
+            y = yv - dy + cy
+            for t0 in range(t_lo, t_hi, TS):
+                tap = t0 + tt
+                tap_ok = (tt < TS) & (tap < RW)
+                xq = x0 + cx - t0 - (TS - 1) + jj
+                xq_ok = (xq >= 0) & (xq < W)
+                for h0 in range(0, HEADS, HB):
+                    head = h0 + hoff
+                    ok = xq_ok & (head < HEADS)
+                    q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
+                    a = tl.zeros((S, RT), dtype=ACC)
+                    for k0 in range(0, K, BK):
+                        qk = _query_block(q_row, k0, kk, K, sqk, ok)
+                        rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+                        a = _mm(qk, rk, a, PRECISION, DOT_F32)
+                    bt = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0).to(dt)  # (S x BX)
+                    gs = tl.load(g_ptr + b * sgb + y * sgy + xq[:, None] * sgx + (head[:, None] * NV + vv[None, :]) * sgc,
+                                 mask=ok[:, None] & v_ok[None, :], other=0.0)
+                    acc = _mm(tl.trans(bt), gs, acc, PRECISION, DOT_F32)
+        xd = x0 + ii
+        d_ptrs = dv_ptr + b * sdb + u * sdu + yv * sdy + vv[None, :] * sdv + xd[:, None] * sdx
+        tl.store(d_ptrs, acc.to(dv_ptr.dtype.element_ty), mask=(xd < W)[:, None] & v_ok[None, :])
+
+    INTERPRETED = type(_lambda_fwd_kernel).__name__ == "InterpretedFunction"
+else:
+    INTERPRETED = False
+
+
+# ------------------------------------------------------------------------------------------------
+# availability and the choice for impl="auto"
+# ------------------------------------------------------------------------------------------------
+def unavailable_reason(device=None) -> Optional[str]:
+    """Why the kernels cannot run on ``device`` (a torch.device, "cuda", "cpu", ...), None if they can."""
+    if triton is None:
+        return f"triton is not installed or does not import ({_IMPORT_ERROR})"
+    if os.environ.get("LAMBDA_DET_TRITON", "1") == "0":
+        return "turned off by LAMBDA_DET_TRITON=0"
+    device_type = torch.device(device).type if device is not None else "cuda"
+    if INTERPRETED:
+        return None  # Triton's interpreter runs them on any device's tensors (copied through the host)
+    if device_type != "cuda":
+        return (f"the Triton kernels run on CUDA devices, not {device_type!r}; set TRITON_INTERPRET=1 before "
+                "importing lambda_det to run them in Triton's CPU interpreter (slow: for tests)")
+    if getattr(torch.version, "hip", None):
+        return "this torch is a ROCm build; the kernels are written and checked for NVIDIA GPUs only"
+    if torch.version.cuda is None:
+        return "this torch is built without CUDA"
+    if "nvidia" not in getattr(getattr(triton, "backends", None), "backends", {}):
+        return "this Triton has no NVIDIA backend"
+    return None
+
+
+def available(device=None) -> bool:
+    """Whether ``lambda_output_triton`` can run on ``device`` (default: CUDA)."""
+    return unavailable_reason(device) is None
+
+
+def choose_triton(device_type: str) -> bool:
+    """For impl="auto": use the Triton operator on this device type? Yes on CUDA wherever Triton's
+    NVIDIA backend works. No on CPUs even under the interpreter: the fused CPU operator
+    (lambda_det.layers.fused) is the fast form there; the interpreter is a test tool."""
+    return device_type == "cuda" and available("cuda")
+
+
+# ------------------------------------------------------------------------------------------------
+# dispatch
+# ------------------------------------------------------------------------------------------------
+def _tf32_enabled() -> bool:
+    """PyTorch's switch for float32 matmuls on tensor cores (this operator is a chain of matmuls).
+
+    torch >= 2.9 has ``fp32_precision`` ("tf32" / "ieee" / "none" = fall back to the global one and
+    the legacy flag); reading the legacy ``allow_tf32`` raises once a program mixed both APIs.
+    """
+    matmul = torch.backends.cuda.matmul
+    for setting in (getattr(matmul, "fp32_precision", None), getattr(torch.backends, "fp32_precision", None)):
+        if setting in ("tf32", "ieee"):
+            return setting == "tf32"
+    try:
+        return bool(matmul.allow_tf32)
+    except RuntimeError:
+        return False
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    return "tf32" if dtype == torch.float32 and _tf32_enabled() else "ieee"
+
+
+_TL_ACC = {torch.float64: "float64"}
+
+
+def _constexprs(tiles: Tiles, dtype: torch.dtype, precision: str) -> Dict[str, object]:
+    acc = getattr(tl, _TL_ACC.get(dtype, "float32"))
+    return {
+        "HB": tiles.hb, "BX": tiles.bx, "BXH": tiles.bxh, "RT": tiles.rt, "BK": tiles.bk, "BV": tiles.bv,
+        "PRECISION": precision, "DOT_F32": bool(INTERPRETED and dtype == torch.bfloat16), "ACC": acc,
+    }
+
+
+def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor) -> None:
+    if q.dim() != 5 or values.dim() != 5 or kernel.dim() != 4 or content.dim() != 3:
+        raise ValueError(
+            "lambda_output_triton expects q (b, h, k, H, W), values (b, u, v, H, W), kernel (k, u, rh, rw), "
+            f"content_lambda (b, k, v); got {tuple(q.shape)}, {tuple(values.shape)}, {tuple(kernel.shape)}, "
+            f"{tuple(content.shape)}")
+    b, heads, k, height, width = q.shape
+    u, v = values.shape[1], values.shape[2]
+    if tuple(values.shape) != (b, u, v, height, width) or tuple(kernel.shape[:2]) != (k, u) \
+            or tuple(content.shape) != (b, k, v):
+        raise ValueError(
+            f"inconsistent shapes: q {tuple(q.shape)}, values {tuple(values.shape)}, kernel {tuple(kernel.shape)}, "
+            f"content_lambda {tuple(content.shape)}")
+    if kernel.shape[2] % 2 == 0 or kernel.shape[3] % 2 == 0:
+        raise ValueError(f"the kernel's scope must be odd (centred), got {tuple(kernel.shape[2:])}")
+    dtypes = {q.dtype, values.dtype, kernel.dtype, content.dtype}
+    if len(dtypes) != 1 or q.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"q, values, kernel, content_lambda must share one floating dtype (float16, bfloat16, "
+                         f"float32, float64); got {[str(t.dtype) for t in (q, values, kernel, content)]}")
+    devices = {q.device, values.device, kernel.device, content.device}
+    if len(devices) != 1:
+        raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
+    reason = unavailable_reason(q.device)
+    if reason is not None:
+        raise RuntimeError(f"the Triton lambda operator cannot run here: {reason}")
+
+
+def _device_context(t: Tensor):
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+class Launch(NamedTuple):
+    """One kernel launch as the dispatcher plans it (also what the ahead-of-time compile test compiles)."""
+
+    fn: object
+    grid: Tuple[int, ...]
+    args: tuple
+    constexprs: Dict[str, object]
+    num_warps: int
+    num_stages: int
+
+    def run(self) -> None:
+        self.fn[self.grid](*self.args, num_warps=self.num_warps, num_stages=self.num_stages, **self.constexprs)
+
+
+def forward_launch(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, out: Tensor,
+                   precision: Optional[str] = None) -> Launch:
+    b, heads, k, height, width = q.shape
+    u, v = values.shape[1], values.shape[2]
+    t = FORWARD_TILES
+    grid = (b * height * triton.cdiv(width, t.bx), triton.cdiv(heads, t.hb) * triton.cdiv(v, t.bv))
+    args = (q, values, kernel, content, out, *q.stride(), *values.stride(), *kernel.stride(), *content.stride(),
+            *out.stride(), heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
+    constexprs = dict(_constexprs(t, q.dtype, precision or dot_precision(q.dtype)), ONE_K=k <= t.bk)
+    return Launch(_lambda_fwd_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
+
+
+def qr_grad_launch(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, dq: Tensor,
+                   partial: Tensor, rows: int, precision: Optional[str] = None) -> Launch:
+    b, heads, k, height, width = q.shape
+    u, v = values.shape[1], values.shape[2]
+    t = QR_GRAD_TILES
+    grid = (b * triton.cdiv(height, rows) * triton.cdiv(width, t.bx), triton.cdiv(heads, t.hb))
+    args = (q, values, kernel, content, grad, dq, partial, *q.stride(), *values.stride(), *kernel.stride(),
+            *content.stride(), *grad.stride(), *dq.stride(), *partial.stride()[:4],
+            heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3], rows)
+    constexprs = dict(_constexprs(t, q.dtype, precision or dot_precision(q.dtype)), ONE_V=v <= t.bv)
+    return Launch(_lambda_bwd_qr_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
+
+
+def v_grad_launch(grad: Tensor, q: Tensor, kernel: Tensor, dv: Tensor, precision: Optional[str] = None) -> Launch:
+    b, heads, k, height, width = q.shape
+    u, v = dv.shape[1], dv.shape[2]
+    precision = precision or dot_precision(q.dtype)
+    t = V_GRAD_TILES_FMA if (q.dtype == torch.float32 and precision == "ieee") else V_GRAD_TILES
+    grid = (b * height * triton.cdiv(width, t.bx), u * triton.cdiv(v, t.bv))
+    args = (q, kernel, grad, dv, *q.stride(), *kernel.stride(), *grad.stride(), *dv.stride(),
+            heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
+    return Launch(_lambda_bwd_v_kernel, grid, args, _constexprs(t, q.dtype, precision), t.num_warps, t.num_stages)
+
+
+def forward_into(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, out: Tensor) -> Tensor:
+    """Write the lambda output into ``out`` (b, h v, H, W), any strides; inputs are read through their
+    strides (no copies), so views into larger buffers work (the tests surround them with NaNs)."""
+    if out.numel() == 0:
+        return out
+    with _device_context(q):
+        forward_launch(q, values, kernel, content, out).run()
+    return out
+
+
+def qr_rows_per_program(b: int, heads: int, height: int, width: int, target: int = QR_TARGET_PROGRAMS) -> int:
+    """Query rows per program of the dq/dR kernel: as few as keep the program count near ``target``."""
+    t = QR_GRAD_TILES
+    per_row = b * triton.cdiv(width, t.bx) * triton.cdiv(heads, t.hb)
+    return max(1, min(height, math.ceil(per_row * height / target)))
+
+
+def qr_partial_shape(q: Tensor, values: Tensor, kernel: Tensor, rows: int) -> Tuple[int, ...]:
+    b, heads, k, height, width = q.shape
+    t = QR_GRAD_TILES
+    programs = b * triton.cdiv(height, rows) * triton.cdiv(width, t.bx) * triton.cdiv(heads, t.hb)
+    return (programs, values.shape[1], kernel.shape[2], kernel.shape[3], k)
+
+
+def backward_into(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, content: Tensor,
+                  dq: Tensor, dv: Tensor, dr: Tensor, dc: Tensor,
+                  rows: Optional[int] = None, partial: Optional[Tensor] = None) -> None:
+    """Gradients of the lambda output into dq, dv, dr (the kernel's shape), dc (content_lambda's).
+
+    ``rows``: query rows per dq/dR program (default: ``qr_rows_per_program``); ``partial``: a zeroed
+    buffer of ``qr_partial_shape`` for the per-program dR sums, contiguous (default: allocated here).
+    """
+    b, heads, k, height, width = q.shape
+    v = values.shape[2]
+    if q.numel() == 0 or values.numel() == 0:
+        for t_ in (dq, dv, dr, dc):
+            t_.zero_()
+        return
+    rows = rows or qr_rows_per_program(b, heads, height, width)
+    shape = qr_partial_shape(q, values, kernel, rows)
+    if partial is None:
+        partial = torch.zeros(shape, dtype=_accumulator_dtype(q.dtype), device=q.device)
+    elif tuple(partial.shape) != shape or not partial.is_contiguous():
+        raise ValueError(f"partial must be a contiguous {shape} buffer, got {tuple(partial.shape)}")
+    with _device_context(q):
+        qr_grad_launch(grad, q, values, kernel, content, dq, partial, rows).run()
+        v_grad_launch(grad, q, kernel, dv).run()
+    # dR: the programs' partial sums added in one fixed order (the same bits on every run)
+    dr.copy_(partial.sum(0).permute(3, 0, 1, 2))
+    # dlambda^c[b, k, v] = sum_{h, n} q[b, h, k, n] g[b, h, v, n]: one batched matmul
+    n = height * width
+    qf = q.reshape(b, heads, k, n).transpose(1, 2).reshape(b, k, heads * n)
+    gf = grad.reshape(b, heads, v, n).transpose(1, 2).reshape(b, v, heads * n)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        dc.copy_(torch.matmul(qf, gf.transpose(1, 2)))
+
+
+# ------------------------------------------------------------------------------------------------
+# one operator to PyTorch (autograd and torch.compile see lambda_det::lambda_output_triton)
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op("lambda_det::lambda_output_triton", mutates_args=())
+def _lambda_output_op(q: Tensor, values: Tensor, kernel: Tensor, content_lambda: Tensor) -> Tensor:
+    b, heads, _, height, width = q.shape
+    out = q.new_empty((b, heads * values.shape[2], height, width))
+    return forward_into(q, values, kernel, content_lambda, out)
+
+
+@_lambda_output_op.register_fake
+def _lambda_output_fake(q, values, kernel, content_lambda):
+    b, heads, _, height, width = q.shape
+    return q.new_empty((b, heads * values.shape[2], height, width))
+
+
+@torch.library.custom_op("lambda_det::lambda_output_triton_backward", mutates_args=())
+def _lambda_output_backward_op(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor,
+                               content_lambda: Tensor) -> List[Tensor]:
+    dq, dv = torch.empty_like(q), torch.empty_like(values)
+    dr, dc = torch.empty_like(kernel), torch.empty_like(content_lambda)
+    backward_into(grad, q, values, kernel, content_lambda, dq, dv, dr, dc)
+    return [dq, dv, dr, dc]
+
+
+@_lambda_output_backward_op.register_fake
+def _lambda_output_backward_fake(grad, q, values, kernel, content_lambda):
+    return [torch.empty_like(q), torch.empty_like(values), torch.empty_like(kernel), torch.empty_like(content_lambda)]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad):
+    q, values, kernel, content = ctx.saved_tensors
+    dq, dv, dr, dc = _lambda_output_backward_op(grad, q, values, kernel, content)
+    return dq, dv, dr, dc
+
+
+torch.library.register_autograd("lambda_det::lambda_output_triton", _backward, setup_context=_setup_context)
+
+
+def lambda_output_triton(q: Tensor, values: Tensor, kernel: Tensor, content_lambda: Tensor) -> Tensor:
+    """y_n = (lambda^c + lambda^p_n)^T q_n for every position: q (b, h, k, H, W), values (b, u, v, H, W),
+    kernel (k, u, rh, rw) with odd rh, rw, content_lambda (b, k, v) -> (b, h v, H, W).
+
+    CUDA (or any device under TRITON_INTERPRET=1); float16, bfloat16, float32, float64. Under autocast
+    the four inputs are cast to autocast's type (products in that type, sums in float32).
+    """
+    device_type = q.device.type
+    if torch.is_autocast_enabled(device_type):
+        low = torch.get_autocast_dtype(device_type)
+        q, values, kernel, content_lambda = (
+            t.to(low) if t.dtype == torch.float32 else t for t in (q, values, kernel, content_lambda))
+    _check(q, values, kernel, content_lambda)
+    return _lambda_output_op(q, values, kernel, content_lambda)
+
+
+__all__ = [
+    "FORWARD_TILES", "PRECISIONS", "QR_GRAD_TILES", "Tiles", "V_GRAD_TILES", "available", "backward_into",
+    "choose_triton", "dot_precision", "forward_into", "lambda_output_triton", "qr_partial_shape",
+    "qr_rows_per_program", "unavailable_reason",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# every configuration the dispatcher can launch, for ahead-of-time compilation (tests, docs/gpu.md)
+# ------------------------------------------------------------------------------------------------
+_TL_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+class KernelConfiguration(NamedTuple):
+    name: str  # e.g. "forward fp32/tf32"
+    fn: object  # the @triton.jit kernel
+    signature: Dict[str, str]
+    constexprs: Dict[str, object]
+    attrs: Dict[Tuple[int, ...], list]
+    num_warps: int
+    num_stages: int
+
+
+# Launches the compile test specializes for (contiguous tensors, batch 8): res4 of LambdaResNet-101
+# at 1024 px (d 256 -> h 4, k 16, v 64, u 1, 64 x 64, r 23); res5 (d 512 -> v 128, 32 x 32; the
+# stride-2 block at 64 x 64 specializes the same way); and k 32, the queries in two blocks. Between
+# them they reach every tile choice of the dispatcher (ONE_K, ONE_V both ways).
+REFERENCE_LAUNCHES = (
+    ("res4", dict(b=8, heads=4, k=16, u=1, v=64, height=64, width=64, rh=23, rw=23)),
+    ("res5", dict(b=8, heads=4, k=16, u=1, v=128, height=32, width=32, rh=23, rw=23)),
+    ("k32", dict(b=8, heads=4, k=32, u=1, v=64, height=64, width=64, rh=23, rw=23)),
+)
+
+
+def _specialize(launch: Launch, name: str) -> KernelConfiguration:
+    """The signature Triton's JIT gives these arguments: tensors as typed pointers (16-byte aligned),
+    integers equal to 1 as constants, integers divisible by 16 marked so (what lets it vectorize)."""
+    signature, constexprs, attrs = {}, dict(launch.constexprs), {}
+    names = launch.fn.arg_names
+    for i, (arg_name, value) in enumerate(zip(names, launch.args)):
+        if isinstance(value, torch.Tensor):
+            signature[arg_name] = "*" + _TL_NAMES[value.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif value == 1:
+            signature[arg_name] = "constexpr"
+            constexprs[arg_name] = 1
+        else:
+            signature[arg_name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    for arg_name in names[len(launch.args):]:
+        signature[arg_name] = "constexpr"
+    return KernelConfiguration(name, launch.fn, signature, constexprs, attrs, launch.num_warps, launch.num_stages)
+
+
+def kernel_configurations() -> List[KernelConfiguration]:
+    """Every (kernel, tiles, dtype, precision, ONE_K / ONE_V) ``forward_into`` / ``backward_into`` can
+    launch on a GPU, each specialized as Triton's JIT would for the first of REFERENCE_LAUNCHES that
+    makes the choice, ready for ``triton.compile(ASTSource(fn, signature, constexprs, attrs), ...)``."""
+    if triton is None:
+        return []
+    configurations, seen = [], set()
+    for (dtype, precision), (where, s) in ((p, r) for p in PRECISIONS for r in REFERENCE_LAUNCHES):
+        def meta(*size, dt=dtype):
+            return torch.empty(size, dtype=dt, device="meta")
+
+        q = meta(s["b"], s["heads"], s["k"], s["height"], s["width"])
+        values = meta(s["b"], s["u"], s["v"], s["height"], s["width"])
+        kernel = meta(s["k"], s["u"], s["rh"], s["rw"])
+        content = meta(s["b"], s["k"], s["v"])
+        out = meta(s["b"], s["heads"] * s["v"], s["height"], s["width"])
+        rows = qr_rows_per_program(s["b"], s["heads"], s["height"], s["width"])
+        partial = meta(*qr_partial_shape(q, values, kernel, rows), dt=_accumulator_dtype(dtype))
+        label = _TL_NAMES[dtype] + ("/tf32" if precision == "tf32" else "")
+        launches = (("forward", forward_launch(q, values, kernel, content, out, precision)),
+                    ("dq/dR", qr_grad_launch(out, q, values, kernel, content, q, partial, rows, precision)),
+                    ("dV", v_grad_launch(out, q, kernel, values, precision)))
+        for name, launch in launches:
+            launch = launch._replace(constexprs=dict(launch.constexprs, DOT_F32=False))  # a GPU multiplies bf16 itself
+            choice = (name, label, tuple(sorted((k_, str(v_)) for k_, v_ in launch.constexprs.items())))
+            if choice not in seen:
+                seen.add(choice)
+                configurations.append(_specialize(launch, f"{name} {label} ({where})"))
+    return configurations

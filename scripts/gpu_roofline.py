@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Roofline estimates ON PAPER (nothing measured) for the lambda layer on the Triton kernels against the
+3x3 convolution it replaces, at the Table 6 shapes of LambdaResNet-101 (1024 px, batch 8): the numbers
+in docs/gpu.md. Counts follow the kernels' tiles (lambda_det/layers/triton_lambda.py): padded tile work
+as executed, not just the useful multiply-adds.
+
+    python scripts/gpu_roofline.py            # markdown tables
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lambda_det.layers.triton_lambda import FORWARD_TILES, QR_GRAD_TILES, V_GRAD_TILES  # noqa: E402
+
+# H200 (Hopper, as H100 SXM for compute): dense tensor-core peaks and memory bandwidths. Assumptions.
+PEAK = {"tf32": 495e12, "half": 989e12}
+HBM = 4.3e12  # bytes/s, a device-to-device copy as measured on the lent H200 (the spec says 4.8)
+L2 = 5.5e12  # bytes/s, public microbenchmarks of Hopper's L2: an assumption
+# fraction of peak reached: cuDNN's implicit-GEMM 3x3 convolutions at these sizes, and these kernels
+# (32 x 64 / 16 x 128 tiles, a register gather between two mma, 1-2 programs per SM): assumptions
+CONV_EFFICIENCY = 0.7
+KERNEL_EFFICIENCY = 0.3
+ELEMENTWISE_EFFICIENCY = 0.7  # of HBM bandwidth, for the layer's batch norms, softmax, pool
+
+SHAPES = (("res4 lambda block (d 256, 64x64)", 256, 64, 1), ("first res5 block, stride 2 (d 512, 64x64 -> 32x32)", 512, 64, 2),
+          ("res5 lambda block (d 512, 32x32)", 512, 32, 1))
+B, HEADS, K, U, R = 8, 4, 16, 1, 23
+
+
+def rows_in_map(side: int, r: int) -> float:
+    c = r // 2
+    return sum(min(r, c - y + side) - max(0, c - y) for y in range(side)) / side
+
+
+def chunks(side: int, r: int, bx: int, taps: int, forward: bool) -> float:
+    c, total = r // 2, 0
+    for x0 in range(0, side, bx):
+        xe = min(x0 + bx, side)
+        lo, hi = (max(c - xe + 1, 0), min(c - x0 + side, r)) if forward else (max(x0 + c - side + 1, 0), min(xe + c, r))
+        total += math.ceil((hi - lo) / taps)
+    return total / math.ceil(side / bx)
+
+
+def kernel_macs(d: int, side: int):
+    """(forward, dq/dR, dV) multiply-adds as the tiles execute them, and the useful ones (fwd, bwd)."""
+    v = d // HEADS
+    n = side * side
+    ry = rows_in_map(side, R)
+    t = FORWARD_TILES
+    m = t.hb * t.bx
+    it = B * side * math.ceil(side / t.bx) * math.ceil(HEADS / t.hb) * math.ceil(v / t.bv) * ry * chunks(side, R, t.bx, t.taps, True)
+    fwd = it * (m * t.bk * t.rt + m * t.bxh * t.bv) + B * side * math.ceil(side / t.bx) * m * t.bk * v
+    t = QR_GRAD_TILES
+    m = t.hb * t.bx
+    it = B * side * math.ceil(side / t.bx) * math.ceil(HEADS / t.hb) * ry * chunks(side, R, t.bx, t.taps, True)
+    qr = it * (m * v * t.bxh + 2 * m * t.rt * t.bk) + B * side * math.ceil(side / t.bx) * m * v * t.bk
+    t = V_GRAD_TILES
+    s = t.hb * t.bxh
+    it = B * side * math.ceil(side / t.bx) * U * math.ceil(v / t.bv) * ry * chunks(side, R, t.bx, t.taps, False) * math.ceil(HEADS / t.hb)
+    dv = it * (s * t.bk * t.rt + t.bx * s * t.bv)
+    taps = ry * sum(min(R, R // 2 - x + side) - max(0, R // 2 - x) for x in range(side)) / side
+    useful_fwd = B * n * HEADS * (K + v) * taps * U
+    # backward per tap and head: da (v), dq and dR (2 k), dV with its logits recomputed (k + v)
+    useful_bwd = B * n * HEADS * (2 * v + 3 * K) * taps * U
+    return fwd, qr, dv, useful_fwd, useful_bwd
+
+
+def l2_bytes(d: int, side: int, e: int):
+    """Tile loads the kernels repeat from L2 (value rows, embeddings, queries, output gradients)."""
+    v = d // HEADS
+    ry = rows_in_map(side, R)
+    t = FORWARD_TILES
+    fwd = B * side * math.ceil(side / t.bx) * math.ceil(v / t.bv) * ry * (t.bxh * t.bv + t.bk * t.rt) * e
+    t = QR_GRAD_TILES
+    # value rows and embeddings per step, the partial dR read and written (float32); G stays in registers
+    qr = B * side * math.ceil(side / t.bx) * ry * chunks(side, R, t.bx, t.taps, True) * (
+        (t.bxh * v + t.bk * t.rt) * e + 2 * t.bk * t.rt * 4)
+    t = V_GRAD_TILES
+    dv = B * side * math.ceil(side / t.bx) * math.ceil(v / t.bv) * ry * chunks(side, R, t.bx, t.taps, False) * (
+        t.hb * t.bxh * (t.bk + t.bv) + t.bk * t.rt) * e
+    return fwd, qr + dv
+
+
+def estimate(name: str, d: int, side: int, stride: int, amp: bool) -> dict:
+    e = 2 if amp else 4  # bytes per element of activations
+    peak = PEAK["half" if amp else "tf32"]
+    n, so = side * side, side // stride
+    v = d // HEADS
+    # 3x3 convolution, d -> d, stride: forward, and forward + both gradients
+    conv_flop = 2 * B * so * so * 9 * d * d
+    conv_bytes_f = (B * d * n + B * d * so * so + 9 * d * d) * e
+    conv_bytes_fb = conv_bytes_f + (2 * B * d * n + 2 * B * d * so * so + 18 * d * d) * e
+    conv_f = max(conv_flop / (CONV_EFFICIENCY * peak), conv_bytes_f / HBM)
+    conv_fb = max(3 * conv_flop / (CONV_EFFICIENCY * peak), conv_bytes_fb / HBM)
+    # lambda layer: qkv projection (1x1 conv) on tensor cores, the operator's kernels, and the
+    # elementwise traffic (batch norms of q and v, key softmax, content lambda, output, pool)
+    cq = HEADS * K + K * U + v * U
+    proj = 2 * B * n * d * cq
+    fwd, qr, dv, useful_f, useful_b = kernel_macs(d, side)
+    l2_f, l2_b = l2_bytes(d, side, e)
+    act = B * n * e
+    elem_f = act * (d + cq + 2 * 2 * (HEADS * K + v * U) + 2 * K * U + d + (d + d // 4 if stride == 2 else 0))
+    elem_b = 2 * elem_f + act * (d + cq)
+    op_f = max(2 * fwd / (KERNEL_EFFICIENCY * peak), l2_f / L2)
+    op_b = max(2 * (qr + dv) / (KERNEL_EFFICIENCY * peak), l2_b / L2)
+    lam_f = proj / (CONV_EFFICIENCY * peak) + op_f + elem_f / (ELEMENTWISE_EFFICIENCY * HBM)
+    lam_fb = lam_f + 2 * proj / (CONV_EFFICIENCY * peak) + op_b + elem_b / (ELEMENTWISE_EFFICIENCY * HBM)
+    return dict(name=name, amp=amp, conv_gflop=conv_flop / 1e9, conv_mb=conv_bytes_f / 1e6, conv_f=conv_f * 1e3, conv_fb=conv_fb * 1e3,
+                kernel_gflop_f=2 * fwd / 1e9, kernel_gflop_b=2 * (qr + dv) / 1e9, useful_f=2 * useful_f / 1e9,
+                useful_b=2 * useful_b / 1e9, proj_gflop=proj / 1e9, l2_mb=(l2_f + l2_b) / 1e6,
+                dram_mb=(elem_f + elem_b) / 1e6, lam_f=lam_f * 1e3, lam_fb=lam_fb * 1e3,
+                bound_f="compute" if 2 * fwd / (KERNEL_EFFICIENCY * peak) >= l2_f / L2 else "L2",
+                conv_bound="compute" if conv_flop / (CONV_EFFICIENCY * peak) >= conv_bytes_f / HBM else "memory")
+
+
+def main() -> None:
+    print("| shape | precision | 3x3 conv GFLOP (fwd) / MB | conv bound | kernels GFLOP fwd / bwd (useful) | "
+          "layer other: proj GFLOP, DRAM MB, L2 MB | kernels bound | conv ms fwd / fwd+bwd | layer ms fwd / fwd+bwd | "
+          "ratio fwd / fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, d, side, stride in SHAPES:
+        for amp in (False, True):
+            r = estimate(name, d, side, stride, amp)
+            print(f"| {name} | {'AMP fp16' if amp else 'fp32 (TF32)'} | {r['conv_gflop']:.1f} / {r['conv_mb']:.0f} | {r['conv_bound']} | "
+                  f"{r['kernel_gflop_f']:.1f} / {r['kernel_gflop_b']:.1f} ({r['useful_f']:.1f} / {r['useful_b']:.1f}) | "
+                  f"{r['proj_gflop']:.1f}, {r['dram_mb']:.0f}, {r['l2_mb']:.0f} | {r['bound_f']} | "
+                  f"{r['conv_f']:.3f} / {r['conv_fb']:.3f} | {r['lam_f']:.3f} / {r['lam_fb']:.3f} | "
+                  f"{r['lam_f'] / r['conv_f']:.2f}x / {r['lam_fb'] / r['conv_fb']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""Runs lambda_det's Triton kernels in Triton's CPU interpreter for tests/test_triton_lambda.py.
+
+TRITON_INTERPRET=1 must be set before ``@triton.jit`` decorates the kernels (at import), so the tests
+start this file in a subprocess with the variable set; it runs the named checks and prints one JSON
+line per check: {"check": name, "errors": [...], "seconds": s}. An empty error list is a pass.
+
+    TRITON_INTERPRET=1 python tests/triton_interp_worker.py reference_loops guards:basic gradcheck:tiny
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+# Shapes (b, heads, k, u, v, H, W, rh, rw), each chosen for what it reaches in the kernels
+SHAPES = {
+    # non-square map, v not a power of two, two images
+    "basic": (2, 2, 3, 1, 5, 5, 7, 3, 5),
+    # the scope (5 x 7) larger than the map (3 x 4): taps on every side fall outside
+    "map_smaller_than_scope": (1, 2, 4, 1, 3, 3, 4, 5, 7),
+    # u > 1: sums over the intra-depth
+    "u3": (1, 2, 4, 3, 3, 4, 6, 3, 3),
+    # the smallest k, v and the most heads: every tl.dot dimension padded up to 16, two head groups
+    "k2_heads8_v2": (1, 8, 2, 1, 2, 4, 5, 3, 5),
+    # a global scope (rh = 2H - 1, rw = 2W - 1): 27 scope columns, two tap chunks in every kernel,
+    # k = 16 exactly (one block), two x segments
+    "global": (1, 4, 16, 1, 6, 3, 14, 5, 27),
+    # the stride-2 block's map: odd sides (its average pool comes after this operator)
+    "stride2_block_odd": (1, 4, 8, 1, 4, 9, 7, 7, 7),
+    # k 17 and v 70: the queries in two k blocks, the values in two v blocks; one head
+    "blocks": (1, 1, 17, 1, 70, 3, 3, 3, 5),
+    # a row wider than three forward segments and the dV segment (16); scope 9 x 11
+    "wide": (1, 4, 5, 2, 3, 2, 21, 3, 11),
+}
+
+
+def make_inputs(shape, dtype=torch.float64, seed=0):
+    b, heads, k, u, v, height, width, rh, rw = shape
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*size):
+        return torch.randn(*size, generator=g, dtype=torch.float64).to(dtype)
+
+    return (rand(b, heads, k, height, width), rand(b, u, v, height, width), rand(k, u, rh, rw), rand(b, k, v))
+
+
+# ------------------------------------------------------------------------------------------------
+# references
+# ------------------------------------------------------------------------------------------------
+def reference_scalar(q, values, kernel, content):
+    """The contract written out element by element: plain Python loops over every output element,
+    k, u and every tap, reading values outside the map as zero. Tiny shapes only."""
+    b, heads, k, height, width = q.shape
+    u, v = values.shape[1], values.shape[2]
+    rh, rw = kernel.shape[2], kernel.shape[3]
+    cy, cx = rh // 2, rw // 2
+    qa, va, ra, ca = (t.tolist() for t in (q, values, kernel, content))
+    out = torch.zeros(b, heads * v, height, width, dtype=torch.float64)
+    for bi in range(b):
+        for h in range(heads):
+            for j in range(v):
+                for y in range(height):
+                    for x in range(width):
+                        total = 0.0
+                        for kk in range(k):
+                            lam = ca[bi][kk][j]
+                            for uu in range(u):
+                                for dy in range(-cy, cy + 1):
+                                    for dx in range(-cx, cx + 1):
+                                        yy, xx = y + dy, x + dx
+                                        if 0 <= yy < height and 0 <= xx < width:
+                                            lam += ra[kk][uu][cy + dy][cx + dx] * va[bi][uu][j][yy][xx]
+                            total += qa[bi][h][kk][y][x] * lam
+                        out[bi, h * v + j, y, x] = total
+    return out
+
+
+def reference_taps(q, values, kernel, content):
+    """The same sum with a Python loop over the taps (u, dy, dx) and whole-map tensor slices of the
+    zero-padded values: fast enough for every test shape, differentiable for the gradients."""
+    b, heads, k, height, width = q.shape
+    u, v = values.shape[1], values.shape[2]
+    rh, rw = kernel.shape[2], kernel.shape[3]
+    cy, cx = rh // 2, rw // 2
+    padded = torch.nn.functional.pad(values, (cx, cx, cy, cy))
+    lam = content[:, :, :, None, None].expand(b, k, v, height, width)
+    for uu in range(u):
+        for dy in range(rh):
+            for dx in range(rw):
+                lam = lam + kernel[None, :, uu, dy, dx, None, None, None] * padded[:, uu, None, :, dy:dy + height, dx:dx + width]
+    return torch.einsum("bhkyx,bkvyx->bhvyx", q, lam).reshape(b, heads * v, height, width)
+
+
+def relative_error(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300)).item()
+
+
+# ------------------------------------------------------------------------------------------------
+# guard buffers: inputs as views inside NaN-filled tensors, outputs inside sentinel-filled ones
+# ------------------------------------------------------------------------------------------------
+SENTINEL = 12345.0
+MARGIN = 37  # elements of guard before and after every view (more than a row of any test map)
+
+
+def in_guard(t, fill=float("nan"), transpose_last=False):
+    """A copy of t as a strided view inside a larger buffer filled with ``fill``: the buffer has MARGIN
+    elements on both ends and every dimension padded by 2, so an index one past any edge of any
+    dimension lands on ``fill``. transpose_last: the view's last two dimensions are swapped in memory."""
+    size = list(t.shape)
+    alloc = [s + 2 for s in size]
+    if transpose_last and len(size) >= 2:
+        alloc[-1], alloc[-2] = alloc[-2], alloc[-1]
+    numel = 1
+    for s in alloc:
+        numel *= s
+    flat = torch.full((numel + 2 * MARGIN,), fill, dtype=t.dtype)
+    body = flat[MARGIN:MARGIN + numel].view(alloc)
+    if transpose_last and len(size) >= 2:
+        body = body.transpose(-1, -2)
+    view = body[tuple(slice(1, 1 + s) for s in size)]
+    view.copy_(t)
+    return view, flat
+
+
+def guard_intact(view, flat, fill):
+    """Everything in ``flat`` outside ``view`` still holds ``fill``."""
+    mask = torch.ones_like(flat, dtype=torch.bool)
+    inside = view.storage_offset() + sum((torch.arange(s) * st).view([-1 if i == d else 1 for i in range(view.dim())])
+                                         for d, (s, st) in enumerate(zip(view.shape, view.stride())))
+    mask[inside.reshape(-1)] = False
+    rest = flat[mask]
+    return bool(torch.isnan(rest).all()) if fill != fill else bool((rest == fill).all())
+
+
+# ------------------------------------------------------------------------------------------------
+# checks
+# ------------------------------------------------------------------------------------------------
+def check_reference_loops(errors):
+    """The tap-loop reference (used for every other check) against the element-by-element loops."""
+    for shape in ((1, 2, 2, 2, 3, 3, 4, 3, 5), (2, 1, 3, 1, 2, 2, 3, 3, 5)):
+        inputs = make_inputs(shape, seed=3)
+        err = relative_error(reference_taps(*inputs), reference_scalar(*inputs))
+        if not err <= 1e-13:
+            errors.append(f"{shape}: tap-loop reference differs from the scalar loops by {err:.3g}")
+
+
+def check_guards(errors, name, rows=None):
+    """Forward and backward of the kernels on views inside NaN guards, outputs inside sentinels,
+    against the float64 reference: relative error <= 1e-10, no guard element touched."""
+    from lambda_det.layers import triton_lambda as T
+
+    shape = SHAPES[name]
+    inputs = make_inputs(shape)
+    q, values, kernel, content = inputs
+    b, heads, k, u, v, height, width, rh, rw = shape
+    guarded = [in_guard(t, transpose_last=(i % 2 == 1)) for i, t in enumerate(inputs)]
+    gq, gv, gr, gc = (view for view, _ in guarded)
+
+    out, out_flat = in_guard(torch.zeros(b, heads * v, height, width, dtype=torch.float64), SENTINEL)
+    T.forward_into(gq, gv, gr, gc, out)
+    expected = reference_taps(*inputs)
+    err = relative_error(out, expected)
+    if not err <= 1e-10:
+        errors.append(f"{name}: forward relative error {err:.3g} > 1e-10")
+    if not guard_intact(out, out_flat, SENTINEL):
+        errors.append(f"{name}: the forward wrote outside its output")
+
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    ref_grads = torch.autograd.grad(reference_taps(*leaves), leaves, grad)
+    gg, gg_flat = in_guard(grad, transpose_last=True)
+    outs = [in_guard(torch.zeros_like(t), SENTINEL) for t in inputs]
+    rows = rows or T.qr_rows_per_program(b, heads, height, width)
+    # the partial dR sums: a contiguous zeroed block between sentinels (the kernel takes it contiguous)
+    partial_shape = T.qr_partial_shape(q, values, kernel, rows)
+    partial_numel = int(torch.Size(partial_shape).numel())
+    partial_flat = torch.full((partial_numel + 2 * MARGIN,), SENTINEL, dtype=torch.float64)
+    partial = partial_flat[MARGIN:MARGIN + partial_numel].view(partial_shape).zero_()
+    T.backward_into(gg, gq, gv, gr, gc, *(view for view, _ in outs), rows=rows, partial=partial)
+    for label, (view, flat), ref in zip(("dq", "dvalues", "dkernel", "dcontent"), outs, ref_grads):
+        err = relative_error(view, ref)
+        if not err <= 1e-10:
+            errors.append(f"{name}: {label} relative error {err:.3g} > 1e-10")
+        if not guard_intact(view, flat, SENTINEL):
+            errors.append(f"{name}: the backward wrote outside {label}")
+    if not (partial_flat[:MARGIN] == SENTINEL).all() or not (partial_flat[MARGIN + partial.numel():] == SENTINEL).all():
+        errors.append(f"{name}: the dq/dR kernel wrote outside its partial dR buffer")
+    for i, (view, flat) in enumerate(guarded + [(gg, gg_flat)]):
+        if not guard_intact(view, flat, float("nan")):
+            errors.append(f"{name}: input {i}'s guard changed")
+
+    # the public operator (torch.library op + autograd) on the guarded views: the same numbers
+    leaves = [view.detach().requires_grad_() for view in (gq, gv, gr, gc)]
+    op_out = T.lambda_output_triton(*leaves)
+    op_grads = torch.autograd.grad(op_out, leaves, grad)
+    err = max([relative_error(op_out, expected)] + [relative_error(a, r) for a, r in zip(op_grads, ref_grads)])
+    if not err <= 1e-10:
+        errors.append(f"{name}: lambda_output_triton (op + autograd) relative error {err:.3g} > 1e-10")
+
+
+def check_gradcheck(errors, name):
+    from lambda_det.layers import triton_lambda as T
+
+    shapes = {"tiny": (1, 2, 2, 1, 2, 3, 4, 3, 3), "u2_global": (1, 2, 3, 2, 2, 2, 3, 3, 5)}
+    inputs = [t.requires_grad_() for t in make_inputs(shapes[name], seed=5)]
+    # tiny: the full Jacobian, element by element; u2_global: gradcheck's fast mode (random projections)
+    try:
+        ok = torch.autograd.gradcheck(T.lambda_output_triton, inputs, eps=1e-6, atol=1e-8, rtol=1e-6,
+                                      fast_mode=(name != "tiny"))
+    except Exception as exc:  # gradcheck raises with the mismatching Jacobian
+        errors.append(f"{name}: gradcheck failed: {str(exc)[:2000]}")
+        return
+    if not ok:
+        errors.append(f"{name}: gradcheck returned False")
+
+
+def check_half(errors):
+    """float16 / bfloat16 through the kernels (bfloat16 dots run as float32 in the interpreter) and the
+    autocast path of the wrapper: finite, and close to float32."""
+    from lambda_det.layers import triton_lambda as T
+
+    shape = (1, 4, 16, 1, 8, 4, 9, 5, 7)
+    inputs = make_inputs(shape, dtype=torch.float32, seed=11)
+    inputs = [t * s for t, s in zip(inputs, (1.0, 1.0, 0.1, 1.0))]
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out32 = T.lambda_output_triton(*leaves)
+    grads32 = torch.autograd.grad(out32.square().sum(), leaves)
+    for dtype in (torch.float16, torch.bfloat16):
+        low = [t.to(dtype).requires_grad_() for t in inputs]
+        out = T.lambda_output_triton(*low)
+        grads = torch.autograd.grad(out.float().square().sum(), low)
+        tol = 1e-2 if dtype == torch.float16 else 4e-2
+        if out.dtype != dtype or any(g.dtype != dtype for g in grads):
+            errors.append(f"{dtype}: output/gradient dtypes {out.dtype}, {[str(g.dtype) for g in grads]}")
+        for label, a, ref in zip(["out", "dq", "dvalues", "dkernel", "dcontent"], [out, *grads], [out32, *grads32]):
+            if not torch.isfinite(a).all():
+                errors.append(f"{dtype}: {label} not finite")
+            elif not relative_error(a, ref) <= tol:
+                errors.append(f"{dtype}: {label} relative error {relative_error(a, ref):.3g} vs float32 > {tol}")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = T.lambda_output_triton(*leaves)
+    if out.dtype != torch.bfloat16 or not relative_error(out, out32) <= 4e-2:
+        errors.append(f"autocast: output {out.dtype}, relative error {relative_error(out, out32):.3g}")
+
+
+def check_library_op(errors):
+    """One operator to PyTorch: torch.library's own checks (schema, fake tensor, autograd registration)
+    and a torch.compile trace that keeps it as one node, forward and backward."""
+    from lambda_det.layers import triton_lambda as T
+
+    inputs = [t.requires_grad_() for t in make_inputs((1, 2, 2, 1, 2, 3, 4, 3, 3), seed=2)]
+    try:
+        torch.library.opcheck(torch.ops.lambda_det.lambda_output_triton.default, inputs,
+                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    except Exception as exc:
+        errors.append(f"opcheck: {str(exc)[:1500]}")
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    try:
+        compiled = torch.compile(T.lambda_output_triton, backend=backend, fullgraph=True)
+        out = compiled(*inputs)
+        grads = torch.autograd.grad(out.sum(), inputs)
+        eager = torch.autograd.grad(T.lambda_output_triton(*inputs).sum(), inputs)
+    except Exception as exc:
+        errors.append(f"torch.compile: {type(exc).__name__}: {str(exc)[:1500]}")
+        return
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    if not any("lambda_output_triton" in t for t in targets):
+        errors.append(f"torch.compile graph has no lambda_det::lambda_output_triton node: {targets}")
+    if any(relative_error(a, b) > 1e-12 for a, b in zip(grads, eager)):
+        errors.append("torch.compile gradients differ from eager")
+
+
+def check_precision_switch(errors):
+    """TF32 follows torch.backends.cuda.matmul (legacy flag and the fp32_precision API)."""
+    from lambda_det.layers import triton_lambda as T
+
+    matmul = torch.backends.cuda.matmul
+    if T.dot_precision(torch.float32) != "ieee":
+        errors.append("float32 multiplies in TF32 while PyTorch's switch is off")
+    matmul.allow_tf32 = True
+    if T.dot_precision(torch.float32) != "tf32":
+        errors.append("allow_tf32 = True did not select TF32")
+    matmul.allow_tf32 = False
+    if T.dot_precision(torch.float32) != "ieee":
+        errors.append("allow_tf32 = False did not select IEEE float32")
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = "tf32"
+        if T.dot_precision(torch.float32) != "tf32":
+            errors.append("fp32_precision = 'tf32' did not select TF32")
+        matmul.fp32_precision = "ieee"
+        if T.dot_precision(torch.float32) != "ieee":
+            errors.append("fp32_precision = 'ieee' did not select IEEE float32")
+    if T.dot_precision(torch.float64) != "ieee" or T.dot_precision(torch.float16) != "ieee":
+        errors.append("float64/float16 must not ask for TF32")
+
+
+def run(check: str):
+    errors = []
+    kind, _, arg = check.partition(":")
+    if kind == "reference_loops":
+        check_reference_loops(errors)
+    elif kind == "guards":
+        name, _, rows = arg.partition("@")
+        check_guards(errors, name, int(rows) if rows else None)
+    elif kind == "gradcheck":
+        check_gradcheck(errors, arg)
+    elif kind == "half":
+        check_half(errors)
+    elif kind == "library_op":
+        check_library_op(errors)
+    elif kind == "precision_switch":
+        check_precision_switch(errors)
+    else:
+        errors.append(f"unknown check {check}")
+    return errors
+
+
+def main(argv):
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        print("set TRITON_INTERPRET=1: this worker runs the kernels in Triton's interpreter", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    for check in argv:
+        start = time.time()
+        try:
+            errors = run(check)
+        except Exception:
+            errors = [traceback.format_exc()[-3000:]]
+        print(json.dumps({"check": check, "errors": errors, "seconds": round(time.time() - start, 2)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
