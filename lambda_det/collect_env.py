@@ -100,6 +100,14 @@ def collect_env() -> Tuple[List[Tuple[str, str]], List[str]]:
         built = fused.extension() is not None
         rows.append(("fused CPU lambda operator", f"built ({fused.build_directory()})" if built
                      else f"unavailable ({fused.unavailable_reason()}): impl='auto' uses the FFT / convolution forms"))
+        triton = importlib.import_module("lambda_det.layers.triton_lambda")
+        reason = triton.unavailable_reason("cuda")
+        if reason is not None:
+            state = f"unavailable ({reason}): impl='auto' uses the FFT / convolution forms on GPUs"
+        else:
+            state = "impl='auto' uses it on the CUDA devices" if torch is not None and torch.cuda.is_available() else \
+                "ready for CUDA devices (none here)"
+        rows.append(("Triton GPU lambda operator", state))
     return rows, problems
 
 

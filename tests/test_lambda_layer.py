@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from lambda_det.layers import POSITION_LAMBDA_IMPLS, TERM_IMPLS, LambdaLayer, lambda_layer_num_params
+from lambda_det.layers.triton_lambda import available as triton_available
 
 IMPLS = sorted(POSITION_LAMBDA_IMPLS)  # the position-lambda forms (values, kernel) -> lambdas
+# what runs here in this process: the Triton operator needs a GPU, or its interpreter in a subprocess
+# (tests/test_triton_lambda.py checks the layer with impl="triton" against the same reference)
+HERE_IMPLS = [impl for impl in TERM_IMPLS if impl != "triton" or triton_available("cpu")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +137,7 @@ def test_every_impl_matches_reference_float64(batch, height, width, heads, dim_u
     x = torch.randn(batch, 6, height, width, dtype=torch.float64)
     expected = reference_lambda_layer(layer, x)
     assert np.abs(expected).max() > 1e-3  # the comparison below is not against zeros
-    for impl in [*TERM_IMPLS, "auto", "conv"]:
+    for impl in [*HERE_IMPLS, "auto", "conv"]:
         layer.impl = {"conv": "conv2d"}.get(impl, impl)
         got = layer(x).detach().numpy()
         assert got.shape == expected.shape, impl
@@ -156,7 +160,7 @@ def test_timm_options_match_reference_float64(height, width, dim_u, scope, strid
     layer.train(training)
     x = torch.randn(2, 6, height, width, dtype=torch.float64)
     expected = reference_lambda_layer(layer, x)
-    for impl in [*TERM_IMPLS, "auto"]:
+    for impl in [*HERE_IMPLS, "auto"]:
         layer.impl = impl
         got = layer(x).detach().numpy()
         assert got.shape == expected.shape, impl
@@ -244,7 +248,7 @@ def test_content_output_is_permutation_equivariant_without_position_lambdas():
     assert (layer(x_perm).flatten(2) - layer(x).flatten(2)[:, :, perm]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("impl", TERM_IMPLS)
+@pytest.mark.parametrize("impl", HERE_IMPLS)
 @pytest.mark.parametrize("scope", [3, None])
 def test_gradcheck_float64(impl, scope):
     torch.manual_seed(0)

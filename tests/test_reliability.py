@@ -371,3 +371,18 @@ def test_the_timm_converter_refuses_a_pkl_output_and_creates_no_folder_for_a_bad
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_weights.pth"]  # no empty folders left behind
     assert run_tool("convert_timm_to_d2.py", bad, "--output", tmp_path / "weights.pkl") == 2
     assert "name the file .pth" in capsys.readouterr().err
+
+
+def test_the_config_hash_is_the_files_own_in_every_run(tiny_weights, small_val, tmp_path):
+    import json
+
+    from lambda_det.utils.file_safety import file_sha256
+
+    records = []
+    for name in ("a", "b"):
+        assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "--eval-only", *TINY, "MODEL.WEIGHTS", tiny_weights,
+                        "DATASETS.TEST", f"('{small_val}',)", "OUTPUT_DIR", tmp_path / name) == 0
+        records.append(json.loads((tmp_path / name / "inference" / small_val / "ap_by_size.json").read_text())["provenance"])
+    assert records[0]["config_sha256"] == records[1]["config_sha256"] == file_sha256(TOY_CONFIG)
+    # the whole config differs (OUTPUT_DIR), and is labelled as such
+    assert records[0]["merged_config_sha256"] != records[1]["merged_config_sha256"]

@@ -50,7 +50,7 @@ def run_worker(*checks: str, timeout: int = 800) -> dict:
 # every shape of the worker, forward and backward inside guards; "basic@2": two query rows per
 # dq/dR program, so that a program adds to its partial dR sums (read, add, write) between rows
 GUARD_CHECKS = [f"guards:{name}" for name in W.SHAPES] + ["guards:basic@2"]
-DEFAULT_CHECKS = GUARD_CHECKS + ["gradcheck:u2_global", "half", "library_op", "precision_switch"]
+DEFAULT_CHECKS = GUARD_CHECKS + ["gradcheck:u2_global", "half", "library_op", "precision_switch", "layer"]
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +119,23 @@ def test_tf32_follows_pytorch_matmul_switch(interpreter_results):
 # availability and the auto choice
 # ------------------------------------------------------------------------------------------------
 @needs_triton
+def test_the_layer_with_impl_triton_matches_the_float64_reference(interpreter_results):
+    assert_passed(interpreter_results, "layer")
+
+
+@needs_triton
 def test_auto_choice_picks_triton_for_cuda():
     """CUDA + a Triton with its NVIDIA backend -> the Triton operator; no GPU needed to decide."""
     assert "nvidia" in T.triton.backends.backends
     assert T.choose_triton("cuda")
     assert T.available("cuda") and T.unavailable_reason("cuda") is None
     assert not T.choose_triton("cpu")  # the fused CPU operator is the fast form there
+    # and the layer's auto rule follows it
+    from lambda_det.layers import LambdaLayer
+
+    layer = LambdaLayer(8, 8, dim_k=4, heads=2, scope=5)
+    assert layer.resolve_impl(16, 16, True, fused_ok=False, triton_ok=T.choose_triton("cuda")) == "triton"
+    assert layer.resolve_impl(16, 16, True, fused_ok=True, triton_ok=T.choose_triton("cpu")) == "fused"
 
 
 @needs_triton
@@ -345,8 +356,9 @@ def test_device_mask_rcnn_lambdaresnet101_training_step_amp():
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    from conftest import TINY, TOY_CONFIG, synthetic_batch
+    from conftest import TINY, TOY_CONFIG
     from lambda_det import load_config
+    from lambda_det.benchmark.detector import synthetic_batch
 
     if TOY:
         cfg, size, amp = load_config(str(TOY_CONFIG), TINY), 128, False
@@ -359,7 +371,7 @@ def test_device_mask_rcnn_lambdaresnet101_training_step_amp():
     model = build_model(cfg).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     scaler = torch.amp.GradScaler(DEVICE, enabled=amp)
-    batch = synthetic_batch(size, size, num_images=2)
+    batch = synthetic_batch(size, size, num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES, num_images=2, device=DEVICE)
     with EventStorage(), torch.autocast(device_type=DEVICE, dtype=torch.float16, enabled=amp):
         losses = model(batch)
     total = sum(losses.values())

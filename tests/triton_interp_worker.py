@@ -306,6 +306,32 @@ def check_precision_switch(errors):
         errors.append("float64/float16 must not ask for TF32")
 
 
+def check_layer(errors):
+    """LambdaLayer(impl="triton") through the layer, at every shape of the layer's own reference
+    tests (non-square maps, maps smaller than the scope, u > 1, 1-8 heads, global scopes, stride 2)
+    and at k 2 / heads 8 / v 2, against the float64 loop reference written from the paper."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import numpy as np
+    from test_lambda_layer import REFERENCE_CASES, reference_lambda_layer
+
+    from lambda_det.layers import LambdaLayer
+
+    cases = [(batch, height, width, dict(heads=heads, dim_u=dim_u, scope=scope, stride=stride), training)
+             for batch, height, width, heads, dim_u, scope, stride, training in REFERENCE_CASES]
+    cases.append((1, 5, 6, dict(heads=8, dim_u=1, scope=5, stride=1), True))  # k 2, heads 8, v 2
+    for batch, height, width, options, training in cases:
+        torch.manual_seed(height * 10 + width)
+        dim_k = 2 if options["heads"] == 8 and batch == 1 and height == 5 else 3
+        out = 16 if dim_k == 2 else 8 * options["heads"]
+        layer = LambdaLayer(6, out, dim_k=dim_k, impl="triton", global_max_size=10, **options).double().train(training)
+        x = torch.randn(batch, 6, height, width, dtype=torch.float64)
+        expected = reference_lambda_layer(layer, x)
+        got = layer(x).detach().numpy()
+        err = np.abs(got - expected).max() / max(1.0, np.abs(expected).max())
+        if got.shape != expected.shape or not err <= 1e-10:
+            errors.append(f"layer {batch}x{height}x{width} {options}: shape {got.shape} vs {expected.shape}, error {err:.3g}")
+
+
 def run(check: str):
     errors = []
     kind, _, arg = check.partition(":")
@@ -322,6 +348,8 @@ def run(check: str):
         check_library_op(errors)
     elif kind == "precision_switch":
         check_precision_switch(errors)
+    elif kind == "layer":
+        check_layer(errors)
     else:
         errors.append(f"unknown check {check}")
     return errors

@@ -11,7 +11,8 @@ from torch import nn
 from .flops import counted_by_fvcore, position_term_op
 from .fused import available as fused_available
 from .fused import lambda_output_fused
-from .position_lambdas import FUSED, IMPL_ALIASES, IMPL_CHOICES, POSITION_LAMBDA_IMPLS, choose_impl, position_term
+from .position_lambdas import FUSED, IMPL_ALIASES, IMPL_CHOICES, POSITION_LAMBDA_IMPLS, TRITON, choose_impl, position_term
+from .triton_lambda import choose_triton, lambda_output_triton
 
 Tensor = torch.Tensor
 
@@ -184,18 +185,19 @@ class LambdaLayer(nn.Module):
         emb = self.rel_pos_emb[oy : oy + 2 * ch + 1, ox : ox + 2 * cw + 1]
         return emb.permute(2, 3, 0, 1)
 
-    def resolve_impl(self, height: int, width: int, needs_grad: bool = True, fused_ok: bool = False) -> str:
+    def resolve_impl(self, height: int, width: int, needs_grad: bool = True, fused_ok: bool = False,
+                     triton_ok: bool = False) -> str:
         """How the position term is computed for a map of this size (resolves impl="auto").
 
         ``needs_grad``: whether autograd records the forward (training) or not (evaluation,
-        ``torch.no_grad`` / ``torch.inference_mode``); the fastest form differs. ``fused_ok``:
-        whether the fused CPU operator can run (a CPU input, the operator built here).
+        ``torch.no_grad`` / ``torch.inference_mode``); the fastest form differs. ``fused_ok`` /
+        ``triton_ok``: whether the fused CPU operator / the Triton GPU operator can run here.
         """
         if self.impl != "auto":
             return self.impl
         rh_full, rw_full = self.rel_pos_emb.shape[0], self.rel_pos_emb.shape[1]
         rh, rw = min(rh_full, 2 * height - 1), min(rw_full, 2 * width - 1)
-        return choose_impl(height, width, rh, rw, needs_grad, fused_ok)
+        return choose_impl(height, width, rh, rw, needs_grad, fused_ok, triton_ok)
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
@@ -214,13 +216,16 @@ class LambdaLayer(nn.Module):
             device = x.device.type
             out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
             with torch.autocast(device_type=device, enabled=False):
-                out = self._lambda_output(q, keys, values, x.dtype).to(out_dtype)
+                out = self._lambda_output(q, keys, values, x.dtype, out_dtype).to(out_dtype)
         if self.pool is not None:
             out = self.pool(out)
         return out
 
-    def _lambda_output(self, q: Tensor, keys: Tensor, values: Tensor, input_dtype: torch.dtype) -> Tensor:
-        """y_n = concat_h (lambda^c + lambda^p_n)^T q_n^h, (b, h v, H, W), from the projections."""
+    def _lambda_output(self, q: Tensor, keys: Tensor, values: Tensor, input_dtype: torch.dtype,
+                       autocast_dtype: Optional[torch.dtype] = None) -> Tensor:
+        """y_n = concat_h (lambda^c + lambda^p_n)^T q_n^h, (b, h v, H, W), from the projections.
+        ``autocast_dtype``: the caller's autocast type, which the Triton operator multiplies in (its
+        sums stay float32); every other form computes in float32 throughout."""
         b, _, height, width = q.shape
         n, k, u, v = height * width, self.dim_k, self.dim_u, self.dim_v
         dtype = torch.float64 if input_dtype == torch.float64 else torch.float32
@@ -241,24 +246,29 @@ class LambdaLayer(nn.Module):
         elif torch.jit.is_tracing():
             out = self._traced_output(q, values, content_lambda)
         else:
-            impl = self.resolve_impl(height, width, needs_grad, q.device.type == "cpu" and fused_available())
-            out = OUTPUT_BY_IMPL[impl](q, values, self.position_kernel(height, width).to(dtype), content_lambda)
+            device = q.device.type
+            impl = self.resolve_impl(height, width, needs_grad, device == "cpu" and fused_available(), choose_triton(device))
+            operands = (q, values, self.position_kernel(height, width).to(dtype), content_lambda)
+            if impl == TRITON and autocast_dtype in (torch.float16, torch.bfloat16):
+                operands = tuple(t.to(autocast_dtype) for t in operands)
+            out = OUTPUT_BY_IMPL[impl](*operands)
         return out.reshape(b, self.out_channels, height, width)
 
     def _scripted_output(self, q: Tensor, values: Tensor, content_lambda: Tensor, needs_grad: bool) -> Tensor:
-        """TorchScript: a compiled operator is no part of a portable file, so "fused" runs as "fft" (a
-        literal: TorchScript reads no str globals)."""
+        """TorchScript: a compiled operator is no part of a portable file, so "fused" and "triton" run
+        as "fft" (literals: TorchScript reads no str globals)."""
         height, width = values.shape[-2], values.shape[-1]
         impl = self.resolve_impl(height, width, needs_grad)
         kernel = self.position_kernel(height, width).to(q.dtype)
-        return lambda_output(q, values, kernel, content_lambda, "fft" if impl == "fused" else impl)
+        return lambda_output(q, values, kernel, content_lambda, "fft" if impl == "fused" or impl == "triton" else impl)
 
     def _counted_output(self, q: Tensor, values: Tensor, content_lambda: Tensor) -> Tensor:
         """Under fvcore: the position term as the one operator whose FLOPs it counts by the definition."""
         height, width = values.shape[-2], values.shape[-1]
         impl = self.resolve_impl(height, width, needs_grad=False)
         kernel = self.position_kernel(height, width).to(q.dtype)
-        return content_output(q, content_lambda) + position_term_op(q, values, kernel, "conv2d" if impl == FUSED else impl)
+        form = "conv2d" if impl in (FUSED, TRITON) else impl
+        return content_output(q, content_lambda) + position_term_op(q, values, kernel, form)
 
     def _traced_output(self, q: Tensor, values: Tensor, content_lambda: Tensor) -> Tensor:
         """A trace records one path for all sizes: the convolution with the whole relative table is exact
@@ -283,9 +293,15 @@ def lambda_output(q: Tensor, values: Tensor, kernel: Tensor, content_lambda: Ten
 
 
 # impl -> the output from (q, values, kernel, content_lambda), in (b, h, v, n) order: what an eager forward runs
+def _triton_output(q: Tensor, values: Tensor, kernel: Tensor, content_lambda: Tensor) -> Tensor:
+    """The Triton operator takes the queries as a map: q (b, h, k, n) -> (b, h, k, H, W)."""
+    return lambda_output_triton(q.reshape(*q.shape[:3], *values.shape[-2:]), values, kernel, content_lambda)
+
+
 OUTPUT_BY_IMPL: Dict[str, Callable[..., Tensor]] = {
     **{form: partial(lambda_output, impl=form) for form in POSITION_LAMBDA_IMPLS},
     FUSED: lambda_output_fused,
+    TRITON: _triton_output,
 }
 
 

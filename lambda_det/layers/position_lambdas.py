@@ -156,24 +156,31 @@ IMPL_ALIASES = {"conv": "conv2d"}
 # The position term applied to the queries in one CPU operator (fused.py): it never
 # materializes the position lambdas, so it is not a form of POSITION_LAMBDA_IMPLS.
 FUSED = "fused"
-TERM_IMPLS = (*sorted(POSITION_LAMBDA_IMPLS), FUSED)  # every way the layer can compute its position term
+# The same order on GPUs: Triton kernels (triton_lambda.py), on tensor cores.
+TRITON = "triton"
+TERM_IMPLS = (*sorted(POSITION_LAMBDA_IMPLS), FUSED, TRITON)  # every way the layer can compute its position term
 IMPL_CHOICES = ("auto", "conv", *TERM_IMPLS)
 
 
-def choose_impl(height: int, width: int, rh: int, rw: int, needs_grad: bool, fused_ok: bool = False) -> str:
+def choose_impl(height: int, width: int, rh: int, rw: int, needs_grad: bool, fused_ok: bool = False,
+                triton_ok: bool = False) -> str:
     """The fastest way to compute the position term for this shape and for what is computed.
 
-    ``fused_ok``: the fused CPU operator can run (CPU input, operator built here); ``needs_grad``:
-    the forward is recorded for a backward pass (training), or not (evaluation).
+    ``fused_ok``: the fused CPU operator can run (CPU input, operator built here); ``triton_ok``: the
+    Triton operator can run (a CUDA input, Triton's NVIDIA backend here); ``needs_grad``: the forward
+    is recorded for a backward pass (training), or not (evaluation).
 
-    The fused operator does fewer multiply-adds per tap than any lambda form and never materializes
-    the lambdas, so it wins wherever it runs. Without it (TorchScript, no compiler, CUDA): the direct
+    Both operators work in the relative-logits order, which needs fewer multiply-adds per tap than
+    any lambda form and never materializes the lambdas, so each is chosen wherever it runs (on GPUs
+    a choice on paper until measured: docs/gpu.md). Without them (TorchScript, no compiler): the direct
     convolution for evaluation and for small kernels or maps, the FFT for training with larger ones
     (its cost does not grow with the scope). The measurements behind the rule are in
     docs/benchmarks/auto_rule_cpu.md (CPU only so far).
     """
+    if triton_ok:
+        return "triton"  # literals: TorchScript compiles this function and reads no str globals
     if fused_ok:
-        return "fused"  # a literal: TorchScript compiles this function and reads no str globals
+        return "fused"
     if not needs_grad or rh * rw <= 7 * 7 or height * width <= 16 * 16:
         return "conv2d"
     return "fft"
