@@ -95,3 +95,14 @@ def test_setup_without_network_says_so(tmp_path):
 
 def _base_python() -> str:
     return str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}")
+
+
+def test_the_fused_operators_build_folder_is_the_one_it_was_built_in():
+    """torch's extension loader appends to the flag lists it is given: the folder collect_env reports
+    must not change once the operator is built."""
+    from lambda_det.layers import fused
+
+    before = fused.build_directory()
+    if fused.extension() is None:
+        pytest.skip(f"the fused operator cannot be built here: {fused.unavailable_reason()}")
+    assert fused.build_directory() == before and before.is_dir()

@@ -33,8 +33,9 @@ logger = logging.getLogger("lambda_det")
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_lambda.cpp"
 # -fopenmp: ATen's parallel_for runs its loop in OpenMP threads only where the extension is built with it
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
-LDFLAGS = ["-fopenmp"]
+# tuples: torch's loader appends to the lists it is given, which would change the build folder's name
+CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 VECTOR_BYTES = 64  # the kernel's vector length: 16 floats, 8 doubles
 
 _lock = threading.Lock()
@@ -83,8 +84,8 @@ def extension():
             directory.mkdir(parents=True, exist_ok=True)
             if not (directory / "build.ninja").exists():
                 logger.info("building lambda_det's fused lambda operator (once per machine and version) in %s", directory)
-            _module = load(name=f"lambda_det_{directory.name}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                           extra_ldflags=LDFLAGS, build_directory=str(directory), verbose=False)
+            _module = load(name=f"lambda_det_{directory.name}", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                           extra_ldflags=list(LDFLAGS), build_directory=str(directory), verbose=False)
         except Exception as exc:  # a missing compiler / ninja / headers: the other forms still work
             _failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
             logger.warning("lambda_det's fused lambda operator is unavailable (%s); using the other forms", _failure)
