@@ -37,3 +37,14 @@ def test_short_main_job_learns_and_reports(tmp_path):
     pictures = sorted((out / "demo").glob("*.png"))
     assert len(pictures) == 3 and all(cv2.imread(str(p)) is not None for p in pictures)
     assert str(report) in done.stdout and str(out / "demo") in done.stdout
+    # the terminal shows progress, not the environment report, the config or the model (log.txt has them)
+    assert "Environment info" not in done.stdout and "Model:" not in done.stdout and "iter: 199" in done.stdout
+    assert "Environment info" in (out / "log.txt").read_text()
+    assert "No CUDA runtime" not in done.stderr and "not writable" not in done.stderr
+
+    # a second run of the finished main job trains nothing and changes nothing
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "finished run (200 iterations): nothing was trained or changed" in again.stdout
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -19,8 +19,8 @@ from lambda_det.config import load_config
 from lambda_det.data import prepare_dataset
 from lambda_det.demo import Demo, Inputs, run_demo
 from lambda_det.engine import (
-    Trainer, existing_run, finished_run, interrupted, run_folder_lock, non_negative_int, parse_args_with_overrides,
-    positive_int, preflight, run_main, setup,
+    Trainer, existing_run, finished_run, interrupted, non_negative_int, parse_args_with_overrides,
+    positive_int, preflight, run_folder_lock, run_main, setup,
 )
 from lambda_det.errors import OutputError
 from lambda_det.evaluation import load_ap_by_size, markdown_table
@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     with run_folder_lock(cfg.OUTPUT_DIR):
         if not (out / MARKER).is_file():
             write_text(out / MARKER, json.dumps({"tool": "tools/quickstart.py", "config_file": str(args.config_file)}))
-        setup(cfg, args)
+        setup(cfg, args, console_filter=progress_only)
         log = logging.getLogger("lambda_det")
         start = time.perf_counter()
 
@@ -114,6 +114,15 @@ def main(argv=None) -> dict:
         # a resumed run draws its own pictures again from its final weights; any other file there stays
         run_demo(Demo(demo_cfg), Inputs(images=val_images), out / "demo", report=log.info, replace_own=True)
     return summarize(out, report_dir, train_minutes, len(val_images))
+
+
+# what the terminal shows of the run (log.txt keeps everything: environment, config, model, data)
+PROGRESS_LOGGERS = ("lambda_det", "detectron2.utils.events", "detectron2.engine.train_loop", "detectron2.engine.hooks",
+                    "detectron2.evaluation.evaluator")
+
+
+def progress_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name in PROGRESS_LOGGERS
 
 
 def summarize(out: Path, report_dir: Path, train_minutes, demo_images) -> dict:

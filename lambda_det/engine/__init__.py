@@ -1,6 +1,6 @@
 """Engine: the trainer, the checks before a run, and what the tools share (Detectron2's engine/defaults)."""
 from .defaults import (
-    add_dataset_argument, argument_parser, check_launch_args, cpu_if_no_cuda, interrupted, load_cfg, run_folder_lock, non_negative_int,
+    add_dataset_argument, argument_parser, check_launch_args, console_handlers, cpu_if_no_cuda, interrupted, load_cfg, run_folder_lock, non_negative_int,
     parse_args_with_overrides, positive_int, probability, register_datasets, run_main, setup, setup_cfg,
     share_cpu_cores,
 )
@@ -15,6 +15,7 @@ __all__ = [
     "argument_parser",
     "build_model_on_cpu",
     "check_launch_args",
+    "console_handlers",
     "cpu_if_no_cuda",
     "earlier_evaluation",
     "existing_run",

@@ -13,8 +13,9 @@ import os
 import re
 import shlex
 import sys
+import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from detectron2.engine import default_argument_parser
@@ -215,11 +216,11 @@ def setup_cfg(args):
     return cfg
 
 
-def setup(cfg, args, *, eval_only: bool = False) -> None:
+def setup(cfg, args, *, eval_only: bool = False, console_filter: Optional[Callable[[logging.LogRecord], bool]] = None) -> None:
     """Detectron2's default_setup (logger into OUTPUT_DIR/log.txt, environment and config in the log,
     seed), except that a config.yaml of an earlier run is never replaced: an evaluation writes its
     config beside its results, and a resumed run whose config changed keeps the earlier one as
-    config.<n>.yaml."""
+    config.<n>.yaml. ``console_filter``: which log records the terminal shows (log.txt gets all)."""
     output_dir = Path(cfg.OUTPUT_DIR)
     rank = comm.get_rank()
     if comm.is_main_process():
@@ -227,12 +228,14 @@ def setup(cfg, args, *, eval_only: bool = False) -> None:
     setup_logger(str(output_dir), distributed_rank=rank, name="fvcore")
     log = setup_logger(str(output_dir), distributed_rank=rank)
     setup_logger(str(output_dir), distributed_rank=rank, name="lambda_det")
-    for handler in log.handlers:
-        if type(handler) is logging.StreamHandler:  # the terminal; log.txt keeps the whole traceback
-            handler.addFilter(_known_failures_in_one_line)
+    for handler in console_handlers("detectron2", "fvcore", "lambda_det"):  # log.txt keeps everything
+        handler.addFilter(_known_failures_in_one_line)
+        if console_filter is not None:
+            handler.addFilter(console_filter)
     log.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
     # the report imports torch's extension builder, which warns on a CPU-only machine that it found no CUDA runtime
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    _silence_known_library_warnings()
     log.info("Environment info:\n%s", collect_env_info())
     log.info("Command line arguments: %s", args)
     if comm.is_main_process():
@@ -252,6 +255,21 @@ def setup(cfg, args, *, eval_only: bool = False) -> None:
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     if not eval_only:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+
+
+def _silence_known_library_warnings() -> None:
+    """Warnings that Detectron2's own code raises through torch on every run, about nothing the user
+    can change (it stacks read-only mask arrays, calls meshgrid the old way, asks whether fx traces)."""
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+    warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
+def console_handlers(*loggers: str) -> List[logging.Handler]:
+    """The terminal handlers of the named loggers (Detectron2 writes log.txt through a StreamHandler
+    too, on a stream named after the file)."""
+    return [h for name in loggers for h in logging.getLogger(name).handlers
+            if isinstance(h, logging.StreamHandler) and not os.path.isfile(str(getattr(h.stream, "name", "")))]
 
 
 def _known_failures_in_one_line(record: logging.LogRecord) -> bool:
