@@ -19,8 +19,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["lambda_det", "lambda_det.*"]),
-    # the configs (lambda_det.model_zoo) and the fused operator's C++ source, built on first use
-    package_data={"lambda_det.model_zoo": ["configs/*.yaml", "configs/*/*.yaml"], "lambda_det.layers": ["csrc/*.cpp"]},
+    # the configs (lambda_det.model_zoo: yacs .yaml, LazyConfig .py) and the fused operator's C++ source, built on first use
+    package_data={"lambda_det.model_zoo": ["configs/*.yaml", "configs/*/*.yaml", "configs/*/*.py"],
+                  "lambda_det.layers": ["csrc/*.cpp"]},
     install_requires=[
         "fvcore>=0.1.5",
         "iopath>=0.1.9",

@@ -112,11 +112,13 @@ def test_every_shipped_config_is_found_and_builds_its_config():
     from lambda_det.errors import ConfigError
 
     names = model_zoo.list_configs()
-    on_disk = sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml"))
+    on_disk = sorted(str(p.relative_to(REPO / "configs")) for pattern in ("*.yaml", "*.py") for p in (REPO / "configs").rglob(pattern))
     assert names == on_disk and len(names) >= 20
     for name in names:
         assert Path(model_zoo.get_config_file(name)).is_file()
-        if not Path(name).name.startswith("Base-"):
+        if name.endswith(".py"):  # a LazyConfig (tests/test_lazyconfig.py builds them)
+            assert model_zoo.get_config(name).model.backbone.bottom_up
+        elif not Path(name).name.startswith("Base-"):
             assert model_zoo.get_config(name).MODEL.BACKBONE.NAME
     with pytest.raises(ConfigError, match="did you mean"):
         model_zoo.get_config_file("Toy/mask_rcnn_LambdaR_26_FPN_tyo.yaml")
@@ -146,6 +148,9 @@ def test_an_installed_wheel_works_without_the_checkout(tmp_path):
         "import lambda_det, pathlib; from lambda_det import model_zoo\n"
         f"assert pathlib.Path(lambda_det.__file__).is_relative_to({str(site)!r}), lambda_det.__file__\n"
         "names = model_zoo.list_configs(); assert len(names) >= 20\n"
+        "assert 'new_baselines/mask_rcnn_LambdaR_101_FPN_100ep_LSJ.py' in names, names\n"
+        "lazy = model_zoo.get_config('new_baselines/mask_rcnn_LambdaR_152_FPN_400ep_LSJ.py')\n"
+        "assert lazy.model.backbone.bottom_up.depth == 152, lazy.model.backbone.bottom_up\n"
         "model = model_zoo.get('Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml')\n"
         "print(len(names), sum(p.numel() for p in model.parameters()))\n"
     )

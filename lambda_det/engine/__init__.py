@@ -1,27 +1,38 @@
-"""Engine: the trainer, the checks before a run, and what the tools share (Detectron2's engine/defaults)."""
+"""Engine: the trainer, the checks before a run, and what the tools share (Detectron2's engine/defaults);
+lazy.py runs Detectron2's LazyConfigs with the same protections."""
 from .defaults import (
-    add_dataset_argument, argument_parser, check_launch_args, console_handlers, cpu_if_no_cuda, interrupted, load_cfg, run_folder_lock, non_negative_int,
-    parse_args_with_overrides, positive_int, probability, register_datasets, run_main, setup, setup_cfg,
-    share_cpu_cores,
+    LAZY_OVERRIDE, add_dataset_argument, argument_parser, check_launch_args, console_handlers, cpu_if_no_cuda,
+    interrupted, load_cfg, non_negative_int, parse_args_with_overrides, positive_int, probability, register_datasets,
+    run_folder_lock, run_main, setup, setup_cfg, setup_process, share_cpu_cores,
 )
+from .launching import launch_in_run_folder, report_finished_run
 from .preflight import (
-    build_model_on_cpu, earlier_evaluation, existing_run, explained_build_errors, finished_run, preflight, validate_config,
+    YACS_KEYS, RunKeys, build_model_on_cpu, check_model_and_output, check_output_and_weights, earlier_evaluation,
+    evaluation_files, existing_run, explained_build_errors, finished_run, finished_run_at, preflight, validate_config,
 )
 from .trainer import Trainer
 
 __all__ = [
+    "LAZY_OVERRIDE",
+    "RunKeys",
     "Trainer",
+    "YACS_KEYS",
     "add_dataset_argument",
     "argument_parser",
     "build_model_on_cpu",
     "check_launch_args",
+    "check_model_and_output",
+    "check_output_and_weights",
     "console_handlers",
     "cpu_if_no_cuda",
     "earlier_evaluation",
+    "evaluation_files",
     "existing_run",
     "explained_build_errors",
     "finished_run",
+    "finished_run_at",
     "interrupted",
+    "launch_in_run_folder",
     "load_cfg",
     "run_folder_lock",
     "non_negative_int",
@@ -30,9 +41,11 @@ __all__ = [
     "preflight",
     "probability",
     "register_datasets",
+    "report_finished_run",
     "run_main",
     "setup",
     "setup_cfg",
+    "setup_process",
     "share_cpu_cores",
     "validate_config",
 ]

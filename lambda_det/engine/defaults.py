@@ -78,14 +78,17 @@ def register_datasets(args: argparse.Namespace) -> None:
 # argparse types: argparse names the flag ("argument --repeats: ...") and exits with status 2
 # --------------------------------------------------------------------------------------------
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+# a LazyConfig override: key=value, the key dotted and in lower case (train.max_iter=10)
+LAZY_OVERRIDE = re.compile(r"^[a-z_][a-z0-9_]*(\.[A-Za-z0-9_]+)*=")
 
 
-def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """``parser.parse_args``, for tools whose trailing KEY VALUE config overrides are argparse's
-    REMAINDER: a flag after them would be handed over as a config key (or a required flag reported
-    missing), so it is named instead."""
+def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
+                              override: re.Pattern = CONFIG_KEY) -> argparse.Namespace:
+    """``parser.parse_args``, for tools whose trailing config overrides (``override`` matches the
+    first: KEY VALUE, or LAZY_OVERRIDE's key=value) are argparse's REMAINDER: a flag after them
+    would be handed over as a config key (or a required flag reported missing), so it is named instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    first = next((i for i, a in enumerate(argv) if CONFIG_KEY.match(a)), None)
+    first = next((i for i, a in enumerate(argv) if override.match(a)), None)
     late = [a for a in argv[first:] if a.startswith("--")] if first is not None else []
     if late:
         parser.error(f"{late[0]} comes after the config overrides (from {argv[first]} on), where it would be read "
@@ -217,11 +220,24 @@ def setup_cfg(args):
 
 
 def setup(cfg, args, *, eval_only: bool = False, console_filter: Optional[Callable[[logging.LogRecord], bool]] = None) -> None:
+    """Detectron2's default_setup for a yacs config (see ``setup_process``)."""
+    output_dir = Path(cfg.OUTPUT_DIR)
+    if eval_only:
+        targets = [output_dir / "inference" / name / "config.yaml" for name in cfg.DATASETS.TEST]
+    else:
+        targets = [output_dir / "config.yaml"]
+    setup_process(output_dir, args, config_text=cfg.dump(), config_targets=targets, seed=cfg.SEED,
+                  cudnn_benchmark=cfg.CUDNN_BENCHMARK, eval_only=eval_only, console_filter=console_filter)
+
+
+def setup_process(output_dir: Path, args, *, config_text: str, config_targets: Sequence[Path], seed: int,
+                  cudnn_benchmark: bool, eval_only: bool,
+                  console_filter: Optional[Callable[[logging.LogRecord], bool]] = None) -> None:
     """Detectron2's default_setup (logger into OUTPUT_DIR/log.txt, environment and config in the log,
     seed), except that a config.yaml of an earlier run is never replaced: an evaluation writes its
-    config beside its results, and a resumed run whose config changed keeps the earlier one as
-    config.<n>.yaml. ``console_filter``: which log records the terminal shows (log.txt gets all)."""
-    output_dir = Path(cfg.OUTPUT_DIR)
+    config beside its results (``config_targets``), and a resumed run whose config changed keeps
+    the earlier one as config.<n>.yaml. ``console_filter``: which log records the terminal shows
+    (log.txt gets all)."""
     rank = comm.get_rank()
     if comm.is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -239,22 +255,17 @@ def setup(cfg, args, *, eval_only: bool = False, console_filter: Optional[Callab
     log.info("Environment info:\n%s", collect_env_info())
     log.info("Command line arguments: %s", args)
     if comm.is_main_process():
-        text = cfg.dump()
-        if eval_only:
-            targets = [output_dir / "inference" / name / "config.yaml" for name in cfg.DATASETS.TEST]
-        else:
-            targets = [output_dir / "config.yaml"]
-        for target in targets:
+        for target in config_targets:
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_file() and target.read_text() != text and not eval_only:
+            if target.is_file() and target.read_text() != config_text and not eval_only:
                 kept = _free_name(target)
                 os.replace(target, kept)
                 log.info("The config changed since this run's last start: the earlier one is kept as %s", kept)
-            write_text(target, text)
+            write_text(target, config_text)
             log.info("Full config saved to %s", target)
-    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    seed_all_rng(None if seed < 0 else seed + rank)
     if not eval_only:
-        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def _silence_known_library_warnings() -> None:
@@ -286,11 +297,13 @@ def _free_name(path: Path) -> Path:
     return path.parent / f"{path.stem}.{n}{path.suffix}"
 
 
-def share_cpu_cores(cfg, processes_per_machine: int) -> None:
+def share_cpu_cores(cfg, processes_per_machine: int, device: Optional[str] = None) -> None:
     """N training processes on CPUs: each gets its share of the cores (all of them each is ~10x slower).
+    ``device``: where the model runs, when ``cfg`` is no yacs config (a LazyConfig's train.device).
 
     An explicit OMP_NUM_THREADS is the user's choice and is kept.
     """
-    if processes_per_machine <= 1 or not cfg.MODEL.DEVICE.startswith("cpu") or "OMP_NUM_THREADS" in os.environ:
+    device = cfg.MODEL.DEVICE if device is None else device
+    if processes_per_machine <= 1 or not device.startswith("cpu") or "OMP_NUM_THREADS" in os.environ:
         return
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes_per_machine))

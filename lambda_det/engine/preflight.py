@@ -16,6 +16,7 @@ import math
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -247,16 +248,26 @@ EVALUATION_FILES = ("coco_instances_results.json", "instances_predictions.pth", 
 
 def earlier_evaluation(cfg) -> List[Path]:
     """The files an evaluation of DATASETS.TEST into OUTPUT_DIR would replace."""
-    folders = [Path(cfg.OUTPUT_DIR) / "inference" / name for name in cfg.DATASETS.TEST]
+    return evaluation_files(cfg.OUTPUT_DIR, cfg.DATASETS.TEST)
+
+
+def evaluation_files(output_dir: str, dataset_names: Sequence[str]) -> List[Path]:
+    """The files an evaluation of ``dataset_names`` into ``output_dir`` would replace."""
+    folders = [Path(output_dir) / "inference" / name for name in dataset_names]
     return [folder / name for folder in folders for name in EVALUATION_FILES if (folder / name).exists()]
 
 
 def finished_run(cfg) -> Optional[Tuple[Path, int]]:
     """(checkpoint, iterations trained) when --resume would stand on a run that has trained
     SOLVER.MAX_ITER iterations already, else None."""
-    last = check_resume(cfg.OUTPUT_DIR)
+    return finished_run_at(cfg.OUTPUT_DIR, cfg.SOLVER.MAX_ITER)
+
+
+def finished_run_at(output_dir: str, max_iter: int) -> Optional[Tuple[Path, int]]:
+    """``finished_run`` for a run folder and length named directly (a LazyConfig's train.*)."""
+    last = check_resume(output_dir)
     iteration = saved_iteration(last) if last is not None else None
-    if iteration is None or iteration + 1 < cfg.SOLVER.MAX_ITER:
+    if iteration is None or iteration + 1 < max_iter:
         return None
     return last, iteration + 1
 
@@ -329,6 +340,25 @@ def _flatten(node, prefix: str = ""):
             yield name, value
 
 
+@dataclass(frozen=True)
+class RunKeys:
+    """How a config names what the checks of a run talk about: a yacs config (train_net.py) or a
+    LazyConfig (lazyconfig_train_net.py, ``LAZY_KEYS`` in lambda_det.engine.lazy)."""
+
+    output_dir: str = "OUTPUT_DIR"
+    weights: str = "MODEL.WEIGHTS"
+    test: str = "DATASETS.TEST"
+    checkpoint_period: str = "SOLVER.CHECKPOINT_PERIOD"
+    max_iter: str = "SOLVER.MAX_ITER"
+    separator: str = " "  # between a key and its value on the command line
+
+    def setting(self, key: str, value: str) -> str:
+        return f"{key}{self.separator}{value}"
+
+
+YACS_KEYS = RunKeys()
+
+
 def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, world_size: int = 1) -> None:
     """Everything about a train_net run that can be known to fail, checked before any process
     starts or file is written: config values, datasets, OUTPUT_DIR, the model build and the weights."""
@@ -337,67 +367,84 @@ def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, wo
     if not eval_only:
         check_datasets(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     check_datasets(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
-    output_dir = cfg.OUTPUT_DIR
-    refuse_file(Path(output_dir), "OUTPUT_DIR")
+    strict_weights = check_output_and_weights(
+        YACS_KEYS, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, has_test=bool(cfg.DATASETS.TEST), earlier=earlier_evaluation(cfg),
+        eval_only=eval_only, resume=resume, overwrite=overwrite,
+    )
+    for name in datasets:
+        check_coco_files(name)  # files present (the toy data is generated), and what the json lists
+    checkpoints = None if eval_only else cfg.SOLVER.MAX_ITER // cfg.SOLVER.CHECKPOINT_PERIOD + 1
+    check_model_and_output(YACS_KEYS, build_model_on_cpu(cfg), cfg.OUTPUT_DIR, strict_weights, checkpoints=checkpoints, fit_cfg=cfg)
+
+
+def check_output_and_weights(keys: RunKeys, output_dir: str, weights: str, *, has_test: bool, earlier: Sequence[Path],
+                             eval_only: bool, resume: bool, overwrite: bool) -> Optional[str]:
+    """The run folder and the weights of a run, before anything is written: an evaluation needs
+    weights and replaces no ``earlier`` evaluation unless ``overwrite``; a new run may not go into a
+    folder that holds one; --resume stands on an intact checkpoint. Returns the weights that must
+    fit the model exactly (evaluation, resume), or None."""
+    refuse_file(Path(output_dir), keys.output_dir)
     strict_weights = None
     if eval_only:
-        if not cfg.DATASETS.TEST:
-            raise UserError("--eval-only needs DATASETS.TEST: the datasets to evaluate on")
+        if not has_test:
+            raise UserError(f"--eval-only needs {keys.test}: the datasets to evaluate on")
         resumed = check_resume(output_dir) if resume else None
         if resumed is None:
-            if not cfg.MODEL.WEIGHTS:
+            if not weights:
                 raise WeightsError(
-                    "--eval-only needs weights: pass MODEL.WEIGHTS path/to/model.pth, or --resume to evaluate the "
-                    f"last checkpoint in OUTPUT_DIR={output_dir}"
+                    f"--eval-only needs weights: pass {keys.setting(keys.weights, 'path/to/model.pth')}, or --resume to "
+                    f"evaluate the last checkpoint in {keys.output_dir}={output_dir}"
                 )
-            _check_weights_file(cfg.MODEL.WEIGHTS)
-        strict_weights = str(resumed) if resumed is not None else cfg.MODEL.WEIGHTS
+            _check_weights_file(weights, keys.weights)
+        strict_weights = str(resumed) if resumed is not None else weights
         if not overwrite:
-            refuse_overwrite(earlier_evaluation(cfg), "--eval-only", "of an earlier evaluation")
+            refuse_overwrite(earlier, "--eval-only", "of an earlier evaluation")
     elif resume:
         resumed = check_resume(output_dir)
         if resumed is not None:
             strict_weights = str(resumed)
-        elif cfg.MODEL.WEIGHTS:
-            _check_weights_file(cfg.MODEL.WEIGHTS)
+        elif weights:
+            _check_weights_file(weights, keys.weights)
     else:
         run = existing_run(output_dir)
         if run:
             raise OutputError(
-                f"OUTPUT_DIR {output_dir} already holds a run ({', '.join(p.name for p in run[:4])}"
+                f"{keys.output_dir} {output_dir} already holds a run ({', '.join(p.name for p in run[:4])}"
                 f"{' ...' if len(run) > 4 else ''}); nothing was written. Continue it with --resume, or train into "
-                "another OUTPUT_DIR (trailing `OUTPUT_DIR path`), or move the old run away yourself"
+                f"another {keys.output_dir} (trailing `{keys.setting(keys.output_dir, 'path')}`), or move the old run away yourself"
             )
-        if cfg.MODEL.WEIGHTS:
-            _check_weights_file(cfg.MODEL.WEIGHTS)
-    for name in datasets:
-        check_coco_files(name)  # files present (the toy data is generated), and what the json lists
-    model = build_model_on_cpu(cfg)
+        if weights:
+            _check_weights_file(weights, keys.weights)
+    return strict_weights
+
+
+def check_model_and_output(keys: RunKeys, model, output_dir: str, strict_weights: Optional[str], *,
+                           checkpoints: Optional[int], fit_cfg=None) -> None:
+    """The rest of a preflight, on the model built on the CPU: the weights that must fit do (before
+    anything of the run, its config.yaml, is touched), the ``checkpoints`` a training run will write
+    fit on the disk (a warning), and the run folder can be written."""
     if strict_weights:
-        # the weights must fit before anything of the run (its config.yaml) is touched
-        Checkpointer(model, strict=True, cfg=cfg).load(strict_weights)
-    if not eval_only:
-        _warn_about_disk_space(cfg, model)
-    del model
-    ensure_writable_dir(Path(output_dir), "OUTPUT_DIR")
+        Checkpointer(model, strict=True, cfg=fit_cfg).load(strict_weights)
+    if checkpoints is not None:
+        _warn_about_disk_space(keys, model, output_dir, checkpoints)
+    ensure_writable_dir(Path(output_dir), keys.output_dir)
 
 
-def _warn_about_disk_space(cfg, model) -> None:
+def _warn_about_disk_space(keys: RunKeys, model, output_dir: str, count: int) -> None:
     """Detectron2 keeps every periodic checkpoint: say so when they will not fit on the disk."""
     per_checkpoint = 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # weights + momentum
-    count = cfg.SOLVER.MAX_ITER // cfg.SOLVER.CHECKPOINT_PERIOD + 1
-    folder = Path(cfg.OUTPUT_DIR)
+    folder = Path(output_dir)
     while not folder.exists():
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if count * per_checkpoint > free:
         print(f"warning: the {count} checkpoints of this run need about {count * per_checkpoint / 2**30:.1f} GiB; "
-              f"{folder} has {free / 2**30:.1f} GiB free (SOLVER.CHECKPOINT_PERIOD sets how many are written)",
+              f"{folder} has {free / 2**30:.1f} GiB free ({keys.checkpoint_period} sets how many are written)",
               file=sys.stderr)
 
 
-def _check_weights_file(path: str) -> None:
+def _check_weights_file(path: str, key: str) -> None:
     if is_local(path):
         problem = weights_problem(path)
         if problem:
-            raise WeightsError(f"MODEL.WEIGHTS {path} {problem}")
+            raise WeightsError(f"{key} {path} {problem}")

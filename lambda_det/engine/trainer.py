@@ -133,7 +133,7 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process() and results:
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
             run_name = Path(cfg.OUTPUT_DIR).name
-            trained = _iterations_trained(cfg)
+            trained = iterations_trained(cfg.SOLVER.MAX_ITER)
             if trained is None and provenance.get("iteration") is not None:  # --eval-only of a checkpoint
                 trained = provenance["iteration"] + 1
             for dataset_name, dataset_results in per_dataset.items():
@@ -146,7 +146,7 @@ class Trainer(DefaultTrainer):
                     weights=provenance.get("weights"),
                     iterations_trained=trained,
                     config_file=provenance.get("config_file"),
-                    num_images=_dataset_size(dataset_name),
+                    num_images=dataset_size(dataset_name),
                 )
                 paths = write_ap_by_size(
                     dataset_results, out, run_name, extra={"dataset": dataset_name, "iterations_trained": trained},
@@ -156,7 +156,7 @@ class Trainer(DefaultTrainer):
         return results
 
 
-def _iterations_trained(cfg) -> Optional[int]:
+def iterations_trained(max_iter: int) -> Optional[int]:
     """Iterations behind the model evaluated during training (None outside training).
 
     Detectron2's storage holds the iteration being run (periodic evaluation, after its step), or
@@ -168,10 +168,10 @@ def _iterations_trained(cfg) -> Optional[int]:
         current = get_event_storage().iter
     except AssertionError:  # evaluation outside training (--eval-only)
         return None
-    return min(current + 1, cfg.SOLVER.MAX_ITER)
+    return min(current + 1, max_iter)
 
 
-def _dataset_size(name: str) -> Optional[int]:
+def dataset_size(name: str) -> Optional[int]:
     try:
         return len(DatasetCatalog.get(name))
     except Exception:  # the count is informative only

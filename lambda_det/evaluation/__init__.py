@@ -11,13 +11,14 @@ from .ap_by_size import (
     write_ap_by_size,
 )
 from .coco import build_coco_evaluator, has_detectron2_ops
-from .provenance import describe_model, evaluation_provenance
+from .provenance import describe_model, evaluation_provenance, provenance_record
 
 __all__ = [
     "PAPER_TABLE6",
     "ResultFileError",
     "describe_model",
     "evaluation_provenance",
+    "provenance_record",
     "load_run",
     "provenance_table",
     "build_coco_evaluator",

@@ -26,16 +26,33 @@ def describe_model(cfg) -> str:
     return name
 
 
-def evaluation_provenance(
-    cfg,
+def evaluation_provenance(cfg, dataset_name: str, **evaluated) -> dict:
+    """The record stored under "provenance" in ap_by_size.json, for a yacs config; ``evaluated``:
+    ``weights``, ``iterations_trained``, ``config_file``, ``num_images`` (see ``provenance_record``)."""
+    return provenance_record(
+        dataset_name, output_dir=cfg.OUTPUT_DIR, max_iter=cfg.SOLVER.MAX_ITER, initialized_from=cfg.MODEL.WEIGHTS,
+        model=describe_model(cfg), input_size_test={"min": cfg.INPUT.MIN_SIZE_TEST, "max": cfg.INPUT.MAX_SIZE_TEST},
+        config_text=cfg.dump(), **evaluated,
+    )
+
+
+def provenance_record(
     dataset_name: str,
     *,
+    output_dir: str,
+    max_iter: int,
+    initialized_from: str,
+    model: str,
+    input_size_test: dict,
+    config_text: str,
     weights: Optional[str] = None,
     iterations_trained: Optional[int] = None,
     config_file: Optional[str] = None,
     num_images: Optional[int] = None,
 ) -> dict:
-    """The record stored under "provenance" in ap_by_size.json.
+    """The record stored under "provenance" in ap_by_size.json, from what any config says: the run
+    folder, its length, the weights it started from, the model in words, the test size and the
+    whole config as text (a yacs dump, a LazyConfig's lambda_det.lazy_config.config_text).
 
     ``weights``: the file evaluated (--eval-only, the demo), or None for the model being trained
     (then the run directory and, once training is done, its model_final.pth are recorded).
@@ -53,21 +70,21 @@ def evaluation_provenance(
         if path.is_file():
             record["weights_sha256"] = file_sha256(path)
     else:
-        final = Path(cfg.OUTPUT_DIR) / "model_final.pth"
-        finished = iterations_trained is not None and iterations_trained >= cfg.SOLVER.MAX_ITER and final.is_file()
-        record["weights"] = str(final.resolve()) if finished else f"training state of {Path(cfg.OUTPUT_DIR).resolve()}"
-        record["initialized_from"] = cfg.MODEL.WEIGHTS or "scratch"
+        final = Path(output_dir) / "model_final.pth"
+        finished = iterations_trained is not None and iterations_trained >= max_iter and final.is_file()
+        record["weights"] = str(final.resolve()) if finished else f"training state of {Path(output_dir).resolve()}"
+        record["initialized_from"] = initialized_from or "scratch"
     record["iterations_trained"] = iterations_trained
-    record["model"] = describe_model(cfg)
-    record["input_size_test"] = {"min": cfg.INPUT.MIN_SIZE_TEST, "max": cfg.INPUT.MAX_SIZE_TEST}
+    record["model"] = model
+    record["input_size_test"] = input_size_test
     record["config_file"] = str(Path(config_file).resolve()) if config_file else None
     # the file as it is on disk (what its label names), and the whole config the run used
     record["config_sha256"] = file_sha256(Path(config_file)) if config_file and Path(config_file).is_file() else None
-    record["merged_config_sha256"] = hashlib.sha256(cfg.dump().encode()).hexdigest()[:16]
-    record["output_dir"] = str(Path(cfg.OUTPUT_DIR).resolve())
+    record["merged_config_sha256"] = hashlib.sha256(config_text.encode()).hexdigest()[:16]
+    record["output_dir"] = str(Path(output_dir).resolve())
     record["evaluated_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record["versions"] = {"lambda_det": __version__, "torch": torch.__version__, "detectron2": detectron2.__version__}
     return record
 
 
-__all__ = ["describe_model", "evaluation_provenance"]
+__all__ = ["describe_model", "evaluation_provenance", "provenance_record"]

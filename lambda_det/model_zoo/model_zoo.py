@@ -1,4 +1,5 @@
-"""Shipped configs by their path under ``configs/`` (see the package docstring)."""
+"""Shipped configs by their path under ``configs/`` (see the package docstring): yacs .yaml files
+and Detectron2 LazyConfigs (.py, configs/new_baselines/), as Detectron2's own model zoo has both."""
 from __future__ import annotations
 
 import difflib
@@ -6,17 +7,19 @@ from pathlib import Path
 from typing import List, Sequence
 
 import torch
+from detectron2.config import instantiate
 from detectron2.modeling import build_model
 
 from ..config import load_config
 from ..errors import ConfigError
+from ..lazy_config import load_lazy_config
 
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 
 
 def list_configs() -> List[str]:
     """Every shipped config, as the relative path ``get_config_file`` takes."""
-    return sorted(str(p.relative_to(CONFIG_ROOT)) for p in CONFIG_ROOT.rglob("*.yaml"))
+    return sorted(str(p.relative_to(CONFIG_ROOT)) for pattern in ("*.yaml", "*.py") for p in CONFIG_ROOT.rglob(pattern))
 
 
 def get_config_file(config_path: str) -> str:
@@ -30,7 +33,10 @@ def get_config_file(config_path: str) -> str:
 
 
 def get_config(config_path: str, opts: Sequence[str] = ()):
-    """The config (Detectron2's defaults + lambda_det's keys + the file + KEY VALUE ``opts``), not frozen."""
+    """A .yaml: the yacs config (Detectron2's defaults + lambda_det's keys + the file + KEY VALUE
+    ``opts``), not frozen. A .py: the LazyConfig (``LazyConfig.load``) with ``key=value`` ``opts``."""
+    if config_path.endswith(".py"):
+        return load_lazy_config(get_config_file(config_path), opts)
     return load_config(get_config_file(config_path), opts)
 
 
@@ -45,5 +51,7 @@ def get(config_path: str, trained: bool = False, device: str = "cpu") -> torch.n
             f"no trained weights are published for {config_path}: train one (tools/train_net.py) and load it "
             "with MODEL.WEIGHTS, or call get(..., trained=False) for a randomly initialized model"
         )
+    if config_path.endswith(".py"):
+        return instantiate(get_config(config_path).model).to(device).eval()
     cfg = get_config(config_path, ["MODEL.DEVICE", device])
     return build_model(cfg).eval()

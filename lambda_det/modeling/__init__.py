@@ -7,6 +7,7 @@ from .lambda_resnet import (
     build_lambda_resnet_backbone,
     build_lambda_resnet_fpn_backbone,
     imagenet_num_params,
+    lambda_resnet_config,
     lambda_resnet_config_problems,
     register_backbones,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "build_lambda_resnet_backbone",
     "build_lambda_resnet_fpn_backbone",
     "imagenet_num_params",
+    "lambda_resnet_config",
     "lambda_resnet_config_problems",
     "register_backbones",
     "PAPER_C4_LAMBDA_BLOCKS",

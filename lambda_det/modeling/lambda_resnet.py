@@ -285,14 +285,23 @@ def build_lambda_resnet_backbone(cfg, input_shape: ShapeSpec, num_classes: Optio
 def build_lambda_resnet(*, in_channels: int = 3, freeze_at: int = 0, num_classes: Optional[int] = None, **options) -> ResNet:
     """A LambdaResNet (or its conv / SE baseline) from MODEL.LAMBDA_RESNET values named in lower case
     (``depth=101, se_stages=["res2", "res3"]``; the other keys at lambda_det/config.py's defaults),
-    through the same reader as a config."""
+    through the same reader as a config. A LazyConfig calls it as ``L(build_lambda_resnet)(depth=101, ...)``
+    (configs/new_baselines/)."""
+    cfg = lambda_resnet_config(freeze_at=freeze_at, **options)
+    return build_lambda_resnet_backbone(cfg, ShapeSpec(channels=in_channels), num_classes)
+
+
+def lambda_resnet_config(*, freeze_at: int = 0, **options):
+    """The yacs config ``build_lambda_resnet(**options)`` reads: Detectron2's and lambda_det's defaults,
+    MODEL.BACKBONE.FREEZE_AT and the MODEL.LAMBDA_RESNET keys given in lower case (lists of a
+    LazyConfig arrive as OmegaConf lists: they are stored as plain lists)."""
     cfg = add_lambda_config(get_cfg())
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     for name, value in options.items():
         if name.upper() not in cfg.MODEL.LAMBDA_RESNET:
             raise TypeError(f"build_lambda_resnet() got {name!r}, which is no MODEL.LAMBDA_RESNET key in lower case")
-        cfg.MODEL.LAMBDA_RESNET[name.upper()] = value
-    return build_lambda_resnet_backbone(cfg, ShapeSpec(channels=in_channels), num_classes)
+        cfg.MODEL.LAMBDA_RESNET[name.upper()] = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+    return cfg
 
 
 def build_lambda_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:

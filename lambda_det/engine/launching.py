@@ -1,0 +1,70 @@
+"""What happens around a training tool's processes, shared by tools/train_net.py (yacs configs) and
+tools/lazyconfig_train_net.py (LazyConfigs): a finished run resumed again changes nothing and says
+so; the run folder has one writer; Ctrl-C, a worker's error and a failed write each end the run with
+one line that says how to go on."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from detectron2.engine import launch
+
+from ..checkpoint import intact_checkpoints
+from .defaults import interrupted, run_folder_lock, run_main
+from .preflight import RunKeys
+
+
+def report_finished_run(keys: RunKeys, output_dir: str, finished: Tuple[Path, int], max_iter: int,
+                        earlier: Sequence[Path]) -> None:
+    """The message for --resume of a run that has trained all its iterations (``finished``, from
+    ``finished_run``): nothing is trained or written; ``earlier``: its evaluation files."""
+    reports = [p for p in earlier if p.name == "ap_by_size.md"]
+    print(f"{keys.output_dir} {output_dir} holds a finished run ({finished[0].name}: {finished[1]} of {keys.max_iter}="
+          f"{max_iter} iterations): nothing to train, and nothing was changed. "
+          + (f"Its evaluation: {', '.join(map(str, reports))}. " if reports else "")
+          + f"To evaluate it again, add --overwrite (replaces the evaluation) or use --eval-only with "
+          f"{keys.setting(keys.weights, finished[0])} and another {keys.output_dir}; to train longer, raise {keys.max_iter}.")
+
+
+def _main_in_worker(main: Callable, args) -> None:
+    """``main(args)`` in one of several processes: an error about the user's input ends the worker
+    with one line (exit status 2), not a traceback."""
+    status = run_main(lambda: main(args))
+    if status:
+        sys.exit(status)
+
+
+def launch_in_run_folder(main: Callable, args, output_dir: str, argv: Optional[Sequence[str]] = None) -> int:
+    """Detectron2's ``launch(main, ...)`` with the run folder locked for it: the tool's exit status
+    (0; 2 a worker's error about the user's input, already printed; 130 Ctrl-C, with the command
+    that goes on; 1 a failed write, naming the file, with the last intact checkpoint)."""
+    argv = list(sys.argv if argv is None else argv)
+    processes = args.num_gpus * args.num_machines
+    with run_folder_lock(output_dir):
+        try:
+            launch(functools.partial(_main_in_worker, main) if processes > 1 else main, args.num_gpus,
+                   num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+        except torch.multiprocessing.ProcessExitedException as exc:
+            if exc.exit_code == 2:  # a worker already said why
+                return 2
+            raise
+        except KeyboardInterrupt:
+            command = ["python", *argv] if args.resume else ["python", argv[0], "--resume", *argv[1:]]
+            print(f"error: {interrupted(output_dir, command)}", file=sys.stderr)
+            return 130
+        except OSError as exc:
+            where = exc.filename or output_dir
+            print(f"error: the run stopped on {where}: {exc.strerror or exc} "
+                  f"(the traceback is in {Path(output_dir) / 'log.txt'})", file=sys.stderr)
+            intact = [] if args.eval_only else intact_checkpoints(Path(output_dir))
+            if intact:
+                print(f"  checkpoints written before are intact (newest: {intact[0][0]}); after fixing the cause, "
+                      "continue with --resume", file=sys.stderr)
+            return 1
+    return 0
+
+
+__all__ = ["launch_in_run_folder", "report_finished_run"]

@@ -1,0 +1,277 @@
+"""Detectron2's LazyConfigs (configs/new_baselines/) trained and evaluated as tools/train_net.py
+trains yacs configs, for tools/lazyconfig_train_net.py.
+
+The loop is Detectron2's own (its tools/lazyconfig_train_net.py: ``instantiate`` the model, optimizer,
+data and lr multiplier, Simple/AMPTrainer with Detectron2's hooks); what lambda_det adds is shared
+with train_net: the checks before a run (``check_output_and_weights``, ``check_model_and_output``,
+with the LazyConfig's keys: ``LAZY_KEYS``), the run-folder lock and exits of ``launch_in_run_folder``,
+checkpoints written whole that must fit when resumed or evaluated (``Checkpointer``), a config.yaml
+that is never replaced unasked (``setup_process``), and an AP-by-size report with its provenance
+after every evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_argument_parser, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from omegaconf import DictConfig, OmegaConf
+
+from ..checkpoint import Checkpointer
+from ..data import check_coco_files, check_registered, prepare_dataset
+from ..errors import ConfigError, TrainingDiverged
+from ..evaluation import describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
+from ..lazy_config import config_text, load_lazy_config
+from ..modeling import build_lambda_resnet, lambda_resnet_config
+from .defaults import add_dataset_argument, check_launch_args, register_datasets, setup_process, share_cpu_cores
+from .preflight import RunKeys, check_model_and_output, check_output_and_weights, evaluation_files, explained_build_errors
+from .trainer import dataset_size, iterations_trained
+
+logger = logging.getLogger("lambda_det")
+
+LAZY_KEYS = RunKeys(output_dir="train.output_dir", weights="train.init_checkpoint", test="dataloader.test.dataset.names",
+                    checkpoint_period="train.checkpointer.period", max_iter="train.max_iter", separator="=")
+
+# what tools/lazyconfig_train_net.py reads (Detectron2's configs/common/train.py and the data / model nodes)
+REQUIRED_KEYS = ("model", "optimizer", "lr_multiplier", "dataloader.train", "dataloader.test", "dataloader.evaluator",
+                 "train.output_dir", "train.init_checkpoint", "train.max_iter", "train.device", "train.amp.enabled",
+                 "train.ddp", "train.checkpointer.period", "train.eval_period", "train.log_period")
+
+EPILOG = """
+Examples:
+  Toy data, CPU:   tools/lazyconfig_train_net.py --config-file configs/Toy/mask_rcnn_LambdaR_26_FPN_toy_LSJ.py
+  COCO, 8 GPUs:    tools/lazyconfig_train_net.py --num-gpus 8 \\
+                     --config-file configs/new_baselines/mask_rcnn_LambdaR_101_FPN_100ep_LSJ.py train.output_dir=output/lambda_r101_lsj
+  Resume:          the same command with --resume
+  Evaluate:        ... --eval-only train.init_checkpoint=output/.../model_final.pth (or --resume: the run's last checkpoint)
+
+Overrides are key=value (train.max_iter=1000 model.backbone.bottom_up.depth=152); a key must exist in
+the config or be an argument its L(...) callable takes. Training never writes over an earlier run:
+a train.output_dir that holds one is continued with --resume, or refused. --eval-only writes into
+train.output_dir/inference/<dataset>/ and refuses to replace an earlier evaluation there unless
+--overwrite is given.
+"""
+
+
+def lazy_argument_parser() -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` (as its lazyconfig_train_net.py) with --dataset and --overwrite."""
+    parser = default_argument_parser(epilog=EPILOG)
+    add_dataset_argument(parser)
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an earlier evaluation in train.output_dir/inference/<dataset>/: with --eval-only, or with "
+        "--resume of a finished run (which otherwise changes nothing)",
+    )
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# the config
+# --------------------------------------------------------------------------------------------
+def load_lazy_run_config(args) -> DictConfig:
+    """The LazyConfig of a run: the file, the key=value overrides, the keys a run reads checked, the
+    CPU when CUDA is absent, and the evaluator writing into train.output_dir/inference/<dataset>."""
+    cfg = load_lazy_config(args.config_file, args.opts)
+    missing = [key for key in REQUIRED_KEYS if OmegaConf.select(cfg, key, default=None) is None]
+    if missing:
+        raise ConfigError(f"config file {args.config_file} lacks {', '.join(missing)}, which a run reads "
+                          "(Detectron2's configs/common/train.py defines train.*)")
+    if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: running on the CPU (train.device=cpu)")
+        cfg.train.device = "cpu"
+    evaluator = cfg.dataloader.evaluator
+    if evaluator.get("_target_") is COCOEvaluator:
+        # Detectron2's baselines write no evaluation files and use the fast evaluator of its compiled _C
+        if evaluator.get("output_dir") is None:
+            evaluator.output_dir = str(Path(cfg.train.output_dir) / "inference" / test_dataset(cfg))
+        if "use_fast_impl" not in evaluator:
+            evaluator.use_fast_impl = has_detectron2_ops()
+    return cfg
+
+
+def _names(value) -> List[str]:
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def test_dataset(cfg) -> str:
+    """The one dataset dataloader.test reads (Detectron2's evaluator takes one)."""
+    names = _names(cfg.dataloader.test.dataset.names)
+    if len(names) != 1:
+        raise ConfigError(f"dataloader.test.dataset.names={names}: name one dataset (its evaluator evaluates one)")
+    return names[0]
+
+
+def _check_classes(cfg, names: List[str], key: str) -> None:
+    """The model predicts as many classes as each dataset has (when its metadata says)."""
+    num_classes = OmegaConf.select(cfg, "model.roi_heads.num_classes", default=None)
+    for name in names:
+        check_registered(name, key)
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if num_classes is not None and classes is not None and len(classes) != num_classes:
+            raise ConfigError(f"model.roi_heads.num_classes={num_classes}, but dataset {name!r} ({key}) has "
+                              f"{len(classes)} classes: set model.roi_heads.num_classes={len(classes)}")
+
+
+def lazy_preflight(cfg, args) -> None:
+    """Everything about a lazyconfig_train_net run that can be known to fail, checked before any
+    process starts or file is written (the checks of train_net's ``preflight`` that apply)."""
+    train, world_size = cfg.train, args.num_gpus * args.num_machines
+    check_launch_args(args, train.device)
+    if train.amp.enabled and not str(train.device).startswith("cuda"):
+        raise ConfigError(f"train.amp.enabled=True needs a CUDA device (Detectron2's AMPTrainer); train.device is "
+                          f"{train.device!r}: add train.amp.enabled=False")
+    if not isinstance(train.max_iter, int) or train.max_iter < 1:
+        raise ConfigError(f"train.max_iter={train.max_iter!r} must be an integer >= 1")
+    batch = OmegaConf.select(cfg, "dataloader.train.total_batch_size", default=None)
+    if not args.eval_only and isinstance(batch, int) and batch % world_size:
+        raise ConfigError(f"dataloader.train.total_batch_size={batch} must be divisible by the number of processes ({world_size})")
+    test = test_dataset(cfg)
+    datasets = ([] if args.eval_only else _names(cfg.dataloader.train.dataset.names)) + [test]
+    if not args.eval_only:
+        _check_classes(cfg, datasets[:-1], "dataloader.train.dataset.names")
+    _check_classes(cfg, [test], LAZY_KEYS.test)
+    output_dir = str(train.output_dir)
+    strict_weights = check_output_and_weights(
+        LAZY_KEYS, output_dir, train.init_checkpoint, has_test=True, earlier=evaluation_files(output_dir, [test]),
+        eval_only=args.eval_only, resume=args.resume, overwrite=args.overwrite,
+    )
+    for name in datasets:
+        check_coco_files(name)
+    with explained_build_errors(cfg):
+        model = instantiate(cfg.model)  # on the CPU: instantiate moves nothing
+    checkpoints = None if args.eval_only else train.max_iter // train.checkpointer.period + 1
+    check_model_and_output(LAZY_KEYS, model, output_dir, strict_weights, checkpoints=checkpoints)
+
+
+def setup_lazy_run(args) -> DictConfig:
+    """Per process: the datasets of --dataset, the config, the CPU threads it may use, logging, the
+    config dump (never replacing an earlier run's), the seed (train.seed, as Detectron2's default_setup)."""
+    register_datasets(args)
+    cfg = load_lazy_run_config(args)
+    share_cpu_cores(cfg, args.num_gpus, device=cfg.train.device)
+    output_dir = Path(cfg.train.output_dir)
+    if args.eval_only:
+        targets = [output_dir / "inference" / test_dataset(cfg) / "config.yaml"]
+    else:
+        targets = [output_dir / "config.yaml"]
+    setup_process(output_dir, args, config_text=config_text(cfg), config_targets=targets, seed=cfg.train.get("seed", -1),
+                  cudnn_benchmark=cfg.train.get("cudnn_benchmark", False), eval_only=args.eval_only)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation with provenance
+# --------------------------------------------------------------------------------------------
+def describe_lazy_model(cfg) -> str:
+    """The model in words, as ``describe_model`` writes it for yacs configs: a LambdaResNet's
+    layout from its ``build_lambda_resnet`` arguments, another backbone by its callable."""
+    bottom_up = OmegaConf.select(cfg, "model.backbone.bottom_up", default=None)
+    target = bottom_up.get("_target_") if isinstance(bottom_up, DictConfig) else None
+    if target is build_lambda_resnet:
+        options = {k: v for k, v in bottom_up.items() if k not in ("_target_", "in_channels", "num_classes")}
+        yacs = lambda_resnet_config(**options)
+        yacs.MODEL.BACKBONE.NAME = "build_lambda_resnet_fpn_backbone"
+        return describe_model(yacs)
+    name = getattr(target, "__qualname__", str(target))
+    depth = OmegaConf.select(cfg, "model.backbone.bottom_up.stages.depth", default=None)
+    return f"{name}" + (f" (depth {depth})" if depth else "")
+
+
+def test_size(cfg) -> dict:
+    """The test resize of dataloader.test (Detectron2's ResizeShortestEdge), for the provenance."""
+    for aug in OmegaConf.select(cfg, "dataloader.test.mapper.augmentations", default=None) or []:
+        if isinstance(aug, DictConfig) and "short_edge_length" in aug:
+            return {"min": aug.short_edge_length, "max": aug.get("max_size")}
+    return {"min": None, "max": None}
+
+
+def lazy_test(cfg, model, *, config_file: str, weights: Optional[str] = None, iteration: Optional[int] = None):
+    """Detectron2's do_test (inference_on_dataset with dataloader.test and dataloader.evaluator), then
+    ap_by_size.{json,md,png} with what produced them in train.output_dir/inference/<dataset>/."""
+    name = test_dataset(cfg)
+    prepare_dataset(name)
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    if not comm.is_main_process() or not results:
+        return results
+    print_csv_format(results)
+    trained = iterations_trained(cfg.train.max_iter)
+    if trained is None and iteration is not None:  # --eval-only of a checkpoint saved at ``iteration``
+        trained = iteration + 1
+    provenance = provenance_record(
+        name, output_dir=cfg.train.output_dir, max_iter=cfg.train.max_iter, initialized_from=cfg.train.init_checkpoint,
+        model=describe_lazy_model(cfg), input_size_test=test_size(cfg), config_text=config_text(cfg), weights=weights,
+        iterations_trained=trained, config_file=config_file, num_images=dataset_size(name),
+    )
+    out = Path(cfg.train.output_dir) / "inference" / name
+    paths = write_ap_by_size(results, out, Path(cfg.train.output_dir).name, provenance=provenance,
+                             extra={"dataset": name, "iterations_trained": trained})
+    logger.info("AP by object size for %s: %s", name, ", ".join(str(p) for p in paths.values()))
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# training and evaluation
+# --------------------------------------------------------------------------------------------
+def _ddp(cfg, model):
+    """Detectron2's create_ddp_model; on CPUs DDP takes no device ids."""
+    on_gpu = str(cfg.train.device).startswith("cuda")
+    return create_ddp_model(model, device_ids=[comm.get_local_rank()] if on_gpu else None, **cfg.train.ddp)
+
+
+def lazy_evaluate(cfg, args):
+    """--eval-only: the run's last checkpoint (--resume) or train.init_checkpoint, which must fit exactly."""
+    model = instantiate(cfg.model).to(cfg.train.device)
+    checkpointer = Checkpointer(model, save_dir=cfg.train.output_dir, strict=True)
+    weights = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.train.init_checkpoint
+    extra = checkpointer.load(weights)
+    return lazy_test(cfg, _ddp(cfg, model), config_file=args.config_file, weights=weights, iteration=extra.get("iteration"))
+
+
+def lazy_train(cfg, args):
+    """Detectron2's do_train (tools/lazyconfig_train_net.py), with lambda_det's checkpointer (whole
+    files; a resumed run's checkpoint must fit) and an evaluation that writes AP by size."""
+    train = cfg.train
+    model = instantiate(cfg.model).to(train.device)
+    logger.info("Model:\n%s", model)
+    cfg.optimizer.params.model = model  # Detectron2's way to hand the optimizer its parameters ...
+    optimizer = instantiate(cfg.optimizer)
+    cfg.optimizer.params.pop("model")  # ... taken back: the config stays what config.yaml and its hash record
+    for name in _names(cfg.dataloader.train.dataset.names):
+        prepare_dataset(name)
+    loader = instantiate(cfg.dataloader.train)
+    model = _ddp(cfg, model)
+    trainer = (AMPTrainer if train.amp.enabled else SimpleTrainer)(model, loader, optimizer)
+    checkpointer = Checkpointer(model, train.output_dir, trainer=trainer)
+    main_process = comm.is_main_process()
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **train.checkpointer) if main_process else None,
+        hooks.EvalHook(train.eval_period, lambda: lazy_test(cfg, model, config_file=args.config_file)),
+        hooks.PeriodicWriter(default_writers(train.output_dir, train.max_iter), period=train.log_period) if main_process else None,
+    ])
+    resumed = args.resume and checkpointer.has_checkpoint()
+    checkpointer.strict = resumed  # the same run goes on; new weights (fine-tuning) may differ, with warnings
+    checkpointer.resume_or_load(train.init_checkpoint, resume=args.resume)
+    checkpointer.strict = False
+    # the checkpoint holds the iteration that finished: start at the next
+    start_iter = trainer.iter + 1 if resumed else 0
+    try:
+        trainer.train(start_iter, train.max_iter)
+    except FloatingPointError:  # Detectron2's check of a non-finite loss
+        raise TrainingDiverged(f"training diverged at iteration {trainer.iter}: the loss is not finite. Look at "
+                               f"optimizer.lr={cfg.optimizer.lr} and lr_multiplier (its warm-up)") from None
+
+
+__all__ = [
+    "LAZY_KEYS", "describe_lazy_model", "lazy_argument_parser", "lazy_evaluate", "lazy_preflight", "lazy_test",
+    "lazy_train", "load_lazy_run_config", "setup_lazy_run", "test_dataset", "test_size",
+]

@@ -1,0 +1,151 @@
+"""Detectron2's LazyConfigs (Python config files, ``LazyConfig.load``) read with errors that name the
+file, the override or the key that is wrong, and written out as text that is the same for the same
+config (configs/new_baselines/ and tools/lazyconfig_train_net.py use them).
+
+Detectron2's ``LazyConfig.apply_overrides`` creates any key it is given, so a misspelt override
+(``train.max_iters=10``) is silently ignored by the run; here a key must exist, or be an argument
+that the callable of its ``L(...)`` node accepts.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+from detectron2.config import LazyConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .errors import ConfigError
+
+_MISSING = object()
+
+
+def load_lazy_config(config_file: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """``LazyConfig.load`` of a .py (or saved .yaml) LazyConfig, then ``key=value`` overrides.
+
+    Raises ConfigError naming the file (missing, not a LazyConfig, failing while it runs) or the override.
+    """
+    path = Path(config_file)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {config_file} {what}")
+    if path.suffix not in (".py", ".yaml", ".yml"):
+        raise ConfigError(f"config file {config_file} is not a LazyConfig: give a .py file (or a .yaml one LazyConfig.save wrote)")
+    try:
+        cfg = LazyConfig.load(str(path))
+    except SyntaxError as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"config file {config_file} is not valid Python: {cause.msg} (line {cause.lineno})") from None
+    except Exception as exc:  # what the file's own code raised while it ran: named, with where
+        raise ConfigError(f"config file {config_file} failed while it was loaded: {type(exc).__name__}: {exc}") from None
+    if "model" not in cfg:
+        hint = (" It is a yacs config (MODEL, SOLVER, ...): use tools/train_net.py for it."
+                if any(str(k).isupper() for k in cfg) else "")
+        raise ConfigError(f"config file {config_file} defines no `model`, which a LazyConfig of a detector needs "
+                          f"(it defines {sorted(map(str, cfg))}).{hint}")
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Detectron2's ``LazyConfig.apply_overrides``, one ``key=value`` at a time, for keys that exist
+    (or arguments that their ``L(...)`` callable takes)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"config override {override!r} is not key=value (LazyConfig overrides are written "
+                              "model.backbone.bottom_up.depth=152)")
+        try:
+            key = parser.parse_overrides([override])[0].key_or_group
+        except HydraException as exc:  # hydra's first line repeats the override; the second says why
+            lines = str(exc).splitlines()
+            raise ConfigError(f"config override {override!r} cannot be parsed: {lines[1] if len(lines) > 1 else exc}") from None
+        problem = unknown_key(cfg, key)
+        if problem:
+            raise ConfigError(f"config override {override!r}: {problem}")
+        try:
+            LazyConfig.apply_overrides(cfg, [override])
+        except (KeyError, ValueError, TypeError) as exc:  # OmegaConf's: e.g. a list value for a dict node
+            raise ConfigError(f"config override {override!r}: {exc}") from None
+    return cfg
+
+
+def unknown_key(cfg: DictConfig, key: str):
+    """Why ``key`` is no key of ``cfg`` (with the closest ones), or None when it is one or may be
+    added: an argument of the callable its parent ``L(...)`` node constructs."""
+    if OmegaConf.select(cfg, key, default=_MISSING, throw_on_resolution_failure=False) is not _MISSING:
+        return None
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=_MISSING, throw_on_resolution_failure=False) if parent_key else cfg
+    if parent is _MISSING:
+        return f"{key} is not a config key: {_first_missing(cfg, parent_key)}"
+    if isinstance(parent, DictConfig):
+        target = parent.get("_target_")
+        if callable(target) and _accepts(target, leaf):
+            return None
+        takes = f" (and {_name(target)} takes no argument {leaf!r})" if callable(target) else ""
+        close = difflib.get_close_matches(leaf, [str(k) for k in parent.keys() if k != "_target_"], n=1)
+        hint = f"; did you mean {parent_key + '.' if parent_key else ''}{close[0]}?" if close else ""
+        return f"{key} is not a config key{takes}{hint}"
+    if isinstance(parent, ListConfig):
+        return f"{key}: {parent_key} is a list of {len(parent)} entries"
+    return f"{key} is not a config key: {parent_key} is a {type(parent).__name__}, not a node with keys"
+
+
+def _first_missing(cfg: DictConfig, key: str) -> str:
+    """The first part of a dotted key that does not exist, with the closest existing name as a hint."""
+    node, done = cfg, []
+    for part in key.split("."):
+        if isinstance(node, DictConfig) and part in node:
+            node, done = node[part], done + [part]
+        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node, done = node[int(part)], done + [part]
+        else:
+            choices = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+            close = difflib.get_close_matches(part, choices, n=1)
+            return f"{'.'.join(done + [part])} does not exist" + (f"; did you mean {'.'.join(done + close)}?" if close else "")
+    return f"{key} cannot be read"
+
+
+def _accepts(target, name: str) -> bool:
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: let it say so when called
+        return True
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _name(obj) -> str:
+    """A callable as a dotted name; a lambda by where it is written (its module name is random in a LazyConfig)."""
+    code = getattr(obj, "__code__", None)
+    if getattr(obj, "__name__", "") == "<lambda>" and code is not None:
+        return f"<lambda at {Path(code.co_filename).name}:{code.co_firstlineno}>"
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}.{qualname}" if module and qualname else repr(obj)
+
+
+def _plain(value):
+    """Plain YAML data: nodes as dicts and lists, callables by name, other objects by repr."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return _name(value) if callable(value) else repr(value)
+
+
+def config_text(cfg: DictConfig) -> str:
+    """The whole LazyConfig as YAML, interpolations unresolved (``${..num_classes}``): the same text
+    for the same config, so that its hash tells runs apart (callables are written by their names,
+    as ``LazyConfig.save`` writes ``_target_``)."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    return yaml.safe_dump(_plain(container), sort_keys=False, width=120)
+
+
+__all__ = ["apply_overrides", "config_text", "load_lazy_config", "unknown_key"]

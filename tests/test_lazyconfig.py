@@ -1,0 +1,328 @@
+"""Detectron2's LazyConfig world: the LSJ baselines with a LambdaResNet inside (configs/new_baselines/),
+the timm fine-tuning pair, and tools/lazyconfig_train_net.py.
+
+The LazyConfig models are checked against their yacs twins (configs/COCO-InstanceSegmentation/*.yaml):
+the same module tree, parameter count and, with the same weights, the same outputs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from detectron2.config import instantiate
+from detectron2.data import DatasetCatalog
+from detectron2.data import transforms as T
+from detectron2.model_zoo import get_config as detectron2_config
+from detectron2.modeling import build_model
+
+from conftest import REPO, run_tool
+from test_reliability import hashes
+
+from lambda_det import model_zoo  # importing lambda_det registers the backbones and the toy datasets
+from lambda_det.data import build_train_mapper
+from lambda_det.errors import ConfigError
+from lambda_det.lazy_config import config_text, load_lazy_config
+from lambda_det.modeling import lambda_resnet_config
+
+NEW_BASELINES = REPO / "configs" / "new_baselines"
+# the paper's Table 6 rows: LazyConfig at 100 epochs -> the yacs config of the same model
+TABLE6 = {
+    "LambdaR_101": "mask_rcnn_LambdaR_101_FPN_paper.yaml",
+    "R_101_RS": "mask_rcnn_R_101_FPN_paper.yaml",
+    "R_101_RS_SE": "mask_rcnn_R_101_SE_FPN_paper.yaml",
+    "LambdaR_152": "mask_rcnn_LambdaR_152_FPN_paper.yaml",
+    "R_152_RS": "mask_rcnn_R_152_FPN_paper.yaml",
+    "R_152_RS_SE": "mask_rcnn_R_152_SE_FPN_paper.yaml",
+}
+EPOCHS = (100, 200, 400)
+TOY_LSJ = REPO / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy_LSJ.py"
+# the toy LazyConfig at the size of conftest.TINY: a 1-block-per-stage network, 128 px, batch 2
+LAZY_TINY = [
+    "model.backbone.bottom_up.stage_blocks=[1,1,1,1]", "model.backbone.bottom_up.dim_k=8", "model.backbone.out_channels=32",
+    "model.roi_heads.box_head.conv_dims=[32]", "model.roi_heads.box_head.fc_dims=[64]",
+    "model.roi_heads.mask_head.conv_dims=[32,32]", "dataloader.train.mapper.augmentations.0.target_height=128",
+    "dataloader.train.mapper.augmentations.0.target_width=128", "dataloader.train.mapper.augmentations.1.crop_size=[128,128]",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=128", "dataloader.test.mapper.augmentations.0.max_size=128",
+    "dataloader.train.num_workers=0", "dataloader.test.num_workers=0", "dataloader.train.total_batch_size=2",
+]
+
+
+def flat(cfg) -> dict:
+    """A LazyConfig as {dotted key: value}, callables by name (what config.yaml records)."""
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(yaml.safe_load(config_text(cfg)), "")
+    return out
+
+
+def backbone_options(cfg) -> dict:
+    return {k: v for k, v in cfg.model.backbone.bottom_up.items() if k != "_target_"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the configs
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("epochs", EPOCHS)
+def test_each_lazyconfig_is_detectron2s_r101_lsj_baseline_but_for_the_backbone(epochs):
+    """Model, data, optimizer and schedule are Detectron2's own file of the same length, key for key."""
+    theirs = flat(detectron2_config(f"new_baselines/mask_rcnn_R_101_FPN_{epochs}ep_LSJ.py"))
+    assert theirs["model.backbone.bottom_up._target_"] == "detectron2.modeling.backbone.resnet.ResNet"
+    for model in TABLE6:
+        ours = flat(model_zoo.get_config(f"new_baselines/mask_rcnn_{model}_FPN_{epochs}ep_LSJ.py"))
+        differ = {k for k in set(ours) | set(theirs) if ours.get(k, "absent") != theirs.get(k, "absent")}
+        assert differ and all(k.startswith("model.backbone.bottom_up.") for k in differ), (model, sorted(differ)[:8])
+        assert ours["model.backbone.bottom_up._target_"] == "lambda_det.modeling.lambda_resnet.build_lambda_resnet"
+        assert ours["train.max_iter"] == 184375 * epochs // 100 and ours["optimizer.weight_decay"] == 4e-5
+
+
+def test_the_lazyconfig_backbones_are_the_table6_yacs_backbones():
+    """build_lambda_resnet's arguments read by the same reader give the yacs config's MODEL.LAMBDA_RESNET
+    exactly (depth, lambda placement, SE stages, SyncBN), and nothing is frozen in either."""
+    for model, yacs_file in TABLE6.items():
+        lazy = model_zoo.get_config(f"new_baselines/mask_rcnn_{model}_FPN_100ep_LSJ.py")
+        yacs = model_zoo.get_config(f"COCO-InstanceSegmentation/{yacs_file}")
+        read = lambda_resnet_config(**backbone_options(lazy))
+        assert dict(read.MODEL.LAMBDA_RESNET) == dict(yacs.MODEL.LAMBDA_RESNET), model
+        assert read.MODEL.BACKBONE.FREEZE_AT == yacs.MODEL.BACKBONE.FREEZE_AT == 0
+        for epochs in (200, 400):  # the longer files change the schedule only
+            longer = model_zoo.get_config(f"new_baselines/mask_rcnn_{model}_FPN_{epochs}ep_LSJ.py")
+            assert backbone_options(longer) == backbone_options(lazy)
+
+
+def _same_model(lazy_model, yacs_model) -> None:
+    assert [(n, type(m)) for n, m in lazy_model.named_modules()] == [(n, type(m)) for n, m in yacs_model.named_modules()]
+    assert [(n, p.shape) for n, p in lazy_model.named_parameters()] == [(n, p.shape) for n, p in yacs_model.named_parameters()]
+    assert sum(p.numel() for p in lazy_model.parameters()) == sum(p.numel() for p in yacs_model.parameters())
+
+
+def _same_outputs(lazy_model, yacs_model) -> None:
+    """The same weights give the same detections (boxes, scores, classes, masks) on the same image."""
+    lazy_model.load_state_dict(yacs_model.state_dict())  # strict: every tensor has its place in both
+    image = torch.randint(0, 256, (3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    outputs = []
+    for model in (lazy_model, yacs_model):
+        model.eval()
+        # a few proposals and detections of any score (random weights score every class alike)
+        model.proposal_generator.post_nms_topk[False] = 16
+        model.roi_heads.box_predictor.test_score_thresh = 0.0
+        model.roi_heads.box_predictor.test_topk_per_image = 8
+        with torch.no_grad():
+            outputs.append(model([{"image": image}])[0]["instances"])
+    ours, theirs = outputs
+    assert len(ours) == len(theirs) == 8
+    for field in ("pred_classes", "scores", "pred_masks"):
+        torch.testing.assert_close(ours.get(field), theirs.get(field), rtol=0, atol=0, msg=field)
+    torch.testing.assert_close(ours.pred_boxes.tensor, theirs.pred_boxes.tensor, rtol=0, atol=0)
+
+
+def _yacs_twin(yacs_file: str, lazy):
+    """The yacs model with the LazyConfig's input normalization: Detectron2's LSJ baselines subtract
+    the mean only (pixel_std 1, its from-scratch convention), the yacs configs divide by the
+    ImageNet std as well; nothing else of the two Mask R-CNNs differs."""
+    return build_model(model_zoo.get_config(yacs_file, ["MODEL.DEVICE", "cpu", "MODEL.PIXEL_STD", str(list(lazy.model.pixel_std)),
+                                                        "MODEL.PIXEL_MEAN", str(list(lazy.model.pixel_mean))]))
+
+
+@pytest.mark.parametrize("model", list(TABLE6))
+def test_lazyconfig_models_equal_their_yacs_twins(model):
+    lazy = model_zoo.get_config(f"new_baselines/mask_rcnn_{model}_FPN_100ep_LSJ.py")
+    lazy_model, yacs_model = instantiate(lazy.model), _yacs_twin(f"COCO-InstanceSegmentation/{TABLE6[model]}", lazy)
+    _same_model(lazy_model, yacs_model)
+    _same_outputs(lazy_model, yacs_model)
+
+
+@pytest.mark.parametrize("name", ["lambda_resnet26t", "lambda_resnet50ts"])
+def test_timm_lazyconfigs_equal_their_yacs_twins(name):
+    """The fine-tuning pair: Detectron2's mask_rcnn_R_50_FPN_1x.py with timm's architecture, its weights
+    file and RGB normalization, is the yacs config's model."""
+    lazy = model_zoo.get_config(f"COCO-InstanceSegmentation/mask_rcnn_timm_{name}_FPN_1x.py")
+    yacs = model_zoo.get_config(f"COCO-InstanceSegmentation/mask_rcnn_timm_{name}_FPN_1x.yaml", ["MODEL.DEVICE", "cpu"])
+    assert lazy.train.init_checkpoint == yacs.MODEL.WEIGHTS == f"weights/{name}_d2.pth"
+    assert lazy.dataloader.test.mapper.image_format == lazy.model.input_format == yacs.INPUT.FORMAT == "RGB"
+    assert (list(lazy.model.pixel_mean), list(lazy.model.pixel_std)) == (list(yacs.MODEL.PIXEL_MEAN), list(yacs.MODEL.PIXEL_STD))
+    assert lazy.train.max_iter == yacs.SOLVER.MAX_ITER == 90000 and lazy.optimizer.lr == yacs.SOLVER.BASE_LR
+    lazy_model, yacs_model = instantiate(lazy.model), build_model(yacs)
+    _same_model(lazy_model, yacs_model)
+    assert lazy_model.backbone.bottom_up.stem.convs[0].weight.requires_grad is False  # stem frozen (freeze_at 2)
+    _same_outputs(lazy_model, yacs_model)
+
+
+def test_the_paper_schedule_file_is_table6s_recipe_and_reaches_every_row_by_overrides():
+    from detectron2.solver import build_lr_scheduler
+
+    paper = model_zoo.get_config("new_baselines/mask_rcnn_LambdaR_101_FPN_paper_LSJ.py")
+    yacs = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_LambdaR_101_FPN_paper.yaml")
+    assert (paper.dataloader.train.total_batch_size, paper.optimizer.lr, paper.train.max_iter) == (
+        yacs.SOLVER.IMS_PER_BATCH, yacs.SOLVER.BASE_LR, yacs.SOLVER.MAX_ITER) == (256, 0.32, 130000)
+    # the lr at every iteration: the LazyConfig's multiplier as Detectron2's LRScheduler hook applies it
+    multiplier = instantiate(paper.lr_multiplier)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=yacs.SOLVER.BASE_LR)
+    scheduler = build_lr_scheduler(yacs, optimizer)
+    for it in range(0, 130000, 250):
+        assert paper.optimizer.lr * multiplier(it / 130000) == pytest.approx(scheduler.get_last_lr()[0], rel=1e-9), it
+        for _ in range(250):
+            scheduler.step()
+    rows = {  # the overrides of the file's docstring -> the 100-epoch file of that row
+        "LambdaR_152": ["model.backbone.bottom_up.depth=152"],
+        "R_101_RS": ["model.backbone.bottom_up.variant=conv", "model.backbone.bottom_up.se_stages=[]"],
+        "R_101_RS_SE": ["model.backbone.bottom_up.variant=conv", "model.backbone.bottom_up.se_stages=[res2,res3,res4,res5]"],
+        "R_152_RS_SE": ["model.backbone.bottom_up.variant=conv", "model.backbone.bottom_up.se_stages=[res2,res3,res4,res5]",
+                        "model.backbone.bottom_up.depth=152"],
+    }
+    for model, overrides in rows.items():
+        row = model_zoo.get_config("new_baselines/mask_rcnn_LambdaR_101_FPN_paper_LSJ.py", overrides)
+        assert backbone_options(row) == backbone_options(model_zoo.get_config(f"new_baselines/mask_rcnn_{model}_FPN_100ep_LSJ.py"))
+
+
+def test_misspelt_overrides_and_files_that_are_no_lazyconfig_are_named(tmp_path):
+    path = "new_baselines/mask_rcnn_LambdaR_101_FPN_100ep_LSJ.py"
+    with pytest.raises(ConfigError, match=r"train\.max_iters is not a config key; did you mean train\.max_iter\?"):
+        model_zoo.get_config(path, ["train.max_iters=10"])
+    with pytest.raises(ConfigError, match=r"is not a config key: modle does not exist; did you mean model\?"):
+        model_zoo.get_config(path, ["modle.backbone.bottom_up.depth=152"])
+    with pytest.raises(ConfigError, match="StandardRPNHead takes no argument 'dpeth'"):
+        model_zoo.get_config(path, ["model.proposal_generator.head.dpeth=3"])
+    with pytest.raises(ConfigError, match="is not key=value"):
+        model_zoo.get_config(path, ["train.max_iter", "10"])
+    # an argument its L(...) callable takes may be added (build_lambda_resnet takes MODEL.LAMBDA_RESNET keys)
+    assert model_zoo.get_config(path, ["model.backbone.bottom_up.scope=7"]).model.backbone.bottom_up.scope == 7
+    broken = tmp_path / "broken.py"
+    broken.write_text("from detectron2.model_zoo import get_config\nmodel = get_config('new_baselines/no_such_file.py').model\n")
+    with pytest.raises(ConfigError, match=rf"config file {broken} failed while it was loaded: RuntimeError: .*no_such_file"):
+        load_lazy_config(str(broken))
+    yacs = REPO / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml"
+    with pytest.raises(ConfigError, match="It is a yacs config .*use tools/train_net.py"):
+        load_lazy_config(str(yacs))
+
+
+# ---------------------------------------------------------------------------------------------
+# large-scale jitter: Detectron2's augmentations, the same crops as the yacs mapper
+# ---------------------------------------------------------------------------------------------
+def test_lsj_of_the_lazyconfigs_is_detectron2s_and_crops_as_the_yacs_mapper():
+    lazy = model_zoo.get_config("new_baselines/mask_rcnn_LambdaR_101_FPN_100ep_LSJ.py",
+                                ["dataloader.train.mapper.instance_mask_format=bitmask"])
+    lazy_mapper = instantiate(lazy.dataloader.train.mapper)
+    augs = lazy_mapper.augmentations.augs
+    assert [type(a) for a in augs] == [T.ResizeScale, T.FixedSizeCrop, T.RandomFlip]
+    assert (augs[0].min_scale, augs[0].max_scale, augs[0].target_height, augs[0].target_width) == (0.1, 2.0, 1024, 1024)
+    assert tuple(augs[1].crop_size) == (1024, 1024)
+    yacs = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_LambdaR_101_FPN_paper.yaml",
+                                ["INPUT.MASK_FORMAT", "bitmask", "MODEL.DEVICE", "cpu"])
+    yacs_mapper = build_train_mapper(yacs)
+    record = DatasetCatalog.get("toy_shapes_train")[0]  # 256 px, RLE masks
+    crops = set()
+    for seed in range(6):
+        outputs = []
+        for mapper in (lazy_mapper, yacs_mapper):
+            np.random.seed(seed)  # Detectron2's augmentations draw from numpy's global state
+            outputs.append(mapper(dict(record)))
+        ours, theirs = outputs
+        assert torch.equal(ours["image"], theirs["image"]), seed
+        assert torch.equal(ours["instances"].gt_boxes.tensor, theirs["instances"].gt_boxes.tensor), seed
+        assert torch.equal(ours["instances"].gt_masks.tensor, theirs["instances"].gt_masks.tensor), seed
+        crops.add((tuple(ours["image"].shape), float(ours["image"].float().mean())))
+    assert len(crops) == 6  # six different scales and crops, each the same in both
+
+
+# ---------------------------------------------------------------------------------------------
+# tools/lazyconfig_train_net.py on the toy data
+# ---------------------------------------------------------------------------------------------
+def lazy_train(out: Path, small_val: str, *extra: str) -> int:
+    flags = [e for e in extra if e.startswith("--")]
+    overrides = [e for e in extra if not e.startswith("--")]
+    return run_tool("lazyconfig_train_net.py", "--config-file", TOY_LSJ, *flags, *LAZY_TINY, "train.max_iter=2",
+                    "train.checkpointer.period=1", f"dataloader.test.dataset.names={small_val}", *overrides,
+                    f"train.output_dir={out}")
+
+
+def files(run: Path) -> dict:
+    """The run's files by hash; log.txt aside: the tool runs in this process, where the log handlers
+    of its earlier runs stay attached (a new process writes nothing there before it starts a run)."""
+    return {name: digest for name, digest in hashes(run).items() if name != "log.txt"}
+
+
+def test_lazyconfig_train_net_trains_evaluates_resumes_and_protects_the_run(tmp_path, small_val, capsys):
+    run = tmp_path / "run"
+    assert lazy_train(run, small_val) == 0
+    report = json.loads((run / "inference" / small_val / "ap_by_size.json").read_text())
+    record = report["provenance"]
+    assert report["iterations_trained"] == record["iterations_trained"] == 2
+    assert record["weights"] == str((run / "model_final.pth").resolve()) and record["initialized_from"] == "scratch"
+    assert record["config_file"] == str(TOY_LSJ.resolve()) and record["images"] == 6
+    assert record["model"] == "LambdaResNet blocks [1, 1, 1, 1], custom C-C-L-L, width 32, GN, r=23"
+    assert record["input_size_test"] == {"min": 128, "max": 128}
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # the whole config, callables by name
+    assert saved["train"]["max_iter"] == 2
+    assert saved["model"]["backbone"]["bottom_up"]["_target_"] == "lambda_det.modeling.lambda_resnet.build_lambda_resnet"
+
+    # an existing run is refused without --resume, and nothing of it changes
+    before = files(run)
+    assert lazy_train(run, small_val) == 2
+    err = capsys.readouterr().err
+    assert f"train.output_dir {run} already holds a run" in err and "--resume" in err and "train.output_dir=path" in err
+    assert files(run) == before
+
+    # --resume trains on from the last checkpoint: one more iteration, evaluated again
+    assert lazy_train(run, small_val, "--resume", "train.max_iter=3") == 0
+    assert torch.load(run / "model_final.pth", weights_only=False)["iteration"] == 2  # iterations 0, 1, then 2
+    metrics = [json.loads(line) for line in (run / "metrics.json").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics if "total_loss" in m][-1] == 2
+    assert json.loads((run / "inference" / small_val / "ap_by_size.json").read_text())["iterations_trained"] == 3
+    config_files = sorted(p.name for p in run.glob("config*.yaml"))
+    assert config_files == ["config.1.yaml", "config.yaml"]  # the changed config kept the earlier one
+
+    # a finished run resumed again changes nothing and says so
+    before = files(run)
+    assert lazy_train(run, small_val, "--resume", "train.max_iter=3") == 0
+    out = capsys.readouterr().out
+    assert "holds a finished run (model_final.pth: 3 of train.max_iter=3 iterations)" in out
+    assert "train.init_checkpoint=" in out and files(run) == before
+
+    # evaluation of the run: not over the earlier one unasked; weights that do not fit are refused
+    assert lazy_train(run, small_val, "--eval-only", "--resume") == 2
+    assert "--overwrite" in capsys.readouterr().err and files(run) == before
+    assert lazy_train(tmp_path / "other", small_val, "--eval-only", f"train.init_checkpoint={run / 'model_final.pth'}",
+                      "model.backbone.bottom_up.width_per_group=64") == 2
+    err = capsys.readouterr().err
+    assert f"weights {run / 'model_final.pth'} do not fit the model" in err and "Traceback" not in err
+    assert lazy_train(run, small_val, "--eval-only", "--resume", "--overwrite") == 0
+    record = json.loads((run / "inference" / small_val / "ap_by_size.json").read_text())["provenance"]
+    assert record["weights"] == str((run / "model_final.pth").resolve()) and record["iterations_trained"] == 3
+    assert "weights_sha256" in record
+
+
+def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--config-file", TOY_LSJ, f"train.output_dir={out}"]
+    assert run_tool("lazyconfig_train_net.py", *args, "--resume") == 2
+    assert "--resume comes after the config overrides" in capsys.readouterr().err
+    assert run_tool("lazyconfig_train_net.py", *args, "train.max_iters=3") == 2
+    assert "did you mean train.max_iter?" in capsys.readouterr().err
+    assert run_tool("lazyconfig_train_net.py", *args, "train.amp.enabled=True") == 2
+    assert "train.amp.enabled=True needs a CUDA device" in capsys.readouterr().err
+    assert run_tool("lazyconfig_train_net.py", *args, "model.roi_heads.num_classes=80") == 2
+    assert "model.roi_heads.num_classes=80, but dataset 'toy_shapes_train'" in capsys.readouterr().err
+    assert run_tool("lazyconfig_train_net.py", "--config-file", REPO / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml") == 2
+    assert "use tools/train_net.py" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_documented_152_control_is_detectron2s_r101_file_with_depth_152():
+    """Detectron2 publishes no R-152 LSJ baseline: README's control is its R-101 file with one override."""
+    from detectron2.model_zoo import get_config_file
+
+    control = load_lazy_config(get_config_file("new_baselines/mask_rcnn_R_101_FPN_100ep_LSJ.py"),
+                               ["model.backbone.bottom_up.stages.depth=152"])
+    stages = instantiate(control.model.backbone.bottom_up.stages)
+    assert [len(stage) for stage in stages] == [3, 8, 36, 3]
