@@ -309,7 +309,8 @@ def intact_checkpoints(output_dir: Path, exclude: Sequence[Path] = ()) -> List[T
         iteration = checkpoint_iteration(path.name)
         found.append((path, iteration if iteration is not None else float("inf")))
     found.sort(key=lambda item: (item[1], item[0].stat().st_mtime), reverse=True)
-    return [(p, None if it == float("inf") else it) for p, it in found if weights_problem(str(p)) is None]
+    return [(p, None if it == float("inf") else it) for p, it in found
+            if weights_problem(str(p)) is None and saved_iteration(p) is not None]
 
 
 def check_resume(output_dir: str) -> Optional[Path]:
@@ -321,6 +322,12 @@ def check_resume(output_dir: str) -> Optional[Path]:
     if not marker.is_file():
         intact = intact_checkpoints(out) if out.is_dir() else []
         if not intact:
+            weights = sorted(out.glob("model_*.pth")) if out.is_dir() else []
+            if weights:  # files of the user's, or damaged ones: a run from scratch would write over them
+                raise WeightsError(
+                    f"--resume: {out} holds {', '.join(p.name for p in weights[:3])}, but no checkpoint a run can "
+                    "continue from (none records its iteration and opens); a run from scratch would replace them, "
+                    "so nothing was changed: train into another OUTPUT_DIR (MODEL.WEIGHTS to fine-tune from one)")
             return None
         lines = [f"--resume: {out} holds checkpoints but no last_checkpoint file naming the one to continue from "
                  "(Detectron2 would start from scratch and overwrite them); nothing was changed."]
@@ -332,6 +339,11 @@ def check_resume(output_dir: str) -> Optional[Path]:
     else:
         last = out / name
         problem = weights_problem(str(last))
+        if problem is None and saved_iteration(last) is None:
+            raise WeightsError(
+                f"--resume: {last} (named in {marker}) records no training iteration: it holds weights, not a run "
+                "to continue, and resuming would train over it; nothing was changed. Fine-tune from it instead: "
+                f"MODEL.WEIGHTS {last} with another OUTPUT_DIR")
         if problem is None:
             final = out / "model_final.pth"
             final_problem = weights_problem(str(final)) if final.exists() and final.name != name else None

@@ -1,5 +1,6 @@
 """Config keys of lambda_det: one function that adds new nodes and never changes Detectron2's defaults."""
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -130,6 +131,8 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as exc:
         raise ConfigError(f"config override: {_explain(cfg, exc)}") from None
+    if cfg.OUTPUT_DIR:  # "new/../run" is run once new/ exists: the checks of OUTPUT_DIR must see run
+        cfg.OUTPUT_DIR = os.path.normpath(cfg.OUTPUT_DIR)
     return cfg
 
 

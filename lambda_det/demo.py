@@ -337,9 +337,15 @@ def check_outputs(inputs: Inputs, plan: List[Tuple[Path, Path]], out_dir: Path, 
         for other, _ in plan:
             if target.exists() and same_file(target, other):
                 raise OutputError(f"{flag} {out_dir}: writing {target} would overwrite the input {other} (the same file)")
+    own = demo_pictures(out_dir)
+    theirs = [target for _, target in plan if target.exists() and target.resolve() not in own]
+    if theirs and overwrite:
+        raise OutputError(
+            f"{flag} {out_dir}: {', '.join(map(str, theirs[:4]))} would be replaced, and the demo did not draw "
+            f"{'it' if len(theirs) == 1 else 'them'} (--overwrite replaces only pictures listed in {MANIFEST}); "
+            "nothing was written: move them away or choose another folder")
     if not overwrite:
-        own = demo_pictures(out_dir) if replace_own else set()
-        refuse_overwrite([target for _, target in plan if target.exists() and target.resolve() not in own], flag,
+        refuse_overwrite([t for _, t in plan if t.exists() and not (replace_own and t.resolve() in own)], flag,
                          "that already exist")
 
 

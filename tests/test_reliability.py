@@ -386,3 +386,81 @@ def test_the_config_hash_is_the_files_own_in_every_run(tiny_weights, small_val, 
     assert records[0]["config_sha256"] == records[1]["config_sha256"] == file_sha256(TOY_CONFIG)
     # the whole config differs (OUTPUT_DIR), and is labelled as such
     assert records[0]["merged_config_sha256"] != records[1]["merged_config_sha256"]
+
+
+# ---------------------------------------------------------------------------------------------
+# found by trying the tools as a new user would (see the closing note's table)
+# ---------------------------------------------------------------------------------------------
+def test_a_path_through_a_missing_folder_and_dotdot_is_the_folder_it_names(finished, small_val, tiny_weights, tmp_path,
+                                                                          capsys, monkeypatch):
+    run = copy_of(finished, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = hashes(run)
+    assert train(Path("nosuch/../run"), small_val) == 2  # "run" itself is refused: so is nosuch/../run
+    assert "already holds a run" in capsys.readouterr().err
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "--eval-only", *TINY, "MODEL.WEIGHTS", tiny_weights,
+                    "DATASETS.TEST", f"('{small_val}',)", "OUTPUT_DIR", "nosuch/../run") == 2
+    assert "--overwrite" in capsys.readouterr().err
+    image(tmp_path / "in" / "a.png")
+    assert demo(tiny_weights, [tmp_path / "in"], "pics") == 0
+    pictures = hashes(tmp_path / "pics")
+    assert demo(tiny_weights, [tmp_path / "in"], "nosuch/../pics") == 2
+    assert "would be overwritten" in capsys.readouterr().err
+    assert hashes(run) == before and hashes(tmp_path / "pics") == pictures and not (tmp_path / "nosuch").exists()
+
+
+def test_a_dataset_name_cannot_lead_outside_the_output_folder(tmp_path, capsys):
+    from lambda_det.data import generate_toy_dataset
+
+    root = generate_toy_dataset(tmp_path / "toy", splits={"val": 2}, seed=3)
+    assert run_tool("dataset_stats.py", "../../victim", "--dataset", "../../victim", root / "annotations/instances_val.json",
+                    root / "val") == 2
+    assert "dataset name '../../victim': use letters" in capsys.readouterr().err
+
+
+def test_resume_never_trains_over_weights_that_record_no_iteration(tmp_path, tiny_weights, small_val, capsys):
+    import shutil
+
+    import torch
+
+    out = tmp_path / "run"
+    out.mkdir()
+    weights = torch.load(tiny_weights, weights_only=True)
+    torch.save({"model": weights["model"]}, out / "model_final.pth")  # a weights-only file of the user's
+    before = hashes(out)
+    assert train(out, small_val, "--resume") == 2
+    assert "no checkpoint a run can continue from" in capsys.readouterr().err
+    (out / "last_checkpoint").write_text("model_final.pth")
+    assert train(out, small_val, "--resume") == 2
+    assert "records no training iteration" in capsys.readouterr().err
+    assert hashes(out) == {**before, "last_checkpoint": hashlib.sha256(b"model_final.pth").hexdigest()}
+    shutil.rmtree(out)
+
+
+def test_continuing_a_finished_run_to_more_iterations_keeps_its_evaluation_unless_asked(finished, small_val, tmp_path,
+                                                                                      capsys):
+    run = copy_of(finished, tmp_path)
+    before = hashes(run)
+    assert train(run, small_val, "--resume", "SOLVER.MAX_ITER", "6") == 2
+    err = capsys.readouterr().err
+    assert "of the finished run's evaluation would be overwritten" in err and "--overwrite" in err
+    assert hashes(run) == before
+
+
+def test_demo_overwrite_replaces_only_its_own_pictures(tiny_weights, tmp_path, capsys):
+    photo = image(tmp_path / "in" / "000001.png")
+    mine = image(tmp_path / "results" / "000001.png", seed=9)  # the user's own picture of that name
+    before = hashes(tmp_path / "results")
+    assert demo(tiny_weights, [photo], tmp_path / "results", "--overwrite") == 2
+    assert "the demo did not draw it" in capsys.readouterr().err
+    assert hashes(tmp_path / "results") == before and mine.exists()
+
+
+def test_analyze_never_writes_its_json_over_the_config(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text(f'_BASE_: "{TOY_CONFIG}"\n')
+    before = config.read_bytes()
+    assert run_tool("analyze_model.py", "--config-file", config, "--tasks", "parameter", "--input-size", "64", "64",
+                    "--json", config, "--overwrite", *TINY) == 2
+    assert "is the config file" in capsys.readouterr().err
+    assert config.read_bytes() == before

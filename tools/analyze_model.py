@@ -18,7 +18,7 @@ import lambda_det
 from lambda_det.analysis import TASKS, analyze, worst_case
 from lambda_det.engine import cpu_if_no_cuda, parse_args_with_overrides, positive_int, run_main, validate_config
 from lambda_det.errors import UserError
-from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite, write_text
+from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite, same_file, write_text
 
 
 def main() -> int:
@@ -58,6 +58,8 @@ def main() -> int:
     if args.json:
         if args.json.is_dir():
             raise UserError(f"--json {args.json} is a directory; name a file")
+        if same_file(args.json, args.config_file):
+            raise UserError(f"--json {args.json} is the config file; name a new file")
         if not args.overwrite:
             refuse_overwrite(existing([args.json]), "--json", "of an earlier analysis")
         ensure_writable_dir(args.json.parent, "--json's folder")

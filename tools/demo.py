@@ -16,7 +16,7 @@ from pathlib import Path
 
 import lambda_det
 from lambda_det.demo import Demo, check_outputs, collect_inputs, plan_outputs, run_demo
-from lambda_det.engine import cpu_if_no_cuda, parse_args_with_overrides, probability, run_main, validate_config
+from lambda_det.engine import cpu_if_no_cuda, parse_args_with_overrides, probability, run_folder_lock, run_main, validate_config
 from lambda_det.utils.file_safety import path_argument
 
 
@@ -37,7 +37,9 @@ def main() -> int:
     output = Path(args.output)
     inputs = collect_inputs([str(p) for p in args.input], exclude=output)
     check_outputs(inputs, plan_outputs(inputs, output), output, args.overwrite)  # before the model is loaded
-    processed = run_demo(Demo(cfg), inputs, output, overwrite=args.overwrite)
+    demo = Demo(cfg)
+    with run_folder_lock(output, "--output"):  # a second demo into the same folder is refused
+        processed = run_demo(demo, inputs, output, overwrite=args.overwrite)
     if processed == 0:
         print("error: nothing could be processed", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ import lambda_det
 from lambda_det.checkpoint import Checkpointer
 from lambda_det.data import prepare_dataset
 from lambda_det.demo import read_image_bgr
-from lambda_det.engine import build_model_on_cpu, parse_args_with_overrides, run_main, validate_config
+from lambda_det.engine import build_model_on_cpu, parse_args_with_overrides, run_folder_lock, run_main, validate_config
 from lambda_det.errors import UserError, WeightsError
 from lambda_det.export import FORMATS, METHODS, export_and_check, file_name, resize_for_model
 from lambda_det.utils.file_safety import existing, path_argument, refuse_file, refuse_overwrite
@@ -80,8 +80,11 @@ def main() -> int:
     about = {"config_file": str(Path(args.config_file).resolve()), "weights": str(Path(cfg.MODEL.WEIGHTS).resolve()),
              "input": f"image: (3, H, W) float32, INPUT.FORMAT {cfg.INPUT.FORMAT}, resized to shortest side "
                       f"{cfg.INPUT.MIN_SIZE_TEST} (longest <= {cfg.INPUT.MAX_SIZE_TEST})"}
-    checks, problems = export_and_check(model, resize_for_model(cfg, bgr), args.format, args.export_method, args.output,
-                                        backbone_only=args.backbone_only, about=about)
+    with run_folder_lock(args.output, "--output"):  # a second export into the same folder is refused
+        if not args.overwrite:  # again: another export may have finished there since the first check
+            refuse_overwrite(existing([path, info_path]), "--output", "of an earlier export")
+        checks, problems = export_and_check(model, resize_for_model(cfg, bgr), args.format, args.export_method, args.output,
+                                            backbone_only=args.backbone_only, about=about)
     print(f"wrote {path} and {info_path}")
     for label, check in checks.items():
         if check["max_abs_difference"] is not None:

@@ -6,6 +6,7 @@ import difflib
 import functools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -75,9 +76,14 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
     """A user's COCO-format dataset under ``name`` (Detectron2's ``register_coco_instances``), with
     its class names read from the json so that the config's class count can be checked before a run.
     Registering the same name with the same files again is a no-op."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or ".." in name:
+        # evaluations are written to OUTPUT_DIR/inference/<name>/: a path in the name would leave it
+        raise DatasetError(f"dataset name {name!r}: use letters, digits, '_', '-' and '.' (it names a folder of results)")
     for path, what in ((json_file, "annotation file"), (image_root, "image folder")):
         if not os.path.exists(path):
             raise DatasetError(f"dataset {name!r}: its {what} {path} does not exist")
+    if not os.path.isdir(image_root):
+        raise DatasetError(f"dataset {name!r}: its image folder {image_root} is a file, not a folder")
     meta = MetadataCatalog.get(name)
     if name in DatasetCatalog.list():
         if (meta.get("json_file"), meta.get("image_root")) == (str(json_file), str(image_root)):

@@ -159,7 +159,7 @@ LOCK_FILE = ".lambda_det.lock"
 
 
 @contextlib.contextmanager
-def run_folder_lock(output_dir: str):
+def run_folder_lock(output_dir: str, flag: str = "OUTPUT_DIR"):
     """Hold an exclusive lock on OUTPUT_DIR while the block runs (the process's end, kill -9 included,
     releases it): a second run into the same folder is refused, naming the process that holds it."""
     folder = Path(output_dir)
@@ -170,8 +170,8 @@ def run_folder_lock(output_dir: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            raise OutputError(f"OUTPUT_DIR {output_dir} is in use by another run (pid {holder}); nothing was written. "
-                              "Wait for it to end, or use another OUTPUT_DIR") from None
+            raise OutputError(f"{flag} {output_dir} is in use by another run (pid {holder}); nothing was written. "
+                              f"Wait for it to end, or use another {flag}") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         yield

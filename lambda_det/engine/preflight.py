@@ -369,7 +369,7 @@ def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, wo
     check_datasets(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
     strict_weights = check_output_and_weights(
         YACS_KEYS, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, has_test=bool(cfg.DATASETS.TEST), earlier=earlier_evaluation(cfg),
-        eval_only=eval_only, resume=resume, overwrite=overwrite,
+        eval_only=eval_only, resume=resume, overwrite=overwrite, max_iter=cfg.SOLVER.MAX_ITER,
     )
     for name in datasets:
         check_coco_files(name)  # files present (the toy data is generated), and what the json lists
@@ -378,7 +378,7 @@ def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, wo
 
 
 def check_output_and_weights(keys: RunKeys, output_dir: str, weights: str, *, has_test: bool, earlier: Sequence[Path],
-                             eval_only: bool, resume: bool, overwrite: bool) -> Optional[str]:
+                             eval_only: bool, resume: bool, overwrite: bool, max_iter: Optional[int] = None) -> Optional[str]:
     """The run folder and the weights of a run, before anything is written: an evaluation needs
     weights and replaces no ``earlier`` evaluation unless ``overwrite``; a new run may not go into a
     folder that holds one; --resume stands on an intact checkpoint. Returns the weights that must
@@ -401,6 +401,12 @@ def check_output_and_weights(keys: RunKeys, output_dir: str, weights: str, *, ha
             refuse_overwrite(earlier, "--eval-only", "of an earlier evaluation")
     elif resume:
         resumed = check_resume(output_dir)
+        trained = saved_iteration(resumed) if resumed is not None else None
+        if (resumed is not None and resumed.name == "model_final.pth" and earlier and not overwrite
+                and max_iter is not None and trained is not None and trained + 1 < max_iter):
+            # the run had ended: going on to the new length evaluates it again at its new end
+            refuse_overwrite(earlier, f"--resume with {keys.max_iter}={max_iter} (the run ended at {trained + 1})",
+                             "of the finished run's evaluation")
         if resumed is not None:
             strict_weights = str(resumed)
         elif weights:

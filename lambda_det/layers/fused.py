@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -36,7 +37,8 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_lambda.cpp"
 # tuples: torch's loader appends to the lists it is given, which would change the build folder's name
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
-VECTOR_BYTES = 64  # the kernel's vector length: 16 floats, 8 doubles
+VECTOR_BYTES = 64
+STALE_BUILD_SECONDS = 600  # many times what a build of the operator takes  # the kernel's vector length: 16 floats, 8 doubles
 
 _lock = threading.Lock()
 _module = None
@@ -82,6 +84,12 @@ def extension():
 
             directory = build_directory()
             directory.mkdir(parents=True, exist_ok=True)
+            lock = directory / "lock"
+            if lock.exists() and time.time() - lock.stat().st_mtime > STALE_BUILD_SECONDS:
+                # a build killed half-way leaves torch's lock behind, and every later process would wait on it
+                logger.warning("removing %s, left by a build that stopped %.0f minutes ago", lock,
+                               (time.time() - lock.stat().st_mtime) / 60)
+                lock.unlink(missing_ok=True)
             if not (directory / "build.ninja").exists():
                 logger.info("building lambda_det's fused lambda operator (once per machine and version) in %s", directory)
             _module = load(name=f"lambda_det_{directory.name}", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),

@@ -25,7 +25,7 @@ def path_argument(text: str) -> Path:
     """argparse type for --output / --input paths: an empty string would mean the current folder."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path is not allowed (it would mean the current folder)")
-    return Path(text)
+    return Path(os.path.normpath(text))  # "new/../x" is x once new/ exists: the checks must see x
 
 
 def refuse_file(path: Path, flag: str) -> None:
