@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import UserError
 from ..layers import LambdaLayer
 from ..layers import fused as fused_operator
+from ..layers import triton_lambda as triton_operator
 from ..layers.position_lambdas import TERM_IMPLS
 from ..modeling import LambdaBottleneck
 from ..utils.markdown import markdown_table
@@ -70,11 +71,16 @@ class GlobalSelfAttention(nn.Module):
 
 
 def lambda_forms(device_type: str = "cpu") -> List[str]:
-    """The forms of the position term that can run here (the fused operator: CPU, built)."""
-    forms = [impl for impl in TERM_IMPLS if impl != "fused"]
-    if device_type == "cpu" and fused_operator.available():
-        forms.append("fused")
-    return forms
+    """The forms of the position term that can run here (the fused operator: CPU, built; the Triton
+    operator: CUDA with Triton's NVIDIA backend)."""
+    fused_ok, triton_ok = operators_ok(device_type)
+    return [impl for impl in TERM_IMPLS if impl not in ("fused", "triton")] + ["fused"] * fused_ok + ["triton"] * triton_ok
+
+
+def operators_ok(device_type: str) -> Tuple[bool, bool]:
+    """Whether the fused CPU operator and the Triton operator can run on this device type (what
+    impl="auto" is told)."""
+    return device_type == "cpu" and fused_operator.available(), triton_operator.choose_triton(device_type)
 
 
 def _lambda(spec: LayerSpec, impl: str) -> LambdaLayer:
@@ -186,8 +192,7 @@ def run_layer_benchmark(
                 for mode in MODES:
                     record[mode] = by_mode[mode][m.name].to_dict()
                 if isinstance(modules[m.name], LambdaLayer) and modules[m.name].impl == "auto":
-                    fused_ok = dev.type == "cpu" and fused_operator.available()
-                    record["picks"] = {mode: modules[m.name].resolve_impl(side, side, mode != "forward", fused_ok)
+                    record["picks"] = {mode: modules[m.name].resolve_impl(side, side, mode != "forward", *operators_ok(dev.type))
                                        for mode in MODES}
                 log(f"{m.name:>18} {side:>4}^2  forward {spread(record['forward'])}  forward+backward {spread(record['forward+backward'])}")
             else:
@@ -325,7 +330,7 @@ def form_sweep(cells: Sequence[dict], device: str = "cpu", repeats: int = 3, log
                 steps[impl] = step
             timings = interleaved(steps, repeats, dev, slow_factor=5.0)
             layer.impl = "auto"
-            picks = layer.resolve_impl(side, side, mode != "forward", dev.type == "cpu" and fused_operator.available())
+            picks = layer.resolve_impl(side, side, mode != "forward", *operators_ok(dev.type))
             fastest = min(timings, key=lambda f: timings[f].median)
             record[mode] = {"times": {f: t.to_dict() for f, t in timings.items()}, "auto_picks": picks,
                             "fastest": fastest, "auto_vs_fastest": timings[picks].median / timings[fastest].median}
