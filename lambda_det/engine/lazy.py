@@ -11,6 +11,7 @@ after every evaluation.
 """
 from __future__ import annotations
 
+import os
 import argparse
 import logging
 from pathlib import Path
@@ -84,6 +85,8 @@ def load_lazy_run_config(args) -> DictConfig:
     if missing:
         raise ConfigError(f"config file {args.config_file} lacks {', '.join(missing)}, which a run reads "
                           "(Detectron2's configs/common/train.py defines train.*)")
+    if cfg.train.output_dir:  # "new/../run" is run once new/ exists: the checks must see run
+        cfg.train.output_dir = os.path.normpath(str(cfg.train.output_dir))
     if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: running on the CPU (train.device=cpu)")
         cfg.train.device = "cpu"
@@ -141,7 +144,7 @@ def lazy_preflight(cfg, args) -> None:
     output_dir = str(train.output_dir)
     strict_weights = check_output_and_weights(
         LAZY_KEYS, output_dir, train.init_checkpoint, has_test=True, earlier=evaluation_files(output_dir, [test]),
-        eval_only=args.eval_only, resume=args.resume, overwrite=args.overwrite,
+        eval_only=args.eval_only, resume=args.resume, overwrite=args.overwrite, max_iter=train.max_iter,
     )
     for name in datasets:
         check_coco_files(name)
