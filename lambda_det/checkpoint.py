@@ -309,8 +309,7 @@ def intact_checkpoints(output_dir: Path, exclude: Sequence[Path] = ()) -> List[T
         iteration = checkpoint_iteration(path.name)
         found.append((path, iteration if iteration is not None else float("inf")))
     found.sort(key=lambda item: (item[1], item[0].stat().st_mtime), reverse=True)
-    return [(p, None if it == float("inf") else it) for p, it in found
-            if weights_problem(str(p)) is None and saved_iteration(p) is not None]
+    return [(p, None if it == float("inf") else it) for p, it in found if weights_problem(str(p)) is None]
 
 
 def check_resume(output_dir: str) -> Optional[Path]:

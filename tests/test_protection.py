@@ -57,9 +57,10 @@ def test_demo_output_equal_to_or_inside_the_input_folder_twice_changes_nothing(t
     inside = photos / "detections"
     assert _demo(tiny_weights, [photos], inside) == 0
     first = _hashes(photos)
-    # the pictures, and the list of what the demo wrote there (so that a later scan leaves them out)
+    # the pictures, the list of what the demo wrote there (so that a later scan leaves them out), the
+    # folder's lock (one demo at a time)
     assert {k for k in first if k.startswith("detections/")} == {
-        "detections/beach.png", "detections/street.png", "detections/.lambda_det_demo.json"}
+        "detections/beach.png", "detections/street.png", "detections/.lambda_det_demo.json", "detections/.lambda_det.lock"}
     assert {k: v for k, v in first.items() if not k.startswith("detections/")} == before
     capsys.readouterr()
 

@@ -429,8 +429,8 @@ def test_resume_never_trains_over_weights_that_record_no_iteration(tmp_path, tin
     torch.save({"model": weights["model"]}, out / "model_final.pth")  # a weights-only file of the user's
     before = hashes(out)
     assert train(out, small_val, "--resume") == 2
-    assert "no checkpoint a run can continue from" in capsys.readouterr().err
-    (out / "last_checkpoint").write_text("model_final.pth")
+    assert "holds checkpoints but no last_checkpoint" in capsys.readouterr().err
+    (out / "last_checkpoint").write_text("model_final.pth")  # what that message suggests
     assert train(out, small_val, "--resume") == 2
     assert "records no training iteration" in capsys.readouterr().err
     assert hashes(out) == {**before, "last_checkpoint": hashlib.sha256(b"model_final.pth").hexdigest()}

@@ -156,7 +156,7 @@ def test_demo_converts_odd_images_skips_unreadable_ones_and_handles_video(tiny_w
     assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     # a glob input, processed alone
     done = _demo(tiny_weights, tmp_path / "out_glob", str(src / "*.png"))
-    assert done.returncode == 0 and sorted(p.name for p in (tmp_path / "out_glob").iterdir()) == [".lambda_det_demo.json", "gray.png", "rgba.png"]
+    assert done.returncode == 0 and sorted(p.name for p in (tmp_path / "out_glob").iterdir()) == [".lambda_det.lock", ".lambda_det_demo.json", "gray.png", "rgba.png"]
 
 
 def test_demo_exits_non_zero_when_nothing_could_be_processed(tiny_weights, tmp_path):
