@@ -140,7 +140,7 @@ class Trainer(DefaultTrainer):
                 if not dataset_results:
                     continue
                 out = Path(cfg.OUTPUT_DIR) / "inference" / dataset_name
-                provenance = evaluation_provenance(
+                record = evaluation_provenance(
                     cfg,
                     dataset_name,
                     weights=provenance.get("weights"),
@@ -150,7 +150,7 @@ class Trainer(DefaultTrainer):
                 )
                 paths = write_ap_by_size(
                     dataset_results, out, run_name, extra={"dataset": dataset_name, "iterations_trained": trained},
-                    provenance=provenance,
+                    provenance=record,
                 )
                 logger.info("AP by object size for %s: %s", dataset_name, ", ".join(str(p) for p in paths.values()))
         return results
