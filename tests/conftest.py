@@ -20,9 +20,10 @@ TINY = [
 ]
 
 
-def save_tiny_weights(path: Path, *overrides: str) -> Path:
+def save_tiny_weights(path: Path, *overrides: str, iteration=None) -> Path:
     """A checkpoint of the tiny toy model (random weights), as Detectron2's checkpointer writes it,
-    with the config that built it beside it (config.yaml, as training leaves it)."""
+    with the config that built it beside it (config.yaml, as training leaves it); ``iteration``: the
+    one a training run records in its checkpoints (weights saved outside training record none)."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
@@ -30,7 +31,8 @@ def save_tiny_weights(path: Path, *overrides: str) -> Path:
 
     cfg = load_config(str(TOY_CONFIG), [*TINY, *overrides])
     path.mkdir(parents=True, exist_ok=True)
-    DetectionCheckpointer(build_model(cfg), save_dir=str(path)).save("model_final")
+    extra = {} if iteration is None else {"iteration": iteration}
+    DetectionCheckpointer(build_model(cfg), save_dir=str(path)).save("model_final", **extra)
     (path / "config.yaml").write_text(cfg.dump())
     return path / "model_final.pth"
 

@@ -258,4 +258,4 @@ def test_an_export_that_differs_is_flagged_and_replaces_nothing_half_way(tmp_pat
     assert "returns 3 outputs" in capsys.readouterr().err
     info = json.loads((tmp_path / "export_info.json").read_text())
     assert info["passed"] is False and info["checks"]["sample"]["max_abs_difference"] is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["export_info.json", "model.ts"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lambda_det.lock", "export_info.json", "model.ts"]

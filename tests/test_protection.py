@@ -175,11 +175,11 @@ def test_demo_output_that_is_an_existing_file_is_refused(tiny_weights, tmp_path,
 def test_a_failed_write_is_an_error_naming_the_path(tiny_weights, tmp_path, capsys, monkeypatch):
     photos = _photos(tmp_path / "photos")
     out = tmp_path / "out"
-    (out / "beach.png").mkdir(parents=True)  # a folder where the picture must go: the write fails
+    (out / "beach.png").mkdir(parents=True)  # a folder where the picture must go: named before any work
     assert _demo(tiny_weights, [photos], out, "--overwrite") == 2
     captured = capsys.readouterr()
-    assert f"could not write image {out / 'beach.png'}" in captured.err
-    assert "processed" not in captured.out
+    assert f"{out / 'beach.png'} would be replaced, and the demo did not draw it" in captured.err
+    assert "processed" not in captured.out and (out / "beach.png").is_dir()
 
     # a full disk: the picture is encoded in memory and written by Python, so the reason is named
     import lambda_det.utils.file_safety
@@ -352,7 +352,7 @@ def test_resume_without_last_checkpoint_or_with_an_empty_one_changes_nothing(tmp
 
 def test_refused_runs_leave_the_runs_config_yaml_alone(tmp_path, tiny_weights, capsys):
     """Weights are checked against the config before Detectron2's setup would rewrite config.yaml."""
-    run = save_tiny_weights(tmp_path / "run").parent
+    run = save_tiny_weights(tmp_path / "run", iteration=9).parent
     (run / "last_checkpoint").write_text("model_final.pth")
     before = _hashes(run)
     other = ["MODEL.LAMBDA_RESNET.LAYOUT", '["C","C","C","C"]']
