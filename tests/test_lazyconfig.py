@@ -273,8 +273,12 @@ def test_lazyconfig_train_net_trains_evaluates_resumes_and_protects_the_run(tmp_
     assert f"train.output_dir {run} already holds a run" in err and "--resume" in err and "train.output_dir=path" in err
     assert files(run) == before
 
-    # --resume trains on from the last checkpoint: one more iteration, evaluated again
-    assert lazy_train(run, small_val, "--resume", "train.max_iter=3") == 0
+    # --resume of the finished run to more iterations would evaluate it again at its new end: asked for
+    before = files(run)
+    assert lazy_train(run, small_val, "--resume", "train.max_iter=3") == 2
+    assert "of the finished run's evaluation would be overwritten" in capsys.readouterr().err and files(run) == before
+    # with --overwrite it trains on from the last checkpoint: one more iteration, evaluated again
+    assert lazy_train(run, small_val, "--resume", "--overwrite", "train.max_iter=3") == 0
     assert torch.load(run / "model_final.pth", weights_only=False)["iteration"] == 2  # iterations 0, 1, then 2
     metrics = [json.loads(line) for line in (run / "metrics.json").read_text().splitlines()]
     assert [m["iteration"] for m in metrics if "total_loss" in m][-1] == 2
