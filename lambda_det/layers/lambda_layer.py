@@ -247,7 +247,8 @@ class LambdaLayer(nn.Module):
             out = self._traced_output(q, values, content_lambda)
         else:
             device = q.device.type
-            impl = self.resolve_impl(height, width, needs_grad, device == "cpu" and fused_available(), choose_triton(device))
+            on_cpu = device == "cpu"  # the hot path: ask about each operator only on its own device
+            impl = self.resolve_impl(height, width, needs_grad, on_cpu and fused_available(), not on_cpu and choose_triton(device))
             operands = (q, values, self.position_kernel(height, width).to(dtype), content_lambda)
             if impl == TRITON and autocast_dtype in (torch.float16, torch.bfloat16):
                 operands = tuple(t.to(autocast_dtype) for t in operands)
