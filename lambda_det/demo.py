@@ -28,6 +28,7 @@ from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from .checkpoint import Checkpointer
 from .engine.preflight import explained_build_errors
@@ -227,6 +228,16 @@ def _quiet(*names: str):
             lg.setLevel(level)
 
 
+# Detectron2's Visualizer writes labels of at least 10 pixels at the image's own scale: on a
+# 256-pixel image the labels of neighbouring objects cover each other, so small images are drawn larger.
+MIN_DRAWN_SIDE = 640
+
+
+def drawing_scale(shape: Tuple[int, int]) -> float:
+    """The Visualizer's scale for an image of ``shape`` (h, w): 1, or more for small images."""
+    return max(1.0, MIN_DRAWN_SIDE / max(shape))
+
+
 class Demo:
     """A predictor whose weights must fit the config, plus Detectron2's Visualizer."""
 
@@ -258,9 +269,10 @@ class Demo:
                              f"MAX_SIZE_TEST={longest}) leaves {new_w}x{new_h}")
 
     def __call__(self, bgr: np.ndarray) -> Tuple[object, np.ndarray]:
-        """(instances on the CPU, visualization as BGR uint8)."""
+        """(instances on the CPU, visualization as BGR uint8, enlarged when the image is small)."""
         instances = self.predictor(bgr)["instances"].to("cpu")
-        visualizer = Visualizer(bgr[:, :, ::-1], self.metadata, instance_mode=ColorMode.IMAGE)
+        visualizer = Visualizer(bgr[:, :, ::-1], self.metadata, instance_mode=ColorMode.IMAGE,
+                                scale=drawing_scale(bgr.shape[:2]))
         drawn = visualizer.draw_instance_predictions(instances).get_image()[:, :, ::-1]
         return instances, np.ascontiguousarray(drawn)
 
@@ -426,12 +438,15 @@ def _run_video(demo: Demo, path: Path, target: Path, report: Callable[[str], Non
     partial = temporary_path(target)
     writer: Optional[cv2.VideoWriter] = None
     frames = detections = 0
+    # a bar on a terminal, as Detectron2's demo shows one (tqdm stays silent when stderr is a file)
+    bar = tqdm(total=announced if announced > 0 else None, unit="frame", desc=path.name, disable=None, leave=False)
     try:
         while True:
             with _decoder_messages(noise):
                 ok, frame = capture.read()
             if not ok:
                 break
+            bar.update(1)
             instances, drawn = demo(to_bgr8(frame))
             if writer is None:
                 writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (drawn.shape[1], drawn.shape[0]))
@@ -461,6 +476,7 @@ def _run_video(demo: Demo, path: Path, target: Path, report: Callable[[str], Non
         partial.unlink(missing_ok=True)
         raise
     finally:
+        bar.close()
         capture.release()
     report(f"{path}: {frames} frames, {detections} detections in all -> {target}" + _damage(announced, frames, noise))
     return frames
