@@ -15,7 +15,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from conftest import small_cfg
+from conftest import TINY, TOY_CONFIG, run_tool, save_tiny_weights, small_cfg
 from lambda_det.errors import UserError
 from lambda_det.data import TOY_CLASSES, generate_toy_dataset
 from lambda_det.evaluation import PAPER_TABLE6, build_coco_evaluator, compare, load_ap_by_size, write_ap_by_size
@@ -132,3 +132,28 @@ def test_compare_runs_side_by_side_with_the_paper(tmp_path):
     with pytest.raises(UserError, match="not_evaluated: no ap_by_size.json"):
         compare([tmp_path / "not_evaluated"], tmp_path / "cmp")
     assert set(PAPER_TABLE6) >= {"ResNet-101", "LambdaResNet-152"}
+
+
+def test_eval_only_with_test_time_augmentation_writes_both_reports_and_keeps_them(tmp_path, small_val, capsys):
+    """TEST.AUG.ENABLED (Detectron2's test-time augmentation): train_net evaluates plainly into
+    inference/ and augmented into inference_TTA/, says which sizes each used, and a second
+    evaluation without --overwrite replaces neither."""
+    weights = save_tiny_weights(tmp_path / "weights")
+    out = tmp_path / "eval"
+    argv = ["--config-file", TOY_CONFIG, "--eval-only", *TINY, "MODEL.WEIGHTS", weights, "DATASETS.TEST", f"('{small_val}',)",
+            "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(96, 128)", "TEST.AUG.MAX_SIZE", "160", "TEST.AUG.FLIP", "True",
+            "OUTPUT_DIR", out]
+    assert run_tool("train_net.py", *argv) == 0
+    plain = json.loads((out / "inference" / small_val / "ap_by_size.json").read_text())
+    augmented = json.loads((out / "inference_TTA" / small_val / "ap_by_size.json").read_text())
+    assert plain["provenance"]["input_size_test"] == {"min": 128, "max": 128}
+    assert augmented["provenance"]["input_size_test"] == {"min": [96, 128], "max": 160, "flip": True}
+    assert "TTA 96,128/160 + flip" in (out / "inference_TTA" / small_val / "ap_by_size.md").read_text()
+    assert (out / "inference_TTA" / small_val / "coco_instances_results.json").is_file()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "log.txt"}
+    capsys.readouterr()
+    assert run_tool("train_net.py", *argv) == 2
+    both = [p for p in before if p.parent.parent.name in ("inference", "inference_TTA")]
+    assert any(p.parent.parent.name == "inference_TTA" for p in both)
+    assert f"{len(both)} file(s) of an earlier evaluation would be overwritten" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "log.txt"} == before

@@ -6,7 +6,8 @@ r"""Train or evaluate Mask R-CNN with a LambdaResNet backbone (Detectron2's trai
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.ROI_HEADS.NUM_CLASSES 3
 
 Outputs under OUTPUT_DIR: checkpoints, metrics.json, TensorBoard events,
-inference/<dataset>/{coco_instances_results.json, ap_by_size.json, ap_by_size.md, ap_by_size.png}.
+inference/<dataset>/{coco_instances_results.json, ap_by_size.json, ap_by_size.md, ap_by_size.png}, and
+with TEST.AUG.ENABLED (Detectron2's test-time augmentation) the same in inference_TTA/<dataset>/.
 Exit status: 0 done (a finished run resumed without --overwrite changes nothing), 2 (one `error:`
 line) bad flags, config values, weights or output location, or a run that diverged, 1 a write that
 failed during the run (disk full), 130 interrupted (Ctrl-C; the message says how to go on).
@@ -30,7 +31,10 @@ def main(args):
         weights = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS
         extra = checkpointer.load(weights)
         provenance = {"config_file": args.config_file, "weights": weights, "iteration": extra.get("iteration")}
-        return Trainer.test(cfg, model, provenance=provenance)
+        results = Trainer.test(cfg, model, provenance=provenance)
+        if cfg.TEST.AUG.ENABLED:  # Detectron2's train_net evaluates both
+            results.update(Trainer.test_with_TTA(cfg, model, provenance=provenance))
+        return results
     trainer = Trainer(cfg, config_file=args.config_file)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

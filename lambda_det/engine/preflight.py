@@ -30,6 +30,7 @@ from fvcore.common.registry import Registry
 from ..checkpoint import Checkpointer, check_resume, is_local, saved_iteration, weights_problem
 from ..data import check_coco_files, check_datasets, lsj_problems
 from ..errors import ConfigError, OutputError, UserError, WeightsError
+from ..evaluation import INFERENCE_FOLDER, evaluation_folders
 from ..modeling import STAGE_NAMES, lambda_resnet_config_problems
 from ..utils.file_safety import ensure_writable_dir, refuse_file, refuse_overwrite
 
@@ -247,13 +248,14 @@ EVALUATION_FILES = ("coco_instances_results.json", "instances_predictions.pth", 
 
 
 def earlier_evaluation(cfg) -> List[Path]:
-    """The files an evaluation of DATASETS.TEST into OUTPUT_DIR would replace."""
-    return evaluation_files(cfg.OUTPUT_DIR, cfg.DATASETS.TEST)
+    """The files an evaluation of DATASETS.TEST into OUTPUT_DIR would replace (with TEST.AUG, its
+    test-time augmentation's too)."""
+    return evaluation_files(cfg.OUTPUT_DIR, cfg.DATASETS.TEST, evaluation_folders(cfg))
 
 
-def evaluation_files(output_dir: str, dataset_names: Sequence[str]) -> List[Path]:
-    """The files an evaluation of ``dataset_names`` into ``output_dir`` would replace."""
-    folders = [Path(output_dir) / "inference" / name for name in dataset_names]
+def evaluation_files(output_dir: str, dataset_names: Sequence[str], kinds: Sequence[str] = (INFERENCE_FOLDER,)) -> List[Path]:
+    """The files an evaluation of ``dataset_names`` into ``output_dir`` (its ``kinds`` of folder) would replace."""
+    folders = [Path(output_dir) / kind / name for kind in kinds for name in dataset_names]
     return [folder / name for folder in folders for name in EVALUATION_FILES if (folder / name).exists()]
 
 

@@ -6,19 +6,21 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from detectron2.data import DatasetCatalog, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import Checkpointer, intact_checkpoints
 from ..data import build_train_mapper, check_dataset_dicts, prepare_dataset
 from ..errors import TrainingDiverged
-from ..evaluation import build_coco_evaluator, evaluation_provenance, write_ap_by_size
+from ..evaluation import INFERENCE_FOLDER, TTA_FOLDER, build_coco_evaluator, evaluation_provenance, write_ap_by_size
 
 logger = logging.getLogger("lambda_det")
 
@@ -56,11 +58,16 @@ class Trainer(DefaultTrainer):
         for i, hook in enumerate(built):
             if isinstance(hook, hooks.EvalHook):
                 built[i] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
+        if self.cfg.TEST.AUG.ENABLED:  # as Detectron2's train_net: once more after training, augmented
+            built.append(hooks.EvalHook(0, self._evaluate_with_tta))
         return built
 
     def _evaluate(self):
         self._last_eval_results = self.test(self.cfg, self.model, provenance={"config_file": self.config_file})
         return self._last_eval_results
+
+    def _evaluate_with_tta(self):
+        return self.test_with_TTA(self.cfg, self.model, provenance={"config_file": self.config_file})
 
     # a total loss this many times the median of the run's first iterations means it diverged
     DIVERGENCE_FACTOR = 100.0
@@ -118,17 +125,19 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         prepare_dataset(dataset_name)
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, INFERENCE_FOLDER, dataset_name)
         return build_coco_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
-    def test(cls, cfg, model, evaluators=None, provenance: Optional[dict] = None):
-        """Detectron2's evaluation, then ap_by_size.{json,md,png} per dataset (main process).
+    def test(cls, cfg, model, evaluators=None, provenance: Optional[dict] = None, augmented: bool = False):
+        """Detectron2's evaluation, then ap_by_size.{json,md,png} per dataset (main process), in
+        OUTPUT_DIR/inference/<dataset>/ (``augmented``: the model is test-time augmented, inference_TTA/).
 
         ``provenance``: what is evaluated, for ap_by_size.json: ``config_file``, and for weights
         loaded from a file (--eval-only) ``weights`` and the ``iteration`` they were saved at.
         """
         provenance = provenance or {}
+        folder = TTA_FOLDER if augmented else INFERENCE_FOLDER
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
             per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
@@ -139,10 +148,11 @@ class Trainer(DefaultTrainer):
             for dataset_name, dataset_results in per_dataset.items():
                 if not dataset_results:
                     continue
-                out = Path(cfg.OUTPUT_DIR) / "inference" / dataset_name
+                out = Path(cfg.OUTPUT_DIR) / folder / dataset_name
                 record = evaluation_provenance(
                     cfg,
                     dataset_name,
+                    augmented=augmented,
                     weights=provenance.get("weights"),
                     iterations_trained=trained,
                     config_file=provenance.get("config_file"),
@@ -154,6 +164,17 @@ class Trainer(DefaultTrainer):
                 )
                 logger.info("AP by object size for %s: %s", dataset_name, ", ".join(str(p) for p in paths.values()))
         return results
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model, provenance: Optional[dict] = None):
+        """Detectron2's test-time augmentation (TEST.AUG: each short side of MIN_SIZES, flipped too
+        with FLIP, detections merged, masks from the merged boxes), evaluated as ``test`` does into
+        OUTPUT_DIR/inference_TTA/<dataset>/; the result keys end in "_TTA", as Detectron2's."""
+        augmented = GeneralizedRCNNWithTTA(cfg, model)
+        evaluators = [cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, TTA_FOLDER, name))
+                      for name in cfg.DATASETS.TEST]
+        results = cls.test(cfg, augmented, evaluators, provenance=provenance, augmented=True)
+        return OrderedDict((name + "_TTA", value) for name, value in results.items())
 
 
 def iterations_trained(max_iter: int) -> Optional[int]:

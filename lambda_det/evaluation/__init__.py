@@ -10,10 +10,13 @@ from .ap_by_size import (
     summarize,
     write_ap_by_size,
 )
-from .coco import build_coco_evaluator, has_detectron2_ops
+from .coco import INFERENCE_FOLDER, TTA_FOLDER, build_coco_evaluator, evaluation_folders, has_detectron2_ops
 from .provenance import describe_model, evaluation_provenance, provenance_record
 
 __all__ = [
+    "INFERENCE_FOLDER",
+    "TTA_FOLDER",
+    "evaluation_folders",
     "PAPER_TABLE6",
     "ResultFileError",
     "describe_model",

@@ -2,8 +2,18 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import Tuple
 
 from detectron2.evaluation import COCOEvaluator
+
+# Detectron2's folder names under OUTPUT_DIR: plain evaluation, and test-time augmentation (TEST.AUG)
+INFERENCE_FOLDER = "inference"
+TTA_FOLDER = "inference_TTA"
+
+
+def evaluation_folders(cfg) -> Tuple[str, ...]:
+    """The folders under OUTPUT_DIR an evaluation of ``cfg`` writes into (one per kind, then <dataset>/)."""
+    return (INFERENCE_FOLDER, TTA_FOLDER) if cfg.TEST.AUG.ENABLED else (INFERENCE_FOLDER,)
 
 
 def has_detectron2_ops() -> bool:

@@ -26,13 +26,17 @@ def describe_model(cfg) -> str:
     return name
 
 
-def evaluation_provenance(cfg, dataset_name: str, **evaluated) -> dict:
+def evaluation_provenance(cfg, dataset_name: str, *, augmented: bool = False, **evaluated) -> dict:
     """The record stored under "provenance" in ap_by_size.json, for a yacs config; ``evaluated``:
-    ``weights``, ``iterations_trained``, ``config_file``, ``num_images`` (see ``provenance_record``)."""
+    ``weights``, ``iterations_trained``, ``config_file``, ``num_images`` (see ``provenance_record``).
+    ``augmented``: the model was evaluated with Detectron2's test-time augmentation (TEST.AUG)."""
+    if augmented:
+        size = {"min": list(cfg.TEST.AUG.MIN_SIZES), "max": cfg.TEST.AUG.MAX_SIZE, "flip": bool(cfg.TEST.AUG.FLIP)}
+    else:
+        size = {"min": cfg.INPUT.MIN_SIZE_TEST, "max": cfg.INPUT.MAX_SIZE_TEST}
     return provenance_record(
         dataset_name, output_dir=cfg.OUTPUT_DIR, max_iter=cfg.SOLVER.MAX_ITER, initialized_from=cfg.MODEL.WEIGHTS,
-        model=describe_model(cfg), input_size_test={"min": cfg.INPUT.MIN_SIZE_TEST, "max": cfg.INPUT.MAX_SIZE_TEST},
-        config_text=cfg.dump(), **evaluated,
+        model=describe_model(cfg), input_size_test=size, config_text=cfg.dump(), **evaluated,
     )
 
 
