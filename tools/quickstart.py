@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The main job (`make quickstart`): train a LambdaResNet-FPN Mask R-CNN on the embedded toy dataset
-on the CPU, evaluate box and mask AP by object size, run the demo on validation images, and say
+(on the GPU where there is one, else on the CPU), evaluate box and mask AP by object size, run the demo on validation images, and say
 where everything went.
 
     python tools/quickstart.py [--output DIR] [--max-iter N] [--no-resume] [KEY VALUE ...]
@@ -11,7 +11,9 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import List
 
+import torch
 from detectron2.data import DatasetCatalog
 
 import lambda_det  # noqa: F401  (registers backbones and datasets)
@@ -19,11 +21,11 @@ from lambda_det.config import load_config
 from lambda_det.data import prepare_dataset
 from lambda_det.demo import Demo, Inputs, run_demo
 from lambda_det.engine import (
-    Trainer, existing_run, finished_run, interrupted, non_negative_int, parse_args_with_overrides,
+    Trainer, cpu_if_no_cuda, existing_run, finished_run, interrupted, non_negative_int, parse_args_with_overrides,
     positive_int, preflight, run_folder_lock, run_main, setup,
 )
 from lambda_det.errors import OutputError
-from lambda_det.evaluation import load_ap_by_size, markdown_table
+from lambda_det.evaluation import TTA_FOLDER, evaluation_folders, load_ap_by_size, markdown_table
 from lambda_det.model_zoo import get_config_file
 from lambda_det.utils.file_safety import path_argument, refuse_file, write_text
 
@@ -52,7 +54,9 @@ def setup_cfg(args):
         cfg.SOLVER.STEPS = tuple(sorted(s for s in steps if 0 < s < args.max_iter))
         cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, args.max_iter // 4))
         cfg.SOLVER.MAX_ITER = args.max_iter
-    cfg.MODEL.DEVICE = "cpu"
+    if "MODEL.DEVICE" not in args.opts[::2]:
+        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    cpu_if_no_cuda(cfg)
     cfg.freeze()
     return cfg
 
@@ -80,16 +84,17 @@ def main(argv=None) -> dict:
         )
     preflight(cfg, eval_only=False, resume=not args.no_resume)
     finished = finished_run(cfg) if run else None
-    report_dir = out / "inference" / cfg.DATASETS.TEST[0]
-    if finished and (report_dir / "ap_by_size.json").is_file():
+    report_dirs = [out / folder / cfg.DATASETS.TEST[0] for folder in evaluation_folders(cfg)]
+    if finished and all((d / "ap_by_size.json").is_file() for d in report_dirs):
         print(f"{out} holds the main job's finished run ({finished[1]} iterations): nothing was trained or changed; "
               f"train anew with --output another/folder")
-        return summarize(out, report_dir, None, None)
+        return summarize(out, report_dirs, None, None)
     with run_folder_lock(cfg.OUTPUT_DIR):
         if not (out / MARKER).is_file():
             write_text(out / MARKER, json.dumps({"tool": "tools/quickstart.py", "config_file": str(args.config_file)}))
         setup(cfg, args, console_filter=progress_only)
         log = logging.getLogger("lambda_det")
+        log.info("training on %s", device_name(cfg.MODEL.DEVICE))
         start = time.perf_counter()
 
         for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
@@ -113,7 +118,13 @@ def main(argv=None) -> dict:
         demo_cfg.freeze()
         # a resumed run draws its own pictures again from its final weights; any other file there stays
         run_demo(Demo(demo_cfg), Inputs(images=val_images), out / "demo", report=log.info, replace_own=True)
-    return summarize(out, report_dir, train_minutes, len(val_images))
+    return summarize(out, report_dirs, train_minutes, len(val_images), device_name(cfg.MODEL.DEVICE))
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"the GPU ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"the CPU ({torch.get_num_threads()} threads; no GPU found)" if not torch.cuda.is_available() else "the CPU"
 
 
 # what the terminal shows of the run (log.txt keeps everything: environment, config, model, data)
@@ -125,16 +136,23 @@ def progress_only(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or record.name in PROGRESS_LOGGERS
 
 
-def summarize(out: Path, report_dir: Path, train_minutes, demo_images) -> dict:
-    _, summary = load_ap_by_size(report_dir / "ap_by_size.json")  # written by Trainer.test
+def summarize(out: Path, report_dirs: List[Path], train_minutes, demo_images, device=None) -> dict:
+    """Print the run's AP rows (the plain evaluation, then the test-time augmented one) and where
+    everything went; return the plain evaluation's summary."""
+    rows = []
+    for report_dir in report_dirs:
+        _, summary = load_ap_by_size(report_dir / "ap_by_size.json")  # written by Trainer.test
+        how = "multi-scale test (TEST.AUG)" if report_dir.parent.name == TTA_FOLDER else "single-scale test"
+        rows.append((f"{out.name} on {report_dir.name}, {how}", summary))
     print()
     if train_minutes is not None:
-        print(f"Trained and evaluated in {train_minutes:.1f} min; demo on {demo_images} validation images.")
-    print(markdown_table([(f"{out.name} on {report_dir.name}", summary)]))
-    print(f"AP by size (table, chart, JSON): {report_dir}/ap_by_size.md, ap_by_size.png, ap_by_size.json")
+        print(f"Trained and evaluated on {device} in {train_minutes:.1f} min; demo on {demo_images} validation images.")
+    print(markdown_table(rows))
+    for report_dir in report_dirs:
+        print(f"AP by size (table, chart, JSON): {report_dir}/ap_by_size.md, ap_by_size.png, ap_by_size.json")
     print(f"Checkpoints and logs:           {out}/model_final.pth, metrics.json, log.txt, TensorBoard events")
     print(f"Demo pictures:                   {out / 'demo'}/")
-    return summary
+    return rows[0][1]
 
 
 if __name__ == "__main__":

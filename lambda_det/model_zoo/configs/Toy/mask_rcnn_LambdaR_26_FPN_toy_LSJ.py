@@ -43,7 +43,7 @@ dataloader.test.mapper.augmentations[0].short_edge_length = dataloader.test.mapp
 dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = dataloader.test.num_workers = 1
 
-# the yacs toy's length; lr at the linear-scaling rule for batch 4 (the yacs toy's 4x needs gradient
+# a schedule a CPU trains in minutes; lr at the linear-scaling rule for batch 4 (the yacs toy's 4x needs gradient
 # clipping, which Detectron2's LazyConfig trainer has not)
 optimizer.lr = 0.1 * 4 / 64
 train.max_iter = 560
