@@ -172,7 +172,7 @@ for s in $STEPS; do
           INPUT.MAX_SIZE_TRAIN 128 INPUT.MIN_SIZE_TEST 128 INPUT.MAX_SIZE_TEST 128
       else
         step train 75 "$PYTHON" tools/quickstart.py --output "$RESULTS/train" --max-iter 150 --demo-images 2 \
-          TEST.AUG.ENABLED False DATALOADER.NUM_WORKERS 4
+          TEST.AUG.ENABLED False DATALOADER.NUM_WORKERS 4 SOLVER.CHECKPOINT_PERIOD 150
       fi ;;
     *) die "unknown step '$s' (install tests train bench_layer bench_detector)" ;;
   esac

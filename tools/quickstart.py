@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The main job (`make quickstart`): train a LambdaResNet-FPN Mask R-CNN on the embedded toy dataset
-(on the GPU where there is one, else on the CPU), evaluate box and mask AP by object size, run the demo on validation images, and say
-where everything went.
+(on the GPU where there is one, else on the CPU), evaluate box and mask AP by object size (single-scale
+and with the config's test-time augmentation), run the demo on validation images, and say where
+everything went.
 
     python tools/quickstart.py [--output DIR] [--max-iter N] [--no-resume] [KEY VALUE ...]
 """
