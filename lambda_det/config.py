@@ -124,6 +124,9 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         raise ConfigError(f"config file {config_file}: {_explain(cfg, exc)}") from None
     except (TypeError, AttributeError) as exc:  # a _BASE_ that is not a mapping
         raise ConfigError(f"config file {config_file} (or a _BASE_ it names) is not a mapping of config keys: {exc}") from None
+    except RecursionError:  # yacs follows _BASE_ without remembering where it has been
+        raise ConfigError(f"config file {config_file}: its _BASE_ chain comes back to a file it already named "
+                          "(a file that is its own base, directly or through others)") from None
     opts = list(opts)
     if len(opts) % 2:
         raise ConfigError(f"config overrides must be KEY VALUE pairs; {opts[-1]!r} has no value (overrides: {opts})")

@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import sys
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -139,6 +140,22 @@ def check_launch_args(args: argparse.Namespace, device: str) -> None:
         available = torch.cuda.device_count()
         if args.num_gpus > available:
             raise UserError(f"--num-gpus {args.num_gpus}: this machine has {available} CUDA device(s)")
+    if args.num_gpus * args.num_machines > 1 and args.dist_url != "auto":
+        check_dist_url(args.dist_url)
+
+
+def check_dist_url(url: str) -> None:
+    """--dist-url as torch.distributed takes it for Detectron2's launch: tcp://HOST:PORT, file://, env://."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("tcp", "file", "env"):
+        raise UserError(f"--dist-url {url}: give 'auto' (one machine) or tcp://HOST:PORT (the first machine's address)")
+    if parts.scheme == "tcp":
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or beyond 65535
+            port = None
+        if not parts.hostname or not port:
+            raise UserError(f"--dist-url {url}: give tcp://HOST:PORT with a port in 1-65535")
 
 
 def run_main(main: Callable[[], object]) -> int:
