@@ -568,6 +568,14 @@ def test_config_files_that_are_not_mappings_are_named(tmp_path, capsys, content,
     assert f"config file {config} {reason}, not a mapping" in capsys.readouterr().err
 
 
+def test_a_name_too_long_for_the_file_system_is_one_error_line(tmp_path, capsys):
+    long = tmp_path / ("x" * 300)
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "OUTPUT_DIR", long) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {long}") and "a file or folder name in it is longer than the file system allows" in err
+    assert "Traceback" not in err and not long.exists()
+
+
 def test_a_base_chain_that_loops_is_named(tmp_path, capsys):
     (tmp_path / "a.yaml").write_text("_BASE_: b.yaml\nSOLVER:\n  MAX_ITER: 5\n")
     (tmp_path / "b.yaml").write_text("_BASE_: a.yaml\n")

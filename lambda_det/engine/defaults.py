@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -165,6 +166,14 @@ def run_main(main: Callable[[], object]) -> int:
         status = main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        # a path argument or OUTPUT_DIR with a name the file system cannot hold (255 bytes per name on
+        # most): refused by the first look at it, before anything was written
+        print(f"error: {exc.filename}: a file or folder name in it is longer than the file system allows "
+              f"({exc.strerror}); choose a shorter path", file=sys.stderr)
         return 2
     return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
