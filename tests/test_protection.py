@@ -210,7 +210,7 @@ def test_demo_reads_images_as_detectron2_does_exif_orientation_included(tiny_wei
     assert read_image_bgr(photo).shape == (80, 40, 3)
     assert _demo(tiny_weights, [photo], tmp_path / "out") == 0
     drawn = cv2.imread(str(tmp_path / "out" / "phone.png"))
-    assert drawn.shape[:2] == (80, 40)  # the picture is upright, as the photo is shown
+    assert drawn.shape[:2] == (640, 320)  # upright, as the photo is shown (and enlarged: it is small)
 
 
 def test_an_empty_input_folder_is_named(tiny_weights, tmp_path, capsys):
