@@ -206,6 +206,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_with_the_holders_pid(tmp_p
 
 
 def _train_in_subprocess(out: Path, *extra: str, max_iter: int = 200):
+    import signal
     import subprocess
     import sys
 
@@ -215,7 +216,10 @@ def _train_in_subprocess(out: Path, *extra: str, max_iter: int = 200):
            "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()", *extra,
            "OUTPUT_DIR", str(out)]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a suite started in the background (`make test &`) inherits an ignored SIGINT, and Python then
+    # installs no KeyboardInterrupt handler: the child gets Ctrl-C's default, as a terminal gives it
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):
