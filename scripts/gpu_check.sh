@@ -148,7 +148,7 @@ for s in $STEPS; do
       if [ "$DRY" = 1 ]; then
         step bench_layer 60 check_flags benchmark_lambda.py --vs-conv --device --output --overwrite --batches --repeats
       else
-        step bench_layer 70 "$PYTHON" tools/benchmark_lambda.py --vs-conv --device cuda --batches 8 --repeats 3 \
+        step bench_layer 120 "$PYTHON" tools/benchmark_lambda.py --vs-conv --device cuda --batches 8 --repeats 3 \
           --output docs/benchmarks --overwrite
       fi ;;
     bench_detector)

@@ -137,6 +137,35 @@ def test_vs_conv_compares_layer_and_block_with_memory(tmp_path):
     assert sorted(vs_conv_paths(tmp_path, "cpu").values()) == sorted(tmp_path.iterdir())
 
 
+def test_vs_conv_times_each_form_in_each_arithmetic(tmp_path):
+    """The CUDA table's columns, reached on the CPU: forms beside auto, and a second arithmetic
+    (autocast, bfloat16 on the CPU) whose records and memory are kept apart from float32's."""
+    result = vs_conv(tmp_path, batches=[1], repeats=1, log=lambda _: None, shapes=(("small", 32, 16, 1),),
+                     precisions=("float32", "amp"), forms=["conv2d", "fft"])
+    layer_rows = [r for r in result["records"] if r["level"] == "layer"]
+    assert [r["precision"] for r in layer_rows] == ["float32", "amp"]
+    for r in layer_rows:
+        assert {"lambda", "conv3x3", "lambda/conv2d", "lambda/fft"} <= set(r["forward"])
+        assert set(r["picks"]) == {"forward", "forward+backward"} and set(r["picks"].values()) <= {"fused", "conv2d", "fft"}
+        assert set(r["peak_bytes"]) == {"lambda", "conv3x3"} and all(v > 0 for v in r["peak_bytes"].values())
+    report = (tmp_path / "lambda_vs_conv_cpu.md").read_text()
+    assert "## Every form of the position term" in report and "lambda/fft" in report
+    assert "amp, layer, stride 1, forward" in report
+
+
+def test_precision_contexts_set_and_restore_the_switches():
+    from lambda_det.benchmark.numerics import precision_context, tf32_switches
+
+    before = tf32_switches()
+    with precision_context("tf32", torch.device("cuda")):
+        assert tf32_switches() == {"matmul_tf32": True, "conv_tf32": True}
+    assert tf32_switches() == before
+    with precision_context("amp", torch.device("cpu")):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        precision_context("fp8", torch.device("cpu"))
+
+
 def test_detector_benchmark_quick(tmp_path, capsys):
     from conftest import run_tool
 

@@ -26,6 +26,7 @@ from ..layers import triton_lambda as triton_operator
 from ..layers.position_lambdas import TERM_IMPLS
 from ..modeling import LambdaBottleneck
 from ..utils.markdown import markdown_table
+from .numerics import PRECISION_TEXT, precision_context, precisions_for, switches_under
 from .plotting import line_plot, ratio_bars
 from .timing import (
     INTERLEAVING, environment_summary, interleaved, milliseconds, peak_memory_bytes, result_paths, run_worker, spread, write_results,
@@ -394,43 +395,73 @@ TABLE6_SHAPES = (("res4 lambda block", 256, 64, 1), ("first res5 block, stride 2
 
 
 def vs_conv(out_dir: Path, batches: Sequence[int] = (1, 2, 4, 8), device: str = "cpu", repeats: int = 5,
-            log: Callable[[str], None] = print, shapes: Sequence[tuple] = TABLE6_SHAPES) -> dict:
+            log: Callable[[str], None] = print, shapes: Sequence[tuple] = TABLE6_SHAPES,
+            precisions: Optional[Sequence[str]] = None, forms: Optional[Sequence[str]] = None) -> dict:
     """impl="auto" against a 3x3 conv of the same width and stride (layer), and a lambda bottleneck
-    against the same block with the 3x3 conv (block), forward and forward+backward; peak memory."""
+    against the same block with the 3x3 conv (block), forward and forward+backward; peak memory.
+
+    ``precisions``: the arithmetic of each comparison (lambda_det.benchmark.numerics; default: float32
+    on the CPU; float32 at PyTorch's defaults, TF32 and AMP on CUDA). ``forms``: forms of the position
+    term timed beside auto at the layer level (default: every form that runs on CUDA; none on the CPU,
+    where docs/benchmarks/auto_rule_cpu.md compares them)."""
     dev = torch.device(device)
+    precisions = tuple(precisions or precisions_for(dev.type))
+    forms = list(lambda_forms(dev.type) if forms is None and dev.type == "cuda" else forms or [])
     records = []
-    for batch in batches:
-        for name, d, side, stride in shapes:
-            torch.manual_seed(0)
-            layers = {"lambda": _lambda(LayerSpec(channels=d, stride=stride), "auto").to(dev),
-                      "conv3x3": nn.Conv2d(d, d, 3, stride=stride, padding=1, bias=False).to(dev)}
-            blocks = {kind: LambdaBottleneck(4 * d // (2 if stride == 2 else 1), 4 * d, bottleneck_channels=d, stride=stride,
-                                             use_lambda=kind == "lambda").to(dev) for kind in ("lambda", "conv3x3")}
-            x = torch.randn(batch, d, side, side, device=dev, requires_grad=True)
-            xb = torch.randn(batch, 4 * d // (2 if stride == 2 else 1), side, side, device=dev, requires_grad=True)
-            for level, modules, inp in (("layer", layers, x), ("block", blocks, xb)):
-                record = {"shape": name, "channels": d, "side": side, "stride": stride, "batch": batch, "level": level}
-                for mode in MODES:
-                    timings = interleaved({k: step_function(m, inp, mode) for k, m in modules.items()}, repeats, dev)
-                    record[mode] = {k: t.to_dict() for k, t in timings.items()}
-                    record[mode]["ratio"] = timings["lambda"].median / timings["conv3x3"].median
-                records.append(record)
-                log(f"batch {batch} {name} ({level}): forward {record['forward']['ratio']:.2f}x, "
-                    f"forward+backward {record['forward+backward']['ratio']:.2f}x of the 3x3 conv")
+    for precision in precisions:
+        switches = {"switches": switches_under(precision, dev)} if dev.type == "cuda" else {}  # TF32 is CUDA's
+        for batch in batches:
+            for name, d, side, stride in shapes:
+                torch.manual_seed(0)
+                spec = LayerSpec(channels=d, stride=stride)
+                layers = {"lambda": _lambda(spec, "auto").to(dev),
+                          "conv3x3": nn.Conv2d(d, d, 3, stride=stride, padding=1, bias=False).to(dev)}
+                for form in forms:
+                    if not (form == "einsum" and side > 32):
+                        layers[f"lambda/{form}"] = _lambda(spec, form).to(dev)
+                        layers[f"lambda/{form}"].load_state_dict(layers["lambda"].state_dict())
+                blocks = {kind: LambdaBottleneck(4 * d // (2 if stride == 2 else 1), 4 * d, bottleneck_channels=d, stride=stride,
+                                                 use_lambda=kind == "lambda").to(dev) for kind in ("lambda", "conv3x3")}
+                x = torch.randn(batch, d, side, side, device=dev, requires_grad=True)
+                xb = torch.randn(batch, 4 * d // (2 if stride == 2 else 1), side, side, device=dev, requires_grad=True)
+                for level, modules, inp in (("layer", layers, x), ("block", blocks, xb)):
+                    record = {"shape": name, "channels": d, "side": side, "stride": stride, "batch": batch, "level": level,
+                              "precision": precision, **switches}
+                    if level == "layer":
+                        record["picks"] = {mode: layers["lambda"].resolve_impl(side, side, mode != "forward", *operators_ok(dev.type))
+                                           for mode in MODES}
+                    for mode in MODES:
+                        steps = {k: _under(precision, dev, step_function(m, inp, mode)) for k, m in modules.items()}
+                        timings = interleaved(steps, repeats, dev, slow_factor=10.0)
+                        record[mode] = {k: t.to_dict() for k, t in timings.items()}
+                        record[mode]["ratio"] = timings["lambda"].median / timings["conv3x3"].median
+                    records.append(record)
+                    log(f"{precision} batch {batch} {name} ({level}): forward {record['forward']['ratio']:.2f}x, "
+                        f"forward+backward {record['forward+backward']['ratio']:.2f}x of the 3x3 conv")
+                del layers, blocks, x, xb
     log("peak memory ...")
-    cells = [{"shape": name, "channels": d, "side": side, "stride": stride, "batch": b, "kind": kind}
-             for b in batches for name, d, side, stride in shapes for kind in ("lambda", "conv3x3")]
+    cells = [{"shape": name, "channels": d, "side": side, "stride": stride, "batch": b, "kind": kind, "precision": precision}
+             for precision in precisions for b in batches for name, d, side, stride in shapes for kind in ("lambda", "conv3x3")]
     memory = run_worker("vs_conv_memory", cells, {}) if dev.type == "cpu" else [
         dict(cell=c, **vs_conv_memory(c, dev)) for c in cells]
     for m in memory:
         c = m["cell"]
-        r = next(r for r in records if r["level"] == "layer" and r["shape"] == c["shape"] and r["batch"] == c["batch"])
+        r = next(r for r in records if r["level"] == "layer" and r["shape"] == c["shape"] and r["batch"] == c["batch"]
+                 and r["precision"] == c.get("precision", "float32"))
         r.setdefault("peak_bytes", {})[c["kind"]] = m.get("peak_bytes")
     result = {"environment": environment_summary(dev), "repeats": repeats, "records": records}
     write_results(vs_conv_paths(out_dir, device), result, vs_conv_report(result),
                   lambda png: ratio_bars(records, png, f"lambda / 3x3 conv time ({dev.type})"))
     log(vs_conv_report(result))
     return result
+
+
+def _under(precision: str, device: torch.device, step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` run in the arithmetic of ``precision`` (numerics.precision_context)."""
+    def run() -> None:
+        with precision_context(precision, device):
+            step()
+    return run
 
 
 def vs_conv_paths(out_dir: Path, device: str) -> Dict[str, Path]:
@@ -442,33 +473,63 @@ def vs_conv_memory(cell: dict, device: torch.device) -> dict:
     d, stride = cell["channels"], cell["stride"]
     module = (_lambda(LayerSpec(channels=d, stride=stride), "auto") if cell["kind"] == "lambda"
               else nn.Conv2d(d, d, 3, stride=stride, padding=1, bias=False)).to(device)
-    return _training_peak_bytes(module, cell["batch"], d, cell["side"], device)
+    with precision_context(cell.get("precision", "float32"), device):
+        return _training_peak_bytes(module, cell["batch"], d, cell["side"], device)
+
+
+def _switch_text(switches: dict) -> str:
+    return ", ".join(f"{what} {'TF32' if switches.get(key) else 'IEEE'}" for what, key in (("conv", "conv_tf32"), ("matmul", "matmul_tf32")))
 
 
 def vs_conv_report(result: dict) -> str:
-    head = ["where (LambdaResNet-101, 1024x1024)", "level", "batch", "fwd lambda / conv", "ratio",
+    records = result["records"]
+    precisions = list(dict.fromkeys(r.get("precision", "float32") for r in records))
+    head = ["where (LambdaResNet-101, 1024x1024)", "arithmetic", "level", "batch", "auto runs", "fwd lambda / conv", "ratio",
             "fwd+bwd lambda / conv", "ratio", "peak memory (fwd+bwd) lambda / conv"]
     rows = []
-    for r in result["records"]:
+    for r in records:
         mem = r.get("peak_bytes") or {}
         mem_text = (f"{mem['lambda'] / 2**20:.0f} / {mem['conv3x3'] / 2**20:.0f} MiB"
                     if mem.get("lambda") is not None and mem.get("conv3x3") is not None else "-")
-        rows.append([f"{r['shape']}: d = {r['channels']}, {r['side']}x{r['side']}", r["level"], r["batch"],
+        picks = r.get("picks")
+        rows.append([f"{r['shape']}: d = {r['channels']}, {r['side']}x{r['side']}", r.get("precision", "float32"), r["level"],
+                     r["batch"], " / ".join(dict.fromkeys(picks.values())) if picks else "-",
                      f"{spread(r['forward']['lambda'])} / {spread(r['forward']['conv3x3'])}", f"{r['forward']['ratio']:.2f}x",
                      f"{spread(r['forward+backward']['lambda'])} / {spread(r['forward+backward']['conv3x3'])}",
                      f"{r['forward+backward']['ratio']:.2f}x", mem_text])
     summary = []
-    for level in ("layer", "block"):
-        for stride in (1, 2):
+    for precision in precisions:
+        for level in ("layer", "block"):
+            for stride in (1, 2):
+                for mode in MODES:
+                    ratios = [r[mode]["ratio"] for r in records if r["level"] == level and r["stride"] == stride
+                              and r.get("precision", "float32") == precision]
+                    if ratios:
+                        summary.append(f"{precision}, {level}, stride {stride}, {mode}: at most {max(ratios):.2f}x")
+    arithmetic = "; ".join(f"{p} = {PRECISION_TEXT.get(p, p)}: {_switch_text(next(r['switches'] for r in records if r.get('precision') == p))}"
+                           for p in precisions if any("switches" in r for r in records if r.get("precision") == p))
+    text = (f"# The lambda layer against the 3x3 convolution it replaces ({result['environment']['device']})\n\n"
+            f"`{json.dumps(result['environment'])}`; impl=\"auto\" (the form it ran: \"auto runs\", forward / "
+            f"forward+backward), k = 16, h = 4, r = 23; median (range) of {result['repeats']} rounds, the methods "
+            f"{INTERLEAVING}. layer = the layer alone; block = the whole bottleneck (1x1, lambda layer or 3x3 conv, "
+            "1x1, norms, shortcut).\n\n" + (f"Arithmetic: {arithmetic}.\n\n" if arithmetic else "")
+            + markdown_table(head, rows) + "\nWorst ratios over the batches: " + "; ".join(summary) + ".\n")
+    forms = [k for k in dict.fromkeys(k for r in records if r["level"] == "layer" for k in r["forward"])
+             if k.startswith("lambda/")]
+    if forms:
+        head = ["where", "arithmetic", "batch", "mode", "conv3x3", "lambda (auto)", *forms]
+        rows = []
+        for r in records:
+            if r["level"] != "layer":
+                continue
             for mode in MODES:
-                ratios = [r[mode]["ratio"] for r in result["records"] if r["level"] == level and r["stride"] == stride]
-                if ratios:
-                    summary.append(f"{level}, stride {stride}, {mode}: at most {max(ratios):.2f}x")
-    return (f"# The lambda layer against the 3x3 convolution it replaces ({result['environment']['device']})\n\n"
-            f"`{json.dumps(result['environment'])}`; impl=\"auto\", k = 16, h = 4, r = 23; median (range) of "
-            f"{result['repeats']} rounds, lambda and conv {INTERLEAVING}. layer = the layer alone; block = the whole "
-            "bottleneck (1x1, lambda layer or 3x3 conv, 1x1, norms, shortcut).\n\n" + markdown_table(head, rows)
-            + "\nWorst ratios over the batches: " + "; ".join(summary) + ".\n")
+                conv = r[mode]["conv3x3"]["median_s"]
+                cells = [f"{spread(r[mode][k])} ({r[mode][k]['median_s'] / conv:.1f}x)" if k in r[mode] else "-"
+                         for k in ("lambda", *forms)]
+                rows.append([r["shape"], r.get("precision", "float32"), r["batch"], mode, spread(r[mode]["conv3x3"]), *cells])
+        text += ("\n## Every form of the position term (the layer; time and, in brackets, its ratio to the 3x3 conv)\n\n"
+                 + markdown_table(head, rows))
+    return text
 
 
 __all__ = [

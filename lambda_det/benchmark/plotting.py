@@ -64,7 +64,7 @@ def ratio_bars(records: List[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, len(levels), figsize=(7 * len(levels), 4.8), squeeze=False)
     for ax, level in zip(axes[0], levels):
         rows = [r for r in records if r["level"] == level]
-        labels = [f"{r['shape'].split(':')[0]}\nbatch {r['batch']}" for r in rows]
+        labels = [f"{r['shape'].split(':')[0]}\n{r.get('precision', 'float32')}, batch {r['batch']}" for r in rows]
         x = np.arange(len(rows))
         for i, mode in enumerate(("forward", "forward+backward")):
             ax.bar(x + (i - 0.5) * 0.4, [r[mode]["ratio"] for r in rows], 0.4, label=mode)

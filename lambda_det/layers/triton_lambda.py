@@ -448,7 +448,7 @@ def choose_triton(device_type: str) -> bool:
 # ------------------------------------------------------------------------------------------------
 # dispatch
 # ------------------------------------------------------------------------------------------------
-def _tf32_enabled() -> bool:
+def matmul_tf32_enabled() -> bool:
     """PyTorch's switch for float32 matmuls on tensor cores (this operator is a chain of matmuls).
 
     torch >= 2.9 has ``fp32_precision`` ("tf32" / "ieee" / "none" = fall back to the global one and
@@ -465,7 +465,7 @@ def _tf32_enabled() -> bool:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    return "tf32" if dtype == torch.float32 and _tf32_enabled() else "ieee"
+    return "tf32" if dtype == torch.float32 and matmul_tf32_enabled() else "ieee"
 
 
 _TL_ACC = {torch.float64: "float64"}
@@ -686,7 +686,7 @@ def lambda_output_triton(q: Tensor, values: Tensor, kernel: Tensor, content_lamb
 
 __all__ = [
     "FORWARD_TILES", "PRECISIONS", "QR_GRAD_TILES", "Tiles", "V_GRAD_TILES", "available", "backward_into",
-    "choose_triton", "dot_precision", "forward_into", "lambda_output_triton", "qr_partial_shape",
+    "choose_triton", "dot_precision", "forward_into", "lambda_output_triton", "matmul_tf32_enabled", "qr_partial_shape",
     "qr_rows_per_program", "unavailable_reason",
 ]
 

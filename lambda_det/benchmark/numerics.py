@@ -1,0 +1,87 @@
+"""The arithmetic a CUDA benchmark runs in, set around each timed step and recorded beside its times.
+
+* ``float32``: PyTorch's defaults, unchanged: cuDNN's convolutions on TF32 tensor cores, matmuls
+  (and the Triton lambda operator, which follows the matmul switch) in IEEE float32;
+* ``tf32``: both switches on TF32 (``torch.backends.cuda.matmul`` and ``torch.backends.cudnn.conv``);
+* ``amp``: autocast to float16 (Detectron2's ``SOLVER.AMP``), the switches at their defaults.
+
+A layer and the convolution it replaces can thus differ in arithmetic at PyTorch's defaults; the
+records say which switch was on, so a ratio is read with its arithmetic.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Iterator, Tuple
+
+import torch
+
+from ..layers.triton_lambda import matmul_tf32_enabled
+
+CUDA_PRECISIONS = ("float32", "tf32", "amp")
+PRECISION_TEXT = {
+    "float32": "float32 (PyTorch's defaults: TF32 convolutions, IEEE matmuls)",
+    "tf32": "TF32 (matmul and cuDNN switches on)",
+    "amp": "AMP float16 (autocast)",
+}
+
+
+def precisions_for(device_type: str) -> Tuple[str, ...]:
+    """The arithmetic a benchmark compares on this device type: TF32 and float16 tensor cores are CUDA's."""
+    return CUDA_PRECISIONS if device_type == "cuda" else ("float32",)
+
+
+def conv_tf32_enabled() -> bool:
+    """PyTorch's switch for cuDNN convolutions on TF32 (torch >= 2.9 ``fp32_precision``, else the legacy flag)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    for setting in (getattr(conv, "fp32_precision", None), getattr(torch.backends.cudnn, "fp32_precision", None),
+                    getattr(torch.backends, "fp32_precision", None)):
+        if setting in ("tf32", "ieee"):
+            return setting == "tf32"
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        return False
+
+
+def tf32_switches() -> Dict[str, bool]:
+    return {"matmul_tf32": matmul_tf32_enabled(), "conv_tf32": conv_tf32_enabled()}
+
+
+@contextlib.contextmanager
+def _both_tf32() -> Iterator[None]:
+    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        saved = (matmul.fp32_precision, conv.fp32_precision)
+        matmul.fp32_precision, conv.fp32_precision = "tf32", "tf32"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, conv.fp32_precision = saved
+        return
+    saved = (matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def precision_context(precision: str, device: torch.device):
+    """The context a step of ``precision`` runs in (see the module's docstring)."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    if precision == "tf32":
+        return _both_tf32()
+    if precision == "amp":
+        return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+    raise ValueError(f"unknown precision {precision!r}; have {CUDA_PRECISIONS}")
+
+
+def switches_under(precision: str, device: torch.device) -> Dict[str, bool]:
+    """The TF32 switches as a step of ``precision`` sees them."""
+    with precision_context(precision, device):
+        return tf32_switches()
+
+
+__all__ = ["CUDA_PRECISIONS", "PRECISION_TEXT", "conv_tf32_enabled", "precision_context", "precisions_for",
+           "switches_under", "tf32_switches"]
