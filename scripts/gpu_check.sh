@@ -11,7 +11,9 @@
 #                   form against the float64 reference, AMP, dR determinism, torch.compile, one LambdaResNet-101
 #                   Mask R-CNN training step under AMP (batch 2 at 1024)
 #   train           the main job (tools/quickstart.py) on the GPU, 150 iterations, its evaluation and demo
-#   bench_layer     tools/benchmark_lambda.py --vs-conv: the layer and its block vs the 3x3 conv, Table 6 shapes
+#   bench_layer     tools/benchmark_lambda.py --vs-conv: the layer and its block vs the 3x3 conv, Table 6 shapes,
+#                   every form, float32 (PyTorch's defaults) / TF32 / AMP
+#   bench_kernels   tools/benchmark_lambda.py --kernels: the Triton operator kernel by kernel, its tile variants
 #   bench_detector  tools/benchmark_detector.py: LambdaResNet-101, its conv twin, Detectron2's R-101, AMP, batch 8
 # (the last step gets what is left of the budget when the others ran long)
 #
@@ -26,12 +28,12 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 WHEELS="${GPU_WHEELS:-$ROOT/.gpu_wheels}"
 DRY=0
-STEPS="install tests train bench_layer bench_detector"
+STEPS="install tests train bench_layer bench_kernels bench_detector"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --steps) shift; STEPS="${1:-}" ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument '$1' (use --dry-run, --steps \"...\")" >&2; exit 2 ;;
   esac
   shift
@@ -151,6 +153,14 @@ for s in $STEPS; do
         step bench_layer 120 "$PYTHON" tools/benchmark_lambda.py --vs-conv --device cuda --batches 8 --repeats 3 \
           --output docs/benchmarks --overwrite
       fi ;;
+    bench_kernels)
+      if [ "$DRY" = 1 ]; then
+        # the real benchmark in Triton's interpreter at toy sizes (its times mean nothing)
+        step bench_kernels 120 env TRITON_INTERPRET=1 "$PYTHON" tools/benchmark_lambda.py --kernels --device cpu --repeats 1 \
+          --output "$RESULTS/bench_kernels"
+      else
+        step bench_kernels 100 "$PYTHON" tools/benchmark_lambda.py --kernels --device cuda --repeats 3 --output docs/benchmarks --overwrite
+      fi ;;
     bench_detector)
       if [ "$DRY" = 1 ]; then
         step bench_detector 60 check_flags benchmark_detector.py --device --amp --batch --sizes --models --output \
@@ -174,7 +184,7 @@ for s in $STEPS; do
         step train 75 "$PYTHON" tools/quickstart.py --output "$RESULTS/train" --max-iter 150 --demo-images 2 \
           TEST.AUG.ENABLED False DATALOADER.NUM_WORKERS 4 SOLVER.CHECKPOINT_PERIOD 150
       fi ;;
-    *) die "unknown step '$s' (install tests train bench_layer bench_detector)" ;;
+    *) die "unknown step '$s' (install tests train bench_layer bench_kernels bench_detector)" ;;
   esac
 done
 

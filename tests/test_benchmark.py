@@ -166,6 +166,46 @@ def test_precision_contexts_set_and_restore_the_switches():
         precision_context("fp8", torch.device("cpu"))
 
 
+def test_executed_flop_counts_every_iteration_of_the_kernels_loops():
+    """The kernel benchmark's FLOP count against the kernels' loops walked program by program."""
+    import math
+
+    from lambda_det.benchmark.kernels import executed_flop
+    from lambda_det.layers import triton_lambda as T
+
+    shape = dict(b=2, heads=5, k=20, u=2, v=70, side=11, r=7)
+    b, heads, k, u, v, side, r = (shape[n] for n in ("b", "heads", "k", "u", "v", "side", "r"))
+    c = r // 2
+
+    def walk(kernel, t, rows=1):
+        macs, m, kb = 0, t.hb * t.bx, math.ceil(k / t.bk)
+        for _image in range(b):
+            for y in range(side):
+                for x0 in range(0, side, t.bx):
+                    x_end = min(x0 + t.bx, side)
+                    dys = range(max(c - y, 0), min(c - y + side, r))
+                    if kernel == "dV":  # y is the value row; taps of the inverse neighbourhood
+                        dys = range(max(y + c - side + 1, 0), min(y + c + 1, r))
+                        taps = range(max(x0 + c - side + 1, 0), min(x_end + c, r), t.taps)
+                    else:
+                        taps = range(max(c - x_end + 1, 0), min(c - x0 + side, r), t.taps)
+                    for _group in range(math.ceil(heads / t.hb) if kernel != "dV" else 1):
+                        for _vb in range(math.ceil(v / t.bv) if kernel != "dq/dR" else 1):
+                            if kernel == "forward":
+                                macs += kb * m * t.bk * t.bv + u * len(dys) * len(taps) * (kb * m * t.bk * t.rt + m * t.bxh * t.bv)
+                            elif kernel == "dq/dR":
+                                vb = math.ceil(v / t.bv)
+                                macs += kb * (vb * m * t.bv * t.bk + u * len(dys) * len(taps) * (vb * m * t.bv * t.bxh + 2 * m * t.rt * t.bk))
+                            else:
+                                s_rows = t.hb * t.bxh
+                                macs += u * len(dys) * len(taps) * math.ceil(heads / t.hb) * (kb * s_rows * t.bk * t.rt + t.bx * s_rows * t.bv)
+        return 2 * macs
+
+    for kernel, tiles in (("forward", T.FORWARD_TILES), ("dq/dR", T.QR_GRAD_TILES), ("dV", T.V_GRAD_TILES),
+                          ("forward", T.FORWARD_TILES._replace(bx=16))):
+        assert executed_flop(kernel, shape, tiles) == walk(kernel, tiles), kernel
+
+
 def test_detector_benchmark_quick(tmp_path, capsys):
     from conftest import run_tool
 

@@ -415,17 +415,27 @@ def _assert_dry_run(proc, results, out, steps):
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     """The script end to end on the CPU but for the toy training (the slow test below runs that too):
     wheel check, the CUDA-marked tests in the interpreter, the benchmark flags, the results tarball."""
-    steps = ["install", "tests", "bench_layer", "bench_detector"]
+    steps = ["install", "tests", "bench_layer", "bench_kernels", "bench_detector"]
     proc = _gpu_check("--dry-run", "--steps", " ".join(steps), results=tmp_path / "results", out=tmp_path / "out")
     _assert_dry_run(proc, tmp_path / "results", tmp_path / "out", steps)
     report = (tmp_path / "results" / "tests.xml").read_text()
     assert re.search(r'tests="(\d+)"', report) and 'failures="0"' in report and 'errors="0"' in report
+    # the kernel benchmark ran for real in the interpreter: every variant of every kernel, each
+    # agreeing with the default tiles' result, timed
+    kernels = json.loads((tmp_path / "results" / "bench_kernels" / "lambda_kernels_cpu.json").read_text())["records"]
+    from lambda_det.benchmark.kernels import ARITHMETIC, VARIANT_ARITHMETIC, variants
+
+    expected = {(a.name, v.kernel, v.name) for a in ARITHMETIC for v in variants()
+                if v.name == "default" or a.name in VARIANT_ARITHMETIC}
+    timed = {(r["arithmetic"], r["kernel"], r["variant"]) for r in kernels if r["kernel"] != "torch"}
+    assert timed == expected
+    assert all(r["agrees"] and r["time"]["median_s"] > 0 and r["gflop"] > 0 for r in kernels if r["kernel"] != "torch")
 
 
 @needs_triton
 @pytest.mark.slow
 def test_gpu_check_full_dry_run_on_cpu(tmp_path):
-    steps = ["install", "tests", "train", "bench_layer", "bench_detector"]
+    steps = ["install", "tests", "train", "bench_layer", "bench_kernels", "bench_detector"]
     proc = _gpu_check("--dry-run", results=tmp_path / "results", out=tmp_path / "out")
     _assert_dry_run(proc, tmp_path / "results", tmp_path / "out", steps)
     assert (tmp_path / "results" / "train" / "metrics.json").exists()

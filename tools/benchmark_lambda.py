@@ -6,6 +6,7 @@
     python tools/benchmark_lambda.py --auto-rule      # every form at the Table 6 shapes: the data behind impl="auto"
     python tools/benchmark_lambda.py --scope-sweep    # every form per map side and scope
     python tools/benchmark_lambda.py --vs-timm        # timm's lambda_resnet50ts against ours (same weights), 512 and 1024
+    python tools/benchmark_lambda.py --kernels --device cuda   # the Triton operator kernel by kernel, with tile variants
     python tools/benchmark_lambda.py --device cuda --sides 32 64 128 256
 
 Forward (no gradients) and forward+backward are timed separately. Results go to --output
@@ -24,6 +25,7 @@ from lambda_det.benchmark.layer import (
     vs_conv_paths, write_sweep,
 )
 from lambda_det.benchmark.backbone import vs_timm, vs_timm_paths
+from lambda_det.benchmark.kernels import kernel_benchmark, kernel_benchmark_paths
 from lambda_det.engine import positive_int, run_main
 from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite
 
@@ -38,6 +40,8 @@ def main() -> int:
     what.add_argument("--auto-rule", action="store_true", help="every form at the Table 6 models' shapes (impl='auto')")
     what.add_argument("--scope-sweep", action="store_true", help="every form per map side (--sides) and scope (--scopes)")
     what.add_argument("--vs-timm", action="store_true", help="timm's lambda_resnet50ts against this package's build, at --sizes")
+    what.add_argument("--kernels", action="store_true", help="the Triton operator's kernels one by one, with tile variants "
+                      "(CUDA; on a CPU only under TRITON_INTERPRET=1, at toy sizes)")
     parser.add_argument("--sizes", type=positive_int, nargs="+", default=[512, 1024], help="--vs-timm input sizes")
     parser.add_argument("--sides", type=positive_int, nargs="+", help="map sides (default: 32 64 128; --scope-sweep 8 16 32 64; "
                         "--auto-rule 16 32 64 128)")
@@ -72,6 +76,12 @@ def main() -> int:
     elif args.vs_timm:
         paths = vs_timm_paths(out, device)
         benchmark = partial(vs_timm, out, args.sizes, args.batch, args.repeats, device)
+    elif args.kernels:
+        paths = kernel_benchmark_paths(out, device)
+
+        def benchmark() -> int:
+            records = kernel_benchmark(out, device, args.repeats)["records"]
+            return 1 if any(r.get("agrees") is False for r in records) else 0  # a variant computed something else
     else:
         paths = layer_benchmark_paths(out, device)
         benchmark = partial(run_layer_benchmark, out, args.sides or [32, 64, 128], args.memory_sides, device, args.repeats,
@@ -79,8 +89,7 @@ def main() -> int:
     if not args.overwrite:
         refuse_overwrite(existing(paths.values()), "--output", "of an earlier benchmark")
     ensure_writable_dir(out, "--output")  # before the minutes of timing, not after
-    benchmark()
-    return 0
+    return benchmark() or 0
 
 
 if __name__ == "__main__":

@@ -89,6 +89,20 @@ class Tiles(NamedTuple):
     def taps(self) -> int:  # scope columns one band covers
         return self.bxh - self.bx + 1
 
+    def checked(self, kernel: str) -> "Tiles":
+        """These tiles, if ``kernel`` ("forward", "dq/dR", "dV") can run them; else a ValueError naming the field."""
+        for name, value in self._asdict().items():
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"{kernel} tiles: {name}={value} must be a power of two")
+        rows = self.bx if kernel == "dV" else self.hb * self.bx  # M of the kernel's products
+        for name, value in (("bk", self.bk), ("bv", self.bv), ("bxh", self.bxh), ("rt", self.rt), ("M", rows)):
+            if value < 16:
+                raise ValueError(f"{kernel} tiles: {name}={value} < 16, the smallest tl.dot dimension on tensor cores")
+        if self.bxh <= self.bx or self.rt < self.taps:
+            raise ValueError(f"{kernel} tiles: bxh={self.bxh} must exceed bx={self.bx}, and rt={self.rt} cover its "
+                             f"{self.taps} taps")
+        return self
+
 
 # One tile family per kernel (docs/gpu.md, "Tiles"): the dispatcher varies only the data type and the
 # float32 precision, so every configuration it can launch is compiled ahead of time by the tests.
@@ -528,15 +542,16 @@ class Launch(NamedTuple):
     num_warps: int
     num_stages: int
 
-    def run(self) -> None:
-        self.fn[self.grid](*self.args, num_warps=self.num_warps, num_stages=self.num_stages, **self.constexprs)
+    def run(self):
+        """Launch; returns Triton's compiled kernel (its ``n_regs``, ``n_spills``, ``metadata.shared``)."""
+        return self.fn[self.grid](*self.args, num_warps=self.num_warps, num_stages=self.num_stages, **self.constexprs)
 
 
 def forward_launch(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, out: Tensor,
-                   precision: Optional[str] = None) -> Launch:
+                   precision: Optional[str] = None, tiles: Optional[Tiles] = None) -> Launch:
     b, heads, k, height, width = q.shape
     u, v = values.shape[1], values.shape[2]
-    t = FORWARD_TILES
+    t = (tiles or FORWARD_TILES).checked("forward")
     grid = (b * height * triton.cdiv(width, t.bx), triton.cdiv(heads, t.hb) * triton.cdiv(v, t.bv))
     args = (q, values, kernel, content, out, *q.stride(), *values.stride(), *kernel.stride(), *content.stride(),
             *out.stride(), heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
@@ -545,10 +560,10 @@ def forward_launch(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, o
 
 
 def qr_grad_launch(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, dq: Tensor,
-                   partial: Tensor, rows: int, precision: Optional[str] = None) -> Launch:
+                   partial: Tensor, rows: int, precision: Optional[str] = None, tiles: Optional[Tiles] = None) -> Launch:
     b, heads, k, height, width = q.shape
     u, v = values.shape[1], values.shape[2]
-    t = QR_GRAD_TILES
+    t = (tiles or QR_GRAD_TILES).checked("dq/dR")
     grid = (b * triton.cdiv(height, rows) * triton.cdiv(width, t.bx), triton.cdiv(heads, t.hb))
     args = (q, values, kernel, content, grad, dq, partial, *q.stride(), *values.stride(), *kernel.stride(),
             *content.stride(), *grad.stride(), *dq.stride(), *partial.stride()[:4],
@@ -557,48 +572,59 @@ def qr_grad_launch(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, cont
     return Launch(_lambda_bwd_qr_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
 
 
-def v_grad_launch(grad: Tensor, q: Tensor, kernel: Tensor, dv: Tensor, precision: Optional[str] = None) -> Launch:
+def v_grad_tiles(dtype: torch.dtype, precision: str) -> Tiles:
+    """The dV kernel's tiles for this arithmetic (IEEE float32 multiplies on FMAs: a smaller value block)."""
+    return V_GRAD_TILES_FMA if (dtype == torch.float32 and precision == "ieee") else V_GRAD_TILES
+
+
+def v_grad_launch(grad: Tensor, q: Tensor, kernel: Tensor, dv: Tensor, precision: Optional[str] = None,
+                  tiles: Optional[Tiles] = None) -> Launch:
     b, heads, k, height, width = q.shape
     u, v = dv.shape[1], dv.shape[2]
     precision = precision or dot_precision(q.dtype)
-    t = V_GRAD_TILES_FMA if (q.dtype == torch.float32 and precision == "ieee") else V_GRAD_TILES
+    t = (tiles or v_grad_tiles(q.dtype, precision)).checked("dV")
     grid = (b * height * triton.cdiv(width, t.bx), u * triton.cdiv(v, t.bv))
     args = (q, kernel, grad, dv, *q.stride(), *kernel.stride(), *grad.stride(), *dv.stride(),
             heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
     return Launch(_lambda_bwd_v_kernel, grid, args, _constexprs(t, q.dtype, precision), t.num_warps, t.num_stages)
 
 
-def forward_into(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, out: Tensor) -> Tensor:
+def forward_into(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, out: Tensor,
+                 tiles: Optional[Tiles] = None) -> Tensor:
     """Write the lambda output into ``out`` (b, h v, H, W), any strides; inputs are read through their
-    strides (no copies), so views into larger buffers work (the tests surround them with NaNs)."""
+    strides (no copies), so views into larger buffers work (the tests surround them with NaNs).
+    ``tiles``: other tiles than FORWARD_TILES (the kernel benchmark's variants)."""
     if out.numel() == 0:
         return out
     with _device_context(q):
-        forward_launch(q, values, kernel, content, out).run()
+        forward_launch(q, values, kernel, content, out, tiles=tiles).run()
     return out
 
 
-def qr_rows_per_program(b: int, heads: int, height: int, width: int, target: int = QR_TARGET_PROGRAMS) -> int:
+def qr_rows_per_program(b: int, heads: int, height: int, width: int, target: int = QR_TARGET_PROGRAMS,
+                        tiles: Optional[Tiles] = None) -> int:
     """Query rows per program of the dq/dR kernel: as few as keep the program count near ``target``."""
-    t = QR_GRAD_TILES
+    t = tiles or QR_GRAD_TILES
     per_row = b * triton.cdiv(width, t.bx) * triton.cdiv(heads, t.hb)
     return max(1, min(height, math.ceil(per_row * height / target)))
 
 
-def qr_partial_shape(q: Tensor, values: Tensor, kernel: Tensor, rows: int) -> Tuple[int, ...]:
+def qr_partial_shape(q: Tensor, values: Tensor, kernel: Tensor, rows: int, tiles: Optional[Tiles] = None) -> Tuple[int, ...]:
     b, heads, k, height, width = q.shape
-    t = QR_GRAD_TILES
+    t = tiles or QR_GRAD_TILES
     programs = b * triton.cdiv(height, rows) * triton.cdiv(width, t.bx) * triton.cdiv(heads, t.hb)
     return (programs, values.shape[1], kernel.shape[2], kernel.shape[3], k)
 
 
 def backward_into(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, content: Tensor,
                   dq: Tensor, dv: Tensor, dr: Tensor, dc: Tensor,
-                  rows: Optional[int] = None, partial: Optional[Tensor] = None) -> None:
+                  rows: Optional[int] = None, partial: Optional[Tensor] = None,
+                  qr_tiles: Optional[Tiles] = None, v_tiles: Optional[Tiles] = None) -> None:
     """Gradients of the lambda output into dq, dv, dr (the kernel's shape), dc (content_lambda's).
 
     ``rows``: query rows per dq/dR program (default: ``qr_rows_per_program``); ``partial``: a zeroed
     buffer of ``qr_partial_shape`` for the per-program dR sums, contiguous (default: allocated here).
+    ``qr_tiles``, ``v_tiles``: other tiles than the defaults (the kernel benchmark's variants).
     """
     b, heads, k, height, width = q.shape
     v = values.shape[2]
@@ -606,15 +632,15 @@ def backward_into(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, conte
         for t_ in (dq, dv, dr, dc):
             t_.zero_()
         return
-    rows = rows or qr_rows_per_program(b, heads, height, width)
-    shape = qr_partial_shape(q, values, kernel, rows)
+    rows = rows or qr_rows_per_program(b, heads, height, width, tiles=qr_tiles)
+    shape = qr_partial_shape(q, values, kernel, rows, tiles=qr_tiles)
     if partial is None:
         partial = torch.zeros(shape, dtype=_accumulator_dtype(q.dtype), device=q.device)
     elif tuple(partial.shape) != shape or not partial.is_contiguous():
         raise ValueError(f"partial must be a contiguous {shape} buffer, got {tuple(partial.shape)}")
     with _device_context(q):
-        qr_grad_launch(grad, q, values, kernel, content, dq, partial, rows).run()
-        v_grad_launch(grad, q, kernel, dv).run()
+        qr_grad_launch(grad, q, values, kernel, content, dq, partial, rows, tiles=qr_tiles).run()
+        v_grad_launch(grad, q, kernel, dv, tiles=v_tiles).run()
     # dR: the programs' partial sums added in one fixed order (the same bits on every run)
     dr.copy_(partial.sum(0).permute(3, 0, 1, 2))
     # dlambda^c[b, k, v] = sum_{h, n} q[b, h, k, n] g[b, h, v, n]: one batched matmul

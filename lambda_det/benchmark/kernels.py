@@ -1,0 +1,292 @@
+"""Each kernel of the Triton lambda operator timed alone, with its tile variants side by side
+(``tools/benchmark_lambda.py --kernels``): where the operator's time goes on a GPU, and which tiles
+the dispatcher should launch.
+
+For every Table 6 shape of LambdaResNet-101 at 1024 px (batch 8, h 4, k 16, u 1, r 23) and every
+arithmetic (IEEE float32, TF32, float16), each kernel (forward, dq/dR, dV) and the backward's two
+PyTorch steps (the dR partial sums added, the content lambda's gradient) are timed in one run, the
+variants of a kernel interleaved. Before it is timed, every variant's result is compared with the
+default tiles' result on the same inputs: a variant that computes something else is reported as
+such and not timed. Triton's compiled kernel gives the registers, spills and shared memory.
+Executed FLOPs count the tiles' work as launched (padding included), from the kernels' loop bounds.
+
+On a CPU (Triton's interpreter, TRITON_INTERPRET=1) the same code runs at toy shapes: the dry run
+of ``make gpu-check`` (slow, and its times mean nothing).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+
+import torch
+
+from ..errors import UserError
+from ..layers import triton_lambda as T
+from ..utils.markdown import markdown_table
+from .timing import INTERLEAVING, environment_summary, interleaved, milliseconds, result_paths, spread, write_results
+
+SCOPE = 23
+# (name, operator shape): LambdaResNet-101 at 1024 px, batch 8; the stride-2 block runs the operator
+# at c4's 64 x 64 and pools afterwards
+KERNEL_SHAPES = (
+    ("res4 lambda block", dict(b=8, heads=4, k=16, u=1, v=64, side=64, r=SCOPE)),
+    ("first res5 block (stride 2, before its pool)", dict(b=8, heads=4, k=16, u=1, v=128, side=64, r=SCOPE)),
+    ("res5 lambda block", dict(b=8, heads=4, k=16, u=1, v=128, side=32, r=SCOPE)),
+)
+# the interpreter's stand-ins: every loop of the kernels runs, at sizes it finishes in seconds
+TOY_KERNEL_SHAPES = (("toy", dict(b=1, heads=4, k=16, u=1, v=16, side=6, r=5)),)
+
+
+class Arithmetic(NamedTuple):
+    name: str
+    dtype: torch.dtype
+    precision: str  # tl.dot's input precision
+
+
+ARITHMETIC = (Arithmetic("float32 IEEE", torch.float32, "ieee"), Arithmetic("TF32", torch.float32, "tf32"),
+              Arithmetic("float16", torch.float16, "ieee"))
+# the tile variants run in the tensor-core arithmetic of training (TF32, AMP's float16)
+VARIANT_ARITHMETIC = ("TF32", "float16")
+
+
+class Variant(NamedTuple):
+    kernel: str  # "forward", "dq/dR", "dV"
+    name: str
+    tiles: Optional[T.Tiles]  # None: the dispatcher's own
+    programs: int = T.QR_TARGET_PROGRAMS  # dq/dR: the program count its rows per program aim at
+
+
+def variants() -> List[Variant]:
+    """The default tiles of each kernel and the alternatives worth timing against them (docs/gpu.md)."""
+    f, q, v = T.FORWARD_TILES, T.QR_GRAD_TILES, T.V_GRAD_TILES
+    return [
+        Variant("forward", "default", None),
+        Variant("forward", "4 warps", f._replace(num_warps=4)),
+        Variant("forward", "16 positions", f._replace(bx=16, rt=32)),  # M 64; 17 taps per chunk: r 23 in two
+        Variant("forward", "v block 128", f._replace(bv=128)),  # one program for all of v = 128: logits once
+        Variant("dq/dR", "default", None),
+        Variant("dq/dR", "4 warps", q._replace(num_warps=4)),
+        Variant("dq/dR", "2048 programs", None, programs=2048),
+        Variant("dV", "default", None),
+        Variant("dV", "4 warps", v._replace(num_warps=4)),
+        Variant("dV", "v block 128", v._replace(bv=128)),
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# executed work, from the kernels' loop bounds
+# ------------------------------------------------------------------------------------------------
+def _row_span(y: int, side: int, r: int) -> int:
+    """Scope rows of query row y that reach inside the map (dy_hi - dy_lo of the kernels)."""
+    c = r // 2
+    return min(c - y + side, r) - max(c - y, 0)
+
+
+def _chunks(x0: int, bx: int, side: int, r: int, taps: int, inverse: bool) -> int:
+    """Tap chunks of a segment of bx columns starting at x0 (the kernels' t_lo..t_hi in steps of taps)."""
+    c, x_end = r // 2, min(x0 + bx, side)
+    lo, hi = (max(x0 + c - side + 1, 0), min(x_end + c, r)) if inverse else (max(c - x_end + 1, 0), min(c - x0 + side, r))
+    return max(0, math.ceil((hi - lo) / taps))
+
+
+def executed_flop(kernel: str, shape: dict, tiles: T.Tiles, rows: int = 1) -> float:
+    """Multiply-adds x 2 of one launch of ``kernel`` as its tiles execute them (padding included)."""
+    b, heads, k, u, v, side, r = (shape[n] for n in ("b", "heads", "k", "u", "v", "side", "r"))
+    t = tiles
+    kb, hg = math.ceil(k / t.bk), math.ceil(heads / t.hb)
+    segments = range(0, side, t.bx)
+    if kernel == "forward":
+        m = t.hb * t.bx
+        steps = sum(_row_span(y, side, r) for y in range(side)) * sum(_chunks(x0, t.bx, side, r, t.taps, False) for x0 in segments)
+        per_program_row = kb * m * t.bk * t.bv  # the content term, once per program
+        macs = b * hg * math.ceil(v / t.bv) * (u * steps * (kb * m * t.bk * t.rt + m * t.bxh * t.bv)
+                                                + side * len(segments) * per_program_row)
+    elif kernel == "dq/dR":
+        m, vb = t.hb * t.bx, math.ceil(v / t.bv)
+        steps = sum(_row_span(y, side, r) for y in range(side)) * sum(_chunks(x0, t.bx, side, r, t.taps, False) for x0 in segments)
+        macs = b * hg * kb * (u * steps * (vb * m * t.bv * t.bxh + 2 * m * t.rt * t.bk) + side * len(segments) * vb * m * t.bv * t.bk)
+    elif kernel == "dV":
+        s = t.hb * t.bxh
+        steps = sum(_row_span(y, side, r) for y in range(side)) * sum(_chunks(x0, t.bx, side, r, t.taps, True) for x0 in segments)
+        macs = b * u * math.ceil(v / t.bv) * steps * hg * (kb * s * t.bk * t.rt + t.bx * s * t.bv)
+    else:
+        raise ValueError(f"unknown kernel {kernel!r}")
+    return 2.0 * macs
+
+
+# ------------------------------------------------------------------------------------------------
+# the benchmark
+# ------------------------------------------------------------------------------------------------
+def kernel_benchmark_paths(out_dir: Path, device: str) -> Dict[str, Path]:
+    return result_paths(out_dir, f"lambda_kernels_{torch.device(device).type}", plot=False)
+
+
+def _inputs(shape: dict, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    b, heads, k, u, v, side, r = (shape[n] for n in ("b", "heads", "k", "u", "v", "side", "r"))
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rand(*size, scale=1.0):
+        return (torch.randn(*size, generator=g) * scale).to(device=device, dtype=dtype)
+
+    q, values = rand(b, heads, k, side, side), rand(b, u, v, side, side)
+    kernel, content = rand(k, u, r, r, scale=0.1), rand(b, k, v, scale=0.1)
+    grad = rand(b, heads * v, side, side)
+    return q, values, kernel, content, grad
+
+
+class _Case:
+    """One variant's launch on given inputs, the tensors it writes, and how to read its result."""
+
+    def __init__(self, variant: Variant, arithmetic: Arithmetic, inputs, shape: dict) -> None:
+        q, values, kernel, content, grad = inputs
+        self.variant = variant
+        tiles = variant.tiles
+        if variant.kernel == "forward":
+            self.out = torch.empty(grad.shape, dtype=q.dtype, device=q.device)
+            self.launch = T.forward_launch(q, values, kernel, content, self.out, arithmetic.precision, tiles=tiles)
+            self.tiles = tiles or T.FORWARD_TILES
+            self.rows = 1
+        elif variant.kernel == "dq/dR":
+            b, heads, _, side, _ = q.shape
+            self.rows = T.qr_rows_per_program(b, heads, side, side, target=variant.programs, tiles=tiles)
+            self.dq = torch.empty_like(q)
+            self.partial = torch.zeros(T.qr_partial_shape(q, values, kernel, self.rows, tiles=tiles),
+                                       dtype=torch.float32, device=q.device)
+            self.launch = T.qr_grad_launch(grad, q, values, kernel, content, self.dq, self.partial, self.rows,
+                                           arithmetic.precision, tiles=tiles)
+            self.tiles = tiles or T.QR_GRAD_TILES
+        else:
+            self.dv = torch.empty_like(values)
+            self.launch = T.v_grad_launch(grad, q, kernel, self.dv, arithmetic.precision, tiles=tiles)
+            self.tiles = tiles or T.v_grad_tiles(q.dtype, arithmetic.precision)
+            self.rows = 1
+        self.flop = executed_flop(variant.kernel, shape, self.tiles, self.rows)
+
+    def result(self) -> List[torch.Tensor]:
+        """Run once from a clean state and return what the kernel computed (float32)."""
+        if self.variant.kernel == "dq/dR":
+            self.partial.zero_()
+        compiled = self.launch.run()
+        self.compiled = compiled
+        if self.variant.kernel == "forward":
+            return [self.out.float()]
+        if self.variant.kernel == "dq/dR":
+            return [self.dq.float(), self.partial.sum(0)]
+        return [self.dv.float()]
+
+    def compiled_facts(self) -> dict:
+        c = getattr(self, "compiled", None)
+        if c is None or not hasattr(c, "n_regs"):  # the interpreter compiles nothing
+            return {}
+        return {"registers": c.n_regs, "spills": c.n_spills, "shared_bytes": getattr(c.metadata, "shared", None)}
+
+
+def _max_relative_difference(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
+    return max(((a - e).abs().max() / e.abs().max().clamp_min(1e-30)).item() for a, e in zip(got, expected))
+
+
+# a variant agrees with the default tiles within this (the sums' order differs; products are the same)
+AGREEMENT = {"float32 IEEE": 1e-5, "TF32": 1e-3, "float16": 1e-2}
+
+
+def kernel_benchmark(out_dir: Path, device: str = "cuda", repeats: int = 3, shapes: Optional[Sequence[tuple]] = None,
+                     arithmetic: Sequence[Arithmetic] = ARITHMETIC, log: Callable[[str], None] = print) -> dict:
+    dev = torch.device(device)
+    reason = T.unavailable_reason(dev)
+    if reason is not None:
+        raise UserError(f"--kernels: the Triton operator cannot run on {dev.type}: {reason}")
+    shapes = shapes or (KERNEL_SHAPES if dev.type == "cuda" else TOY_KERNEL_SHAPES)
+    records = []
+    for shape_name, shape in shapes:
+        for arith in arithmetic:
+            inputs = _inputs(shape, arith.dtype, dev)
+            chosen = [v for v in variants() if v.name == "default" or arith.name in VARIANT_ARITHMETIC]
+            for kernel in ("forward", "dq/dR", "dV"):
+                cases = {v.name: _Case(v, arith, inputs, shape) for v in chosen if v.kernel == kernel}
+                expected = cases["default"].result()
+                steps, agreement = {}, {}
+                for name, case in cases.items():
+                    difference = _max_relative_difference(case.result(), expected)
+                    agreement[name] = difference
+                    if difference <= AGREEMENT[arith.name]:
+                        steps[name] = case.launch.run
+                timings = interleaved(steps, repeats, dev, min_sample_s=0.02)
+                for name, case in cases.items():
+                    record = {"shape": shape_name, "arithmetic": arith.name, "kernel": kernel, "variant": name,
+                              "tiles": case.tiles._asdict(), "rows": case.rows, "gflop": case.flop / 1e9,
+                              "max_rel_difference_to_default": agreement[name],
+                              "agrees": agreement[name] <= AGREEMENT[arith.name], **case.compiled_facts()}
+                    if name in timings:
+                        record["time"] = timings[name].to_dict()
+                        record["tflops"] = case.flop / timings[name].median / 1e12
+                    records.append(record)
+                    log(f"{shape_name} {arith.name} {kernel} {name}: "
+                        + (f"{spread(record['time'])}, {record['tflops']:.1f} TFLOP/s" if "time" in record
+                           else f"DISAGREES with the default tiles by {agreement[name]:.2g}"))
+            records.extend(_pytorch_steps(shape_name, arith, inputs, repeats, dev))
+            del inputs
+    result = {"environment": environment_summary(dev), "repeats": repeats, "records": records,
+              "shapes": {name: shape for name, shape in shapes}}
+    paths = kernel_benchmark_paths(out_dir, device)
+    write_results(paths, result, kernel_report(result))
+    log(f"wrote {paths['json']}, .md")
+    return result
+
+
+def _pytorch_steps(shape_name: str, arith: Arithmetic, inputs, repeats: int, dev: torch.device) -> List[dict]:
+    """The backward's steps outside the kernels, as backward_into runs them."""
+    q, values, kernel, content, grad = inputs
+    b, heads, k, side, _ = q.shape
+    v = values.shape[2]
+    rows = T.qr_rows_per_program(b, heads, side, side)
+    partial = torch.zeros(T.qr_partial_shape(q, values, kernel, rows), dtype=torch.float32, device=dev)
+    dr = torch.empty_like(kernel)
+    n = side * side
+    qf = q.reshape(b, heads, k, n).transpose(1, 2).reshape(b, k, heads * n)
+    gf = grad.reshape(b, heads, v, n).transpose(1, 2).reshape(b, v, heads * n)
+    steps = {"dR partial sums added": lambda: dr.copy_(partial.sum(0).permute(3, 0, 1, 2)),
+             "dlambda^c (batched matmul)": lambda: torch.matmul(qf, gf.transpose(1, 2))}
+    timings = interleaved(steps, repeats, dev, min_sample_s=0.02)
+    return [{"shape": shape_name, "arithmetic": arith.name, "kernel": "torch", "variant": name, "time": t.to_dict()}
+            for name, t in timings.items()]
+
+
+def kernel_report(result: dict) -> str:
+    records = result["records"]
+    head = ["shape", "arithmetic", "kernel", "variant", "time", "vs default", "GFLOP executed", "TFLOP/s",
+            "registers / spills / shared KB", "agrees with default"]
+    rows = []
+    default = {(r["shape"], r["arithmetic"], r["kernel"]): r for r in records if r["variant"] == "default" and "time" in r}
+    for r in records:
+        base = default.get((r["shape"], r["arithmetic"], r["kernel"]))
+        ratio = f"{r['time']['median_s'] / base['time']['median_s']:.2f}x" if base and "time" in r and r is not base else "-"
+        facts = (f"{r['registers']} / {r['spills']} / {(r['shared_bytes'] or 0) / 1024:.0f}" if "registers" in r else "-")
+        rows.append([r["shape"], r["arithmetic"], r["kernel"], r["variant"], spread(r["time"]) if "time" in r else "not timed",
+                     ratio, f"{r['gflop']:.3g}" if "gflop" in r else "-", f"{r['tflops']:.3g}" if "tflops" in r else "-", facts,
+                     "-" if "agrees" not in r else ("yes" if r["agrees"] else f"NO ({r['max_rel_difference_to_default']:.2g})")])
+    totals = []
+    for (shape, arith, kern), fwd in default.items():
+        if kern == "forward":
+            backward = [default[(shape, arith, k)]["time"]["median_s"] for k in ("dq/dR", "dV") if (shape, arith, k) in default]
+            backward += [r["time"]["median_s"] for r in records if r["kernel"] == "torch" and (r["shape"], r["arithmetic"]) == (shape, arith)]
+            totals.append(f"{shape}, {arith}: forward {milliseconds(fwd['time']['median_s'])} ms, "
+                          f"backward {milliseconds(sum(backward))} ms")
+    text = (f"# The Triton lambda operator, kernel by kernel ({result['environment']['device']})\n\n"
+            f"`{json.dumps(result['environment'])}`; shapes (b, heads, k, u, v, map side, scope r): `{json.dumps(result['shapes'])}`; "
+            f"median (range) of {result['repeats']} rounds, the variants of a kernel {INTERLEAVING.replace('50 ms', '20 ms')}. "
+            "\"vs default\": the variant's time over the default tiles'. Executed FLOPs count the tiles as launched "
+            "(padding included). A variant that does not agree with the default tiles' result is not timed.\n\n"
+            + markdown_table(head, rows))
+    if totals:
+        text += "\nDefault tiles, the operator's kernels added up: " + "; ".join(totals) + ".\n"
+    disagree = [r for r in records if r.get("agrees") is False]
+    if disagree:
+        text += "\n**Variants that compute something else than the default tiles:** " + ", ".join(
+            f"{r['shape']} {r['arithmetic']} {r['kernel']} {r['variant']}" for r in disagree) + ".\n"
+    return text
+
+
+__all__ = ["ARITHMETIC", "KERNEL_SHAPES", "TOY_KERNEL_SHAPES", "Variant", "executed_flop", "kernel_benchmark",
+           "kernel_benchmark_paths", "kernel_report", "variants"]
