@@ -50,7 +50,10 @@ def run_worker(*checks: str, timeout: int = 800) -> dict:
 # every shape of the worker, forward and backward inside guards; "basic@2": two query rows per
 # dq/dR program, so that a program adds to its partial dR sums (read, add, write) between rows
 GUARD_CHECKS = [f"guards:{name}" for name in W.SHAPES] + ["guards:basic@2"]
-DEFAULT_CHECKS = GUARD_CHECKS + ["gradcheck:u2_global", "half", "library_op", "precision_switch", "layer"]
+# every tile variant the kernel benchmark may time (lambda_det.benchmark.kernels.variants), on a global
+# scope (two tap chunks, two x segments) and on k 17 / v 70 (k and v in blocks)
+VARIANT_CHECKS = ["variants:global", "variants:blocks"]
+DEFAULT_CHECKS = GUARD_CHECKS + VARIANT_CHECKS + ["gradcheck:u2_global", "half", "library_op", "precision_switch", "layer"]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,11 @@ def test_interpreter_matches_float64_reference_inside_guards(interpreter_results
 
 
 @needs_triton
+@pytest.mark.parametrize("check", VARIANT_CHECKS)
+def test_interpreter_tile_variants_match_float64_reference_inside_guards(interpreter_results, check):
+    assert_passed(interpreter_results, check)
+
+
 def test_interpreter_gradcheck_fast(interpreter_results):
     """gradcheck's fast mode (random projections of the Jacobian), u 2, a global 3 x 5 scope."""
     assert_passed(interpreter_results, "gradcheck:u2_global")
@@ -214,7 +222,8 @@ def compile_all(capability: int) -> list:
         ptx = compiled.asm["ptx"]
         report = ptxas_report(ptx, arch)
         report.update(name=c.name, shared=compiled.metadata.shared,
-                      unit="wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "fma")
+                      unit="wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "fma",
+                      async_copies=compiled.asm["ttgir"].count("ttg.async_copy_global_to_local"))
         rows.append(report)
     return rows
 
@@ -223,7 +232,7 @@ def compile_all(capability: int) -> list:
 @pytest.mark.parametrize("capability", [80, 90])
 def test_every_kernel_configuration_compiles_for_gpus(capability):
     rows = compile_all(capability)
-    assert len(rows) == 25  # 5 types/precisions x (forward x 2, dq/dR x 2, dV)
+    assert len(rows) == 30  # 5 types/precisions x (forward, dq/dR, dV) x (ONE_K or ONE_V, or not)
     for r in rows:
         assert r["shared"] <= SHARED_LIMIT[capability], r
         assert r["spill_stores"] <= MAX_SPILL_BYTES, r
@@ -232,8 +241,11 @@ def test_every_kernel_configuration_compiles_for_gpus(capability):
             assert r["unit"] in ("mma", "wgmma"), f"{r['name']} on sm_{capability} compiled without tensor cores"
         if tensor_core and "(res4)" in r["name"] and "fp64" not in r["name"]:
             assert r["spill_stores"] <= MAX_SPILL_BYTES_TENSOR_CORE_RES4, r
+            # the training paths' loads are asynchronous copies to shared memory, which is how Triton
+            # pipelines them (for 16-bit types only with the operands' channels innermost: docs/gpu.md)
+            assert r["async_copies"] > 0, f"{r['name']} on sm_{capability}: no asynchronous copies (not pipelined)"
     print("\n" + "\n".join(f"sm_{capability} {r['name']:24s} {r['unit']:5s} regs {r['registers']:3d} spill {r['spill_stores']:3d} "
-                           f"shared {r['shared']}" for r in rows))
+                           f"shared {r['shared']} async copies {r['async_copies']}" for r in rows))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -151,10 +151,23 @@ def check_reference_loops(errors):
             errors.append(f"{shape}: tap-loop reference differs from the scalar loops by {err:.3g}")
 
 
-def check_guards(errors, name, rows=None):
+def check_guards(errors, name, rows=None, variant=None):
     """Forward and backward of the kernels on views inside NaN guards, outputs inside sentinels,
-    against the float64 reference: relative error <= 1e-10, no guard element touched."""
+    against the float64 reference: relative error <= 1e-10, no guard element touched.
+    ``variant``: one of the kernel benchmark's tile variants (lambda_det.benchmark.kernels) in place
+    of its kernel's default tiles."""
     from lambda_det.layers import triton_lambda as T
+
+    fwd_tiles = qr_tiles = v_tiles = None
+    if variant is not None:
+        fwd_tiles = variant.tiles if variant.kernel == "forward" else None
+        qr_tiles = variant.tiles if variant.kernel == "dq/dR" else None
+        v_tiles = variant.tiles if variant.kernel == "dV" else None
+        b_, heads_, _, _, _, height_, width_, _, _ = SHAPES[name]
+        rows = T.qr_rows_per_program(b_, heads_, height_, width_, target=variant.programs, tiles=qr_tiles)
+        name_label = f"{name} ({variant.kernel} {variant.name})"  # guards' views: strided, as any layout
+    else:
+        name_label = name
 
     shape = SHAPES[name]
     inputs = make_inputs(shape)
@@ -164,13 +177,13 @@ def check_guards(errors, name, rows=None):
     gq, gv, gr, gc = (view for view, _ in guarded)
 
     out, out_flat = in_guard(torch.zeros(b, heads * v, height, width, dtype=torch.float64), SENTINEL)
-    T.forward_into(gq, gv, gr, gc, out)
+    T.forward_into(gq, gv, gr, gc, out, tiles=fwd_tiles)
     expected = reference_taps(*inputs)
     err = relative_error(out, expected)
     if not err <= 1e-10:
-        errors.append(f"{name}: forward relative error {err:.3g} > 1e-10")
+        errors.append(f"{name_label}: forward relative error {err:.3g} > 1e-10")
     if not guard_intact(out, out_flat, SENTINEL):
-        errors.append(f"{name}: the forward wrote outside its output")
+        errors.append(f"{name_label}: the forward wrote outside its output")
 
     leaves = [t.clone().requires_grad_() for t in inputs]
     grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -179,22 +192,23 @@ def check_guards(errors, name, rows=None):
     outs = [in_guard(torch.zeros_like(t), SENTINEL) for t in inputs]
     rows = rows or T.qr_rows_per_program(b, heads, height, width)
     # the partial dR sums: a contiguous zeroed block between sentinels (the kernel takes it contiguous)
-    partial_shape = T.qr_partial_shape(q, values, kernel, rows)
+    partial_shape = T.qr_partial_shape(q, values, kernel, rows, tiles=qr_tiles)
     partial_numel = int(torch.Size(partial_shape).numel())
     partial_flat = torch.full((partial_numel + 2 * MARGIN,), SENTINEL, dtype=torch.float64)
     partial = partial_flat[MARGIN:MARGIN + partial_numel].view(partial_shape).zero_()
-    T.backward_into(gg, gq, gv, gr, gc, *(view for view, _ in outs), rows=rows, partial=partial)
+    T.backward_into(gg, gq, gv, gr, gc, *(view for view, _ in outs), rows=rows, partial=partial, qr_tiles=qr_tiles,
+                    v_tiles=v_tiles)
     for label, (view, flat), ref in zip(("dq", "dvalues", "dkernel", "dcontent"), outs, ref_grads):
         err = relative_error(view, ref)
         if not err <= 1e-10:
-            errors.append(f"{name}: {label} relative error {err:.3g} > 1e-10")
+            errors.append(f"{name_label}: {label} relative error {err:.3g} > 1e-10")
         if not guard_intact(view, flat, SENTINEL):
-            errors.append(f"{name}: the backward wrote outside {label}")
+            errors.append(f"{name_label}: the backward wrote outside {label}")
     if not (partial_flat[:MARGIN] == SENTINEL).all() or not (partial_flat[MARGIN + partial.numel():] == SENTINEL).all():
-        errors.append(f"{name}: the dq/dR kernel wrote outside its partial dR buffer")
+        errors.append(f"{name_label}: the dq/dR kernel wrote outside its partial dR buffer")
     for i, (view, flat) in enumerate(guarded + [(gg, gg_flat)]):
         if not guard_intact(view, flat, float("nan")):
-            errors.append(f"{name}: input {i}'s guard changed")
+            errors.append(f"{name_label}: input {i}'s guard changed")
 
     # the public operator (torch.library op + autograd) on the guarded views: the same numbers
     leaves = [view.detach().requires_grad_() for view in (gq, gv, gr, gc)]
@@ -202,7 +216,7 @@ def check_guards(errors, name, rows=None):
     op_grads = torch.autograd.grad(op_out, leaves, grad)
     err = max([relative_error(op_out, expected)] + [relative_error(a, r) for a, r in zip(op_grads, ref_grads)])
     if not err <= 1e-10:
-        errors.append(f"{name}: lambda_output_triton (op + autograd) relative error {err:.3g} > 1e-10")
+        errors.append(f"{name_label}: lambda_output_triton (op + autograd) relative error {err:.3g} > 1e-10")
 
 
 def check_gradcheck(errors, name):
@@ -340,6 +354,12 @@ def run(check: str):
     elif kind == "guards":
         name, _, rows = arg.partition("@")
         check_guards(errors, name, int(rows) if rows else None)
+    elif kind == "variants":  # every tile variant the kernel benchmark times, on one shape
+        from lambda_det.benchmark.kernels import variants
+
+        for variant in variants():
+            if variant.name != "default":
+                check_guards(errors, arg, variant=variant)
     elif kind == "gradcheck":
         check_gradcheck(errors, arg)
     elif kind == "half":

@@ -47,8 +47,10 @@ class Arithmetic(NamedTuple):
 
 ARITHMETIC = (Arithmetic("float32 IEEE", torch.float32, "ieee"), Arithmetic("TF32", torch.float32, "tf32"),
               Arithmetic("float16", torch.float16, "ieee"))
-# the tile variants run in the tensor-core arithmetic of training (TF32, AMP's float16)
+# the tile variants run in the tensor-core arithmetic of training (TF32, AMP's float16), at res4 (the
+# Table 6 shape with the most lambda layers; each variant costs a compile of a few seconds)
 VARIANT_ARITHMETIC = ("TF32", "float16")
+VARIANT_SHAPES = ("res4 lambda block", "toy")
 
 
 class Variant(NamedTuple):
@@ -56,22 +58,31 @@ class Variant(NamedTuple):
     name: str
     tiles: Optional[T.Tiles]  # None: the dispatcher's own
     programs: int = T.QR_TARGET_PROGRAMS  # dq/dR: the program count its rows per program aim at
+    channels_innermost: bool = True  # the operands' layout lambda_output_triton launches with
 
 
 def variants() -> List[Variant]:
-    """The default tiles of each kernel and the alternatives worth timing against them (docs/gpu.md)."""
+    """The default tiles of each kernel and the alternatives worth timing against them (docs/gpu.md):
+    the kernels as the first GPU run measured them (nested loops, fewer stages, positions innermost),
+    and one change at a time."""
     f, q, v = T.FORWARD_TILES, T.QR_GRAD_TILES, T.V_GRAD_TILES
     return [
         Variant("forward", "default", None),
+        Variant("forward", "as first measured", f._replace(flat=False, num_stages=2), channels_innermost=False),
+        Variant("forward", "positions innermost", None, channels_innermost=False),
+        Variant("forward", "2 stages", f._replace(num_stages=2)),
         Variant("forward", "4 warps", f._replace(num_warps=4)),
         Variant("forward", "16 positions", f._replace(bx=16, rt=32)),  # M 64; 17 taps per chunk: r 23 in two
-        Variant("forward", "v block 128", f._replace(bv=128)),  # one program for all of v = 128: logits once
         Variant("dq/dR", "default", None),
-        Variant("dq/dR", "4 warps", q._replace(num_warps=4)),
+        Variant("dq/dR", "as first measured", q._replace(flat=False, num_stages=2), channels_innermost=False),
+        Variant("dq/dR", "positions innermost", None, channels_innermost=False),
+        Variant("dq/dR", "2 stages", q._replace(num_stages=2)),
         Variant("dq/dR", "2048 programs", None, programs=2048),
         Variant("dV", "default", None),
+        Variant("dV", "as first measured", v._replace(flat=False, num_stages=1), channels_innermost=False),
+        Variant("dV", "positions innermost", None, channels_innermost=False),
+        Variant("dV", "3 stages", v._replace(num_stages=3)),
         Variant("dV", "4 warps", v._replace(num_warps=4)),
-        Variant("dV", "v block 128", v._replace(bv=128)),
     ]
 
 
@@ -141,10 +152,13 @@ class _Case:
 
     def __init__(self, variant: Variant, arithmetic: Arithmetic, inputs, shape: dict) -> None:
         q, values, kernel, content, grad = inputs
+        if variant.channels_innermost:  # as lambda_output_triton launches the kernels
+            q, values = T.channels_innermost(q), T.channels_innermost(values)
+            grad = grad.contiguous(memory_format=torch.channels_last)
         self.variant = variant
         tiles = variant.tiles
         if variant.kernel == "forward":
-            self.out = torch.empty(grad.shape, dtype=q.dtype, device=q.device)
+            self.out = torch.empty(grad.shape, dtype=q.dtype, device=q.device)  # new, as the operator's
             self.launch = T.forward_launch(q, values, kernel, content, self.out, arithmetic.precision, tiles=tiles)
             self.tiles = tiles or T.FORWARD_TILES
             self.rows = 1
@@ -202,7 +216,7 @@ def kernel_benchmark(out_dir: Path, device: str = "cuda", repeats: int = 3, shap
     for shape_name, shape in shapes:
         for arith in arithmetic:
             inputs = _inputs(shape, arith.dtype, dev)
-            chosen = [v for v in variants() if v.name == "default" or arith.name in VARIANT_ARITHMETIC]
+            chosen = [v for v in variants() if v.name == "default" or (arith.name in VARIANT_ARITHMETIC and shape_name in VARIANT_SHAPES)]
             for kernel in ("forward", "dq/dR", "dV"):
                 cases = {v.name: _Case(v, arith, inputs, shape) for v in chosen if v.kernel == kernel}
                 expected = cases["default"].result()
@@ -238,6 +252,7 @@ def kernel_benchmark(out_dir: Path, device: str = "cuda", repeats: int = 3, shap
 def _pytorch_steps(shape_name: str, arith: Arithmetic, inputs, repeats: int, dev: torch.device) -> List[dict]:
     """The backward's steps outside the kernels, as backward_into runs them."""
     q, values, kernel, content, grad = inputs
+    q, grad = T.channels_innermost(q), grad.contiguous(memory_format=torch.channels_last)  # as the operator has them
     b, heads, k, side, _ = q.shape
     v = values.shape[2]
     rows = T.qr_rows_per_program(b, heads, side, side)

@@ -67,7 +67,8 @@ except Exception as exc:  # no triton (a CPU-only or minimal install): the layer
 
 
 class Tiles(NamedTuple):
-    """Compile-time tile sizes of one kernel (every one a power of two, as Triton's blocks must be).
+    """Compile-time tiles of one kernel: sizes (each a power of two, as Triton's blocks must be), warps,
+    pipeline stages and the loop structure.
 
     hb heads x bx positions form the M rows of the matmuls; bxh is the haloed width of a value row
     (the band's columns), so one chunk covers bxh - bx + 1 taps of a scope row; rt >= that many
@@ -84,6 +85,7 @@ class Tiles(NamedTuple):
     bv: int
     num_warps: int
     num_stages: int
+    flat: bool = True  # the steps over (u, scope row, tap chunk) as one loop, which Triton pipelines
 
     @property
     def taps(self) -> int:  # scope columns one band covers
@@ -92,8 +94,10 @@ class Tiles(NamedTuple):
     def checked(self, kernel: str) -> "Tiles":
         """These tiles, if ``kernel`` ("forward", "dq/dR", "dV") can run them; else a ValueError naming the field."""
         for name, value in self._asdict().items():
-            if value < 1 or value & (value - 1):
+            if name not in ("flat", "num_stages") and (value < 1 or value & (value - 1)):
                 raise ValueError(f"{kernel} tiles: {name}={value} must be a power of two")
+        if self.num_stages < 1:
+            raise ValueError(f"{kernel} tiles: num_stages={self.num_stages} must be at least 1")
         rows = self.bx if kernel == "dV" else self.hb * self.bx  # M of the kernel's products
         for name, value in (("bk", self.bk), ("bv", self.bv), ("bxh", self.bxh), ("rt", self.rt), ("M", rows)):
             if value < 16:
@@ -108,13 +112,16 @@ class Tiles(NamedTuple):
 # float32 precision, so every configuration it can launch is compiled ahead of time by the tests.
 # Forward and dq/dR: 4 heads x 8 positions = 32 rows; the value row haloed to 32 columns leaves 25
 # taps per chunk: r = 23 (the paper's scope) is one chunk, 23 of 32 band columns useful.
-FORWARD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=2)
-QR_GRAD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=2)
+# Three stages: two buffers, so the loads of step i + 1 are in flight while step i multiplies (with
+# two, Triton's single buffer is refilled only after the step's products).
+FORWARD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=3)
+QR_GRAD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=3)
 # dV: 16 value columns (its matmul's M), the 32 haloed query columns of 4 heads stacked into the
 # reduction (128), 17 taps per chunk, v = 64 in one block (so the logits are recomputed once per
 # chunk, not once per value block). IEEE float32 multiplies with FMAs, whose operands take more
 # registers: half the value block there (at 64 it spilled 264 bytes on sm_80).
-V_GRAD_TILES = Tiles(hb=4, bx=16, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=1)
+# Two stages here: its tiles are larger (three took 110 KB of shared memory on sm_90 in TF32).
+V_GRAD_TILES = Tiles(hb=4, bx=16, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=2)
 V_GRAD_TILES_FMA = V_GRAD_TILES._replace(bv=32)
 
 # (dtype, tl.dot input precision) the dispatcher can pick
@@ -169,11 +176,46 @@ if triton is not None:
                        mask=((k0 + kk) < K)[:, None] & tap_ok[None, :], other=0.0)
 
     @triton.jit
+    def _flat_step(it, dy_lo, n_dy, t_lo, n_t, TS: tl.constexpr):
+        """(u, dy, t0) of step ``it`` of the (u, scope row, tap chunk) iterations run as one loop: Triton
+        pipelines only innermost loops, so one flat loop lets the next step's loads overlap this step's
+        products (nested, every scope row waited for its own loads)."""
+        per_u = n_dy * n_t
+        u = it // per_u
+        rest = it - u * per_u
+        dy = dy_lo + rest // n_t
+        return u, dy, t_lo + (rest - (rest // n_t) * n_t) * TS
+
+    @triton.jit
     def _query_taps(x0, W, RW, BX: tl.constexpr):
         """Scope columns [t_lo, t_hi) that reach inside the map for some query column in [x0, x0 + BX)."""
         cx = RW // 2
         x_end = tl.minimum(x0 + BX, W)
         return tl.maximum(cx - x_end + 1, 0), tl.minimum(cx - x0 + W, RW)
+
+    @triton.jit
+    def _fwd_step(acc, q0, q_row, v_base, r_ptr, u, dy, t0, y, x0, K, W, RH, RW, sqk, svu, svy, svx,
+                  srk, sru, sry, srx, v_ok, in_band, band_idx, kk, tt, jj,
+                  BK: tl.constexpr, TS: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+                  ACC: tl.constexpr, ONE_K: tl.constexpr, row_ok):
+        """One (u, scope row dy, tap chunk t0) step of the forward: logits, band, apply to the value row."""
+        yv = y + dy - RH // 2
+        tap = t0 + tt
+        tap_ok = (tt < TS) & (tap < RW)
+        a = tl.zeros((q0.shape[0], tt.shape[0]), dtype=ACC)
+        if ONE_K:
+            rk = _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+            a = _mm(q0, rk, a, PRECISION, DOT_F32)
+        else:
+            for k0 in range(0, K, BK):
+                qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
+                rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+                a = _mm(qk, rk, a, PRECISION, DOT_F32)
+        band = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0)
+        xv = x0 + t0 - RW // 2 + jj
+        vrow = tl.load(v_base + u * svu + yv * svy + xv[:, None] * svx,
+                       mask=((xv >= 0) & (xv < W))[:, None] & v_ok[None, :], other=0.0)
+        return _mm(band.to(v_base.dtype.element_ty), vrow, acc, PRECISION, DOT_F32)
 
     @triton.jit
     def _lambda_fwd_kernel(
@@ -187,9 +229,11 @@ if triton is not None:
         HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
         BK: tl.constexpr, BV: tl.constexpr,
         PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_K: tl.constexpr,
+        FLAT: tl.constexpr,
     ):
         # program: one image, one query row y, BX positions of it, HB heads, BV value channels.
-        # ONE_K (k <= BK, the paper's k = 16): the queries stay in registers for every tap chunk
+        # ONE_K (k <= BK, the paper's k = 16): the queries stay in registers for every tap chunk;
+        # FLAT: the (u, scope row, tap chunk) steps as one loop (_flat_step)
         M: tl.constexpr = HB * BX
         TS: tl.constexpr = BXH - BX + 1
         b, y, x0, hg, vb = _row_program(H, W, NV, BX, BV)
@@ -199,7 +243,6 @@ if triton is not None:
         v_ok = vv < NV
         tt = tl.arange(0, RT)
         jj = tl.arange(0, BXH)
-        dt = v_ptr.dtype.element_ty
 
         q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
         # the content term starts the sum: q (M x k) @ lambda^c (k x v)
@@ -210,8 +253,7 @@ if triton is not None:
             ck = tl.load(c_ptr + b * scb + (k0 + kk)[:, None] * sck + vv[None, :] * scv,
                          mask=k_ok[:, None] & v_ok[None, :], other=0.0)
             acc = _mm(qk, ck, acc, PRECISION, DOT_F32)
-        if ONE_K:
-            q0 = _query_block(q_row, 0, kk, K, sqk, row_ok)
+        q0 = _query_block(q_row, 0, kk, K, sqk, row_ok)  # the queries of every step when ONE_K
 
         # band geometry: column j of the haloed value row holds tap j - i of position i
         band_d = jj[None, :] - ii[:, None]
@@ -219,34 +261,63 @@ if triton is not None:
         band_idx = tl.where(in_band, band_d, 0)
 
         cy = RH // 2
-        cx = RW // 2
         # scope rows and tap columns that reach inside the map for some position of this program
         dy_lo = tl.maximum(cy - y, 0)
         dy_hi = tl.minimum(cy - y + H, RH)
         t_lo, t_hi = _query_taps(x0, W, RW, BX)
-        for u in range(0, U):
-            for dy in range(dy_lo, dy_hi):
-                yv = y + dy - cy
-                for t0 in range(t_lo, t_hi, TS):
-                    tap = t0 + tt
-                    tap_ok = (tt < TS) & (tap < RW)
-                    a = tl.zeros((M, RT), dtype=ACC)
-                    if ONE_K:
-                        rk = _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
-                        a = _mm(q0, rk, a, PRECISION, DOT_F32)
-                    else:
-                        for k0 in range(0, K, BK):
-                            qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
-                            rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
-                            a = _mm(qk, rk, a, PRECISION, DOT_F32)
-                    band = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0)
-                    xv = x0 + t0 - cx + jj
-                    vrow = tl.load(v_ptr + b * svb + u * svu + yv * svy + xv[:, None] * svx + vv[None, :] * svv,
-                                   mask=((xv >= 0) & (xv < W))[:, None] & v_ok[None, :], other=0.0)
-                    acc = _mm(band.to(dt), vrow, acc, PRECISION, DOT_F32)
+        v_base = v_ptr + b * svb + vv[None, :] * svv
+        if FLAT:
+            n_dy = dy_hi - dy_lo
+            n_t = tl.cdiv(t_hi - t_lo, TS)
+            for it in range(0, U * n_dy * n_t):
+                u, dy, t0 = _flat_step(it, dy_lo, n_dy, t_lo, n_t, TS)
+                acc = _fwd_step(acc, q0, q_row, v_base, r_ptr, u, dy, t0, y, x0, K, W, RH, RW, sqk, svu, svy, svx,
+                                srk, sru, sry, srx, v_ok, in_band, band_idx, kk, tt, jj,
+                                BK, TS, PRECISION, DOT_F32, ACC, ONE_K, row_ok)
+        else:
+            for u in range(0, U):
+                for dy in range(dy_lo, dy_hi):
+                    for t0 in range(t_lo, t_hi, TS):
+                        acc = _fwd_step(acc, q0, q_row, v_base, r_ptr, u, dy, t0, y, x0, K, W, RH, RW, sqk, svu, svy, svx,
+                                        srk, sru, sry, srx, v_ok, in_band, band_idx, kk, tt, jj,
+                                        BK, TS, PRECISION, DOT_F32, ACC, ONE_K, row_ok)
 
         o_ptrs = o_ptr + b * sob + y * soy + (head[:, None] * NV + vv[None, :]) * soc + xq[:, None] * sox
         tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & v_ok[None, :])
+
+    @triton.jit
+    def _qr_step(dq, g0, g_row, qk, v_ptr, r_ptr, p_base, b, u, dy, t0, y, x0, k0, K, NV, W, RH, RW,
+                 svb, svu, svv, svy, svx, srk, sru, sry, srx, spu, spy, spt, sgc,
+                 row_ok, k_ok, kk, tt, jj, vl, tap_sel,
+                 BV: tl.constexpr, TS: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+                 ACC: tl.constexpr, ONE_V: tl.constexpr):
+        """One (u, scope row dy, tap chunk t0) step of dq / dR: dB = G V_row^T, the band read back (da),
+        dq += da R^T, and this program's partial dR += q^T da (read, add, write its own slot)."""
+        yv = y + dy - RH // 2
+        xv = x0 + t0 - RW // 2 + jj
+        x_ok = (xv >= 0) & (xv < W)
+        db = tl.zeros((g0.shape[0], jj.shape[0]), dtype=ACC)
+        if ONE_V:
+            vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + vl[:, None] * svv + xv[None, :] * svx,
+                         mask=(vl < NV)[:, None] & x_ok[None, :], other=0.0)
+            db = _mm(g0, vt, db, PRECISION, DOT_F32)
+        else:
+            for v0 in range(0, NV, BV):
+                v_ok = (v0 + vl) < NV
+                gv = tl.load(g_row + (v0 + vl)[None, :] * sgc, mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+                vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + (v0 + vl)[:, None] * svv + xv[None, :] * svx,
+                             mask=v_ok[:, None] & x_ok[None, :], other=0.0)
+                db = _mm(gv, vt, db, PRECISION, DOT_F32)
+        tap = t0 + tt
+        tap_ok = (tt < TS) & (tap < RW)
+        da = tl.where(tap_ok[None, :], tl.gather(db, tap_sel, 1), 0.0).to(v_ptr.dtype.element_ty)
+        rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+        dq = _mm(da, tl.trans(rk), dq, PRECISION, DOT_F32)
+        p_ptrs = p_base + u * spu + dy * spy + tap[None, :] * spt
+        p_mask = k_ok[:, None] & tap_ok[None, :]
+        part = tl.load(p_ptrs, mask=p_mask, other=0.0)
+        tl.store(p_ptrs, _mm(tl.trans(qk), da, part, PRECISION, DOT_F32), mask=p_mask)
+        return dq
 
     @triton.jit
     def _lambda_bwd_qr_kernel(
@@ -262,10 +333,12 @@ if triton is not None:
         HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
         BK: tl.constexpr, BV: tl.constexpr,
         PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_V: tl.constexpr,
+        FLAT: tl.constexpr,
     ):
         # program: one image, ROWS query rows, BX positions, HB heads; writes dq of those and its
         # own slot of partial dR sums (p[slot, u, dy, t, k]); nothing another program writes.
-        # ONE_V (v <= BV): the output gradient of a row stays in registers for every tap chunk
+        # ONE_V (v <= BV): the output gradient of a row stays in registers for every tap chunk;
+        # FLAT: the (u, scope row, tap chunk) steps as one loop (_flat_step)
         M: tl.constexpr = HB * BX
         TS: tl.constexpr = BXH - BX + 1
         n_x = tl.cdiv(W, BX)
@@ -284,13 +357,11 @@ if triton is not None:
         tt = tl.arange(0, RT)
         jj = tl.arange(0, BXH)
         vl = tl.arange(0, BV)
-        dt = v_ptr.dtype.element_ty
         # da[(h, i), t] = dB[(h, i), i + t]: the band read back
         tap_sel = tl.where(tt[None, :] < TS, ii[:, None] + tt[None, :], 0)
         tap_sel = tl.minimum(tap_sel, BXH - 1)
 
         cy = RH // 2
-        cx = RW // 2
         t_lo, t_hi = _query_taps(x0, W, RW, BX)
         y_end = tl.minimum(rg * ROWS + ROWS, H)
         for y in range(rg * ROWS, y_end):
@@ -298,8 +369,7 @@ if triton is not None:
             dy_hi = tl.minimum(cy - y + H, RH)
             q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
             g_row = g_ptr + b * sgb + y * sgy + xq[:, None] * sgx + head[:, None] * NV * sgc
-            if ONE_V:
-                g0 = tl.load(g_row + vl[None, :] * sgc, mask=row_ok[:, None] & (vl < NV)[None, :], other=0.0)
+            g0 = tl.load(g_row + vl[None, :] * sgc, mask=row_ok[:, None] & (vl < NV)[None, :], other=0.0)  # ONE_V
             for k0 in range(0, K, BK):
                 k_ok = (k0 + kk) < K
                 qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
@@ -317,41 +387,58 @@ if triton is not None:
                         ct = tl.load(c_ptr + b * scb + (k0 + kk)[None, :] * sck + (v0 + vl)[:, None] * scv,
                                      mask=v_ok[:, None] & k_ok[None, :], other=0.0)
                         dq = _mm(gv, ct, dq, PRECISION, DOT_F32)
-                for u in range(0, U):
-                    for dy in range(dy_lo, dy_hi):
-                        yv = y + dy - cy
-                        for t0 in range(t_lo, t_hi, TS):
-                            xv = x0 + t0 - cx + jj
-                            x_ok = (xv >= 0) & (xv < W)
-                            db = tl.zeros((M, BXH), dtype=ACC)
-                            if ONE_V:
-                                vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + vl[:, None] * svv + xv[None, :] * svx,
-                                             mask=(vl < NV)[:, None] & x_ok[None, :], other=0.0)
-                                db = _mm(g0, vt, db, PRECISION, DOT_F32)
-                            else:
-                                for v0 in range(0, NV, BV):
-                                    v_ok = (v0 + vl) < NV
-                                    gv = tl.load(g_row + (v0 + vl)[None, :] * sgc,
-                                                 mask=row_ok[:, None] & v_ok[None, :], other=0.0)
-                                    vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + (v0 + vl)[:, None] * svv
-                                                 + xv[None, :] * svx, mask=v_ok[:, None] & x_ok[None, :], other=0.0)
-                                    db = _mm(gv, vt, db, PRECISION, DOT_F32)
-                            tap = t0 + tt
-                            tap_ok = (tt < TS) & (tap < RW)
-                            da = tl.where(tap_ok[None, :], tl.gather(db, tap_sel, 1), 0.0).to(dt)
-                            rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
-                            dq = _mm(da, tl.trans(rk), dq, PRECISION, DOT_F32)
-                            # this program's partial dR: read, add, write its own slot
-                            p_ptrs = (p_ptr + slot * spp + u * spu + dy * spy + tap[None, :] * spt
-                                      + (k0 + kk)[:, None])
-                            p_mask = k_ok[:, None] & tap_ok[None, :]
-                            part = tl.load(p_ptrs, mask=p_mask, other=0.0)
-                            part = _mm(tl.trans(qk), da, part, PRECISION, DOT_F32)
-                            tl.store(p_ptrs, part, mask=p_mask)
-                            # the next row reads this slot back, maybe in other threads of the program
-                            tl.debug_barrier()
+                p_base = p_ptr + slot * spp + (k0 + kk)[:, None]
+                if FLAT:
+                    n_dy = dy_hi - dy_lo
+                    n_t = tl.cdiv(t_hi - t_lo, TS)
+                    for it in range(0, U * n_dy * n_t):
+                        u, dy, t0 = _flat_step(it, dy_lo, n_dy, t_lo, n_t, TS)
+                        dq = _qr_step(dq, g0, g_row, qk, v_ptr, r_ptr, p_base, b, u, dy, t0, y, x0, k0, K, NV, W, RH, RW,
+                                      svb, svu, svv, svy, svx, srk, sru, sry, srx, spu, spy, spt, sgc,
+                                      row_ok, k_ok, kk, tt, jj, vl, tap_sel,
+                                      BV, TS, PRECISION, DOT_F32, ACC, ONE_V)
+                    # the steps of one row write apart; the next row reads this slot back, maybe in other threads
+                    tl.debug_barrier()
+                else:
+                    for u in range(0, U):
+                        for dy in range(dy_lo, dy_hi):
+                            for t0 in range(t_lo, t_hi, TS):
+                                dq = _qr_step(dq, g0, g_row, qk, v_ptr, r_ptr, p_base, b, u, dy, t0, y, x0, k0, K, NV, W,
+                                              RH, RW, svb, svu, svv, svy, svx, srk, sru, sry, srx, spu, spy, spt, sgc,
+                                              row_ok, k_ok, kk, tt, jj, vl, tap_sel,
+                                              BV, TS, PRECISION, DOT_F32, ACC, ONE_V)
+                                tl.debug_barrier()
                 d_ptrs = dq_ptr + b * sdb + y * sdy + head[:, None] * sdh + (k0 + kk)[None, :] * sdk + xq[:, None] * sdx
                 tl.store(d_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & k_ok[None, :])
+
+    @triton.jit
+    def _v_step(acc, q_ptr, r_ptr, g_base, b, u, dy, t0, h0, yv, x0, HEADS, K, NV, W, RH, RW,
+                sqb, sqh, sqk, sqy, sqx, srk, sru, sry, srx, sgy, sgx, sgc,
+                hoff, jj, kk, tt, v_ok, in_band, band_idx,
+                BK: tl.constexpr, TS: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+                ACC: tl.constexpr, ONE_K: tl.constexpr):
+        """One (scope row dy, tap chunk t0, head group h0) step of dV: the logits of the haloed query
+        segment, the band transposed, applied to their output gradients."""
+        y = yv - dy + RH // 2
+        tap = t0 + tt
+        tap_ok = (tt < TS) & (tap < RW)
+        xq = x0 + RW // 2 - t0 - (TS - 1) + jj
+        head = h0 + hoff
+        ok = (xq >= 0) & (xq < W) & (head < HEADS)
+        q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
+        a = tl.zeros((jj.shape[0], tt.shape[0]), dtype=ACC)
+        if ONE_K:
+            a = _mm(_query_block(q_row, 0, kk, K, sqk, ok),
+                    _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx), a, PRECISION, DOT_F32)
+        else:
+            for k0 in range(0, K, BK):
+                qk = _query_block(q_row, k0, kk, K, sqk, ok)
+                rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+                a = _mm(qk, rk, a, PRECISION, DOT_F32)
+        bt = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0).to(g_base.dtype.element_ty)  # (S x BX)
+        gs = tl.load(g_base + y * sgy + xq[:, None] * sgx + head[:, None] * NV * sgc,
+                     mask=ok[:, None] & v_ok[None, :], other=0.0)
+        return _mm(tl.trans(bt), gs, acc, PRECISION, DOT_F32)
 
     @triton.jit
     def _lambda_bwd_v_kernel(
@@ -363,11 +450,14 @@ if triton is not None:
         HEADS, K, U, NV, H, W, RH, RW,
         HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
         BK: tl.constexpr, BV: tl.constexpr,
-        PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr,
+        PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_K: tl.constexpr,
+        FLAT: tl.constexpr,
     ):
         # program: one image, one value row y', BX value columns x0.., one u, BV value channels.
         # dV[x'] gathers a[(h, x), t] g[h, x] over the queries x = x' - t + cx whose scope holds x'
         # (the inverse neighbourhood), so every dV element is written by exactly one program.
+        # ONE_K (k <= BK): one block of k per step; FLAT: the (scope row, tap chunk, head group)
+        # steps as one loop (_flat_step's reason)
         S: tl.constexpr = HB * BXH
         TS: tl.constexpr = BXH - BX + 1
         b, yv, x0, u, vb = _row_program(H, W, NV, BX, BV)
@@ -380,7 +470,6 @@ if triton is not None:
         tt = tl.arange(0, RT)
         vv = vb * BV + tl.arange(0, BV)
         v_ok = vv < NV
-        dt = g_ptr.dtype.element_ty
         # query j of the haloed segment meets value column i through tap i - j + TS - 1 of the chunk
         band_d = ii[None, :] - jj[:, None] + (TS - 1)
         in_band = (band_d >= 0) & (band_d < TS)
@@ -388,32 +477,30 @@ if triton is not None:
 
         cy = RH // 2
         cx = RW // 2
+        # scope rows and taps through which some query of the map reaches these value columns
         dy_lo = tl.maximum(yv + cy - H + 1, 0)
         dy_hi = tl.minimum(yv + cy + 1, RH)
         x_end = tl.minimum(x0 + BX, W)
         t_lo = tl.maximum(x0 + cx - W + 1, 0)
         t_hi = tl.minimum(x_end + cx, RW)
         acc = tl.zeros((BX, BV), dtype=ACC)
-        for dy in range(dy_lo, dy_hi):
-            y = yv - dy + cy
-            for t0 in range(t_lo, t_hi, TS):
-                tap = t0 + tt
-                tap_ok = (tt < TS) & (tap < RW)
-                xq = x0 + cx - t0 - (TS - 1) + jj
-                xq_ok = (xq >= 0) & (xq < W)
-                for h0 in range(0, HEADS, HB):
-                    head = h0 + hoff
-                    ok = xq_ok & (head < HEADS)
-                    q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
-                    a = tl.zeros((S, RT), dtype=ACC)
-                    for k0 in range(0, K, BK):
-                        qk = _query_block(q_row, k0, kk, K, sqk, ok)
-                        rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
-                        a = _mm(qk, rk, a, PRECISION, DOT_F32)
-                    bt = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0).to(dt)  # (S x BX)
-                    gs = tl.load(g_ptr + b * sgb + y * sgy + xq[:, None] * sgx + (head[:, None] * NV + vv[None, :]) * sgc,
-                                 mask=ok[:, None] & v_ok[None, :], other=0.0)
-                    acc = _mm(tl.trans(bt), gs, acc, PRECISION, DOT_F32)
+        g_base = g_ptr + b * sgb + vv[None, :] * sgc
+        if FLAT:
+            n_t = tl.cdiv(t_hi - t_lo, TS)
+            n_h = tl.cdiv(HEADS, HB)
+            for it in range(0, (dy_hi - dy_lo) * n_t * n_h):
+                dy = dy_lo + it // (n_t * n_h)
+                rest = it % (n_t * n_h)
+                acc = _v_step(acc, q_ptr, r_ptr, g_base, b, u, dy, t_lo + (rest // n_h) * TS, (rest % n_h) * HB, yv, x0,
+                              HEADS, K, NV, W, RH, RW, sqb, sqh, sqk, sqy, sqx, srk, sru, sry, srx, sgy, sgx, sgc,
+                              hoff, jj, kk, tt, v_ok, in_band, band_idx, BK, TS, PRECISION, DOT_F32, ACC, ONE_K)
+        else:
+            for dy in range(dy_lo, dy_hi):
+                for t0 in range(t_lo, t_hi, TS):
+                    for h0 in range(0, HEADS, HB):
+                        acc = _v_step(acc, q_ptr, r_ptr, g_base, b, u, dy, t0, h0, yv, x0,
+                                      HEADS, K, NV, W, RH, RW, sqb, sqh, sqk, sqy, sqx, srk, sru, sry, srx, sgy, sgx, sgc,
+                                      hoff, jj, kk, tt, v_ok, in_band, band_idx, BK, TS, PRECISION, DOT_F32, ACC, ONE_K)
         xd = x0 + ii
         d_ptrs = dv_ptr + b * sdb + u * sdu + yv * sdy + vv[None, :] * sdv + xd[:, None] * sdx
         tl.store(d_ptrs, acc.to(dv_ptr.dtype.element_ty), mask=(xd < W)[:, None] & v_ok[None, :])
@@ -490,6 +577,7 @@ def _constexprs(tiles: Tiles, dtype: torch.dtype, precision: str) -> Dict[str, o
     return {
         "HB": tiles.hb, "BX": tiles.bx, "BXH": tiles.bxh, "RT": tiles.rt, "BK": tiles.bk, "BV": tiles.bv,
         "PRECISION": precision, "DOT_F32": bool(INTERPRETED and dtype == torch.bfloat16), "ACC": acc,
+        "FLAT": bool(tiles.flat),
     }
 
 
@@ -586,7 +674,8 @@ def v_grad_launch(grad: Tensor, q: Tensor, kernel: Tensor, dv: Tensor, precision
     grid = (b * height * triton.cdiv(width, t.bx), u * triton.cdiv(v, t.bv))
     args = (q, kernel, grad, dv, *q.stride(), *kernel.stride(), *grad.stride(), *dv.stride(),
             heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
-    return Launch(_lambda_bwd_v_kernel, grid, args, _constexprs(t, q.dtype, precision), t.num_warps, t.num_stages)
+    constexprs = dict(_constexprs(t, q.dtype, precision), ONE_K=k <= t.bk)
+    return Launch(_lambda_bwd_v_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
 
 
 def forward_into(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, out: Tensor,
@@ -670,9 +759,10 @@ def _lambda_output_fake(q, values, kernel, content_lambda):
 @torch.library.custom_op("lambda_det::lambda_output_triton_backward", mutates_args=())
 def _lambda_output_backward_op(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor,
                                content_lambda: Tensor) -> List[Tensor]:
-    dq, dv = torch.empty_like(q), torch.empty_like(values)
+    dq, dv = torch.empty_like(q), torch.empty_like(values)  # the inputs' strides (channels innermost)
     dr, dc = torch.empty_like(kernel), torch.empty_like(content_lambda)
-    backward_into(grad, q, values, kernel, content_lambda, dq, dv, dr, dc)
+    # the output gradient's channels innermost too (channels_innermost's reason)
+    backward_into(grad.contiguous(memory_format=torch.channels_last), q, values, kernel, content_lambda, dq, dv, dr, dc)
     return [dq, dv, dr, dc]
 
 
@@ -694,6 +784,16 @@ def _backward(ctx, grad):
 torch.library.register_autograd("lambda_det::lambda_output_triton", _backward, setup_context=_setup_context)
 
 
+def channels_innermost(t: Tensor) -> Tensor:
+    """``t`` (b, a, c, H, W) with its channel index c moving fastest in memory (a copy unless it already
+    does). The kernels load tiles of (positions x channels); with the channels contiguous, every row of
+    a tile is one coalesced vector whose start stays aligned at any position offset, which is what lets
+    Triton copy 16-bit tiles to shared memory asynchronously (pipelined) at all."""
+    if t.stride(2) == 1 or t.shape[2] == 1:
+        return t
+    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
 def lambda_output_triton(q: Tensor, values: Tensor, kernel: Tensor, content_lambda: Tensor) -> Tensor:
     """y_n = (lambda^c + lambda^p_n)^T q_n for every position: q (b, h, k, H, W), values (b, u, v, H, W),
     kernel (k, u, rh, rw) with odd rh, rw, content_lambda (b, k, v) -> (b, h v, H, W).
@@ -707,7 +807,7 @@ def lambda_output_triton(q: Tensor, values: Tensor, kernel: Tensor, content_lamb
         q, values, kernel, content_lambda = (
             t.to(low) if t.dtype == torch.float32 else t for t in (q, values, kernel, content_lambda))
     _check(q, values, kernel, content_lambda)
-    return _lambda_output_op(q, values, kernel, content_lambda)
+    return _lambda_output_op(channels_innermost(q), channels_innermost(values), kernel, content_lambda)
 
 
 __all__ = [
@@ -776,17 +876,20 @@ def kernel_configurations() -> List[KernelConfiguration]:
         def meta(*size, dt=dtype):
             return torch.empty(size, dtype=dt, device="meta")
 
-        q = meta(s["b"], s["heads"], s["k"], s["height"], s["width"])
-        values = meta(s["b"], s["u"], s["v"], s["height"], s["width"])
+        # the layouts the operator launches with: queries and values channels innermost, the output
+        # new (contiguous), its gradient channels-last (lambda_output_triton)
+        q = channels_innermost(meta(s["b"], s["heads"], s["k"], s["height"], s["width"]))
+        values = channels_innermost(meta(s["b"], s["u"], s["v"], s["height"], s["width"]))
         kernel = meta(s["k"], s["u"], s["rh"], s["rw"])
         content = meta(s["b"], s["k"], s["v"])
         out = meta(s["b"], s["heads"] * s["v"], s["height"], s["width"])
+        grad = out.contiguous(memory_format=torch.channels_last)
         rows = qr_rows_per_program(s["b"], s["heads"], s["height"], s["width"])
         partial = meta(*qr_partial_shape(q, values, kernel, rows), dt=_accumulator_dtype(dtype))
         label = _TL_NAMES[dtype] + ("/tf32" if precision == "tf32" else "")
         launches = (("forward", forward_launch(q, values, kernel, content, out, precision)),
-                    ("dq/dR", qr_grad_launch(out, q, values, kernel, content, q, partial, rows, precision)),
-                    ("dV", v_grad_launch(out, q, kernel, values, precision)))
+                    ("dq/dR", qr_grad_launch(grad, q, values, kernel, content, torch.empty_like(q), partial, rows, precision)),
+                    ("dV", v_grad_launch(grad, q, kernel, torch.empty_like(values), precision)))
         for name, launch in launches:
             launch = launch._replace(constexprs=dict(launch.constexprs, DOT_F32=False))  # a GPU multiplies bf16 itself
             choice = (name, label, tuple(sorted((k_, str(v_)) for k_, v_ in launch.constexprs.items())))
