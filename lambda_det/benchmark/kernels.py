@@ -72,17 +72,19 @@ def variants() -> List[Variant]:
         Variant("forward", "positions innermost", None, channels_innermost=False),
         Variant("forward", "2 stages", f._replace(num_stages=2)),
         Variant("forward", "4 warps", f._replace(num_warps=4)),
-        Variant("forward", "16 positions", f._replace(bx=16, rt=32)),  # M 64; 17 taps per chunk: r 23 in two
         Variant("dq/dR", "default", None),
         Variant("dq/dR", "as first measured", q._replace(flat=False, num_stages=2), channels_innermost=False),
         Variant("dq/dR", "positions innermost", None, channels_innermost=False),
         Variant("dq/dR", "2 stages", q._replace(num_stages=2)),
         Variant("dq/dR", "2048 programs", None, programs=2048),
+        Variant("dq/dR", "one row per program", None, programs=2**40),  # no partial dR carried from row to row
         Variant("dV", "default", None),
         Variant("dV", "as first measured", v._replace(flat=False, num_stages=1), channels_innermost=False),
         Variant("dV", "positions innermost", None, channels_innermost=False),
         Variant("dV", "3 stages", v._replace(num_stages=3)),
         Variant("dV", "4 warps", v._replace(num_warps=4)),
+        # the same work in half the programs: one 33-tap chunk per scope row instead of two of 17
+        Variant("dV", "32 value columns", v._replace(bx=32, bxh=64, rt=64)),
     ]
 
 
