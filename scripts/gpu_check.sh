@@ -159,7 +159,7 @@ for s in $STEPS; do
         step bench_kernels 120 env TRITON_INTERPRET=1 "$PYTHON" tools/benchmark_lambda.py --kernels --device cpu --repeats 1 \
           --output "$RESULTS/bench_kernels"
       else
-        step bench_kernels 100 "$PYTHON" tools/benchmark_lambda.py --kernels --device cuda --repeats 3 --output docs/benchmarks --overwrite
+        step bench_kernels 150 "$PYTHON" tools/benchmark_lambda.py --kernels --device cuda --repeats 3 --output docs/benchmarks --overwrite
       fi ;;
     bench_detector)
       if [ "$DRY" = 1 ]; then

@@ -25,6 +25,7 @@ import torch
 from ..errors import UserError
 from ..layers import triton_lambda as T
 from ..utils.markdown import markdown_table
+from .numerics import matmul_precision
 from .timing import INTERLEAVING, environment_summary, interleaved, milliseconds, result_paths, spread, write_results
 
 SCOPE = 23
@@ -58,7 +59,7 @@ class Variant(NamedTuple):
     name: str
     tiles: Optional[T.Tiles]  # None: the dispatcher's own
     programs: int = T.QR_TARGET_PROGRAMS  # dq/dR: the program count its rows per program aim at
-    channels_innermost: bool = True  # the operands' layout lambda_output_triton launches with
+    operator_layouts: bool = True  # the operands in the layouts lambda_output_triton launches with (operand_layouts)
 
 
 def variants() -> List[Variant]:
@@ -68,19 +69,19 @@ def variants() -> List[Variant]:
     f, q, v = T.FORWARD_TILES, T.QR_GRAD_TILES, T.V_GRAD_TILES
     return [
         Variant("forward", "default", None),
-        Variant("forward", "as first measured", f._replace(flat=False, num_stages=2), channels_innermost=False),
-        Variant("forward", "positions innermost", None, channels_innermost=False),
+        Variant("forward", "as first measured", f._replace(flat=False, num_stages=2), operator_layouts=False),
+        Variant("forward", "positions innermost", None, operator_layouts=False),
         Variant("forward", "2 stages", f._replace(num_stages=2)),
         Variant("forward", "4 warps", f._replace(num_warps=4)),
         Variant("dq/dR", "default", None),
-        Variant("dq/dR", "as first measured", q._replace(flat=False, num_stages=2), channels_innermost=False),
-        Variant("dq/dR", "positions innermost", None, channels_innermost=False),
+        Variant("dq/dR", "as first measured", q._replace(flat=False, num_stages=2), operator_layouts=False),
+        Variant("dq/dR", "positions innermost", None, operator_layouts=False),
         Variant("dq/dR", "2 stages", q._replace(num_stages=2)),
         Variant("dq/dR", "2048 programs", None, programs=2048),
         Variant("dq/dR", "one row per program", None, programs=2**40),  # no partial dR carried from row to row
         Variant("dV", "default", None),
-        Variant("dV", "as first measured", v._replace(flat=False, num_stages=1), channels_innermost=False),
-        Variant("dV", "positions innermost", None, channels_innermost=False),
+        Variant("dV", "as first measured", v._replace(flat=False, num_stages=1), operator_layouts=False),
+        Variant("dV", "positions innermost", None, operator_layouts=False),
         Variant("dV", "3 stages", v._replace(num_stages=3)),
         Variant("dV", "4 warps", v._replace(num_warps=4)),
         # the same work in half the programs: one 33-tap chunk per scope row instead of two of 17
@@ -154,9 +155,8 @@ class _Case:
 
     def __init__(self, variant: Variant, arithmetic: Arithmetic, inputs, shape: dict) -> None:
         q, values, kernel, content, grad = inputs
-        if variant.channels_innermost:  # as lambda_output_triton launches the kernels
-            q, values = T.channels_innermost(q), T.channels_innermost(values)
-            grad = grad.contiguous(memory_format=torch.channels_last)
+        if variant.operator_layouts:  # as lambda_output_triton launches the kernels
+            (q, values, kernel), grad = T.operand_layouts(q, values, kernel), T.gradient_layout(grad)
         self.variant = variant
         tiles = variant.tiles
         if variant.kernel == "forward":
@@ -214,14 +214,15 @@ def kernel_benchmark(out_dir: Path, device: str = "cuda", repeats: int = 3, shap
     if reason is not None:
         raise UserError(f"--kernels: the Triton operator cannot run on {dev.type}: {reason}")
     shapes = shapes or (KERNEL_SHAPES if dev.type == "cuda" else TOY_KERNEL_SHAPES)
-    records = []
+    paths = kernel_benchmark_paths(out_dir, device)
+    records, result = [], {}
     for shape_name, shape in shapes:
         for arith in arithmetic:
             inputs = _inputs(shape, arith.dtype, dev)
             chosen = [v for v in variants() if v.name == "default" or (arith.name in VARIANT_ARITHMETIC and shape_name in VARIANT_SHAPES)]
             for kernel in ("forward", "dq/dR", "dV"):
                 cases = {v.name: _Case(v, arith, inputs, shape) for v in chosen if v.kernel == kernel}
-                expected = cases["default"].result()
+                expected = [t.clone() for t in cases["default"].result()]
                 steps, agreement = {}, {}
                 for name, case in cases.items():
                     difference = _max_relative_difference(case.result(), expected)
@@ -241,33 +242,45 @@ def kernel_benchmark(out_dir: Path, device: str = "cuda", repeats: int = 3, shap
                     log(f"{shape_name} {arith.name} {kernel} {name}: "
                         + (f"{spread(record['time'])}, {record['tflops']:.1f} TFLOP/s" if "time" in record
                            else f"DISAGREES with the default tiles by {agreement[name]:.2g}"))
-            records.extend(_pytorch_steps(shape_name, arith, inputs, repeats, dev))
+            records.extend(_operator_steps(shape_name, arith, inputs, repeats, dev))
             del inputs
-    result = {"environment": environment_summary(dev), "repeats": repeats, "records": records,
-              "shapes": {name: shape for name, shape in shapes}}
-    paths = kernel_benchmark_paths(out_dir, device)
-    write_results(paths, result, kernel_report(result))
+        # written after every shape: a run stopped by its time limit keeps what it measured
+        result = {"environment": environment_summary(dev), "repeats": repeats, "records": records,
+                  "shapes": {name: shape for name, shape in shapes}, "complete": shape_name == shapes[-1][0]}
+        write_results(paths, result, kernel_report(result))
     log(f"wrote {paths['json']}, .md")
     return result
 
 
-def _pytorch_steps(shape_name: str, arith: Arithmetic, inputs, repeats: int, dev: torch.device) -> List[dict]:
-    """The backward's steps outside the kernels, as backward_into runs them."""
+def _operator_steps(shape_name: str, arith: Arithmetic, inputs, repeats: int, dev: torch.device) -> List[dict]:
+    """The backward's two PyTorch steps (as backward_into runs them), and the whole operator, forward
+    and forward+backward, as the layer calls it (its layout copies, buffers and launch overheads
+    included): the kernels' rows do not add up to it."""
     q, values, kernel, content, grad = inputs
-    q, grad = T.channels_innermost(q), grad.contiguous(memory_format=torch.channels_last)  # as the operator has them
-    b, heads, k, side, _ = q.shape
-    v = values.shape[2]
-    rows = T.qr_rows_per_program(b, heads, side, side)
-    partial = torch.zeros(T.qr_partial_shape(q, values, kernel, rows), dtype=torch.float32, device=dev)
-    dr = torch.empty_like(kernel)
-    n = side * side
-    qf = q.reshape(b, heads, k, n).transpose(1, 2).reshape(b, k, heads * n)
-    gf = grad.reshape(b, heads, v, n).transpose(1, 2).reshape(b, v, heads * n)
-    steps = {"dR partial sums added": lambda: dr.copy_(partial.sum(0).permute(3, 0, 1, 2)),
-             "dlambda^c (batched matmul)": lambda: torch.matmul(qf, gf.transpose(1, 2))}
-    timings = interleaved(steps, repeats, dev, min_sample_s=0.02)
-    return [{"shape": shape_name, "arithmetic": arith.name, "kernel": "torch", "variant": name, "time": t.to_dict()}
-            for name, t in timings.items()]
+    ql, vl, rl = T.operand_layouts(q, values, kernel)
+    gl = T.gradient_layout(grad)
+    b, heads, _, side, _ = q.shape
+    partial = torch.zeros(T.qr_partial_shape(ql, vl, rl, T.qr_rows_per_program(b, heads, side, side)),
+                          dtype=torch.float32, device=dev)
+    dr, dc = torch.empty_like(rl), torch.empty_like(content)
+    leaves = [t.detach().requires_grad_() for t in (q, values, kernel, content)]
+
+    def forward() -> None:
+        with torch.no_grad():
+            T.lambda_output_triton(*leaves)
+
+    def forward_backward() -> None:
+        T.lambda_output_triton(*leaves).backward(grad)
+        for leaf in leaves:
+            leaf.grad = None
+
+    steps = {"dR partial sums added": lambda: T.add_partial_sums(partial, dr),
+             "dlambda^c (batched matmul)": lambda: T.content_lambda_gradient(ql, gl, dc),
+             "operator forward": forward, "operator forward+backward": forward_backward}
+    with matmul_precision(arith.precision == "tf32"):  # the switch the operator reads for float32
+        timings = interleaved(steps, repeats, dev, warmup=2, min_sample_s=0.02)
+    return [{"shape": shape_name, "arithmetic": arith.name, "kernel": "torch" if "operator" not in name else "operator",
+             "variant": name, "time": t.to_dict()} for name, t in timings.items()]
 
 
 def kernel_report(result: dict) -> str:
@@ -288,16 +301,23 @@ def kernel_report(result: dict) -> str:
         if kern == "forward":
             backward = [default[(shape, arith, k)]["time"]["median_s"] for k in ("dq/dR", "dV") if (shape, arith, k) in default]
             backward += [r["time"]["median_s"] for r in records if r["kernel"] == "torch" and (r["shape"], r["arithmetic"]) == (shape, arith)]
-            totals.append(f"{shape}, {arith}: forward {milliseconds(fwd['time']['median_s'])} ms, "
-                          f"backward {milliseconds(sum(backward))} ms")
+            operator = {r["variant"]: r["time"]["median_s"] for r in records
+                        if r["kernel"] == "operator" and (r["shape"], r["arithmetic"]) == (shape, arith)}
+            line = (f"{shape}, {arith}: kernels forward {milliseconds(fwd['time']['median_s'])} ms, backward "
+                    f"{milliseconds(sum(backward))} ms")
+            if len(operator) == 2:
+                line += (f"; the operator as the layer calls it: forward {milliseconds(operator['operator forward'])} ms, "
+                         f"forward+backward {milliseconds(operator['operator forward+backward'])} ms")
+            totals.append(line)
     text = (f"# The Triton lambda operator, kernel by kernel ({result['environment']['device']})\n\n"
-            f"`{json.dumps(result['environment'])}`; shapes (b, heads, k, u, v, map side, scope r): `{json.dumps(result['shapes'])}`; "
+            + ("" if result.get("complete", True) else "**Incomplete: the run stopped before its last shape.**\n\n")
+            + f"`{json.dumps(result['environment'])}`; shapes (b, heads, k, u, v, map side, scope r): `{json.dumps(result['shapes'])}`; "
             f"median (range) of {result['repeats']} rounds, the variants of a kernel {INTERLEAVING.replace('50 ms', '20 ms')}. "
             "\"vs default\": the variant's time over the default tiles'. Executed FLOPs count the tiles as launched "
             "(padding included). A variant that does not agree with the default tiles' result is not timed.\n\n"
             + markdown_table(head, rows))
     if totals:
-        text += "\nDefault tiles, the operator's kernels added up: " + "; ".join(totals) + ".\n"
+        text += "\nDefault tiles, added up (the backward: dq/dR, dV and the two PyTorch steps): " + "; ".join(totals) + ".\n"
     disagree = [r for r in records if r.get("agrees") is False]
     if disagree:
         text += "\n**Variants that compute something else than the default tiles:** " + ", ".join(

@@ -48,22 +48,35 @@ def tf32_switches() -> Dict[str, bool]:
 
 
 @contextlib.contextmanager
-def _both_tf32() -> Iterator[None]:
-    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
-        saved = (matmul.fp32_precision, conv.fp32_precision)
-        matmul.fp32_precision, conv.fp32_precision = "tf32", "tf32"
+def _switch(owner, tf32: bool) -> Iterator[None]:
+    """``owner``'s float32 switch (torch.backends.cuda.matmul or torch.backends.cudnn.conv) set to TF32
+    or IEEE, restored afterwards (torch >= 2.9 ``fp32_precision``, else the legacy ``allow_tf32``)."""
+    if hasattr(owner, "fp32_precision"):
+        saved = owner.fp32_precision
+        owner.fp32_precision = "tf32" if tf32 else "ieee"
         try:
             yield
         finally:
-            matmul.fp32_precision, conv.fp32_precision = saved
+            owner.fp32_precision = saved
         return
-    saved = (matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+    owner = owner if hasattr(owner, "allow_tf32") else torch.backends.cudnn
+    saved = owner.allow_tf32
+    owner.allow_tf32 = tf32
     try:
         yield
     finally:
-        matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        owner.allow_tf32 = saved
+
+
+def matmul_precision(tf32: bool):
+    """PyTorch's matmul switch (the one the Triton lambda operator follows) set for the context."""
+    return _switch(torch.backends.cuda.matmul, tf32)
+
+
+@contextlib.contextmanager
+def _both_tf32() -> Iterator[None]:
+    with matmul_precision(True), _switch(getattr(torch.backends.cudnn, "conv", torch.backends.cudnn), True):
+        yield
 
 
 def precision_context(precision: str, device: torch.device):
@@ -83,5 +96,5 @@ def switches_under(precision: str, device: torch.device) -> Dict[str, bool]:
         return tf32_switches()
 
 
-__all__ = ["CUDA_PRECISIONS", "PRECISION_TEXT", "conv_tf32_enabled", "precision_context", "precisions_for",
-           "switches_under", "tf32_switches"]
+__all__ = ["CUDA_PRECISIONS", "PRECISION_TEXT", "conv_tf32_enabled", "matmul_precision", "precision_context",
+           "precisions_for", "switches_under", "tf32_switches"]

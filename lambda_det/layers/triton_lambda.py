@@ -197,7 +197,7 @@ if triton is not None:
     def _fwd_step(acc, q0, q_row, v_base, r_ptr, u, dy, t0, y, x0, K, W, RH, RW, sqk, svu, svy, svx,
                   srk, sru, sry, srx, v_ok, in_band, band_idx, kk, tt, jj,
                   BK: tl.constexpr, TS: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
-                  ACC: tl.constexpr, ONE_K: tl.constexpr, row_ok):
+                  ACC: tl.constexpr, ONE_K: tl.constexpr, NKB: tl.constexpr, row_ok):
         """One (u, scope row dy, tap chunk t0) step of the forward: logits, band, apply to the value row."""
         yv = y + dy - RH // 2
         tap = t0 + tt
@@ -207,9 +207,9 @@ if triton is not None:
             rk = _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
             a = _mm(q0, rk, a, PRECISION, DOT_F32)
         else:
-            for k0 in range(0, K, BK):
-                qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
-                rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+            for kb in tl.static_range(NKB):  # unrolled: a loop here would be the one Triton pipelines
+                qk = _query_block(q_row, kb * BK, kk, K, sqk, row_ok)
+                rk = _embedding_block(r_ptr, kb * BK, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
                 a = _mm(qk, rk, a, PRECISION, DOT_F32)
         band = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0)
         xv = x0 + t0 - RW // 2 + jj
@@ -229,7 +229,7 @@ if triton is not None:
         HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
         BK: tl.constexpr, BV: tl.constexpr,
         PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_K: tl.constexpr,
-        FLAT: tl.constexpr,
+        FLAT: tl.constexpr, NKB: tl.constexpr,
     ):
         # program: one image, one query row y, BX positions of it, HB heads, BV value channels.
         # ONE_K (k <= BK, the paper's k = 16): the queries stay in registers for every tap chunk;
@@ -273,14 +273,14 @@ if triton is not None:
                 u, dy, t0 = _flat_step(it, dy_lo, n_dy, t_lo, n_t, TS)
                 acc = _fwd_step(acc, q0, q_row, v_base, r_ptr, u, dy, t0, y, x0, K, W, RH, RW, sqk, svu, svy, svx,
                                 srk, sru, sry, srx, v_ok, in_band, band_idx, kk, tt, jj,
-                                BK, TS, PRECISION, DOT_F32, ACC, ONE_K, row_ok)
+                                BK, TS, PRECISION, DOT_F32, ACC, ONE_K, NKB, row_ok)
         else:
             for u in range(0, U):
                 for dy in range(dy_lo, dy_hi):
                     for t0 in range(t_lo, t_hi, TS):
                         acc = _fwd_step(acc, q0, q_row, v_base, r_ptr, u, dy, t0, y, x0, K, W, RH, RW, sqk, svu, svy, svx,
                                         srk, sru, sry, srx, v_ok, in_band, band_idx, kk, tt, jj,
-                                        BK, TS, PRECISION, DOT_F32, ACC, ONE_K, row_ok)
+                                        BK, TS, PRECISION, DOT_F32, ACC, ONE_K, NKB, row_ok)
 
         o_ptrs = o_ptr + b * sob + y * soy + (head[:, None] * NV + vv[None, :]) * soc + xq[:, None] * sox
         tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & v_ok[None, :])
@@ -290,7 +290,7 @@ if triton is not None:
                  svb, svu, svv, svy, svx, srk, sru, sry, srx, spu, spy, spt, sgc,
                  row_ok, k_ok, kk, tt, jj, vl, tap_sel,
                  BV: tl.constexpr, TS: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
-                 ACC: tl.constexpr, ONE_V: tl.constexpr):
+                 ACC: tl.constexpr, ONE_V: tl.constexpr, NVB: tl.constexpr):
         """One (u, scope row dy, tap chunk t0) step of dq / dR: dB = G V_row^T, the band read back (da),
         dq += da R^T, and this program's partial dR += q^T da (read, add, write its own slot)."""
         yv = y + dy - RH // 2
@@ -302,7 +302,8 @@ if triton is not None:
                          mask=(vl < NV)[:, None] & x_ok[None, :], other=0.0)
             db = _mm(g0, vt, db, PRECISION, DOT_F32)
         else:
-            for v0 in range(0, NV, BV):
+            for vb in tl.static_range(NVB):  # unrolled: a loop here would be the one Triton pipelines
+                v0 = vb * BV
                 v_ok = (v0 + vl) < NV
                 gv = tl.load(g_row + (v0 + vl)[None, :] * sgc, mask=row_ok[:, None] & v_ok[None, :], other=0.0)
                 vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + (v0 + vl)[:, None] * svv + xv[None, :] * svx,
@@ -311,8 +312,11 @@ if triton is not None:
         tap = t0 + tt
         tap_ok = (tt < TS) & (tap < RW)
         da = tl.where(tap_ok[None, :], tl.gather(db, tap_sel, 1), 0.0).to(v_ptr.dtype.element_ty)
-        rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
-        dq = _mm(da, tl.trans(rk), dq, PRECISION, DOT_F32)
+        # R^T as a (tap chunk x k block) tile, loaded so (not transposed in registers: Triton copies a
+        # 16-bit tile asynchronously only as it is loaded)
+        rt = tl.load(r_ptr + (k0 + kk)[None, :] * srk + u * sru + dy * sry + tap[:, None] * srx,
+                     mask=((k0 + kk) < K)[None, :] & tap_ok[:, None], other=0.0)
+        dq = _mm(da, rt, dq, PRECISION, DOT_F32)
         p_ptrs = p_base + u * spu + dy * spy + tap[None, :] * spt
         p_mask = k_ok[:, None] & tap_ok[None, :]
         part = tl.load(p_ptrs, mask=p_mask, other=0.0)
@@ -333,7 +337,7 @@ if triton is not None:
         HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
         BK: tl.constexpr, BV: tl.constexpr,
         PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_V: tl.constexpr,
-        FLAT: tl.constexpr,
+        FLAT: tl.constexpr, NVB: tl.constexpr,
     ):
         # program: one image, ROWS query rows, BX positions, HB heads; writes dq of those and its
         # own slot of partial dR sums (p[slot, u, dy, t, k]); nothing another program writes.
@@ -396,7 +400,7 @@ if triton is not None:
                         dq = _qr_step(dq, g0, g_row, qk, v_ptr, r_ptr, p_base, b, u, dy, t0, y, x0, k0, K, NV, W, RH, RW,
                                       svb, svu, svv, svy, svx, srk, sru, sry, srx, spu, spy, spt, sgc,
                                       row_ok, k_ok, kk, tt, jj, vl, tap_sel,
-                                      BV, TS, PRECISION, DOT_F32, ACC, ONE_V)
+                                      BV, TS, PRECISION, DOT_F32, ACC, ONE_V, NVB)
                     # the steps of one row write apart; the next row reads this slot back, maybe in other threads
                     tl.debug_barrier()
                 else:
@@ -406,7 +410,7 @@ if triton is not None:
                                 dq = _qr_step(dq, g0, g_row, qk, v_ptr, r_ptr, p_base, b, u, dy, t0, y, x0, k0, K, NV, W,
                                               RH, RW, svb, svu, svv, svy, svx, srk, sru, sry, srx, spu, spy, spt, sgc,
                                               row_ok, k_ok, kk, tt, jj, vl, tap_sel,
-                                              BV, TS, PRECISION, DOT_F32, ACC, ONE_V)
+                                              BV, TS, PRECISION, DOT_F32, ACC, ONE_V, NVB)
                                 tl.debug_barrier()
                 d_ptrs = dq_ptr + b * sdb + y * sdy + head[:, None] * sdh + (k0 + kk)[None, :] * sdk + xq[:, None] * sdx
                 tl.store(d_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & k_ok[None, :])
@@ -416,7 +420,7 @@ if triton is not None:
                 sqb, sqh, sqk, sqy, sqx, srk, sru, sry, srx, sgy, sgx, sgc,
                 hoff, jj, kk, tt, v_ok, in_band, band_idx,
                 BK: tl.constexpr, TS: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
-                ACC: tl.constexpr, ONE_K: tl.constexpr):
+                ACC: tl.constexpr, ONE_K: tl.constexpr, NKB: tl.constexpr):
         """One (scope row dy, tap chunk t0, head group h0) step of dV: the logits of the haloed query
         segment, the band transposed, applied to their output gradients."""
         y = yv - dy + RH // 2
@@ -431,9 +435,9 @@ if triton is not None:
             a = _mm(_query_block(q_row, 0, kk, K, sqk, ok),
                     _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx), a, PRECISION, DOT_F32)
         else:
-            for k0 in range(0, K, BK):
-                qk = _query_block(q_row, k0, kk, K, sqk, ok)
-                rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+            for kb in tl.static_range(NKB):  # unrolled: a loop here would be the one Triton pipelines
+                qk = _query_block(q_row, kb * BK, kk, K, sqk, ok)
+                rk = _embedding_block(r_ptr, kb * BK, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
                 a = _mm(qk, rk, a, PRECISION, DOT_F32)
         bt = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0).to(g_base.dtype.element_ty)  # (S x BX)
         gs = tl.load(g_base + y * sgy + xq[:, None] * sgx + head[:, None] * NV * sgc,
@@ -451,7 +455,7 @@ if triton is not None:
         HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
         BK: tl.constexpr, BV: tl.constexpr,
         PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_K: tl.constexpr,
-        FLAT: tl.constexpr,
+        FLAT: tl.constexpr, NKB: tl.constexpr,
     ):
         # program: one image, one value row y', BX value columns x0.., one u, BV value channels.
         # dV[x'] gathers a[(h, x), t] g[h, x] over the queries x = x' - t + cx whose scope holds x'
@@ -493,14 +497,28 @@ if triton is not None:
                 rest = it % (n_t * n_h)
                 acc = _v_step(acc, q_ptr, r_ptr, g_base, b, u, dy, t_lo + (rest // n_h) * TS, (rest % n_h) * HB, yv, x0,
                               HEADS, K, NV, W, RH, RW, sqb, sqh, sqk, sqy, sqx, srk, sru, sry, srx, sgy, sgx, sgc,
-                              hoff, jj, kk, tt, v_ok, in_band, band_idx, BK, TS, PRECISION, DOT_F32, ACC, ONE_K)
-        else:
+                              hoff, jj, kk, tt, v_ok, in_band, band_idx, BK, TS, PRECISION, DOT_F32, ACC, ONE_K, NKB)
+        else:  # the first version's loop nest, as the first GPU run measured it (the kernel benchmark's baseline)
             for dy in range(dy_lo, dy_hi):
+                y = yv - dy + cy
                 for t0 in range(t_lo, t_hi, TS):
+                    tap = t0 + tt
+                    tap_ok = (tt < TS) & (tap < RW)
+                    xq = x0 + cx - t0 - (TS - 1) + jj
+                    xq_ok = (xq >= 0) & (xq < W)
                     for h0 in range(0, HEADS, HB):
-                        acc = _v_step(acc, q_ptr, r_ptr, g_base, b, u, dy, t0, h0, yv, x0,
-                                      HEADS, K, NV, W, RH, RW, sqb, sqh, sqk, sqy, sqx, srk, sru, sry, srx, sgy, sgx, sgc,
-                                      hoff, jj, kk, tt, v_ok, in_band, band_idx, BK, TS, PRECISION, DOT_F32, ACC, ONE_K)
+                        head = h0 + hoff
+                        ok = xq_ok & (head < HEADS)
+                        q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
+                        a = tl.zeros((S, RT), dtype=ACC)
+                        for k0 in range(0, K, BK):
+                            qk = _query_block(q_row, k0, kk, K, sqk, ok)
+                            rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+                            a = _mm(qk, rk, a, PRECISION, DOT_F32)
+                        bt = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0).to(g_ptr.dtype.element_ty)  # (S x BX)
+                        gs = tl.load(g_ptr + b * sgb + y * sgy + xq[:, None] * sgx + (head[:, None] * NV + vv[None, :]) * sgc,
+                                     mask=ok[:, None] & v_ok[None, :], other=0.0)
+                        acc = _mm(tl.trans(bt), gs, acc, PRECISION, DOT_F32)
         xd = x0 + ii
         d_ptrs = dv_ptr + b * sdb + u * sdu + yv * sdy + vv[None, :] * sdv + xd[:, None] * sdx
         tl.store(d_ptrs, acc.to(dv_ptr.dtype.element_ty), mask=(xd < W)[:, None] & v_ok[None, :])
@@ -643,7 +661,7 @@ def forward_launch(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, o
     grid = (b * height * triton.cdiv(width, t.bx), triton.cdiv(heads, t.hb) * triton.cdiv(v, t.bv))
     args = (q, values, kernel, content, out, *q.stride(), *values.stride(), *kernel.stride(), *content.stride(),
             *out.stride(), heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
-    constexprs = dict(_constexprs(t, q.dtype, precision or dot_precision(q.dtype)), ONE_K=k <= t.bk)
+    constexprs = dict(_constexprs(t, q.dtype, precision or dot_precision(q.dtype)), ONE_K=k <= t.bk, NKB=triton.cdiv(k, t.bk))
     return Launch(_lambda_fwd_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
 
 
@@ -656,7 +674,7 @@ def qr_grad_launch(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, cont
     args = (q, values, kernel, content, grad, dq, partial, *q.stride(), *values.stride(), *kernel.stride(),
             *content.stride(), *grad.stride(), *dq.stride(), *partial.stride()[:4],
             heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3], rows)
-    constexprs = dict(_constexprs(t, q.dtype, precision or dot_precision(q.dtype)), ONE_V=v <= t.bv)
+    constexprs = dict(_constexprs(t, q.dtype, precision or dot_precision(q.dtype)), ONE_V=v <= t.bv, NVB=triton.cdiv(v, t.bv))
     return Launch(_lambda_bwd_qr_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
 
 
@@ -674,7 +692,7 @@ def v_grad_launch(grad: Tensor, q: Tensor, kernel: Tensor, dv: Tensor, precision
     grid = (b * height * triton.cdiv(width, t.bx), u * triton.cdiv(v, t.bv))
     args = (q, kernel, grad, dv, *q.stride(), *kernel.stride(), *grad.stride(), *dv.stride(),
             heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
-    constexprs = dict(_constexprs(t, q.dtype, precision), ONE_K=k <= t.bk)
+    constexprs = dict(_constexprs(t, q.dtype, precision), ONE_K=k <= t.bk, NKB=triton.cdiv(k, t.bk))
     return Launch(_lambda_bwd_v_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
 
 
@@ -716,7 +734,6 @@ def backward_into(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, conte
     ``qr_tiles``, ``v_tiles``: other tiles than the defaults (the kernel benchmark's variants).
     """
     b, heads, k, height, width = q.shape
-    v = values.shape[2]
     if q.numel() == 0 or values.numel() == 0:
         for t_ in (dq, dv, dr, dc):
             t_.zero_()
@@ -730,14 +747,24 @@ def backward_into(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor, conte
     with _device_context(q):
         qr_grad_launch(grad, q, values, kernel, content, dq, partial, rows, tiles=qr_tiles).run()
         v_grad_launch(grad, q, kernel, dv, tiles=v_tiles).run()
-    # dR: the programs' partial sums added in one fixed order (the same bits on every run)
-    dr.copy_(partial.sum(0).permute(3, 0, 1, 2))
-    # dlambda^c[b, k, v] = sum_{h, n} q[b, h, k, n] g[b, h, v, n]: one batched matmul
-    n = height * width
+    add_partial_sums(partial, dr)
+    content_lambda_gradient(q, grad, dc)
+
+
+def add_partial_sums(partial: Tensor, dr: Tensor) -> Tensor:
+    """dR from the dq/dR programs' partial sums (programs, u, rh, rw, k), added in one fixed order (the
+    same bits on every run), into ``dr`` (k, u, rh, rw)."""
+    return dr.copy_(partial.sum(0).permute(3, 0, 1, 2))
+
+
+def content_lambda_gradient(q: Tensor, grad: Tensor, dc: Tensor) -> Tensor:
+    """dlambda^c[b, k, v] = sum_{h, n} q[b, h, k, n] g[b, h v, n] into ``dc``: one batched matmul."""
+    b, heads, k, height, width = q.shape
+    v, n = grad.shape[1] // heads, height * width
     qf = q.reshape(b, heads, k, n).transpose(1, 2).reshape(b, k, heads * n)
     gf = grad.reshape(b, heads, v, n).transpose(1, 2).reshape(b, v, heads * n)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        dc.copy_(torch.matmul(qf, gf.transpose(1, 2)))
+        return dc.copy_(torch.matmul(qf, gf.transpose(1, 2)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -761,8 +788,7 @@ def _lambda_output_backward_op(grad: Tensor, q: Tensor, values: Tensor, kernel: 
                                content_lambda: Tensor) -> List[Tensor]:
     dq, dv = torch.empty_like(q), torch.empty_like(values)  # the inputs' strides (channels innermost)
     dr, dc = torch.empty_like(kernel), torch.empty_like(content_lambda)
-    # the output gradient's channels innermost too (channels_innermost's reason)
-    backward_into(grad.contiguous(memory_format=torch.channels_last), q, values, kernel, content_lambda, dq, dv, dr, dc)
+    backward_into(gradient_layout(grad), q, values, kernel, content_lambda, dq, dv, dr, dc)
     return [dq, dv, dr, dc]
 
 
@@ -784,14 +810,26 @@ def _backward(ctx, grad):
 torch.library.register_autograd("lambda_det::lambda_output_triton", _backward, setup_context=_setup_context)
 
 
-def channels_innermost(t: Tensor) -> Tensor:
-    """``t`` (b, a, c, H, W) with its channel index c moving fastest in memory (a copy unless it already
-    does). The kernels load tiles of (positions x channels); with the channels contiguous, every row of
-    a tile is one coalesced vector whose start stays aligned at any position offset, which is what lets
-    Triton copy 16-bit tiles to shared memory asynchronously (pipelined) at all."""
-    if t.stride(2) == 1 or t.shape[2] == 1:
+def innermost(t: Tensor, dim: int) -> Tensor:
+    """``t`` with index ``dim`` moving fastest in memory (a copy unless it already does)."""
+    if t.stride(dim) == 1 or t.shape[dim] == 1:
         return t
-    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    return t.movedim(dim, -1).contiguous().movedim(-1, dim)
+
+
+def operand_layouts(q: Tensor, values: Tensor, kernel: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The layouts the operator launches the kernels with: the channels of q (b, h, k, H, W) and of
+    values (b, u, v, H, W) innermost, and k of the embeddings (k, u, rh, rw). The kernels load tiles of
+    (positions or taps x channels); with the channels contiguous every row of a tile is one vector
+    whose start stays aligned at any position or tap offset, which is what lets Triton copy 16-bit
+    tiles to shared memory asynchronously (pipelined) at all. One copy each, small beside the scope
+    rows that read them."""
+    return innermost(q, 2), innermost(values, 2), innermost(kernel, 0)
+
+
+def gradient_layout(grad: Tensor) -> Tensor:
+    """The output gradient (b, h v, H, W) channels-last, for operand_layouts' reason."""
+    return innermost(grad, 1)
 
 
 def lambda_output_triton(q: Tensor, values: Tensor, kernel: Tensor, content_lambda: Tensor) -> Tensor:
@@ -807,12 +845,13 @@ def lambda_output_triton(q: Tensor, values: Tensor, kernel: Tensor, content_lamb
         q, values, kernel, content_lambda = (
             t.to(low) if t.dtype == torch.float32 else t for t in (q, values, kernel, content_lambda))
     _check(q, values, kernel, content_lambda)
-    return _lambda_output_op(channels_innermost(q), channels_innermost(values), kernel, content_lambda)
+    return _lambda_output_op(*operand_layouts(q, values, kernel), content_lambda)
 
 
 __all__ = [
     "FORWARD_TILES", "PRECISIONS", "QR_GRAD_TILES", "Tiles", "V_GRAD_TILES", "available", "backward_into",
-    "choose_triton", "dot_precision", "forward_into", "lambda_output_triton", "matmul_tf32_enabled", "qr_partial_shape",
+    "choose_triton", "dot_precision", "forward_into", "gradient_layout", "innermost", "lambda_output_triton",
+    "matmul_tf32_enabled", "operand_layouts", "qr_partial_shape",
     "qr_rows_per_program", "unavailable_reason",
 ]
 
@@ -876,14 +915,14 @@ def kernel_configurations() -> List[KernelConfiguration]:
         def meta(*size, dt=dtype):
             return torch.empty(size, dtype=dt, device="meta")
 
-        # the layouts the operator launches with: queries and values channels innermost, the output
-        # new (contiguous), its gradient channels-last (lambda_output_triton)
-        q = channels_innermost(meta(s["b"], s["heads"], s["k"], s["height"], s["width"]))
-        values = channels_innermost(meta(s["b"], s["u"], s["v"], s["height"], s["width"]))
-        kernel = meta(s["k"], s["u"], s["rh"], s["rw"])
+        # the layouts the operator launches with (operand_layouts; the output new, its gradient
+        # channels-last)
+        q, values, kernel = operand_layouts(meta(s["b"], s["heads"], s["k"], s["height"], s["width"]),
+                                            meta(s["b"], s["u"], s["v"], s["height"], s["width"]),
+                                            meta(s["k"], s["u"], s["rh"], s["rw"]))
         content = meta(s["b"], s["k"], s["v"])
         out = meta(s["b"], s["heads"] * s["v"], s["height"], s["width"])
-        grad = out.contiguous(memory_format=torch.channels_last)
+        grad = gradient_layout(out)
         rows = qr_rows_per_program(s["b"], s["heads"], s["height"], s["width"])
         partial = meta(*qr_partial_shape(q, values, kernel, rows), dt=_accumulator_dtype(dtype))
         label = _TL_NAMES[dtype] + ("/tf32" if precision == "tf32" else "")
