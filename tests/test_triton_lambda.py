@@ -53,7 +53,8 @@ GUARD_CHECKS = [f"guards:{name}" for name in W.SHAPES] + ["guards:basic@2"]
 # every tile variant the kernel benchmark may time (lambda_det.benchmark.kernels.variants), on a global
 # scope (two tap chunks, two x segments) and on k 17 / v 70 (k and v in blocks)
 VARIANT_CHECKS = ["variants:global", "variants:blocks"]
-DEFAULT_CHECKS = GUARD_CHECKS + VARIANT_CHECKS + ["gradcheck:u2_global", "half", "library_op", "precision_switch", "layer"]
+DEFAULT_CHECKS = GUARD_CHECKS + VARIANT_CHECKS + ["gradcheck:u2_global", "half", "library_op", "precision_switch", "layer",
+                                                  "kernel_benchmark"]
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,11 @@ def test_interpreter_matches_float64_reference_inside_guards(interpreter_results
 @pytest.mark.parametrize("check", VARIANT_CHECKS)
 def test_interpreter_tile_variants_match_float64_reference_inside_guards(interpreter_results, check):
     assert_passed(interpreter_results, check)
+
+
+@needs_triton
+def test_kernel_benchmark_records_a_variant_that_cannot_launch_and_goes_on(interpreter_results):
+    assert_passed(interpreter_results, "kernel_benchmark")
 
 
 @needs_triton

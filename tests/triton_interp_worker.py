@@ -346,6 +346,27 @@ def check_layer(errors):
             errors.append(f"layer {batch}x{height}x{width} {options}: shape {got.shape} vs {expected.shape}, error {err:.3g}")
 
 
+def check_kernel_benchmark_keeps_going(errors):
+    """The kernel benchmark records a variant that cannot launch (here: tiles the kernels reject) with
+    its error and times the rest, instead of losing the GPU run."""
+    import tempfile
+
+    from lambda_det.benchmark import kernels as KB
+    from lambda_det.layers import triton_lambda as T
+
+    good = [v for v in KB.variants() if v.name == "default"]
+    bad = KB.Variant("forward", "bad tiles", T.FORWARD_TILES._replace(bv=48))
+    KB.variants = lambda: good + [bad]
+    with tempfile.TemporaryDirectory() as tmp:
+        records = KB.kernel_benchmark(Path(tmp), "cpu", 1, arithmetic=[KB.ARITHMETIC[2]], log=lambda _: None)["records"]
+    by_name = {(r["kernel"], r["variant"]): r for r in records}
+    failed = by_name.get(("forward", "bad tiles"), {}).get("failed", "")
+    if "bv=48" not in failed:
+        errors.append(f"the rejected variant was not recorded with its error: {by_name.get(('forward', 'bad tiles'))}")
+    if not all("time" in by_name[(k, "default")] for k in ("forward", "dq/dR", "dV")):
+        errors.append("the default tiles were not all timed")
+
+
 def run(check: str):
     errors = []
     kind, _, arg = check.partition(":")
@@ -354,6 +375,8 @@ def run(check: str):
     elif kind == "guards":
         name, _, rows = arg.partition("@")
         check_guards(errors, name, int(rows) if rows else None)
+    elif kind == "kernel_benchmark":
+        check_kernel_benchmark_keeps_going(errors)
     elif kind == "variants":  # every tile variant the kernel benchmark times, on one shape
         from lambda_det.benchmark.kernels import variants
 

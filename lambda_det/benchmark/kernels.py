@@ -221,27 +221,8 @@ def kernel_benchmark(out_dir: Path, device: str = "cuda", repeats: int = 3, shap
             inputs = _inputs(shape, arith.dtype, dev)
             chosen = [v for v in variants() if v.name == "default" or (arith.name in VARIANT_ARITHMETIC and shape_name in VARIANT_SHAPES)]
             for kernel in ("forward", "dq/dR", "dV"):
-                cases = {v.name: _Case(v, arith, inputs, shape) for v in chosen if v.kernel == kernel}
-                expected = [t.clone() for t in cases["default"].result()]
-                steps, agreement = {}, {}
-                for name, case in cases.items():
-                    difference = _max_relative_difference(case.result(), expected)
-                    agreement[name] = difference
-                    if difference <= AGREEMENT[arith.name]:
-                        steps[name] = case.launch.run
-                timings = interleaved(steps, repeats, dev, min_sample_s=0.02)
-                for name, case in cases.items():
-                    record = {"shape": shape_name, "arithmetic": arith.name, "kernel": kernel, "variant": name,
-                              "tiles": case.tiles._asdict(), "rows": case.rows, "gflop": case.flop / 1e9,
-                              "max_rel_difference_to_default": agreement[name],
-                              "agrees": agreement[name] <= AGREEMENT[arith.name], **case.compiled_facts()}
-                    if name in timings:
-                        record["time"] = timings[name].to_dict()
-                        record["tflops"] = case.flop / timings[name].median / 1e12
-                    records.append(record)
-                    log(f"{shape_name} {arith.name} {kernel} {name}: "
-                        + (f"{spread(record['time'])}, {record['tflops']:.1f} TFLOP/s" if "time" in record
-                           else f"DISAGREES with the default tiles by {agreement[name]:.2g}"))
+                records.extend(_time_variants(kernel, [v for v in chosen if v.kernel == kernel], shape_name, shape, arith,
+                                              inputs, repeats, dev, log))
             records.extend(_operator_steps(shape_name, arith, inputs, repeats, dev))
             del inputs
         # written after every shape: a run stopped by its time limit keeps what it measured
@@ -250,6 +231,48 @@ def kernel_benchmark(out_dir: Path, device: str = "cuda", repeats: int = 3, shap
         write_results(paths, result, kernel_report(result))
     log(f"wrote {paths['json']}, .md")
     return result
+
+
+def _time_variants(kernel: str, chosen: List[Variant], shape_name: str, shape: dict, arith: Arithmetic, inputs,
+                   repeats: int, dev: torch.device, log: Callable[[str], None]) -> List[dict]:
+    """The variants of one kernel: each run once and compared with the default tiles' result, then the
+    agreeing ones timed, interleaved. A variant that does not compile or launch here (shared memory,
+    registers) is recorded with its error; the default must run."""
+    cases, failed = {}, {}
+    for variant in chosen:
+        try:
+            case = _Case(variant, arith, inputs, shape)
+            case.output = [t.clone() for t in case.result()]
+            cases[variant.name] = case
+        except Exception as exc:  # a variant the GPU cannot run is a result, not the end of the run
+            if variant.name == "default":
+                raise
+            failed[variant.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    expected = cases["default"].output
+    agreement = {name: _max_relative_difference(case.output, expected) for name, case in cases.items()}
+    steps = {name: case.launch.run for name, case in cases.items() if agreement[name] <= AGREEMENT[arith.name]}
+    timings = interleaved(steps, repeats, dev, min_sample_s=0.02)
+    records = []
+    for variant in chosen:
+        name = variant.name
+        record = {"shape": shape_name, "arithmetic": arith.name, "kernel": kernel, "variant": name}
+        if name in failed:
+            record["failed"] = failed[name]
+            log(f"{shape_name} {arith.name} {kernel} {name}: FAILED {failed[name]}")
+            records.append(record)
+            continue
+        case = cases[name]
+        record.update({"tiles": case.tiles._asdict(), "rows": case.rows, "gflop": case.flop / 1e9,
+                       "max_rel_difference_to_default": agreement[name], "agrees": agreement[name] <= AGREEMENT[arith.name],
+                       **case.compiled_facts()})
+        if name in timings:
+            record["time"] = timings[name].to_dict()
+            record["tflops"] = case.flop / timings[name].median / 1e12
+        records.append(record)
+        log(f"{shape_name} {arith.name} {kernel} {name}: "
+            + (f"{spread(record['time'])}, {record['tflops']:.1f} TFLOP/s" if "time" in record
+               else f"DISAGREES with the default tiles by {agreement[name]:.2g}"))
+    return records
 
 
 def _operator_steps(shape_name: str, arith: Arithmetic, inputs, repeats: int, dev: torch.device) -> List[dict]:
@@ -293,7 +316,8 @@ def kernel_report(result: dict) -> str:
         base = default.get((r["shape"], r["arithmetic"], r["kernel"]))
         ratio = f"{r['time']['median_s'] / base['time']['median_s']:.2f}x" if base and "time" in r and r is not base else "-"
         facts = (f"{r['registers']} / {r['spills']} / {(r['shared_bytes'] or 0) / 1024:.0f}" if "registers" in r else "-")
-        rows.append([r["shape"], r["arithmetic"], r["kernel"], r["variant"], spread(r["time"]) if "time" in r else "not timed",
+        rows.append([r["shape"], r["arithmetic"], r["kernel"], r["variant"],
+                     spread(r["time"]) if "time" in r else ("FAILED: " + r["failed"] if "failed" in r else "not timed"),
                      ratio, f"{r['gflop']:.3g}" if "gflop" in r else "-", f"{r['tflops']:.3g}" if "tflops" in r else "-", facts,
                      "-" if "agrees" not in r else ("yes" if r["agrees"] else f"NO ({r['max_rel_difference_to_default']:.2g})")])
     totals = []
