@@ -119,7 +119,7 @@ QR_GRAD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_
 # dV: 16 value columns (its matmul's M), the 32 haloed query columns of 4 heads stacked into the
 # reduction (128), 17 taps per chunk, v = 64 in one block (so the logits are recomputed once per
 # chunk, not once per value block). IEEE float32 multiplies with FMAs, whose operands take more
-# registers: half the value block there (at 64 it spilled 264 bytes on sm_80).
+# registers: half the value block there (the first version spilled at 64 on sm_80).
 # Two stages here: its tiles are larger (three took 110 KB of shared memory on sm_90 in TF32).
 V_GRAD_TILES = Tiles(hb=4, bx=16, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=2)
 V_GRAD_TILES_FMA = V_GRAD_TILES._replace(bv=32)
