@@ -186,12 +186,34 @@ class Checkpointer(DetectionCheckpointer):
         bad = [k for k, v in checkpoint["model"].items() if not hasattr(v, "shape")]
         if bad:
             raise WeightsError(f"weights {self._path} is not a state dict of tensors (e.g. {bad[0]!r} is a {type(checkpoint['model'][bad[0]]).__name__})")
-        return super()._load_model(checkpoint)
+        names = list(checkpoint["model"])
+        incompatible = super()._load_model(checkpoint)
+        # every tensor of the model missing (after Detectron2's renaming and shape checks; it takes
+        # pixel_mean/std from the config): the run would start from random weights behind a wall of
+        # warnings, whatever it was asked to load
+        expected = set(self.model.state_dict()) - {"pixel_mean", "pixel_std"}
+        if names and expected and expected <= set(incompatible.missing_keys):
+            raise WeightsError(nothing_fits(self._path, names))
+        return incompatible
 
     def _log_incompatible_keys(self, incompatible) -> None:
         if self.strict and (incompatible.missing_keys or incompatible.unexpected_keys or incompatible.incorrect_shapes):
             raise WeightsError(fit_report(self._path, incompatible, self.cfg))
         super()._log_incompatible_keys(incompatible)
+
+
+# first keys of timm's LambdaResNet / ResNet state dicts, which tools/convert_timm_to_d2.py converts
+TIMM_KEY_PREFIXES = ("stem.", "stages.", "conv1.", "layer1.", "head.fc.", "fc.")
+
+
+def nothing_fits(path: str, names: Sequence[str]) -> str:
+    """The message for weights of which no tensor fits the model."""
+    text = (f"weights {path}: none of its {len(names)} tensors fits the model this config builds (its names start "
+            f"like {', '.join(repr(n) for n in names[:3])}), so nothing would be loaded")
+    if any(n.startswith(TIMM_KEY_PREFIXES) for n in names) and not any(n.startswith("backbone.") for n in names):
+        text += (f"; it looks like a timm state dict: convert it first with "
+                 f"python tools/convert_timm_to_d2.py {path} --output <new file>.pth, and load that")
+    return text
 
 
 def fit_report(path: str, incompatible, cfg=None, limit: int = 4) -> str:

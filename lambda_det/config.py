@@ -1,6 +1,5 @@
 """Config keys of lambda_det: one function that adds new nodes and never changes Detectron2's defaults."""
 import difflib
-import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -11,6 +10,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .errors import ConfigError
+from .utils.file_safety import normalized
 
 
 def add_lambda_config(cfg: CN) -> CN:
@@ -134,8 +134,8 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as exc:
         raise ConfigError(f"config override: {_explain(cfg, exc)}") from None
-    if cfg.OUTPUT_DIR:  # "new/../run" is run once new/ exists: the checks of OUTPUT_DIR must see run
-        cfg.OUTPUT_DIR = os.path.normpath(cfg.OUTPUT_DIR)
+    if cfg.OUTPUT_DIR:
+        cfg.OUTPUT_DIR = normalized(cfg.OUTPUT_DIR)
     return cfg
 
 

@@ -689,3 +689,13 @@ def test_readme_toy_dataset_numbers_are_what_the_stats_command_prints():
         s = dataset_statistics(name)
         row = f"| {name} | {s['images']} | {s['instances']} | {s['small_pct']} | {s['medium_pct']} | {s['large_pct']} |"
         assert row in readme, row
+
+
+def test_a_quoted_tilde_is_the_home_folder_not_a_folder_named_tilde(tmp_path, monkeypatch):
+    """No shell expands "~" inside quotes or in a config file; the tools do, instead of creating ./~."""
+    from lambda_det.utils.file_safety import path_argument
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert path_argument("~/runs/x") == tmp_path / "home" / "runs" / "x"
+    assert load_config(TOY_CONFIG, ["OUTPUT_DIR", "~/runs/toy"]).OUTPUT_DIR == str(tmp_path / "home" / "runs" / "toy")

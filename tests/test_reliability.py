@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from conftest import TINY, TOY_CONFIG, run_tool
 from PIL import Image
 
@@ -49,6 +50,25 @@ def test_demo_glob_matches_inside_the_output_folder_are_inputs_and_never_replace
     err = capsys.readouterr().err
     assert "holds the input" in err and "no such file" not in err
     assert hashes(tmp_path) == before
+
+
+def test_written_files_get_the_mode_of_the_umask_as_open_would_give_them(tmp_path):
+    """Results are written through a temporary file that mkstemp creates private (0600); after the
+    rename they carry the mode a plain open() would have given them (0644 under umask 022)."""
+    from lambda_det.utils.file_safety import StagedFiles, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "metrics.json", "{}")
+        with StagedFiles() as staged:
+            write_text(staged.stage(tmp_path / "report.md"), "# report")
+        os.umask(0o077)
+        write_text(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_checked_writes_never_touch_a_file_named_like_their_temporary(tmp_path):
@@ -375,6 +395,26 @@ def test_the_timm_converter_refuses_a_pkl_output_and_creates_no_folder_for_a_bad
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not_weights.pth"]  # no empty folders left behind
     assert run_tool("convert_timm_to_d2.py", bad, "--output", tmp_path / "weights.pkl") == 2
     assert "name the file .pth" in capsys.readouterr().err
+
+
+def test_weights_of_which_nothing_fits_are_refused_and_a_timm_file_is_sent_to_the_converter(tmp_path, capsys):
+    """A raw timm state dict as MODEL.WEIGHTS used to load nothing, warn per tensor and train from
+    random weights; any file none of whose tensors fits the model is refused before training."""
+    timm_like = tmp_path / "lambda_resnet26t_timm.pth"
+    torch.save({"stem.conv1.conv.weight": torch.zeros(24, 3, 3, 3), "stages.0.0.conv1_1x1.conv.weight": torch.zeros(64, 24, 1, 1),
+                "head.fc.weight": torch.zeros(1000, 2048)}, timm_like)
+    out = tmp_path / "run"
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "MODEL.WEIGHTS", timm_like, "SOLVER.MAX_ITER", "1",
+                    "OUTPUT_DIR", out) == 2
+    err = capsys.readouterr().err
+    assert "none of its 3 tensors fits the model" in err and "convert_timm_to_d2.py" in err
+    assert not list(out.glob("model_*.pth"))
+    other = tmp_path / "other_model.pth"
+    torch.save({"model": {"encoder.layer.0.weight": torch.zeros(4, 4)}}, other)
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "MODEL.WEIGHTS", other, "SOLVER.MAX_ITER", "1",
+                    "OUTPUT_DIR", tmp_path / "run2") == 2
+    err = capsys.readouterr().err
+    assert "none of its 1 tensors fits the model" in err and "convert_timm_to_d2" not in err
 
 
 def test_the_config_hash_is_the_files_own_in_every_run(tiny_weights, small_val, tmp_path):

@@ -11,7 +11,6 @@ after every evaluation.
 """
 from __future__ import annotations
 
-import os
 import argparse
 import logging
 from pathlib import Path
@@ -31,6 +30,7 @@ from ..data import check_coco_files, check_registered, prepare_dataset
 from ..errors import ConfigError, TrainingDiverged
 from ..evaluation import describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
 from ..lazy_config import config_text, load_lazy_config
+from ..utils.file_safety import normalized
 from ..modeling import build_lambda_resnet, lambda_resnet_config
 from .defaults import add_dataset_argument, check_launch_args, register_datasets, setup_process, share_cpu_cores
 from .preflight import RunKeys, check_model_and_output, check_output_and_weights, evaluation_files, explained_build_errors
@@ -85,8 +85,8 @@ def load_lazy_run_config(args) -> DictConfig:
     if missing:
         raise ConfigError(f"config file {args.config_file} lacks {', '.join(missing)}, which a run reads "
                           "(Detectron2's configs/common/train.py defines train.*)")
-    if cfg.train.output_dir:  # "new/../run" is run once new/ exists: the checks must see run
-        cfg.train.output_dir = os.path.normpath(str(cfg.train.output_dir))
+    if cfg.train.output_dir:
+        cfg.train.output_dir = normalized(cfg.train.output_dir)
     if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: running on the CPU (train.device=cpu)")
         cfg.train.device = "cpu"

@@ -21,11 +21,17 @@ from typing import Dict, Iterable, List, Sequence
 from ..errors import OutputError
 
 
+def normalized(path: str) -> str:
+    """A path as the checks must see it: "~/x" (quoted on a command line, or in a config, where no
+    shell expands it) is the home's x, not a folder named "~"; "new/../x" is x once new/ exists."""
+    return os.path.normpath(os.path.expanduser(str(path)))
+
+
 def path_argument(text: str) -> Path:
     """argparse type for --output / --input paths: an empty string would mean the current folder."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path is not allowed (it would mean the current folder)")
-    return Path(os.path.normpath(text))  # "new/../x" is x once new/ exists: the checks must see x
+    return Path(normalized(text))
 
 
 def refuse_file(path: Path, flag: str) -> None:
@@ -99,8 +105,18 @@ def temporary_path(path: Path) -> Path:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".partial{path.suffix}")
     except OSError as exc:
         raise OutputError(f"could not write {path}: {_reason(exc)}") from None
-    os.close(fd)
+    try:
+        os.fchmod(fd, _new_file_mode())  # mkstemp's 0600 would make every result private to its writer
+    finally:
+        os.close(fd)
     return Path(name)
+
+
+def _new_file_mode() -> int:
+    """The mode open() gives a new file: 0666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
