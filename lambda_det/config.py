@@ -10,7 +10,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .errors import ConfigError
-from .utils.file_safety import normalized
+from .utils.file_safety import normalized, not_a_file
 
 
 def add_lambda_config(cfg: CN) -> CN:
@@ -103,8 +103,7 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     cfg = add_lambda_config(get_cfg())
     path = Path(config_file)
     if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise ConfigError(f"config file {config_file} {what}")
+        raise ConfigError(f"config file {config_file} {not_a_file(path)}")
     try:
         content = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:

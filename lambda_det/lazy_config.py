@@ -18,6 +18,7 @@ from detectron2.config import LazyConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
+from .utils.file_safety import not_a_file
 
 _MISSING = object()
 
@@ -29,8 +30,7 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = ()) -> DictCon
     """
     path = Path(config_file)
     if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise ConfigError(f"config file {config_file} {what}")
+        raise ConfigError(f"config file {config_file} {not_a_file(path)}")
     if path.suffix not in (".py", ".yaml", ".yml"):
         raise ConfigError(f"config file {config_file} is not a LazyConfig: give a .py file (or a .yaml one LazyConfig.save wrote)")
     try:

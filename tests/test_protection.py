@@ -699,3 +699,35 @@ def test_a_quoted_tilde_is_the_home_folder_not_a_folder_named_tilde(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert path_argument("~/runs/x") == tmp_path / "home" / "runs" / "x"
     assert load_config(TOY_CONFIG, ["OUTPUT_DIR", "~/runs/toy"]).OUTPUT_DIR == str(tmp_path / "home" / "runs" / "toy")
+
+
+def test_a_pipe_given_as_a_config_file_is_named_as_such(tmp_path):
+    """A named pipe is no config file, and reading it would wait for a writer: say what it is."""
+    import os
+
+    from lambda_det.errors import ConfigError
+    from lambda_det.lazy_config import load_lazy_config
+
+    pipe = tmp_path / "config.yaml"
+    os.mkfifo(pipe)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config(str(pipe))
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_lazy_config(str(pipe))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_an_annotation_file_that_is_a_pipe_or_a_folder_is_named_before_anything_reads_it(tmp_path):
+    import os
+
+    from lambda_det.data.datasets import register_coco_dataset
+    from lambda_det.errors import DatasetError
+
+    (tmp_path / "images").mkdir()
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(DatasetError, match=r"annotation file .*pipe.json is not a regular file"):
+        register_coco_dataset("pipe_ds", tmp_path / "pipe.json", tmp_path / "images")
+    with pytest.raises(DatasetError, match=r"annotation file .*folder.json is a directory"):
+        register_coco_dataset("folder_ds", tmp_path / "folder.json", tmp_path / "images")

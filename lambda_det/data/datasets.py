@@ -14,6 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 
 from ..errors import ConfigError, DatasetError
+from ..utils.file_safety import not_a_file
 from .toy import TOY_CLASSES, TOY_COLORS, TOY_SPLITS, default_toy_root, generate_toy_dataset
 
 TOY_DATASETS = {f"toy_shapes_{split}": split for split in TOY_SPLITS}
@@ -82,6 +83,8 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
     for path, what in ((json_file, "annotation file"), (image_root, "image folder")):
         if not os.path.exists(path):
             raise DatasetError(f"dataset {name!r}: its {what} {path} does not exist")
+    if not os.path.isfile(json_file):  # a folder, or a pipe whose reading would wait for a writer
+        raise DatasetError(f"dataset {name!r}: its annotation file {json_file} {not_a_file(Path(json_file))}")
     if not os.path.isdir(image_root):
         raise DatasetError(f"dataset {name!r}: its image folder {image_root} is a file, not a folder")
     meta = MetadataCatalog.get(name)

@@ -27,6 +27,15 @@ def normalized(path: str) -> str:
     return os.path.normpath(os.path.expanduser(str(path)))
 
 
+def not_a_file(path: Path) -> str:
+    """Why ``path``, which is not a regular file, cannot be read as one: missing, a folder, or a pipe,
+    socket or device (reading a pipe would wait for a writer)."""
+    path = Path(path)
+    if not path.exists():
+        return "does not exist"
+    return "is a directory" if path.is_dir() else "is not a regular file (a pipe, socket or device)"
+
+
 def path_argument(text: str) -> Path:
     """argparse type for --output / --input paths: an empty string would mean the current folder."""
     if not text.strip():
