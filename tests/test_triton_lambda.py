@@ -194,7 +194,7 @@ def test_rejects_inputs_outside_the_contract():
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 # Spill limits (bytes of spill stores that ptxas reports): none for the tensor-core paths the
 # network trains with (TF32, float16, bfloat16) at res4, the main Table 6 shape; at most 256 for any
-# configuration (the largest seen: 100, dV in IEEE float32 at k 32 on sm_80; docs/gpu.md has the table).
+# configuration (the largest seen: 108, dV in IEEE float32 at k 64 on sm_80; docs/gpu.md has the table).
 MAX_SPILL_BYTES = 256
 MAX_SPILL_BYTES_TENSOR_CORE_RES4 = 0
 
@@ -241,18 +241,19 @@ def compile_all(capability: int) -> list:
 @pytest.mark.parametrize("capability", [80, 90])
 def test_every_kernel_configuration_compiles_for_gpus(capability):
     rows = compile_all(capability)
-    assert len(rows) == 30  # 5 types/precisions x (forward, dq/dR, dV) x (ONE_K or ONE_V, or not)
+    assert len(rows) == 45  # 5 types/precisions x (forward, dq/dR, dV) x (one block of k or v, two unrolled, more looped)
     for r in rows:
         assert r["shared"] <= SHARED_LIMIT[capability], r
         assert r["spill_stores"] <= MAX_SPILL_BYTES, r
         tensor_core = "fp32 " not in r["name"] + " "  # every type but IEEE float32 multiplies on tensor cores
         if tensor_core:
             assert r["unit"] in ("mma", "wgmma"), f"{r['name']} on sm_{capability} compiled without tensor cores"
-        if tensor_core and "fp64" not in r["name"]:
+        if tensor_core and "fp64" not in r["name"] and not r["name"].endswith(("(v512)", "(k64)")):
             # the training paths' tiles are asynchronous copies to shared memory, which is how Triton
             # pipelines them (for 16-bit types only in operand_layouts: docs/gpu.md); synchronous loads
             # are left only outside the loop of steps (queries, content lambda) and for the partial dR
-            # sums each step reads back
+            # sums each step reads back. (With more blocks of k or v than MAX_UNROLLED_BLOCKS a block
+            # loop is the innermost one: pipelined, but not across steps.)
             assert r["async_copies"] > 0, f"{r['name']} on sm_{capability}: no asynchronous copies (not pipelined)"
             assert r["synchronous_loads"] <= {"qk", "ck", "ct", "part"}, (r["name"], capability, r["synchronous_loads"])
         if tensor_core and "(res4)" in r["name"] and "fp64" not in r["name"]:

@@ -34,8 +34,10 @@ SHAPES = {
     "global": (1, 4, 16, 1, 6, 3, 14, 5, 27),
     # the stride-2 block's map: odd sides (its average pool comes after this operator)
     "stride2_block_odd": (1, 4, 8, 1, 4, 9, 7, 7, 7),
-    # k 17 and v 70: the queries in two k blocks, the values in two v blocks; one head
+    # k 17 and v 70: the queries in two k blocks, the values in two v blocks (unrolled); one head
     "blocks": (1, 1, 17, 1, 70, 3, 3, 3, 5),
+    # k 40 and v 140: three blocks of each, more than MAX_UNROLLED_BLOCKS (looped)
+    "many_blocks": (1, 2, 40, 1, 140, 2, 3, 3, 5),
     # a row wider than three forward segments and the dV segment (16); scope 9 x 11
     "wide": (1, 4, 5, 2, 3, 2, 21, 3, 11),
 }
@@ -356,9 +358,12 @@ def check_kernel_benchmark_keeps_going(errors):
 
     good = [v for v in KB.variants() if v.name == "default"]
     bad = KB.Variant("forward", "bad tiles", T.FORWARD_TILES._replace(bv=48))
-    KB.variants = lambda: good + [bad]
-    with tempfile.TemporaryDirectory() as tmp:
-        records = KB.kernel_benchmark(Path(tmp), "cpu", 1, arithmetic=[KB.ARITHMETIC[2]], log=lambda _: None)["records"]
+    original, KB.variants = KB.variants, lambda: good + [bad]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            records = KB.kernel_benchmark(Path(tmp), "cpu", 1, arithmetic=[KB.ARITHMETIC[2]], log=lambda _: None)["records"]
+    finally:
+        KB.variants = original
     by_name = {(r["kernel"], r["variant"]): r for r in records}
     failed = by_name.get(("forward", "bad tiles"), {}).get("failed", "")
     if "bv=48" not in failed:

@@ -124,6 +124,11 @@ QR_GRAD_TILES = Tiles(hb=4, bx=8, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_
 V_GRAD_TILES = Tiles(hb=4, bx=16, bxh=32, rt=32, bk=16, bv=64, num_warps=8, num_stages=2)
 V_GRAD_TILES_FMA = V_GRAD_TILES._replace(bv=32)
 
+# blocks of k or v a step unrolls (so that its loop of steps stays the innermost one, which Triton
+# pipelines); beyond that many, a loop: every unrolled block gets its own pipeline buffers in shared
+# memory (v = 512 in 8 blocks took 276 KB in dq/dR, over every GPU's limit)
+MAX_UNROLLED_BLOCKS = 2
+
 # (dtype, tl.dot input precision) the dispatcher can pick
 PRECISIONS = (
     (torch.float32, "tf32"),
@@ -137,6 +142,7 @@ PRECISIONS = (
 QR_TARGET_PROGRAMS = 512
 
 if triton is not None:
+    UNROLLED_BLOCKS = tl.constexpr(MAX_UNROLLED_BLOCKS)  # what a kernel may read of a global
 
     @triton.jit
     def _mm(a, b, acc, PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
@@ -206,10 +212,15 @@ if triton is not None:
         if ONE_K:
             rk = _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
             a = _mm(q0, rk, a, PRECISION, DOT_F32)
-        else:
-            for kb in tl.static_range(NKB):  # unrolled: a loop here would be the one Triton pipelines
+        elif NKB <= UNROLLED_BLOCKS:  # unrolled: a loop here would be the one Triton pipelines
+            for kb in tl.static_range(NKB):
                 qk = _query_block(q_row, kb * BK, kk, K, sqk, row_ok)
                 rk = _embedding_block(r_ptr, kb * BK, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+                a = _mm(qk, rk, a, PRECISION, DOT_F32)
+        else:  # (each unrolled block takes its own pipeline buffers: beyond a few, shared memory runs out)
+            for k0 in range(0, K, BK):
+                qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
+                rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
                 a = _mm(qk, rk, a, PRECISION, DOT_F32)
         band = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0)
         xv = x0 + t0 - RW // 2 + jj
@@ -301,9 +312,16 @@ if triton is not None:
             vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + vl[:, None] * svv + xv[None, :] * svx,
                          mask=(vl < NV)[:, None] & x_ok[None, :], other=0.0)
             db = _mm(g0, vt, db, PRECISION, DOT_F32)
-        else:
-            for vb in tl.static_range(NVB):  # unrolled: a loop here would be the one Triton pipelines
+        elif NVB <= UNROLLED_BLOCKS:  # unrolled: a loop here would be the one Triton pipelines
+            for vb in tl.static_range(NVB):
                 v0 = vb * BV
+                v_ok = (v0 + vl) < NV
+                gv = tl.load(g_row + (v0 + vl)[None, :] * sgc, mask=row_ok[:, None] & v_ok[None, :], other=0.0)
+                vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + (v0 + vl)[:, None] * svv + xv[None, :] * svx,
+                             mask=v_ok[:, None] & x_ok[None, :], other=0.0)
+                db = _mm(gv, vt, db, PRECISION, DOT_F32)
+        else:  # (each unrolled block takes its own pipeline buffers: beyond a few, shared memory runs out)
+            for v0 in range(0, NV, BV):
                 v_ok = (v0 + vl) < NV
                 gv = tl.load(g_row + (v0 + vl)[None, :] * sgc, mask=row_ok[:, None] & v_ok[None, :], other=0.0)
                 vt = tl.load(v_ptr + b * svb + u * svu + yv * svy + (v0 + vl)[:, None] * svv + xv[None, :] * svx,
@@ -434,10 +452,15 @@ if triton is not None:
         if ONE_K:
             a = _mm(_query_block(q_row, 0, kk, K, sqk, ok),
                     _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx), a, PRECISION, DOT_F32)
-        else:
-            for kb in tl.static_range(NKB):  # unrolled: a loop here would be the one Triton pipelines
+        elif NKB <= UNROLLED_BLOCKS:  # unrolled: a loop here would be the one Triton pipelines
+            for kb in tl.static_range(NKB):
                 qk = _query_block(q_row, kb * BK, kk, K, sqk, ok)
                 rk = _embedding_block(r_ptr, kb * BK, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+                a = _mm(qk, rk, a, PRECISION, DOT_F32)
+        else:  # (each unrolled block takes its own pipeline buffers: beyond a few, shared memory runs out)
+            for k0 in range(0, K, BK):
+                qk = _query_block(q_row, k0, kk, K, sqk, ok)
+                rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
                 a = _mm(qk, rk, a, PRECISION, DOT_F32)
         bt = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0).to(g_base.dtype.element_ty)  # (S x BX)
         gs = tl.load(g_base + y * sgy + xq[:, None] * sgx + head[:, None] * NV * sgc,
@@ -874,12 +897,16 @@ class KernelConfiguration(NamedTuple):
 
 # Launches the compile test specializes for (contiguous tensors, batch 8): res4 of LambdaResNet-101
 # at 1024 px (d 256 -> h 4, k 16, v 64, u 1, 64 x 64, r 23); res5 (d 512 -> v 128, 32 x 32; the
-# stride-2 block at 64 x 64 specializes the same way); and k 32, the queries in two blocks. Between
-# them they reach every tile choice of the dispatcher (ONE_K, ONE_V both ways).
+# stride-2 block at 64 x 64 specializes the same way); k 32, the queries in two blocks (unrolled);
+# v 512 and k 64, more blocks than MAX_UNROLLED_BLOCKS (looped). Between them they reach every tile
+# choice of the dispatcher (ONE_K, ONE_V, unrolled or looped blocks).
 REFERENCE_LAUNCHES = (
     ("res4", dict(b=8, heads=4, k=16, u=1, v=64, height=64, width=64, rh=23, rw=23)),
     ("res5", dict(b=8, heads=4, k=16, u=1, v=128, height=32, width=32, rh=23, rw=23)),
     ("k32", dict(b=8, heads=4, k=32, u=1, v=64, height=64, width=64, rh=23, rw=23)),
+    # one head at res5 (v 512: dq/dR loops over its v blocks) and k 64 (the k-block loops)
+    ("v512", dict(b=8, heads=1, k=16, u=1, v=512, height=32, width=32, rh=23, rw=23)),
+    ("k64", dict(b=8, heads=4, k=64, u=1, v=64, height=64, width=64, rh=23, rw=23)),
 )
 
 
