@@ -192,7 +192,9 @@ class Checkpointer(DetectionCheckpointer):
         # pixel_mean/std from the config): the run would start from random weights behind a wall of
         # warnings, whatever it was asked to load
         expected = set(self.model.state_dict()) - {"pixel_mean", "pixel_std"}
-        if names and expected and expected <= set(incompatible.missing_keys):
+        if expected and expected <= set(incompatible.missing_keys):
+            if incompatible.incorrect_shapes:  # the names fit, the shapes do not: the report lists them
+                raise WeightsError(fit_report(self._path, incompatible, self.cfg) + "\n  (nothing of it would be loaded)")
             raise WeightsError(nothing_fits(self._path, names))
         return incompatible
 
@@ -202,15 +204,14 @@ class Checkpointer(DetectionCheckpointer):
         super()._log_incompatible_keys(incompatible)
 
 
-# first keys of timm's LambdaResNet / ResNet state dicts, which tools/convert_timm_to_d2.py converts
-TIMM_KEY_PREFIXES = ("stem.", "stages.", "conv1.", "layer1.", "head.fc.", "fc.")
-
-
 def nothing_fits(path: str, names: Sequence[str]) -> str:
     """The message for weights of which no tensor fits the model."""
+    if not names:
+        return f"weights {path} hold no tensors, so nothing would be loaded"
     text = (f"weights {path}: none of its {len(names)} tensors fits the model this config builds (its names start "
             f"like {', '.join(repr(n) for n in names[:3])}), so nothing would be loaded")
-    if any(n.startswith(TIMM_KEY_PREFIXES) for n in names) and not any(n.startswith("backbone.") for n in names):
+    # timm's LambdaResNets (ByobNet) keep their blocks under stages.N; converted files under backbone.
+    if any(n.startswith("stages.") for n in names) and not any(n.startswith("backbone.") for n in names):
         text += (f"; it looks like a timm state dict: convert it first with "
                  f"python tools/convert_timm_to_d2.py {path} --output <new file>.pth, and load that")
     return text

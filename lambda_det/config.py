@@ -101,7 +101,7 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     Raises ConfigError naming the file, key or override that is wrong.
     """
     cfg = add_lambda_config(get_cfg())
-    path = Path(config_file)
+    path = Path(normalized(config_file))
     if not path.is_file():
         raise ConfigError(f"config file {config_file} {not_a_file(path)}")
     try:
@@ -133,8 +133,11 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as exc:
         raise ConfigError(f"config override: {_explain(cfg, exc)}") from None
-    if cfg.OUTPUT_DIR:
-        cfg.OUTPUT_DIR = normalized(cfg.OUTPUT_DIR)
+    for key in ("OUTPUT_DIR", "MODEL.WEIGHTS"):  # paths the checks must see as the tools will use them
+        node, _, leaf = key.rpartition(".")
+        owner = cfg.get(node) if node else cfg
+        if owner.get(leaf):
+            owner[leaf] = normalized(owner[leaf])
     return cfg
 
 

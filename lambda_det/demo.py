@@ -34,7 +34,8 @@ from .checkpoint import Checkpointer
 from .engine.preflight import explained_build_errors
 from .errors import ConfigError, OutputError, WeightsError
 from .utils.file_safety import (
-    ensure_writable_dir, file_sha256, imwrite, refuse_file, refuse_overwrite, same_file, temporary_path, write_text,
+    ensure_writable_dir, file_sha256, imwrite, not_a_file, refuse_file, refuse_overwrite, same_file, temporary_path,
+    write_text,
 )
 
 logger = logging.getLogger("lambda_det")
@@ -87,6 +88,9 @@ def collect_inputs(patterns: Iterable[str], exclude: Optional[Path] = None) -> I
             candidates = [p for p in sorted(Path(p) for p in glob.glob(pattern, recursive=True)) if _is_file(p, found.unreadable) and keep(p)]
             if not candidates:
                 found.not_found.append(pattern)
+        elif path.exists():  # a pipe, socket or device: reading it would wait for a writer
+            found.unreadable.append((path, not_a_file(path)))
+            candidates = []
         else:
             found.not_found.append(pattern)
             candidates = []

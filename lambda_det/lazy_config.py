@@ -18,7 +18,7 @@ from detectron2.config import LazyConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
-from .utils.file_safety import not_a_file
+from .utils.file_safety import normalized, not_a_file
 
 _MISSING = object()
 
@@ -28,7 +28,7 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = ()) -> DictCon
 
     Raises ConfigError naming the file (missing, not a LazyConfig, failing while it runs) or the override.
     """
-    path = Path(config_file)
+    path = Path(normalized(config_file))
     if not path.is_file():
         raise ConfigError(f"config file {config_file} {not_a_file(path)}")
     if path.suffix not in (".py", ".yaml", ".yml"):

@@ -699,6 +699,13 @@ def test_a_quoted_tilde_is_the_home_folder_not_a_folder_named_tilde(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert path_argument("~/runs/x") == tmp_path / "home" / "runs" / "x"
     assert load_config(TOY_CONFIG, ["OUTPUT_DIR", "~/runs/toy"]).OUTPUT_DIR == str(tmp_path / "home" / "runs" / "toy")
+    assert load_config(TOY_CONFIG, ["MODEL.WEIGHTS", "~/w/model.pth"]).MODEL.WEIGHTS == str(tmp_path / "home" / "w" / "model.pth")
+    assert load_config(TOY_CONFIG, ["MODEL.WEIGHTS", "detectron2://ImageNetPretrained/MSRA/R-50.pkl"]).MODEL.WEIGHTS == \
+        "detectron2://ImageNetPretrained/MSRA/R-50.pkl"  # URLs stay as they are
+    (tmp_path / "home").mkdir()
+    config = (tmp_path / "home" / "toy.yaml")
+    config.write_text(f"_BASE_: {Path(TOY_CONFIG).resolve()}\n")
+    assert load_config("~/toy.yaml").MODEL.LAMBDA_RESNET.DEPTH == load_config(TOY_CONFIG).MODEL.LAMBDA_RESNET.DEPTH
 
 
 def test_a_pipe_given_as_a_config_file_is_named_as_such(tmp_path):
@@ -731,3 +738,33 @@ def test_an_annotation_file_that_is_a_pipe_or_a_folder_is_named_before_anything_
         register_coco_dataset("pipe_ds", tmp_path / "pipe.json", tmp_path / "images")
     with pytest.raises(DatasetError, match=r"annotation file .*folder.json is a directory"):
         register_coco_dataset("folder_ds", tmp_path / "folder.json", tmp_path / "images")
+
+
+def test_weights_that_load_nothing_say_why_in_strict_and_fine_tuning_loads_alike(tmp_path):
+    """Every tensor of the model left out: names that fit with other shapes get the shape report, a
+    torchvision-like file gets no timm advice, a state dict with no tensors is named so."""
+    from detectron2.modeling import build_model
+
+    cfg = load_config(str(TOY_CONFIG), list(TINY))
+    model = build_model(cfg)
+    resized = {k: torch.zeros(*(s + 1 for s in v.shape)) for k, v in model.state_dict().items() if v.dim() > 0}
+    files = {"resized": {"model": resized}, "torchvision": {"layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3)},
+             "empty": {"model": {}}}
+    expected = {"resized": "other shapes", "torchvision": "none of its 1 tensors fits", "empty": "hold no tensors"}
+    for name, content in files.items():
+        torch.save(content, tmp_path / f"{name}.pth")
+        for strict in (True, False):
+            with pytest.raises(WeightsError, match=expected[name]) as info:
+                Checkpointer(build_model(cfg), strict=strict).load(str(tmp_path / f"{name}.pth"))
+            assert "convert_timm_to_d2" not in str(info.value)
+
+
+def test_a_pipe_among_the_demo_inputs_is_skipped_as_what_it_is(tmp_path):
+    import os
+
+    from lambda_det.demo import collect_inputs
+
+    os.mkfifo(tmp_path / "stream.jpg")
+    found = collect_inputs([str(tmp_path / "stream.jpg"), str(tmp_path / "missing.jpg")])
+    assert found.not_found == [str(tmp_path / "missing.jpg")]
+    assert [(Path(p).name, reason) for p, reason in found.unreadable] == [("stream.jpg", "is not a regular file (a pipe, socket or device)")]

@@ -14,7 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 
 from ..errors import ConfigError, DatasetError
-from ..utils.file_safety import not_a_file
+from ..utils.file_safety import normalized, not_a_file
 from .toy import TOY_CLASSES, TOY_COLORS, TOY_SPLITS, default_toy_root, generate_toy_dataset
 
 TOY_DATASETS = {f"toy_shapes_{split}": split for split in TOY_SPLITS}
@@ -80,6 +80,7 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or ".." in name:
         # evaluations are written to OUTPUT_DIR/inference/<name>/: a path in the name would leave it
         raise DatasetError(f"dataset name {name!r}: use letters, digits, '_', '-' and '.' (it names a folder of results)")
+    json_file, image_root = normalized(json_file), normalized(image_root)
     for path, what in ((json_file, "annotation file"), (image_root, "image folder")):
         if not os.path.exists(path):
             raise DatasetError(f"dataset {name!r}: its {what} {path} does not exist")

@@ -85,8 +85,9 @@ def load_lazy_run_config(args) -> DictConfig:
     if missing:
         raise ConfigError(f"config file {args.config_file} lacks {', '.join(missing)}, which a run reads "
                           "(Detectron2's configs/common/train.py defines train.*)")
-    if cfg.train.output_dir:
-        cfg.train.output_dir = normalized(cfg.train.output_dir)
+    for key in ("output_dir", "init_checkpoint"):  # paths the checks must see as the run will use them
+        if cfg.train.get(key):
+            cfg.train[key] = normalized(cfg.train[key])
     if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: running on the CPU (train.device=cpu)")
         cfg.train.device = "cpu"

@@ -14,6 +14,7 @@ import argparse
 import errno
 import hashlib
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence
@@ -23,8 +24,12 @@ from ..errors import OutputError
 
 def normalized(path: str) -> str:
     """A path as the checks must see it: "~/x" (quoted on a command line, or in a config, where no
-    shell expands it) is the home's x, not a folder named "~"; "new/../x" is x once new/ exists."""
-    return os.path.normpath(os.path.expanduser(str(path)))
+    shell expands it) is the home's x, not a folder named "~"; "new/../x" is x once new/ exists.
+    URLs (detectron2://, https://) are left as they are."""
+    path = str(path)
+    if "://" in path:
+        return path
+    return os.path.normpath(os.path.expanduser(path))
 
 
 def not_a_file(path: Path) -> str:
@@ -110,22 +115,17 @@ def temporary_path(path: Path) -> Path:
     so it never is a file of the user's), ending in ``path``'s extension (OpenCV and matplotlib
     choose the format by it). The caller renames it over ``path`` or removes it."""
     path = Path(path)
-    try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".partial{path.suffix}")
-    except OSError as exc:
-        raise OutputError(f"could not write {path}: {_reason(exc)}") from None
-    try:
-        os.fchmod(fd, _new_file_mode())  # mkstemp's 0600 would make every result private to its writer
-    finally:
-        os.close(fd)
-    return Path(name)
-
-
-def _new_file_mode() -> int:
-    """The mode open() gives a new file: 0666 less the process's umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    for _ in range(100):
+        name = path.parent / f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}"
+        try:
+            # 0666 less the umask, as open() gives (mkstemp's 0600 would make every result private)
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return name
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"could not write {path}: {_reason(exc)}") from None
+    raise OutputError(f"could not write {path}: no free temporary name beside it")
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
