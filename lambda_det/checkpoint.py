@@ -13,6 +13,7 @@ import re
 import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+from urllib.parse import urlparse
 
 import torch
 import yaml
@@ -28,11 +29,18 @@ def is_local(path: str) -> bool:
     return "://" not in str(path)
 
 
+def weights_file(path: str) -> str:
+    """The file a local MODEL.WEIGHTS names: Detectron2 reads options after a "?"
+    (weights.pth?matching_heuristics=True)."""
+    return urlparse(str(path))._replace(query="").geturl()
+
+
 def weights_problem(path: str) -> Optional[str]:
     """What is wrong with a local weights file, or None when it opens as a checkpoint.
 
     Cheap: PyTorch zip checkpoints are memory-mapped, so a large file is not read.
     """
+    path = weights_file(path)
     problem = file_problem(path)
     if problem:
         return problem
@@ -152,7 +160,7 @@ class Checkpointer(DetectionCheckpointer):
             raise OSError(errno.EIO, str(exc), str(Path(self.save_dir) / "last_checkpoint")) from None
 
     def load(self, path, *args, **kwargs):
-        problem = file_problem(path) if path and is_local(path) else None
+        problem = file_problem(weights_file(path)) if path and is_local(path) else None
         if problem:
             raise WeightsError(f"weights {path} {problem}")
         self._path = path

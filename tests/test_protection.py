@@ -768,3 +768,15 @@ def test_a_pipe_among_the_demo_inputs_is_skipped_as_what_it_is(tmp_path):
     found = collect_inputs([str(tmp_path / "stream.jpg"), str(tmp_path / "missing.jpg")])
     assert found.not_found == [str(tmp_path / "missing.jpg")]
     assert [(Path(p).name, reason) for p, reason in found.unreadable] == [("stream.jpg", "is not a regular file (a pipe, socket or device)")]
+
+
+def test_weights_with_detectrons_query_options_are_checked_as_the_file_they_name(tiny_weights):
+    """Detectron2 reads options after '?' in MODEL.WEIGHTS (matching_heuristics); the file check must
+    look at the file, not at the name with its query."""
+    from detectron2.modeling import build_model
+
+    cfg = load_config(str(TOY_CONFIG), list(TINY))
+    assert weights_problem(f"{tiny_weights}?matching_heuristics=True") is None
+    Checkpointer(build_model(cfg), strict=True).load(f"{tiny_weights}?matching_heuristics=True")
+    with pytest.raises(WeightsError, match="no such file"):
+        Checkpointer(build_model(cfg)).load(f"{tiny_weights}.missing?matching_heuristics=True")
