@@ -148,9 +148,13 @@ class Checkpointer(DetectionCheckpointer):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, target)
-        except OSError as exc:
+        except BaseException as exc:
             partial.unlink(missing_ok=True)
-            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
+            if _interrupted(exc):  # Ctrl-C mid-save: torch's zip writer then fails in its cleanup, which
+                raise KeyboardInterrupt from None  # would hide the interrupt behind a RuntimeError
+            if isinstance(exc, OSError):
+                raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
+            raise
         self.tag_last_checkpoint(target.name)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
@@ -223,6 +227,17 @@ def nothing_fits(path: str, names: Sequence[str]) -> str:
         text += (f"; it looks like a timm state dict: convert it first with "
                  f"python tools/convert_timm_to_d2.py {path} --output <new file>.pth, and load that")
     return text
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised while handling, a KeyboardInterrupt."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__context__
+    return False
 
 
 def fit_report(path: str, incompatible, cfg=None, limit: int = 4) -> str:
