@@ -780,3 +780,14 @@ def test_weights_with_detectrons_query_options_are_checked_as_the_file_they_name
     Checkpointer(build_model(cfg), strict=True).load(f"{tiny_weights}?matching_heuristics=True")
     with pytest.raises(WeightsError, match="no such file"):
         Checkpointer(build_model(cfg)).load(f"{tiny_weights}.missing?matching_heuristics=True")
+
+
+def test_an_output_folder_inside_the_package_is_refused(tmp_path, capsys):
+    """OUTPUT_DIR beside a config of the package's model zoo would write results into the installed
+    package, where a reinstall replaces them."""
+    import lambda_det
+
+    inside = Path(lambda_det.__file__).parent / "model_zoo" / "configs" / "Toy" / "my_run"
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "OUTPUT_DIR", inside) == 2
+    assert "lies inside the lambda_det package" in capsys.readouterr().err
+    assert not inside.exists()

@@ -53,6 +53,10 @@ def refuse_file(path: Path, flag: str) -> None:
     path = Path(path)
     if not str(path).strip():
         raise OutputError(f"{flag} is empty; name a directory")
+    package = Path(__file__).resolve().parents[1]
+    if package == path.resolve() or package in path.resolve().parents:  # e.g. beside a config of its model zoo
+        raise OutputError(f"{flag} {path} lies inside the lambda_det package ({package}), whose files a reinstall or "
+                          "an update replaces; choose a folder outside it (nothing was written)")
     if path.is_symlink() and not path.exists():
         raise OutputError(f"{flag} {path} is a symbolic link to {os.readlink(path)}, which does not exist")
     for candidate in (path, *path.parents):
