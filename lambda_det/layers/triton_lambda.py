@@ -200,6 +200,24 @@ if triton is not None:
         return tl.maximum(cx - x_end + 1, 0), tl.minimum(cx - x0 + W, RW)
 
     @triton.jit
+    def _logits(a, q_row, ok, r_ptr, u, dy, tap, tap_ok, K, kk, sqk, srk, sru, sry, srx,
+                BK: tl.constexpr, NKB: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr):
+        """a + q R[u, dy, tap chunk] summed over the NKB blocks of k: unrolled up to UNROLLED_BLOCKS (a
+        loop here would be the one Triton pipelines), beyond that a loop (every unrolled block takes its
+        own pipeline buffers, and shared memory runs out)."""
+        if NKB <= UNROLLED_BLOCKS:
+            for kb in tl.static_range(NKB):
+                qk = _query_block(q_row, kb * BK, kk, K, sqk, ok)
+                rk = _embedding_block(r_ptr, kb * BK, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+                a = _mm(qk, rk, a, PRECISION, DOT_F32)
+        else:
+            for k0 in range(0, K, BK):
+                qk = _query_block(q_row, k0, kk, K, sqk, ok)
+                rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
+                a = _mm(qk, rk, a, PRECISION, DOT_F32)
+        return a
+
+    @triton.jit
     def _fwd_step(acc, q0, q_row, v_base, r_ptr, u, dy, t0, y, x0, K, W, RH, RW, sqk, svu, svy, svx,
                   srk, sru, sry, srx, v_ok, in_band, band_idx, kk, tt, jj,
                   BK: tl.constexpr, TS: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
@@ -209,19 +227,12 @@ if triton is not None:
         tap = t0 + tt
         tap_ok = (tt < TS) & (tap < RW)
         a = tl.zeros((q0.shape[0], tt.shape[0]), dtype=ACC)
-        if ONE_K:
+        if ONE_K:  # the queries are the same every step: kept in registers
             rk = _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
             a = _mm(q0, rk, a, PRECISION, DOT_F32)
-        elif NKB <= UNROLLED_BLOCKS:  # unrolled: a loop here would be the one Triton pipelines
-            for kb in tl.static_range(NKB):
-                qk = _query_block(q_row, kb * BK, kk, K, sqk, row_ok)
-                rk = _embedding_block(r_ptr, kb * BK, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
-                a = _mm(qk, rk, a, PRECISION, DOT_F32)
-        else:  # (each unrolled block takes its own pipeline buffers: beyond a few, shared memory runs out)
-            for k0 in range(0, K, BK):
-                qk = _query_block(q_row, k0, kk, K, sqk, row_ok)
-                rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
-                a = _mm(qk, rk, a, PRECISION, DOT_F32)
+        else:
+            a = _logits(a, q_row, row_ok, r_ptr, u, dy, tap, tap_ok, K, kk, sqk, srk, sru, sry, srx,
+                        BK, NKB, PRECISION, DOT_F32)
         band = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0)
         xv = x0 + t0 - RW // 2 + jj
         vrow = tl.load(v_base + u * svu + yv * svy + xv[:, None] * svx,
@@ -448,20 +459,8 @@ if triton is not None:
         head = h0 + hoff
         ok = (xq >= 0) & (xq < W) & (head < HEADS)
         q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
-        a = tl.zeros((jj.shape[0], tt.shape[0]), dtype=ACC)
-        if ONE_K:
-            a = _mm(_query_block(q_row, 0, kk, K, sqk, ok),
-                    _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx), a, PRECISION, DOT_F32)
-        elif NKB <= UNROLLED_BLOCKS:  # unrolled: a loop here would be the one Triton pipelines
-            for kb in tl.static_range(NKB):
-                qk = _query_block(q_row, kb * BK, kk, K, sqk, ok)
-                rk = _embedding_block(r_ptr, kb * BK, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
-                a = _mm(qk, rk, a, PRECISION, DOT_F32)
-        else:  # (each unrolled block takes its own pipeline buffers: beyond a few, shared memory runs out)
-            for k0 in range(0, K, BK):
-                qk = _query_block(q_row, k0, kk, K, sqk, ok)
-                rk = _embedding_block(r_ptr, k0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
-                a = _mm(qk, rk, a, PRECISION, DOT_F32)
+        a = _logits(tl.zeros((jj.shape[0], tt.shape[0]), dtype=ACC), q_row, ok, r_ptr, u, dy, tap, tap_ok, K, kk,
+                    sqk, srk, sru, sry, srx, BK, NKB, PRECISION, DOT_F32)
         bt = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0).to(g_base.dtype.element_ty)  # (S x BX)
         gs = tl.load(g_base + y * sgy + xq[:, None] * sgx + head[:, None] * NV * sgc,
                      mask=ok[:, None] & v_ok[None, :], other=0.0)
