@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lambda_det.layers.triton_lambda import FORWARD_TILES, QR_GRAD_TILES, V_GRAD_TILES  # noqa: E402
+from lambda_det.benchmark.kernels import executed_flop  # noqa: E402
+from lambda_det.layers.triton_lambda import FORWARD_TILES, QR_GRAD_TILES, V_GRAD_TILES, qr_rows_per_program  # noqa: E402
 
 # H200 (Hopper, as H100 SXM for compute): dense tensor-core peaks and memory bandwidths. Assumptions.
 PEAK = {"tf32": 495e12, "half": 989e12}
@@ -46,22 +47,15 @@ def chunks(side: int, r: int, bx: int, taps: int, forward: bool) -> float:
 
 
 def kernel_macs(d: int, side: int):
-    """(forward, dq/dR, dV) multiply-adds as the tiles execute them, and the useful ones (fwd, bwd)."""
+    """(forward, dq/dR, dV) multiply-adds as the tiles execute them (the kernel benchmark's count), and
+    the useful ones (fwd, bwd)."""
     v = d // HEADS
     n = side * side
     ry = rows_in_map(side, R)
-    t = FORWARD_TILES
-    m = t.hb * t.bx
-    it = B * side * math.ceil(side / t.bx) * math.ceil(HEADS / t.hb) * math.ceil(v / t.bv) * ry * chunks(side, R, t.bx, t.taps, True)
-    fwd = it * (m * t.bk * t.rt + m * t.bxh * t.bv) + B * side * math.ceil(side / t.bx) * m * t.bk * v
-    t = QR_GRAD_TILES
-    m = t.hb * t.bx
-    it = B * side * math.ceil(side / t.bx) * math.ceil(HEADS / t.hb) * ry * chunks(side, R, t.bx, t.taps, True)
-    qr = it * (m * v * t.bxh + 2 * m * t.rt * t.bk) + B * side * math.ceil(side / t.bx) * m * v * t.bk
-    t = V_GRAD_TILES
-    s = t.hb * t.bxh
-    it = B * side * math.ceil(side / t.bx) * U * math.ceil(v / t.bv) * ry * chunks(side, R, t.bx, t.taps, False) * math.ceil(HEADS / t.hb)
-    dv = it * (s * t.bk * t.rt + t.bx * s * t.bv)
+    shape = dict(b=B, heads=HEADS, k=K, u=U, v=v, side=side, r=R)
+    rows = qr_rows_per_program(B, HEADS, side, side)
+    fwd, qr, dv = (executed_flop(kernel, shape, tiles, rows) / 2 for kernel, tiles in
+                   (("forward", FORWARD_TILES), ("dq/dR", QR_GRAD_TILES), ("dV", V_GRAD_TILES)))
     taps = ry * sum(min(R, R // 2 - x + side) - max(0, R // 2 - x) for x in range(side)) / side
     useful_fwd = B * n * HEADS * (K + v) * taps * U
     # backward per tap and head: da (v), dq and dR (2 k), dV with its logits recomputed (k + v)
