@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -91,8 +92,6 @@ def test_demo_refuses_an_output_folder_holding_its_inputs_or_a_link_to_one(tiny_
     # a hard link in the output folder to an input: writing there would destroy the input
     out = tmp_path / "out"
     out.mkdir()
-    import os
-
     os.link(photos / "beach.png", out / "street.png")
     assert _demo(tiny_weights, [photos], out, "--overwrite") == 2
     assert f"would overwrite the input {photos / 'beach.png'}" in capsys.readouterr().err
@@ -710,8 +709,6 @@ def test_a_quoted_tilde_is_the_home_folder_not_a_folder_named_tilde(tmp_path, mo
 
 def test_a_pipe_given_as_a_config_file_is_named_as_such(tmp_path):
     """A named pipe is no config file, and reading it would wait for a writer: say what it is."""
-    import os
-
     from lambda_det.errors import ConfigError
     from lambda_det.lazy_config import load_lazy_config
 
@@ -726,8 +723,6 @@ def test_a_pipe_given_as_a_config_file_is_named_as_such(tmp_path):
 
 
 def test_an_annotation_file_that_is_a_pipe_or_a_folder_is_named_before_anything_reads_it(tmp_path):
-    import os
-
     from lambda_det.data.datasets import register_coco_dataset
     from lambda_det.errors import DatasetError
 
@@ -760,8 +755,6 @@ def test_weights_that_load_nothing_say_why_in_strict_and_fine_tuning_loads_alike
 
 
 def test_a_pipe_among_the_demo_inputs_is_skipped_as_what_it_is(tmp_path):
-    import os
-
     from lambda_det.demo import collect_inputs
 
     os.mkfifo(tmp_path / "stream.jpg")
