@@ -7,6 +7,7 @@ the same module tree, parameter count and, with the same weights, the same outpu
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +305,14 @@ def test_lazyconfig_train_net_trains_evaluates_resumes_and_protects_the_run(tmp_
     record = json.loads((run / "inference" / small_val / "ap_by_size.json").read_text())["provenance"]
     assert record["weights"] == str((run / "model_final.pth").resolve()) and record["iterations_trained"] == 3
     assert "weights_sha256" in record
+
+    # a run stopped during its final evaluation: --resume writes that evaluation (and nothing it replaces)
+    shutil.rmtree(run / "inference")
+    weights = (run / "model_final.pth").read_bytes()
+    assert lazy_train(run, small_val, "--resume", "train.max_iter=3") == 0
+    assert "whose evaluation was never written" in capsys.readouterr().out
+    assert json.loads((run / "inference" / small_val / "ap_by_size.json").read_text())["iterations_trained"] == 3
+    assert (run / "model_final.pth").read_bytes() == weights
 
 
 def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_written(tmp_path, capsys):

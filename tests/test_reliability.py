@@ -4,7 +4,9 @@ involved before and after where files are involved."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -151,8 +153,6 @@ def finished(tmp_path_factory, small_val):
 
 
 def copy_of(run: Path, tmp_path: Path) -> Path:
-    import shutil
-
     return Path(shutil.copytree(run, tmp_path / run.name))
 
 
@@ -168,6 +168,29 @@ def test_resuming_a_finished_run_changes_nothing_and_says_so(finished, small_val
     # asked: it evaluates again
     assert train(run, small_val, "--resume", "--overwrite") == 0
     assert hashes(run)["model_final.pth"] == before["model_final.pth"]
+
+
+def test_resuming_a_run_stopped_during_its_final_evaluation_writes_that_evaluation(finished, small_val, tmp_path, capsys):
+    run = copy_of(finished, tmp_path)
+    evaluation = run / "inference" / small_val
+    reports = {name: (evaluation / name).read_bytes() for name in ("ap_by_size.json", "coco_instances_results.json")}
+    shutil.rmtree(run / "inference")  # killed after model_final.pth, before its evaluation wrote anything
+    before = hashes(run)
+    assert train(run, small_val, "--resume") == 0
+    assert "whose evaluation was never written (the run stopped before it ended): evaluating it now" in capsys.readouterr().out
+    after = hashes(run)
+    assert json.loads((evaluation / "ap_by_size.json").read_text())["iterations_trained"] == 4
+    assert (evaluation / "coco_instances_results.json").read_bytes() == reports["coco_instances_results.json"]
+    assert {k: after[k] for k in before if k.startswith("model_")} == {k: v for k, v in before.items() if k.startswith("model_")}
+
+    # killed half-way through it (some files written, no ap_by_size.json): nothing is replaced unasked
+    (evaluation / "ap_by_size.json").unlink()
+    before = hashes(run)
+    assert train(run, small_val, "--resume") == 0
+    out = capsys.readouterr().out
+    assert f"Its evaluation is incomplete (no {evaluation / 'ap_by_size.json'}" in out and "--overwrite" in out
+    # (log.txt: the first resume's log handler, still open in this process, records the checks' lines)
+    assert {k: v for k, v in hashes(run).items() if k != "log.txt"} == {k: v for k, v in before.items() if k != "log.txt"}
 
 
 def test_resume_refuses_a_truncated_final_checkpoint_and_changes_nothing(finished, small_val, tmp_path, capsys):
@@ -333,8 +356,6 @@ def test_training_and_evaluating_a_users_coco_dataset_from_the_command_line(own_
 
 def test_a_coco_json_with_stray_categories_or_missing_images_is_named_before_anything_starts(own_dataset, tiny_weights,
                                                                                             tmp_path, capsys):
-    import json
-    import shutil
 
     for damage, expected in (("category", "whose category_id is not among its categories"),
                              ("image", "are not in")):
@@ -443,8 +464,6 @@ def test_weights_of_which_nothing_fits_are_refused_and_a_timm_file_is_sent_to_th
 
 
 def test_the_config_hash_is_the_files_own_in_every_run(tiny_weights, small_val, tmp_path):
-    import json
-
     from lambda_det.utils.file_safety import file_sha256
 
     records = []
@@ -488,10 +507,6 @@ def test_a_dataset_name_cannot_lead_outside_the_output_folder(tmp_path, capsys):
 
 
 def test_resume_never_trains_over_weights_that_record_no_iteration(tmp_path, tiny_weights, small_val, capsys):
-    import shutil
-
-    import torch
-
     out = tmp_path / "run"
     out.mkdir()
     weights = torch.load(tiny_weights, weights_only=True)

@@ -5,10 +5,11 @@ from .defaults import (
     interrupted, load_cfg, non_negative_int, parse_args_with_overrides, positive_int, probability, register_datasets,
     run_folder_lock, run_main, setup, setup_cfg, setup_process, share_cpu_cores,
 )
-from .launching import launch_in_run_folder, report_finished_run
+from .launching import launch_in_run_folder, resume_finished_run
 from .preflight import (
     YACS_KEYS, RunKeys, build_model_on_cpu, check_model_and_output, check_output_and_weights, earlier_evaluation,
-    evaluation_files, existing_run, explained_build_errors, finished_run, finished_run_at, preflight, validate_config,
+    evaluation_files, evaluation_reports, existing_run, explained_build_errors, finished_run, finished_run_at, preflight,
+    validate_config,
 )
 from .trainer import Trainer
 
@@ -27,6 +28,7 @@ __all__ = [
     "cpu_if_no_cuda",
     "earlier_evaluation",
     "evaluation_files",
+    "evaluation_reports",
     "existing_run",
     "explained_build_errors",
     "finished_run",
@@ -41,7 +43,7 @@ __all__ = [
     "preflight",
     "probability",
     "register_datasets",
-    "report_finished_run",
+    "resume_finished_run",
     "run_main",
     "setup",
     "setup_cfg",

@@ -1,7 +1,7 @@
 """What happens around a training tool's processes, shared by tools/train_net.py (yacs configs) and
-tools/lazyconfig_train_net.py (LazyConfigs): a finished run resumed again changes nothing and says
-so; the run folder has one writer; Ctrl-C, a worker's error and a failed write each end the run with
-one line that says how to go on."""
+tools/lazyconfig_train_net.py (LazyConfigs): a finished run resumed again changes nothing and says so
+(or writes the evaluation it never finished); the run folder has one writer; Ctrl-C, a worker's error
+and a failed write each end the run with one line that says how to go on."""
 from __future__ import annotations
 
 import functools
@@ -17,16 +17,29 @@ from .defaults import interrupted, run_folder_lock, run_main
 from .preflight import RunKeys
 
 
-def report_finished_run(keys: RunKeys, output_dir: str, finished: Tuple[Path, int], max_iter: int,
-                        earlier: Sequence[Path]) -> None:
-    """The message for --resume of a run that has trained all its iterations (``finished``, from
-    ``finished_run``): nothing is trained or written; ``earlier``: its evaluation files."""
-    reports = [p for p in earlier if p.name == "ap_by_size.md"]
-    print(f"{keys.output_dir} {output_dir} holds a finished run ({finished[0].name}: {finished[1]} of {keys.max_iter}="
-          f"{max_iter} iterations): nothing to train, and nothing was changed. "
-          + (f"Its evaluation: {', '.join(map(str, reports))}. " if reports else "")
-          + f"To evaluate it again, add --overwrite (replaces the evaluation) or use --eval-only with "
+def resume_finished_run(keys: RunKeys, output_dir: str, finished: Tuple[Path, int], max_iter: int,
+                        earlier: Sequence[Path], reports: Sequence[Path]) -> bool:
+    """Whether --resume of a run that has trained all its iterations (``finished``, from
+    ``finished_run``) goes on: only to write its evaluation where none was written (the run stopped
+    during its final evaluation), which replaces nothing. Otherwise says why nothing is done and
+    returns False. ``earlier``: the evaluation's files there; ``reports``: the ap_by_size.json each
+    evaluated dataset gets last, once its evaluation is complete."""
+    run = (f"{keys.output_dir} {output_dir} holds a finished run ({finished[0].name}: {finished[1]} of "
+           f"{keys.max_iter}={max_iter} iterations)")
+    if reports and not earlier:
+        print(f"{run} whose evaluation was never written (the run stopped before it ended): evaluating it now")
+        return True
+    missing = [p for p in reports if not p.is_file()]
+    if missing:
+        state = (f"Its evaluation is incomplete (no {', '.join(map(str, missing[:2]))}{' ...' if len(missing) > 2 else ''}"
+                 f"; partial files: {', '.join(p.name for p in earlier[:3])}{' ...' if len(earlier) > 3 else ''}). ")
+    else:
+        shown = [p for p in earlier if p.name == "ap_by_size.md"]
+        state = f"Its evaluation: {', '.join(map(str, shown))}. " if shown else ""
+    print(f"{run}: nothing to train, and nothing was changed. {state}"
+          f"To evaluate it again, add --overwrite (replaces the evaluation) or use --eval-only with "
           f"{keys.setting(keys.weights, finished[0])} and another {keys.output_dir}; to train longer, raise {keys.max_iter}.")
+    return False
 
 
 def _main_in_worker(main: Callable, args) -> None:
@@ -67,4 +80,4 @@ def launch_in_run_folder(main: Callable, args, output_dir: str, argv: Optional[S
     return 0
 
 
-__all__ = ["launch_in_run_folder", "report_finished_run"]
+__all__ = ["launch_in_run_folder", "resume_finished_run"]

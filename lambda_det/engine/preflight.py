@@ -259,6 +259,12 @@ def evaluation_files(output_dir: str, dataset_names: Sequence[str], kinds: Seque
     return [folder / name for folder in folders for name in EVALUATION_FILES if (folder / name).exists()]
 
 
+def evaluation_reports(output_dir: str, dataset_names: Sequence[str], kinds: Sequence[str] = (INFERENCE_FOLDER,)) -> List[Path]:
+    """The ap_by_size.json of every evaluated dataset (the last file its evaluation writes): all there,
+    whether or not they exist, when the evaluation of ``dataset_names`` into ``output_dir`` is complete."""
+    return [Path(output_dir) / kind / name / "ap_by_size.json" for kind in kinds for name in dataset_names]
+
+
 def finished_run(cfg) -> Optional[Tuple[Path, int]]:
     """(checkpoint, iterations trained) when --resume would stand on a run that has trained
     SOLVER.MAX_ITER iterations already, else None."""
