@@ -134,7 +134,8 @@ class Checkpointer(DetectionCheckpointer):
 
     def save(self, name: str, **kwargs) -> None:
         """fvcore's save, written under a temporary name and renamed when complete: a full disk (or a
-        kill) leaves the earlier checkpoints and last_checkpoint as they were, and no partial file.
+        kill) leaves the earlier checkpoints and last_checkpoint as they were, and no partial file
+        (after a kill -9, the next run in the folder removes it: ``run_folder_lock``).
         A failed write is an OSError naming the checkpoint."""
         if not self.save_dir or not self.save_to_disk:
             return

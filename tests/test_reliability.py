@@ -290,6 +290,37 @@ def test_ctrl_c_during_a_checkpoint_save_stays_an_interrupt_and_leaves_no_partia
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
 
 
+def test_the_next_run_removes_the_unfinished_checkpoint_a_killed_run_left(tmp_path, capsys):
+    """A kill -9 during a save left its hidden temporary file (gigabytes for a real model) for good."""
+    import subprocess
+    import sys
+
+    from lambda_det.engine import run_folder_lock
+    from lambda_det.utils.file_safety import temporary_path
+
+    run = tmp_path / "run"
+    (run / "inference" / "val").mkdir(parents=True)
+    (run / "inference" / "val" / "deeper").mkdir()
+    leave = ("import os, sys; from lambda_det.utils.file_safety import temporary_path as t; "
+             "[print(t(p)) for p in sys.argv[1:]]; os._exit(9)")  # dies as a kill -9 would: nothing cleaned up
+    killed = subprocess.run([sys.executable, "-c", leave, run / "model_0000009.pth", run / "inference" / "val" / "x.json",
+                             run / "inference" / "val" / "deeper" / "too_deep.json"], capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr
+    dead = [Path(line) for line in killed.stdout.split()]
+    assert all(p.is_file() for p in dead)
+    live = temporary_path(run / "model_0000019.pth")  # a writer that still runs (this process)
+    foreign = run / dead[0].name.replace(dead[0].name.split(".")[-3][-6:], "abcdef")  # another machine's
+    foreign.write_bytes(b"")
+    users = [run / ".model_0000009.partial.pth", run / "notes.1a2b3c4d.99999999-abcdef.partial"]  # names it never makes
+    for p in users:
+        p.write_bytes(b"mine")
+    with run_folder_lock(str(run)):
+        pass
+    assert "removed 2 unfinished file(s) a killed process left in" in capsys.readouterr().err
+    assert not dead[0].exists() and not dead[1].exists()
+    assert dead[2].exists() and live.exists() and foreign.exists() and all(p.read_bytes() == b"mine" for p in users)
+
+
 def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):
     import signal
     import time

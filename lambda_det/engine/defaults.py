@@ -30,7 +30,7 @@ from ..config import load_config
 from ..data import register_coco_dataset
 from ..checkpoint import intact_checkpoints
 from ..errors import OutputError, UserError
-from ..utils.file_safety import write_text
+from ..utils.file_safety import remove_abandoned_partials, write_text
 
 logger = logging.getLogger("lambda_det")
 
@@ -187,7 +187,8 @@ LOCK_FILE = ".lambda_det.lock"
 @contextlib.contextmanager
 def run_folder_lock(output_dir: str, flag: str = "OUTPUT_DIR"):
     """Hold an exclusive lock on OUTPUT_DIR while the block runs (the process's end, kill -9 included,
-    releases it): a second run into the same folder is refused, naming the process that holds it."""
+    releases it): a second run into the same folder is refused, naming the process that holds it.
+    The unfinished files a killed run left there (a checkpoint's can be gigabytes) are removed."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -200,6 +201,10 @@ def run_folder_lock(output_dir: str, flag: str = "OUTPUT_DIR"):
                               f"Wait for it to end, or use another {flag}") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
+        abandoned = remove_abandoned_partials(folder)
+        if abandoned:
+            print(f"warning: removed {len(abandoned)} unfinished file(s) a killed process left in {folder}: "
+                  f"{', '.join(p.name for p in abandoned[:3])}{' ...' if len(abandoned) > 3 else ''}", file=sys.stderr)
         yield
     finally:
         os.close(fd)  # closing the file releases the lock

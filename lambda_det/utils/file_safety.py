@@ -14,7 +14,9 @@ import argparse
 import errno
 import hashlib
 import os
+import re
 import secrets
+import socket
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence
@@ -114,13 +116,21 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+# whose a temporary file is: the writing process on this machine (a name unique per host, not the
+# host name itself, which may hold dots), so that one a killed writer left behind can be told apart
+# from one a live writer is still filling
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_TEMPORARY_NAME = re.compile(r"^\..*\.[0-9a-f]{8}\.(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{6})\.partial(\.[^.]*)?$")
+
+
 def temporary_path(path: Path) -> Path:
     """A new, empty file beside ``path`` under a unique name no other file has (created exclusively,
     so it never is a file of the user's), ending in ``path``'s extension (OpenCV and matplotlib
-    choose the format by it). The caller renames it over ``path`` or removes it."""
+    choose the format by it). The caller renames it over ``path`` or removes it; the name records
+    the writing process, so that ``remove_abandoned_partials`` can remove it if that process is killed."""
     path = Path(path)
     for _ in range(100):
-        name = path.parent / f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}"
+        name = path.parent / f".{path.stem}.{secrets.token_hex(4)}.{os.getpid()}-{_HOST}.partial{path.suffix}"
         try:
             # 0666 less the umask, as open() gives (mkstemp's 0600 would make every result private)
             os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -130,6 +140,41 @@ def temporary_path(path: Path) -> Path:
         except OSError as exc:
             raise OutputError(f"could not write {path}: {_reason(exc)}") from None
     raise OutputError(f"could not write {path}: no free temporary name beside it")
+
+
+def _writer_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, and someone else's
+        return False
+    return False
+
+
+def remove_abandoned_partials(folder: Path, depth: int = 2) -> List[Path]:
+    """Remove the temporary files (``temporary_path``) in ``folder`` and its subfolders down to
+    ``depth`` whose writer, a process of this machine, no longer runs: what a kill -9 or a power cut
+    during a write leaves (a checkpoint's can be gigabytes). Only names this module makes are
+    touched, never one of a live process or another machine's. Returns the files removed."""
+    removed: List[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    base = len(folder.parts)
+    for root, dirs, files in os.walk(folder):
+        if len(Path(root).parts) - base >= depth:
+            dirs[:] = []
+        for name in files:
+            match = _TEMPORARY_NAME.match(name)
+            if match and match["host"] == _HOST and _writer_is_gone(int(match["pid"])):
+                path = Path(root) / name
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+    return removed
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
@@ -237,6 +282,7 @@ __all__ = [
     "path_argument",
     "refuse_file",
     "refuse_overwrite",
+    "remove_abandoned_partials",
     "same_file",
     "temporary_path",
     "write_bytes",
