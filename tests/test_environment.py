@@ -106,3 +106,25 @@ def test_the_fused_operators_build_folder_is_the_one_it_was_built_in():
     if fused.extension() is None:
         pytest.skip(f"the fused operator cannot be built here: {fused.unavailable_reason()}")
     assert fused.build_directory() == before and before.is_dir()
+
+
+def test_checkouts_of_one_version_share_the_fused_operators_build(tmp_path, monkeypatch):
+    """ninja rebuilds when the compile command changes, and it named each checkout's own source path:
+    two checkouts sharing the cache rebuilt the operator every time the other one had run."""
+    import torch.utils.cpp_extension
+
+    from lambda_det.layers import fused
+
+    compiled = []
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kw: compiled.append(kw["sources"]) or object())
+    monkeypatch.setenv("LAMBDA_DET_CACHE", str(tmp_path / "cache"))
+    for checkout in ("a", "b"):
+        source = tmp_path / checkout / "fused_lambda.cpp"
+        source.parent.mkdir()
+        source.write_bytes(fused.SOURCE.read_bytes())
+        monkeypatch.setattr(fused, "SOURCE", source)
+        monkeypatch.setattr(fused, "_module", None)
+        monkeypatch.setattr(fused, "_failure", None)
+        assert fused.extension() is not None
+    assert compiled[0] == compiled[1] == [str(fused.build_directory() / "fused_lambda.cpp")]
+    assert Path(compiled[0][0]).read_bytes() == source.read_bytes()

@@ -37,8 +37,8 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "fused_lambda.cpp"
 # tuples: torch's loader appends to the lists it is given, which would change the build folder's name
 CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
-VECTOR_BYTES = 64
-STALE_BUILD_SECONDS = 600  # many times what a build of the operator takes  # the kernel's vector length: 16 floats, 8 doubles
+VECTOR_BYTES = 64  # the kernel's vector length: 16 floats, 8 doubles
+STALE_BUILD_SECONDS = 600  # many times what a build of the operator takes
 
 _lock = threading.Lock()
 _module = None
@@ -64,6 +64,19 @@ def build_directory() -> Path:
     for part in (SOURCE.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), torch.__version__.encode(), _cpu_signature().encode()):
         key.update(part)
     return cache / "extensions" / f"fused_lambda_{key.hexdigest()[:16]}"
+
+
+def _source_copy(directory: Path) -> Path:
+    """The source, copied into its build folder: ninja rebuilds when a build command changes, and the
+    command names the source's path, so two checkouts (or installs) of the same version that compiled
+    their own copies would rebuild the shared operator each time the other one had run."""
+    copy = directory / SOURCE.name
+    text = SOURCE.read_bytes()
+    if not copy.is_file() or copy.read_bytes() != text:
+        staged = directory / f".{SOURCE.name}.{os.getpid()}"
+        staged.write_bytes(text)
+        os.replace(staged, copy)  # whole or not at all, for a process building at the same moment
+    return copy
 
 
 def extension():
@@ -92,8 +105,9 @@ def extension():
                 lock.unlink(missing_ok=True)
             if not (directory / "build.ninja").exists():
                 logger.info("building lambda_det's fused lambda operator (once per machine and version) in %s", directory)
-            _module = load(name=f"lambda_det_{directory.name}", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
-                           extra_ldflags=list(LDFLAGS), build_directory=str(directory), verbose=False)
+            _module = load(name=f"lambda_det_{directory.name}", sources=[str(_source_copy(directory))],
+                           extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS), build_directory=str(directory),
+                           verbose=False)
         except Exception as exc:  # a missing compiler / ninja / headers: the other forms still work
             _failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
             logger.warning("lambda_det's fused lambda operator is unavailable (%s); using the other forms", _failure)
