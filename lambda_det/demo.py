@@ -350,6 +350,10 @@ def check_outputs(inputs: Inputs, plan: List[Tuple[Path, Path]], out_dir: Path, 
                 f"Choose another folder, e.g. {Path(out_dir) / 'detections'}"
             )
     for path, target in plan:
+        if target.exists() and not target.is_file():  # no flag could let a picture replace a folder
+            raise OutputError(f"{flag} {out_dir}: the picture of {path} would be written to {target}, which "
+                              f"{not_a_file(target)}; nothing was written: move it away or choose "
+                              "another folder")
         for other, _ in plan:
             if target.exists() and same_file(target, other):
                 raise OutputError(f"{flag} {out_dir}: writing {target} would overwrite the input {other} (the same file)")
