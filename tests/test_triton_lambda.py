@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lambda_det.benchmark.numerics import conv_precision
 from lambda_det.layers import triton_lambda as T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def test_one_library_op_for_autograd_and_compile(interpreter_results):
 
 
 @needs_triton
-def test_tf32_follows_pytorch_matmul_switch(interpreter_results):
+def test_tf32_follows_pytorchs_convolution_switch(interpreter_results):
     assert_passed(interpreter_results, "precision_switch")
 
 
@@ -302,27 +303,18 @@ def test_device_triton_matches_float64_reference(name):
     expected = W.reference_taps(*leaves)
     grad = torch.randn_like(expected)
     ref_grads = torch.autograd.grad(expected, leaves, grad)
-    matmul = torch.backends.cuda.matmul
-    saved = matmul.fp32_precision if hasattr(matmul, "fp32_precision") else None
-    try:
-        for dtype, tf32, tol in ((torch.float64, False, 1e-10), (torch.float32, False, 1e-5), (torch.float32, True, 1e-2)):
-            if hasattr(matmul, "fp32_precision"):
-                matmul.fp32_precision = "tf32" if tf32 else "ieee"
-            else:
-                matmul.allow_tf32 = tf32
+    for dtype, tf32, tol in ((torch.float64, False, 1e-10), (torch.float32, False, 1e-5), (torch.float32, True, 1e-2)):
+        with conv_precision(tf32):  # the switch the operator follows
             runs = []
             for _ in range(2):
                 xs = [t.to(dtype).requires_grad_() for t in inputs]
                 out = T.lambda_output_triton(*xs)
                 runs.append((out, torch.autograd.grad(out, xs, grad.to(dtype))))
-            out, grads = runs[0]
-            assert W.relative_error(out, expected) <= tol, (name, dtype, tf32)
-            for label, a, r in zip(("dq", "dvalues", "dkernel", "dcontent"), grads, ref_grads):
-                assert W.relative_error(a, r) <= tol, (name, dtype, tf32, label, W.relative_error(a, r))
-            assert all(torch.equal(a, b) for a, b in zip(grads, runs[1][1])), "gradients differ between two runs"
-    finally:
-        if saved is not None:
-            matmul.fp32_precision = saved
+        out, grads = runs[0]
+        assert W.relative_error(out, expected) <= tol, (name, dtype, tf32)
+        for label, a, r in zip(("dq", "dvalues", "dkernel", "dcontent"), grads, ref_grads):
+            assert W.relative_error(a, r) <= tol, (name, dtype, tf32, label, W.relative_error(a, r))
+        assert all(torch.equal(a, b) for a, b in zip(grads, runs[1][1])), "gradients differ between two runs"
 
 
 @cuda
@@ -350,8 +342,9 @@ def test_device_amp_forward_backward_close_to_float32():
     inputs = _on(DEVICE, W.make_inputs(shape, dtype=torch.float32, seed=1))
     inputs[2] = inputs[2] * 0.1  # R ~ N(0, 1) over 529 taps: keep the sums in float16's range as BN would
     leaves = [t.clone().requires_grad_() for t in inputs]
-    out32 = T.lambda_output_triton(*leaves)
-    grads32 = torch.autograd.grad(out32.square().mean(), leaves)
+    with conv_precision(False):  # the float32 reference in IEEE float32, not TF32
+        out32 = T.lambda_output_triton(*leaves)
+        grads32 = torch.autograd.grad(out32.square().mean(), leaves)
     for dtype, tol in ((torch.float16, 1e-2), (torch.bfloat16, 4e-2)):
         with torch.autocast(device_type=DEVICE, dtype=dtype):
             out = T.lambda_output_triton(*leaves)

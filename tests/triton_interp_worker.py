@@ -299,25 +299,36 @@ def check_library_op(errors):
 
 
 def check_precision_switch(errors):
-    """TF32 follows torch.backends.cuda.matmul (legacy flag and the fp32_precision API)."""
+    """TF32 follows PyTorch's switch for convolutions (torch.backends.cudnn.conv, its fp32_precision API
+    and the legacy allow_tf32, on by default), and not the matmul switch."""
     from lambda_det.layers import triton_lambda as T
 
-    matmul = torch.backends.cuda.matmul
-    if T.dot_precision(torch.float32) != "ieee":
-        errors.append("float32 multiplies in TF32 while PyTorch's switch is off")
-    matmul.allow_tf32 = True
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     if T.dot_precision(torch.float32) != "tf32":
-        errors.append("allow_tf32 = True did not select TF32")
-    matmul.allow_tf32 = False
-    if T.dot_precision(torch.float32) != "ieee":
-        errors.append("allow_tf32 = False did not select IEEE float32")
-    if hasattr(matmul, "fp32_precision"):
-        matmul.fp32_precision = "tf32"
-        if T.dot_precision(torch.float32) != "tf32":
-            errors.append("fp32_precision = 'tf32' did not select TF32")
-        matmul.fp32_precision = "ieee"
+        errors.append("float32 multiplies in IEEE float32 at PyTorch's defaults, where its convolutions take TF32")
+    if hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision"):
+        saved = cudnn.conv.fp32_precision
+        for setting, expected in (("ieee", "ieee"), ("tf32", "tf32")):
+            cudnn.conv.fp32_precision = setting
+            for matmul_setting in ("ieee", "tf32"):  # whatever the matmul switch says
+                matmul.fp32_precision = matmul_setting
+                if T.dot_precision(torch.float32) != expected:
+                    errors.append(f"cudnn.conv.fp32_precision = {setting!r} (matmul {matmul_setting!r}) did not select "
+                                  f"{expected}")
+        cudnn.conv.fp32_precision = "none"  # falls back to cuDNN's, then the global setting
+        torch.backends.fp32_precision = "ieee"
         if T.dot_precision(torch.float32) != "ieee":
-            errors.append("fp32_precision = 'ieee' did not select IEEE float32")
+            errors.append("torch.backends.fp32_precision = 'ieee' did not select IEEE float32")
+        torch.backends.fp32_precision = "none"
+        cudnn.conv.fp32_precision = saved
+        matmul.fp32_precision = "none"
+    else:  # torch < 2.9: the legacy flags
+        for flag in (False, True):
+            cudnn.allow_tf32 = flag
+            matmul.allow_tf32 = not flag
+            if T.dot_precision(torch.float32) != ("tf32" if flag else "ieee"):
+                errors.append(f"cudnn.allow_tf32 = {flag} did not select {'TF32' if flag else 'IEEE float32'}")
+        matmul.allow_tf32 = False
     if T.dot_precision(torch.float64) != "ieee" or T.dot_precision(torch.float16) != "ieee":
         errors.append("float64/float16 must not ask for TF32")
 

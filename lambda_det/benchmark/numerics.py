@@ -1,12 +1,11 @@
 """The arithmetic a CUDA benchmark runs in, set around each timed step and recorded beside its times.
 
-* ``float32``: PyTorch's defaults, unchanged: cuDNN's convolutions on TF32 tensor cores, matmuls
-  (and the Triton lambda operator, which follows the matmul switch) in IEEE float32;
+* ``float32``: PyTorch's defaults, unchanged: cuDNN's convolutions (and the Triton lambda operator,
+  which follows the convolution switch) on TF32 tensor cores, matmuls in IEEE float32;
 * ``tf32``: both switches on TF32 (``torch.backends.cuda.matmul`` and ``torch.backends.cudnn.conv``);
 * ``amp``: autocast to float16 (Detectron2's ``SOLVER.AMP``), the switches at their defaults.
 
-A layer and the convolution it replaces can thus differ in arithmetic at PyTorch's defaults; the
-records say which switch was on, so a ratio is read with its arithmetic.
+The records say which switch was on, so a ratio is read with its arithmetic.
 """
 from __future__ import annotations
 
@@ -15,11 +14,11 @@ from typing import Dict, Iterator, Tuple
 
 import torch
 
-from ..layers.triton_lambda import matmul_tf32_enabled
+from ..layers.triton_lambda import conv_tf32_enabled
 
 CUDA_PRECISIONS = ("float32", "tf32", "amp")
 PRECISION_TEXT = {
-    "float32": "float32 (PyTorch's defaults: TF32 convolutions, IEEE matmuls)",
+    "float32": "float32 (PyTorch's defaults: TF32 convolutions and lambda operator, IEEE matmuls)",
     "tf32": "TF32 (matmul and cuDNN switches on)",
     "amp": "AMP float16 (autocast)",
 }
@@ -30,15 +29,14 @@ def precisions_for(device_type: str) -> Tuple[str, ...]:
     return CUDA_PRECISIONS if device_type == "cuda" else ("float32",)
 
 
-def conv_tf32_enabled() -> bool:
-    """PyTorch's switch for cuDNN convolutions on TF32 (torch >= 2.9 ``fp32_precision``, else the legacy flag)."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    for setting in (getattr(conv, "fp32_precision", None), getattr(torch.backends.cudnn, "fp32_precision", None),
-                    getattr(torch.backends, "fp32_precision", None)):
+def matmul_tf32_enabled() -> bool:
+    """PyTorch's switch for float32 matmuls on TF32 (torch >= 2.9 ``fp32_precision``, else the legacy flag)."""
+    matmul = torch.backends.cuda.matmul
+    for setting in (getattr(matmul, "fp32_precision", None), getattr(torch.backends, "fp32_precision", None)):
         if setting in ("tf32", "ieee"):
             return setting == "tf32"
     try:
-        return bool(torch.backends.cudnn.allow_tf32)
+        return bool(matmul.allow_tf32)
     except RuntimeError:
         return False
 
@@ -68,14 +66,14 @@ def _switch(owner, tf32: bool) -> Iterator[None]:
         owner.allow_tf32 = saved
 
 
-def matmul_precision(tf32: bool):
-    """PyTorch's matmul switch (the one the Triton lambda operator follows) set for the context."""
-    return _switch(torch.backends.cuda.matmul, tf32)
+def conv_precision(tf32: bool):
+    """PyTorch's convolution switch (the one the Triton lambda operator follows) set for the context."""
+    return _switch(getattr(torch.backends.cudnn, "conv", torch.backends.cudnn), tf32)
 
 
 @contextlib.contextmanager
 def _both_tf32() -> Iterator[None]:
-    with matmul_precision(True), _switch(getattr(torch.backends.cudnn, "conv", torch.backends.cudnn), True):
+    with _switch(torch.backends.cuda.matmul, True), conv_precision(True):
         yield
 
 
@@ -96,5 +94,5 @@ def switches_under(precision: str, device: torch.device) -> Dict[str, bool]:
         return tf32_switches()
 
 
-__all__ = ["CUDA_PRECISIONS", "PRECISION_TEXT", "conv_tf32_enabled", "matmul_precision", "precision_context",
+__all__ = ["CUDA_PRECISIONS", "PRECISION_TEXT", "conv_precision", "matmul_tf32_enabled", "precision_context",
            "precisions_for", "switches_under", "tf32_switches"]

@@ -34,9 +34,9 @@ Backward (recomputing the logits instead of storing them, as the CPU operator do
                            neighbourhood (the queries whose scope holds column x0 + i): no atomics
     dlambda^c = sum_n q_n g_n^T      one batched matmul (torch), deterministic
 
-Precision: float32 inputs use TF32 tensor cores when PyTorch's matmul switch allows it
-(``torch.backends.cuda.matmul.allow_tf32`` / ``fp32_precision``; the cuDNN switch governs
-convolutions, not this), IEEE float32 otherwise; float16 / bfloat16 inputs multiply in that type and
+Precision: float32 inputs use TF32 tensor cores when PyTorch's switch for convolutions allows it
+(``torch.backends.cudnn.conv.fp32_precision`` / ``allow_tf32``, on by default: this is the lambda
+convolution that replaces a 3x3 convolution, and gets its arithmetic), IEEE float32 otherwise; float16 / bfloat16 inputs multiply in that type and
 accumulate in float32 (AMP: under autocast the wrapper casts float32 inputs to autocast's type);
 float64 accumulates in float64 (tests). docs/gpu.md has the tiles, the compile table and the
 estimated roofline.
@@ -589,24 +589,30 @@ def choose_triton(device_type: str) -> bool:
 # ------------------------------------------------------------------------------------------------
 # dispatch
 # ------------------------------------------------------------------------------------------------
-def matmul_tf32_enabled() -> bool:
-    """PyTorch's switch for float32 matmuls on tensor cores (this operator is a chain of matmuls).
+def conv_tf32_enabled() -> bool:
+    """PyTorch's switch for float32 convolutions on TF32 tensor cores, the one this operator follows:
+    it computes the "lambda convolution" (Sec. 3.2) in place of the 3x3 convolution, so at PyTorch's
+    defaults both get the same arithmetic (the matmul switch, off by default, would leave the layer in
+    IEEE float32 on FMA units beside a TF32 convolution); turning TF32 off for convolutions turns it
+    off here too.
 
-    torch >= 2.9 has ``fp32_precision`` ("tf32" / "ieee" / "none" = fall back to the global one and
-    the legacy flag); reading the legacy ``allow_tf32`` raises once a program mixed both APIs.
+    torch >= 2.9 has ``fp32_precision`` ("tf32" / "ieee" / "none" = ask the next one up: cuDNN's, then
+    the global one, then the legacy flag); reading the legacy ``allow_tf32`` raises once a program
+    mixed both APIs.
     """
-    matmul = torch.backends.cuda.matmul
-    for setting in (getattr(matmul, "fp32_precision", None), getattr(torch.backends, "fp32_precision", None)):
+    cudnn = torch.backends.cudnn
+    for setting in (getattr(getattr(cudnn, "conv", None), "fp32_precision", None), getattr(cudnn, "fp32_precision", None),
+                    getattr(torch.backends, "fp32_precision", None)):
         if setting in ("tf32", "ieee"):
             return setting == "tf32"
     try:
-        return bool(matmul.allow_tf32)
+        return bool(cudnn.allow_tf32)
     except RuntimeError:
         return False
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    return "tf32" if dtype == torch.float32 and matmul_tf32_enabled() else "ieee"
+    return "tf32" if dtype == torch.float32 and conv_tf32_enabled() else "ieee"
 
 
 _TL_ACC = {torch.float64: "float64"}
@@ -872,9 +878,8 @@ def lambda_output_triton(q: Tensor, values: Tensor, kernel: Tensor, content_lamb
 
 __all__ = [
     "FORWARD_TILES", "PRECISIONS", "QR_GRAD_TILES", "Tiles", "V_GRAD_TILES", "available", "backward_into",
-    "choose_triton", "dot_precision", "forward_into", "gradient_layout", "innermost", "lambda_output_triton",
-    "matmul_tf32_enabled", "operand_layouts", "qr_partial_shape",
-    "qr_rows_per_program", "unavailable_reason",
+    "choose_triton", "conv_tf32_enabled", "dot_precision", "forward_into", "gradient_layout", "innermost",
+    "lambda_output_triton", "operand_layouts", "qr_partial_shape", "qr_rows_per_program", "unavailable_reason",
 ]
 
 
