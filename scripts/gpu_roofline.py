@@ -63,6 +63,16 @@ def kernel_macs(d: int, side: int):
     return fwd, qr, dv, useful_fwd, useful_bwd
 
 
+def dv_l2_bytes(d: int, side: int, e: int, t) -> float:
+    """The dV kernel's tile loads from L2 with tiles ``t``: per step, the haloed queries and output
+    gradients of one query row (all heads) and the embeddings of the scope rows joining it to the
+    program's t.vr value rows."""
+    v, c = d // HEADS, R // 2
+    query_rows = sum(min(y0 + t.vr + c, side) - max(y0 - (R - 1 - c), 0) for y0 in range(0, side, t.vr))
+    return B * query_rows * math.ceil(side / t.bx) * math.ceil(v / t.bv) * chunks(side, R, t.bx, t.taps, False) * (
+        t.hb * t.bxh * (t.bk + t.bv) + t.bk * t.vr * t.rt) * e
+
+
 def l2_bytes(d: int, side: int, e: int):
     """Tile loads the kernels repeat from L2 (value rows, embeddings, queries, output gradients)."""
     v = d // HEADS
@@ -73,10 +83,7 @@ def l2_bytes(d: int, side: int, e: int):
     # value rows and embeddings per step, the partial dR read and written (float32); G stays in registers
     qr = B * side * math.ceil(side / t.bx) * ry * chunks(side, R, t.bx, t.taps, True) * (
         (t.bxh * v + t.bk * t.rt) * e + 2 * t.bk * t.rt * 4)
-    t = V_GRAD_TILES
-    dv = B * side * math.ceil(side / t.bx) * math.ceil(v / t.bv) * ry * chunks(side, R, t.bx, t.taps, False) * (
-        t.hb * t.bxh * (t.bk + t.bv) + t.bk * t.rt) * e
-    return fwd, qr + dv
+    return fwd, qr + dv_l2_bytes(d, side, e, V_GRAD_TILES)
 
 
 def estimate(name: str, d: int, side: int, stride: int, amp: bool) -> dict:
@@ -111,6 +118,21 @@ def estimate(name: str, d: int, side: int, stride: int, amp: bool) -> dict:
                 conv_bound="compute" if conv_flop / (CONV_EFFICIENCY * peak) >= conv_bytes_f / HBM else "memory")
 
 
+def dv_variants() -> None:
+    """The dV kernel alone at res4 with the kernel benchmark's tile variants that change its loads."""
+    print("\n| dV tiles (res4, TF32) | GFLOP executed | L2 MB | ms at 30% of peak / at L2 bandwidth | bound |")
+    print("|---|---|---|---|---|")
+    shape = dict(b=B, heads=HEADS, k=K, u=U, v=256 // HEADS, side=64, r=R)
+    for name, tiles in (("default (1 value row, 16 columns)", V_GRAD_TILES), ("2 value rows", V_GRAD_TILES._replace(vr=2)),
+                        ("4 value rows", V_GRAD_TILES._replace(vr=4)),
+                        ("32 value columns", V_GRAD_TILES._replace(bx=32, bxh=64, rt=64))):
+        flop = executed_flop("dV", shape, tiles)
+        l2 = dv_l2_bytes(256, 64, 4, tiles)
+        compute, traffic = flop / (KERNEL_EFFICIENCY * PEAK["tf32"]), l2 / L2
+        print(f"| {name} | {flop / 1e9:.1f} | {l2 / 1e6:.0f} | {compute * 1e3:.3f} / {traffic * 1e3:.3f} | "
+              f"{'compute' if compute >= traffic else 'L2'} |")
+
+
 def main() -> None:
     print("| shape | precision | 3x3 conv GFLOP (fwd) / MB | conv bound | kernels GFLOP fwd / bwd (useful) | "
           "layer other: proj GFLOP, DRAM MB, L2 MB | kernels bound | conv ms fwd / fwd+bwd | layer ms fwd / fwd+bwd | "
@@ -124,6 +146,7 @@ def main() -> None:
                   f"{r['proj_gflop']:.1f}, {r['dram_mb']:.0f}, {r['l2_mb']:.0f} | {r['bound_f']} | "
                   f"{r['conv_f']:.3f} / {r['conv_fb']:.3f} | {r['lam_f']:.3f} / {r['lam_fb']:.3f} | "
                   f"{r['lam_f'] / r['conv_f']:.2f}x / {r['lam_fb'] / r['conv_fb']:.2f}x |")
+    dv_variants()
 
 
 if __name__ == "__main__":

@@ -168,6 +168,7 @@ def test_precision_contexts_set_and_restore_the_switches():
 
 def test_executed_flop_counts_every_iteration_of_the_kernels_loops():
     """The kernel benchmark's FLOP count against the kernels' loops walked program by program."""
+    import itertools
     import math
 
     from lambda_det.benchmark.kernels import executed_flop
@@ -179,30 +180,33 @@ def test_executed_flop_counts_every_iteration_of_the_kernels_loops():
 
     def walk(kernel, t, rows=1):
         macs, m, kb = 0, t.hb * t.bx, math.ceil(k / t.bk)
+        if kernel == "dV":  # programs of t.vr value rows from y0, stepping over the query rows that reach them
+            for _image, y0, x0 in itertools.product(range(b), range(0, side, t.vr), range(0, side, t.bx)):
+                x_end = min(x0 + t.bx, side)
+                query_rows = [y for y in range(side) if any(0 <= y0 + i - y + c < r for i in range(t.vr) if y0 + i < side)]
+                taps = range(max(x0 + c - side + 1, 0), min(x_end + c, r), t.taps)
+                for _vb in range(math.ceil(v / t.bv)):
+                    s_rows = t.hb * t.bxh
+                    macs += u * len(query_rows) * len(taps) * math.ceil(heads / t.hb) * (
+                        kb * s_rows * t.bk * t.vr * t.rt + t.vr * t.bx * s_rows * t.bv)
+            return 2 * macs
         for _image in range(b):
             for y in range(side):
                 for x0 in range(0, side, t.bx):
                     x_end = min(x0 + t.bx, side)
                     dys = range(max(c - y, 0), min(c - y + side, r))
-                    if kernel == "dV":  # y is the value row; taps of the inverse neighbourhood
-                        dys = range(max(y + c - side + 1, 0), min(y + c + 1, r))
-                        taps = range(max(x0 + c - side + 1, 0), min(x_end + c, r), t.taps)
-                    else:
-                        taps = range(max(c - x_end + 1, 0), min(c - x0 + side, r), t.taps)
-                    for _group in range(math.ceil(heads / t.hb) if kernel != "dV" else 1):
+                    taps = range(max(c - x_end + 1, 0), min(c - x0 + side, r), t.taps)
+                    for _group in range(math.ceil(heads / t.hb)):
                         for _vb in range(math.ceil(v / t.bv) if kernel != "dq/dR" else 1):
                             if kernel == "forward":
                                 macs += kb * m * t.bk * t.bv + u * len(dys) * len(taps) * (kb * m * t.bk * t.rt + m * t.bxh * t.bv)
-                            elif kernel == "dq/dR":
+                            else:
                                 vb = math.ceil(v / t.bv)
                                 macs += kb * (vb * m * t.bv * t.bk + u * len(dys) * len(taps) * (vb * m * t.bv * t.bxh + 2 * m * t.rt * t.bk))
-                            else:
-                                s_rows = t.hb * t.bxh
-                                macs += u * len(dys) * len(taps) * math.ceil(heads / t.hb) * (kb * s_rows * t.bk * t.rt + t.bx * s_rows * t.bv)
         return 2 * macs
 
     for kernel, tiles in (("forward", T.FORWARD_TILES), ("dq/dR", T.QR_GRAD_TILES), ("dV", T.V_GRAD_TILES),
-                          ("forward", T.FORWARD_TILES._replace(bx=16))):
+                          ("forward", T.FORWARD_TILES._replace(bx=16)), ("dV", T.V_GRAD_TILES._replace(vr=4))):
         assert executed_flop(kernel, shape, tiles) == walk(kernel, tiles), kernel
 
 

@@ -399,6 +399,13 @@ def run(check: str):
         for variant in variants():
             if variant.name != "default":
                 check_guards(errors, arg, variant=variant)
+    elif kind == "value_rows":  # dV's stacked value rows on every shape: rows past the map, u > 1, images
+        from lambda_det.benchmark.kernels import variants
+
+        for variant in variants():
+            if variant.kernel == "dV" and variant.tiles is not None and variant.tiles.vr > 1:
+                for name in SHAPES:
+                    check_guards(errors, name, variant=variant)
     elif kind == "gradcheck":
         check_gradcheck(errors, arg)
     elif kind == "half":

@@ -86,6 +86,10 @@ def variants() -> List[Variant]:
         Variant("dV", "4 warps", v._replace(num_warps=4)),
         # the same work in half the programs: one 33-tap chunk per scope row instead of two of 17
         Variant("dV", "32 value columns", v._replace(bx=32, bxh=64, rt=64)),
+        # a query row's haloed queries and output gradients loaded once for 2 or 4 value rows (the L2
+        # traffic the estimate says bounds dV falls about as much), in one program per SM instead of two
+        Variant("dV", "2 value rows", v._replace(vr=2)),
+        Variant("dV", "4 value rows", v._replace(vr=4)),
     ]
 
 
@@ -122,9 +126,11 @@ def executed_flop(kernel: str, shape: dict, tiles: T.Tiles, rows: int = 1) -> fl
         steps = sum(_row_span(y, side, r) for y in range(side)) * sum(_chunks(x0, t.bx, side, r, t.taps, False) for x0 in segments)
         macs = b * hg * kb * (u * steps * (vb * m * t.bv * t.bxh + 2 * m * t.rt * t.bk) + side * len(segments) * vb * m * t.bv * t.bk)
     elif kernel == "dV":
-        s = t.hb * t.bxh
-        steps = sum(_row_span(y, side, r) for y in range(side)) * sum(_chunks(x0, t.bx, side, r, t.taps, True) for x0 in segments)
-        macs = b * u * math.ceil(v / t.bv) * steps * hg * (kb * s * t.bk * t.rt + t.bx * s * t.bv)
+        s, c = t.hb * t.bxh, r // 2
+        # a program of vr value rows from y0 steps over the query rows whose scope reaches one of them
+        query_rows = sum(min(y0 + t.vr + c, side) - max(y0 - (r - 1 - c), 0) for y0 in range(0, side, t.vr))
+        steps = query_rows * sum(_chunks(x0, t.bx, side, r, t.taps, True) for x0 in segments)
+        macs = b * u * math.ceil(v / t.bv) * steps * hg * (kb * s * t.bk * t.vr * t.rt + t.vr * t.bx * s * t.bv)
     else:
         raise ValueError(f"unknown kernel {kernel!r}")
     return 2.0 * macs

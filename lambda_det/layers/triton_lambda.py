@@ -74,7 +74,9 @@ class Tiles(NamedTuple):
     (the band's columns), so one chunk covers bxh - bx + 1 taps of a scope row; rt >= that many
     logit columns; bk, bv: blocks of k and v (looped over / gridded beyond that); every tl.dot
     dimension is >= 16, which NVIDIA's tensor-core lowering needs (small k, v, heads are padded
-    with masked zeros here instead).
+    with masked zeros here instead). vr (dV only): value rows per program, stacked into the M rows
+    of its products, so that one load of a query row's haloed queries and output gradients serves
+    all the value rows its scope reaches.
     """
 
     hb: int
@@ -86,6 +88,7 @@ class Tiles(NamedTuple):
     num_warps: int
     num_stages: int
     flat: bool = True  # the steps over (u, scope row, tap chunk) as one loop, which Triton pipelines
+    vr: int = 1
 
     @property
     def taps(self) -> int:  # scope columns one band covers
@@ -98,7 +101,9 @@ class Tiles(NamedTuple):
                 raise ValueError(f"{kernel} tiles: {name}={value} must be a power of two")
         if self.num_stages < 1:
             raise ValueError(f"{kernel} tiles: num_stages={self.num_stages} must be at least 1")
-        rows = self.bx if kernel == "dV" else self.hb * self.bx  # M of the kernel's products
+        if self.vr != 1 and (kernel != "dV" or not self.flat):
+            raise ValueError(f"{kernel} tiles: vr={self.vr}: only the dV kernel's flat loop stacks value rows")
+        rows = self.vr * self.bx if kernel == "dV" else self.hb * self.bx  # M of the kernel's products
         for name, value in (("bk", self.bk), ("bv", self.bv), ("bxh", self.bxh), ("rt", self.rt), ("M", rows)):
             if value < 16:
                 raise ValueError(f"{kernel} tiles: {name}={value} < 16, the smallest tl.dot dimension on tensor cores")
@@ -445,23 +450,27 @@ if triton is not None:
                 tl.store(d_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None] & k_ok[None, :])
 
     @triton.jit
-    def _v_step(acc, q_ptr, r_ptr, g_base, b, u, dy, t0, h0, yv, x0, HEADS, K, NV, W, RH, RW,
+    def _v_step(acc, q_ptr, r_ptr, g_base, b, u, y, t0, h0, yv0, x0, HEADS, K, NV, W, RH, RW,
                 sqb, sqh, sqk, sqy, sqx, srk, sru, sry, srx, sgy, sgx, sgc,
-                hoff, jj, kk, tt, v_ok, in_band, band_idx,
-                BK: tl.constexpr, TS: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
-                ACC: tl.constexpr, ONE_K: tl.constexpr, NKB: tl.constexpr):
-        """One (scope row dy, tap chunk t0, head group h0) step of dV: the logits of the haloed query
-        segment, the band transposed, applied to their output gradients."""
-        y = yv - dy + RH // 2
-        tap = t0 + tt
-        tap_ok = (tt < TS) & (tap < RW)
+                hoff, jj, kk, cc, v_ok, in_band, band_idx,
+                BK: tl.constexpr, TS: tl.constexpr, RT: tl.constexpr, PRECISION: tl.constexpr,
+                DOT_F32: tl.constexpr, ACC: tl.constexpr, NKB: tl.constexpr):
+        """One (query row y, tap chunk t0, head group h0) step of dV for the value rows yv0, yv0 + 1, ...
+        of the program: the logits of the haloed query segment against the scope rows that join y to
+        each of them (one product: value row r takes logit columns r RT .. r RT + RT - 1), the bands
+        transposed side by side, applied to the segment's output gradients (one product)."""
+        # logit column c: value row yv0 + c // RT, reached through scope row dy and tap t0 + c % RT
+        row = cc // RT
+        dy = yv0 + row - y + RH // 2
+        tap = t0 + cc % RT
+        tap_ok = (cc % RT < TS) & (tap < RW) & (dy >= 0) & (dy < RH)  # (rows past the map: not stored)
         xq = x0 + RW // 2 - t0 - (TS - 1) + jj
         head = h0 + hoff
         ok = (xq >= 0) & (xq < W) & (head < HEADS)
         q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
-        a = _logits(tl.zeros((jj.shape[0], tt.shape[0]), dtype=ACC), q_row, ok, r_ptr, u, dy, tap, tap_ok, K, kk,
+        a = _logits(tl.zeros((jj.shape[0], cc.shape[0]), dtype=ACC), q_row, ok, r_ptr, u, dy, tap, tap_ok, K, kk,
                     sqk, srk, sru, sry, srx, BK, NKB, PRECISION, DOT_F32)
-        bt = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0).to(g_base.dtype.element_ty)  # (S x BX)
+        bt = tl.where(in_band, tl.gather(a, band_idx, 1), 0.0).to(g_base.dtype.element_ty)  # (S x VR BX)
         gs = tl.load(g_base + y * sgy + xq[:, None] * sgx + head[:, None] * NV * sgc,
                      mask=ok[:, None] & v_ok[None, :], other=0.0)
         return _mm(tl.trans(bt), gs, acc, PRECISION, DOT_F32)
@@ -477,50 +486,66 @@ if triton is not None:
         HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
         BK: tl.constexpr, BV: tl.constexpr,
         PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_K: tl.constexpr,
-        FLAT: tl.constexpr, NKB: tl.constexpr,
+        FLAT: tl.constexpr, NKB: tl.constexpr, VR: tl.constexpr,
     ):
-        # program: one image, one value row y', BX value columns x0.., one u, BV value channels.
+        # program: one image, VR value rows y'.., BX value columns x0.., one u, BV value channels.
         # dV[x'] gathers a[(h, x), t] g[h, x] over the queries x = x' - t + cx whose scope holds x'
         # (the inverse neighbourhood), so every dV element is written by exactly one program.
-        # ONE_K (k <= BK): one block of k per step; FLAT: the (scope row, tap chunk, head group)
-        # steps as one loop (_flat_step's reason)
+        # ONE_K (k <= BK): one block of k per step; FLAT: the (query row, tap chunk, head group)
+        # steps as one loop (_flat_step's reason); VR: value rows stacked into M (Tiles.vr)
         S: tl.constexpr = HB * BXH
         TS: tl.constexpr = BXH - BX + 1
-        b, yv, x0, u, vb = _row_program(H, W, NV, BX, BV)
+        b, vrow, x0, u, vb = _row_program(tl.cdiv(H, VR), W, NV, BX, BV)
+        yv = vrow * VR  # the first value row
 
         srows = tl.arange(0, S)
         hoff = srows // BXH
         jj = srows % BXH
-        ii = tl.arange(0, BX)
         kk = tl.arange(0, BK)
-        tt = tl.arange(0, RT)
         vv = vb * BV + tl.arange(0, BV)
         v_ok = vv < NV
-        # query j of the haloed segment meets value column i through tap i - j + TS - 1 of the chunk
-        band_d = ii[None, :] - jj[:, None] + (TS - 1)
-        in_band = (band_d >= 0) & (band_d < TS)
-        band_idx = tl.where(in_band, band_d, 0)
-
         cy = RH // 2
         cx = RW // 2
-        # scope rows and taps through which some query of the map reaches these value columns
-        dy_lo = tl.maximum(yv + cy - H + 1, 0)
-        dy_hi = tl.minimum(yv + cy + 1, RH)
         x_end = tl.minimum(x0 + BX, W)
         t_lo = tl.maximum(x0 + cx - W + 1, 0)
         t_hi = tl.minimum(x_end + cx, RW)
-        acc = tl.zeros((BX, BV), dtype=ACC)
         g_base = g_ptr + b * sgb + vv[None, :] * sgc
         if FLAT:
+            # row m of the products: value row yv + m // BX, column x0 + m % BX
+            mm = tl.arange(0, VR * BX)
+            ii = mm % BX
+            cc = tl.arange(0, VR * RT)
+            # query j of the haloed segment meets value column i through tap i - j + TS - 1 of the chunk,
+            # in the logit columns of the row's scope row
+            band_d = ii[None, :] - jj[:, None] + (TS - 1)
+            in_band = (band_d >= 0) & (band_d < TS)
+            band_idx = tl.where(in_band, band_d, 0) + (mm // BX)[None, :] * RT
+            # query rows whose scope reaches one of the value rows
+            y_lo = tl.maximum(yv - (RH - 1 - cy), 0)
+            y_hi = tl.minimum(yv + VR + cy, H)
+            acc = tl.zeros((VR * BX, BV), dtype=ACC)
             n_t = tl.cdiv(t_hi - t_lo, TS)
             n_h = tl.cdiv(HEADS, HB)
-            for it in range(0, (dy_hi - dy_lo) * n_t * n_h):
-                dy = dy_lo + it // (n_t * n_h)
+            for it in range(0, (y_hi - y_lo) * n_t * n_h):
+                y = y_lo + it // (n_t * n_h)
                 rest = it % (n_t * n_h)
-                acc = _v_step(acc, q_ptr, r_ptr, g_base, b, u, dy, t_lo + (rest // n_h) * TS, (rest % n_h) * HB, yv, x0,
+                acc = _v_step(acc, q_ptr, r_ptr, g_base, b, u, y, t_lo + (rest // n_h) * TS, (rest % n_h) * HB, yv, x0,
                               HEADS, K, NV, W, RH, RW, sqb, sqh, sqk, sqy, sqx, srk, sru, sry, srx, sgy, sgx, sgc,
-                              hoff, jj, kk, tt, v_ok, in_band, band_idx, BK, TS, PRECISION, DOT_F32, ACC, ONE_K, NKB)
+                              hoff, jj, kk, cc, v_ok, in_band, band_idx, BK, TS, RT, PRECISION, DOT_F32, ACC, NKB)
+            yd = yv + mm // BX
+            xd = x0 + ii
+            d_ptrs = dv_ptr + b * sdb + u * sdu + yd[:, None] * sdy + vv[None, :] * sdv + xd[:, None] * sdx
+            tl.store(d_ptrs, acc.to(dv_ptr.dtype.element_ty), mask=((yd < H) & (xd < W))[:, None] & v_ok[None, :])
         else:  # the first version's loop nest, as the first GPU run measured it (the kernel benchmark's baseline)
+            ii = tl.arange(0, BX)
+            tt = tl.arange(0, RT)
+            band_d = ii[None, :] - jj[:, None] + (TS - 1)
+            in_band = (band_d >= 0) & (band_d < TS)
+            band_idx = tl.where(in_band, band_d, 0)
+            # scope rows and taps through which some query of the map reaches these value columns
+            dy_lo = tl.maximum(yv + cy - H + 1, 0)
+            dy_hi = tl.minimum(yv + cy + 1, RH)
+            acc = tl.zeros((BX, BV), dtype=ACC)
             for dy in range(dy_lo, dy_hi):
                 y = yv - dy + cy
                 for t0 in range(t_lo, t_hi, TS):
@@ -541,9 +566,9 @@ if triton is not None:
                         gs = tl.load(g_ptr + b * sgb + y * sgy + xq[:, None] * sgx + (head[:, None] * NV + vv[None, :]) * sgc,
                                      mask=ok[:, None] & v_ok[None, :], other=0.0)
                         acc = _mm(tl.trans(bt), gs, acc, PRECISION, DOT_F32)
-        xd = x0 + ii
-        d_ptrs = dv_ptr + b * sdb + u * sdu + yv * sdy + vv[None, :] * sdv + xd[:, None] * sdx
-        tl.store(d_ptrs, acc.to(dv_ptr.dtype.element_ty), mask=(xd < W)[:, None] & v_ok[None, :])
+            xd = x0 + ii
+            d_ptrs = dv_ptr + b * sdb + u * sdu + yv * sdy + vv[None, :] * sdv + xd[:, None] * sdx
+            tl.store(d_ptrs, acc.to(dv_ptr.dtype.element_ty), mask=(xd < W)[:, None] & v_ok[None, :])
 
     INTERPRETED = type(_lambda_fwd_kernel).__name__ == "InterpretedFunction"
 else:
@@ -717,10 +742,10 @@ def v_grad_launch(grad: Tensor, q: Tensor, kernel: Tensor, dv: Tensor, precision
     u, v = dv.shape[1], dv.shape[2]
     precision = precision or dot_precision(q.dtype)
     t = (tiles or v_grad_tiles(q.dtype, precision)).checked("dV")
-    grid = (b * height * triton.cdiv(width, t.bx), u * triton.cdiv(v, t.bv))
+    grid = (b * triton.cdiv(height, t.vr) * triton.cdiv(width, t.bx), u * triton.cdiv(v, t.bv))
     args = (q, kernel, grad, dv, *q.stride(), *kernel.stride(), *grad.stride(), *dv.stride(),
             heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
-    constexprs = dict(_constexprs(t, q.dtype, precision), ONE_K=k <= t.bk, NKB=triton.cdiv(k, t.bk))
+    constexprs = dict(_constexprs(t, q.dtype, precision), ONE_K=k <= t.bk, NKB=triton.cdiv(k, t.bk), VR=t.vr)
     return Launch(_lambda_bwd_v_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
 
 
