@@ -310,7 +310,7 @@ def test_lazyconfig_train_net_trains_evaluates_resumes_and_protects_the_run(tmp_
     shutil.rmtree(run / "inference")
     weights = (run / "model_final.pth").read_bytes()
     assert lazy_train(run, small_val, "--resume", "train.max_iter=3") == 0
-    assert "whose evaluation was never written" in capsys.readouterr().out
+    assert "whose final evaluation was never finished" in capsys.readouterr().out
     assert json.loads((run / "inference" / small_val / "ap_by_size.json").read_text())["iterations_trained"] == 3
     assert (run / "model_final.pth").read_bytes() == weights
 

@@ -187,24 +187,53 @@ def test_resuming_a_finished_run_changes_nothing_and_says_so(finished, small_val
 def test_resuming_a_run_stopped_during_its_final_evaluation_writes_that_evaluation(finished, small_val, tmp_path, capsys):
     run = copy_of(finished, tmp_path)
     evaluation = run / "inference" / small_val
-    reports = {name: (evaluation / name).read_bytes() for name in ("ap_by_size.json", "coco_instances_results.json")}
+    final_predictions = (evaluation / "coco_instances_results.json").read_bytes()
+    weights = {k: v for k, v in hashes(run).items() if k.startswith("model_")}
     shutil.rmtree(run / "inference")  # killed after model_final.pth, before its evaluation wrote anything
-    before = hashes(run)
     assert train(run, small_val, "--resume") == 0
-    assert "whose evaluation was never written (the run stopped before it ended): evaluating it now" in capsys.readouterr().out
-    after = hashes(run)
+    assert "whose final evaluation was never finished (the run stopped before it ended): evaluating it now" in (
+        capsys.readouterr().out)
     assert json.loads((evaluation / "ap_by_size.json").read_text())["iterations_trained"] == 4
-    assert (evaluation / "coco_instances_results.json").read_bytes() == reports["coco_instances_results.json"]
-    assert {k: after[k] for k in before if k.startswith("model_")} == {k: v for k, v in before.items() if k.startswith("model_")}
+    assert (evaluation / "coco_instances_results.json").read_bytes() == final_predictions
+    assert {k: v for k, v in hashes(run).items() if k.startswith("model_")} == weights
 
-    # killed half-way through it (some files written, no ap_by_size.json): nothing is replaced unasked
+    # killed half-way through it (predictions written, no ap_by_size.json): written again, whole
     (evaluation / "ap_by_size.json").unlink()
+    assert train(run, small_val, "--resume") == 0
+    assert "evaluating it now" in capsys.readouterr().out and (evaluation / "ap_by_size.json").is_file()
+
+    # what it holds is the run's evaluation during training (TEST.EVAL_PERIOD) at 2 iterations: replaced
+    report = json.loads((evaluation / "ap_by_size.json").read_text())
+    report["provenance"].update(weights=f"training state of {run.resolve()}", iterations_trained=2)
+    (evaluation / "ap_by_size.json").write_text(json.dumps(report))
+    assert train(run, small_val, "--resume") == 0
+    assert "replacing its evaluation at fewer iterations" in capsys.readouterr().out
+    assert json.loads((evaluation / "ap_by_size.json").read_text())["provenance"]["iterations_trained"] == 4
+
+    # an evaluation of other weights there (--eval-only --overwrite) is the user's: kept
+    report["provenance"].update(weights=str(tmp_path / "elsewhere" / "model.pth"), iterations_trained=2)
+    (evaluation / "ap_by_size.json").write_text(json.dumps(report))
     before = hashes(run)
     assert train(run, small_val, "--resume") == 0
-    out = capsys.readouterr().out
-    assert f"Its evaluation is incomplete (no {evaluation / 'ap_by_size.json'}" in out and "--overwrite" in out
-    # (log.txt: the first resume's log handler, still open in this process, records the checks' lines)
+    assert "nothing to train, and nothing was changed" in capsys.readouterr().out
+    # (log.txt: the resumes' log handlers, still open in this process, record the checks' lines)
     assert {k: v for k, v in hashes(run).items() if k != "log.txt"} == {k: v for k, v in before.items() if k != "log.txt"}
+
+
+def test_resume_keeps_a_final_evaluation_that_is_only_partly_outdated(tmp_path, capsys):
+    """Of two evaluated datasets one is current and one is missing: evaluating again would replace the
+    current one too, so only --overwrite does."""
+    from lambda_det.engine import YACS_KEYS, should_resume_finished_run
+
+    run = tmp_path / "run"
+    current = run / "inference" / "a" / "ap_by_size.json"
+    current.parent.mkdir(parents=True)
+    current.write_text(json.dumps({"provenance": {"weights": str((run / "model_final.pth").resolve()), "iterations_trained": 4}}))
+    reports = [current, run / "inference" / "b" / "ap_by_size.json"]
+    assert not should_resume_finished_run(YACS_KEYS, str(run), (run / "model_final.pth", 4), 4, [current], reports)
+    out = capsys.readouterr().out
+    assert f"Its final evaluation is incomplete (no final {reports[1]})" in out and "--overwrite" in out
+    assert should_resume_finished_run(YACS_KEYS, str(run), (run / "model_final.pth", 6), 6, [current], reports)  # at 4 of 6
 
 
 def test_resume_refuses_a_truncated_final_checkpoint_and_changes_nothing(finished, small_val, tmp_path, capsys):

@@ -8,15 +8,16 @@ the protections of tools/train_net.py.
 Outputs under train.output_dir: checkpoints, metrics.json, TensorBoard events, config.yaml,
 inference/<dataset>/{coco_instances_results.json, ap_by_size.json, ap_by_size.md, ap_by_size.png}.
 Exit status as train_net.py: 0 done (a finished run resumed without --overwrite changes nothing but
-the evaluation it never finished), 2 (one `error:` line) bad flags, config, override, weights or
-output location, or a run that diverged, 1 a write that failed during the run, 130 interrupted (the message says how to go on).
+the final evaluation it never finished), 2 (one `error:` line) bad flags, config, override, weights
+or output location, or a run that diverged, 1 a write that failed during the run, 130 interrupted
+(the message says how to go on).
 """
 import sys
 
 # importing lambda_det (its engine here) registers the backbones and the toy datasets
 from lambda_det.engine import (
     LAZY_OVERRIDE, evaluation_files, evaluation_reports, finished_run_at, launch_in_run_folder, parse_args_with_overrides,
-    register_datasets, resume_finished_run, run_main,
+    register_datasets, run_main, should_resume_finished_run,
 )
 from lambda_det.engine.lazy import (
     LAZY_KEYS, lazy_argument_parser, lazy_evaluate, lazy_preflight, lazy_train, load_lazy_run_config, setup_lazy_run,
@@ -38,7 +39,7 @@ def lazyconfig_train_net(argv=None) -> int:
     lazy_preflight(cfg, args)
     output_dir, max_iter = str(cfg.train.output_dir), cfg.train.max_iter
     finished = finished_run_at(output_dir, max_iter) if args.resume and not args.eval_only else None
-    if finished and not args.overwrite and not resume_finished_run(
+    if finished and not args.overwrite and not should_resume_finished_run(
             LAZY_KEYS, output_dir, finished, max_iter, evaluation_files(output_dir, [test_dataset(cfg)]),
             evaluation_reports(output_dir, [test_dataset(cfg)])):
         return 0

@@ -22,8 +22,8 @@ from lambda_det.config import load_config
 from lambda_det.data import prepare_dataset
 from lambda_det.demo import Demo, Inputs, run_demo
 from lambda_det.engine import (
-    Trainer, cpu_if_no_cuda, existing_run, finished_run, interrupted, non_negative_int, parse_args_with_overrides,
-    positive_int, preflight, run_folder_lock, run_main, setup,
+    Trainer, cpu_if_no_cuda, existing_run, final_evaluation_written, finished_run, interrupted, non_negative_int,
+    parse_args_with_overrides, positive_int, preflight, run_folder_lock, run_main, setup,
 )
 from lambda_det.errors import OutputError
 from lambda_det.evaluation import TTA_FOLDER, evaluation_folders, load_ap_by_size, markdown_table
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     preflight(cfg, eval_only=False, resume=not args.no_resume)
     finished = finished_run(cfg) if run else None
     report_dirs = [out / folder / cfg.DATASETS.TEST[0] for folder in evaluation_folders(cfg)]
-    if finished and all((d / "ap_by_size.json").is_file() for d in report_dirs):
+    if finished and final_evaluation_written(cfg.OUTPUT_DIR, [d / "ap_by_size.json" for d in report_dirs], finished[1]):
         print(f"{out} holds the main job's finished run ({finished[1]} iterations): nothing was trained or changed; "
               f"train anew with --output another/folder")
         return summarize(out, report_dirs, None, None)

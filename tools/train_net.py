@@ -8,9 +8,10 @@ r"""Train or evaluate Mask R-CNN with a LambdaResNet backbone (Detectron2's trai
 Outputs under OUTPUT_DIR: checkpoints, metrics.json, TensorBoard events,
 inference/<dataset>/{coco_instances_results.json, ap_by_size.json, ap_by_size.md, ap_by_size.png}, and
 with TEST.AUG.ENABLED (Detectron2's test-time augmentation) the same in inference_TTA/<dataset>/.
-Exit status: 0 done (a finished run resumed without --overwrite changes nothing but the evaluation it
-never finished), 2 (one `error:` line) bad flags, config values, weights or output location, or a run
-that diverged, 1 a write that failed during the run (disk full), 130 interrupted (Ctrl-C; the message says how to go on).
+Exit status: 0 done (a finished run resumed without --overwrite changes nothing but the final
+evaluation it never finished), 2 (one `error:` line) bad flags, config values, weights or output
+location, or a run that diverged, 1 a write that failed during the run (disk full), 130 interrupted
+(Ctrl-C; the message says how to go on).
 """
 import sys
 
@@ -18,8 +19,8 @@ import lambda_det  # noqa: F401  (registers backbones and datasets)
 from lambda_det.checkpoint import Checkpointer
 from lambda_det.engine import (
     YACS_KEYS, Trainer, argument_parser, check_launch_args, earlier_evaluation, evaluation_reports, finished_run,
-    launch_in_run_folder, load_cfg, parse_args_with_overrides, preflight, register_datasets, resume_finished_run, run_main,
-    setup_cfg,
+    launch_in_run_folder, load_cfg, parse_args_with_overrides, preflight, register_datasets, run_main, setup_cfg,
+    should_resume_finished_run,
 )
 from lambda_det.evaluation import evaluation_folders
 
@@ -51,7 +52,7 @@ def train_net(argv=None) -> int:
     preflight(cfg, eval_only=args.eval_only, resume=args.resume, overwrite=args.overwrite,
               world_size=args.num_gpus * args.num_machines)
     finished = finished_run(cfg) if args.resume and not args.eval_only else None
-    if finished and not args.overwrite and not resume_finished_run(
+    if finished and not args.overwrite and not should_resume_finished_run(
             YACS_KEYS, cfg.OUTPUT_DIR, finished, cfg.SOLVER.MAX_ITER, earlier_evaluation(cfg),
             evaluation_reports(cfg.OUTPUT_DIR, cfg.DATASETS.TEST, evaluation_folders(cfg))):
         return 0

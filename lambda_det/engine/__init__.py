@@ -5,7 +5,7 @@ from .defaults import (
     interrupted, load_cfg, non_negative_int, parse_args_with_overrides, positive_int, probability, register_datasets,
     run_folder_lock, run_main, setup, setup_cfg, setup_process, share_cpu_cores,
 )
-from .launching import launch_in_run_folder, resume_finished_run
+from .launching import final_evaluation_written, launch_in_run_folder, should_resume_finished_run
 from .preflight import (
     YACS_KEYS, RunKeys, build_model_on_cpu, check_model_and_output, check_output_and_weights, earlier_evaluation,
     evaluation_files, evaluation_reports, existing_run, explained_build_errors, finished_run, finished_run_at, preflight,
@@ -31,6 +31,7 @@ __all__ = [
     "evaluation_reports",
     "existing_run",
     "explained_build_errors",
+    "final_evaluation_written",
     "finished_run",
     "finished_run_at",
     "interrupted",
@@ -43,11 +44,11 @@ __all__ = [
     "preflight",
     "probability",
     "register_datasets",
-    "resume_finished_run",
     "run_main",
     "setup",
     "setup_cfg",
     "setup_process",
     "share_cpu_cores",
+    "should_resume_finished_run",
     "validate_config",
 ]

@@ -57,7 +57,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true",
         help="replace an earlier evaluation in OUTPUT_DIR/inference/<dataset>/: with --eval-only, or with --resume "
-        "of a finished run (which otherwise changes nothing but an evaluation it never wrote)",
+        "of a finished run (which otherwise changes nothing but a final evaluation it never finished)",
     )
     return parser
 

@@ -1,10 +1,11 @@
 """What happens around a training tool's processes, shared by tools/train_net.py (yacs configs) and
-tools/lazyconfig_train_net.py (LazyConfigs): a finished run resumed again changes nothing and says so
-(or writes the evaluation it never finished); the run folder has one writer; Ctrl-C, a worker's error
-and a failed write each end the run with one line that says how to go on."""
+tools/lazyconfig_train_net.py (LazyConfigs): a finished run resumed again changes nothing and says
+so (or writes the final evaluation it never finished); the run folder has one writer; Ctrl-C, a
+worker's error and a failed write each end the run with one line that says how to go on."""
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
@@ -17,22 +18,48 @@ from .defaults import interrupted, run_folder_lock, run_main
 from .preflight import RunKeys
 
 
-def resume_finished_run(keys: RunKeys, output_dir: str, finished: Tuple[Path, int], max_iter: int,
-                        earlier: Sequence[Path], reports: Sequence[Path]) -> bool:
+def _evaluation_state(report: Path, output_dir: str, iterations: int) -> str:
+    """"current" (an evaluation of the run as it is, or of other weights: kept), "outdated" (of this
+    run at fewer iterations: during training, TEST.EVAL_PERIOD, or of an earlier checkpoint; its final
+    evaluation replaces it) or "missing"."""
+    if not report.is_file():
+        return "missing"
+    try:
+        provenance = json.loads(report.read_text()).get("provenance") or {}
+    except (OSError, ValueError, AttributeError):
+        return "current"  # not ours to judge: kept
+    trained, weights = provenance.get("iterations_trained"), str(provenance.get("weights", ""))
+    folder = Path(output_dir).resolve()
+    own = weights == f"training state of {folder}" or Path(weights).parent == folder
+    return "outdated" if own and isinstance(trained, int) and trained < iterations else "current"
+
+
+def final_evaluation_written(output_dir: str, reports: Sequence[Path], iterations: int) -> bool:
+    """Whether every report of a run's evaluation is there and of the run at ``iterations``."""
+    return all(_evaluation_state(report, output_dir, iterations) == "current" for report in reports)
+
+
+def should_resume_finished_run(keys: RunKeys, output_dir: str, finished: Tuple[Path, int], max_iter: int,
+                               earlier: Sequence[Path], reports: Sequence[Path]) -> bool:
     """Whether --resume of a run that has trained all its iterations (``finished``, from
-    ``finished_run``) goes on: only to write its evaluation where none was written (the run stopped
-    during its final evaluation), which replaces nothing. Otherwise says why nothing is done and
-    returns False. ``earlier``: the evaluation's files there; ``reports``: the ap_by_size.json each
+    ``finished_run``) goes on: only to write the final evaluation the run never finished (it stopped
+    during it), which replaces nothing but that run's own evaluations at fewer iterations (during
+    training, TEST.EVAL_PERIOD) and what the stopped one had written. Otherwise says why nothing is
+    done and returns False. ``earlier``: the evaluation's files there; ``reports``: the ap_by_size.json each
     evaluated dataset gets last, once its evaluation is complete."""
     run = (f"{keys.output_dir} {output_dir} holds a finished run ({finished[0].name}: {finished[1]} of "
            f"{keys.max_iter}={max_iter} iterations)")
-    if reports and not earlier:
-        print(f"{run} whose evaluation was never written (the run stopped before it ended): evaluating it now")
+    states = [_evaluation_state(report, output_dir, finished[1]) for report in reports]
+    if reports and "current" not in states:
+        outdated = [str(r) for r, state in zip(reports, states) if state == "outdated"]
+        replaced = f" (replacing its evaluation at fewer iterations: {', '.join(outdated)})" if outdated else ""
+        print(f"{run} whose final evaluation was never finished (the run stopped before it ended): "
+              f"evaluating it now{replaced}")
         return True
-    missing = [p for p in reports if not p.is_file()]
+    missing = [r for r, state in zip(reports, states) if state != "current"]
     if missing:
-        state = (f"Its evaluation is incomplete (no {', '.join(map(str, missing[:2]))}{' ...' if len(missing) > 2 else ''}"
-                 f"; partial files: {', '.join(p.name for p in earlier[:3])}{' ...' if len(earlier) > 3 else ''}). ")
+        state = (f"Its final evaluation is incomplete (no final {', '.join(map(str, missing[:2]))}"
+                 f"{' ...' if len(missing) > 2 else ''}). ")
     else:
         shown = [p for p in earlier if p.name == "ap_by_size.md"]
         state = f"Its evaluation: {', '.join(map(str, shown))}. " if shown else ""
@@ -80,4 +107,4 @@ def launch_in_run_folder(main: Callable, args, output_dir: str, argv: Optional[S
     return 0
 
 
-__all__ = ["launch_in_run_folder", "resume_finished_run"]
+__all__ = ["final_evaluation_written", "launch_in_run_folder", "should_resume_finished_run"]

@@ -69,7 +69,7 @@ def lazy_argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true",
         help="replace an earlier evaluation in train.output_dir/inference/<dataset>/: with --eval-only, or with "
-        "--resume of a finished run (which otherwise changes nothing but an evaluation it never wrote)",
+        "--resume of a finished run (which otherwise changes nothing but a final evaluation it never finished)",
     )
     return parser
 
