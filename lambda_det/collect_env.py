@@ -107,6 +107,8 @@ def collect_env() -> Tuple[List[Tuple[str, str]], List[str]]:
         else:
             state = "impl='auto' uses it on the CUDA devices" if torch is not None and torch.cuda.is_available() else \
                 "ready for CUDA devices (none here)"
+            state += (f"; float32 on {'TF32' if triton.float32_on_tf32() else 'IEEE float32'} (by torch.backends.cudnn's "
+                      "TF32 switch, unless exact float32 matmuls were asked for)")
         rows.append(("Triton GPU lambda operator", state))
     return rows, problems
 

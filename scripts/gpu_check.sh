@@ -12,7 +12,7 @@
 #                   Mask R-CNN training step under AMP (batch 2 at 1024)
 #   train           the main job (tools/quickstart.py) on the GPU, 150 iterations, its evaluation and demo
 #   bench_layer     tools/benchmark_lambda.py --vs-conv: the layer and its block vs the 3x3 conv, Table 6 shapes,
-#                   every form, float32 (PyTorch's defaults) / TF32 / AMP
+#                   every form, float32 (PyTorch's defaults) / IEEE / AMP
 #   bench_kernels   tools/benchmark_lambda.py --kernels: the Triton operator kernel by kernel, its tile variants
 #   bench_detector  tools/benchmark_detector.py: LambdaResNet-101, its conv twin, Detectron2's R-101, AMP, batch 8
 # (the last step gets what is left of the budget when the others ran long)

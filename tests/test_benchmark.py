@@ -157,8 +157,9 @@ def test_precision_contexts_set_and_restore_the_switches():
     from lambda_det.benchmark.numerics import precision_context, tf32_switches
 
     before = tf32_switches()
-    with precision_context("tf32", torch.device("cuda")):
-        assert tf32_switches() == {"matmul_tf32": True, "conv_tf32": True}
+    assert before == {"matmul_tf32": False, "conv_tf32": True, "lambda_operator_tf32": True}  # PyTorch's defaults
+    with precision_context("ieee", torch.device("cuda")):
+        assert tf32_switches() == {"matmul_tf32": False, "conv_tf32": False, "lambda_operator_tf32": False}
     assert tf32_switches() == before
     with precision_context("amp", torch.device("cpu")):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lambda_det.benchmark.numerics import conv_precision
+from lambda_det.benchmark.numerics import operator_precision
 from lambda_det.layers import triton_lambda as T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,7 +305,7 @@ def test_device_triton_matches_float64_reference(name):
     grad = torch.randn_like(expected)
     ref_grads = torch.autograd.grad(expected, leaves, grad)
     for dtype, tf32, tol in ((torch.float64, False, 1e-10), (torch.float32, False, 1e-5), (torch.float32, True, 1e-2)):
-        with conv_precision(tf32):  # the switch the operator follows
+        with operator_precision(tf32):  # the switches the operator follows
             runs = []
             for _ in range(2):
                 xs = [t.to(dtype).requires_grad_() for t in inputs]
@@ -343,7 +343,7 @@ def test_device_amp_forward_backward_close_to_float32():
     inputs = _on(DEVICE, W.make_inputs(shape, dtype=torch.float32, seed=1))
     inputs[2] = inputs[2] * 0.1  # R ~ N(0, 1) over 529 taps: keep the sums in float16's range as BN would
     leaves = [t.clone().requires_grad_() for t in inputs]
-    with conv_precision(False):  # the float32 reference in IEEE float32, not TF32
+    with operator_precision(False):  # the float32 reference in IEEE float32, not TF32
         out32 = T.lambda_output_triton(*leaves)
         grads32 = torch.autograd.grad(out32.square().mean(), leaves)
     for dtype, tol in ((torch.float16, 1e-2), (torch.bfloat16, 4e-2)):

@@ -299,8 +299,9 @@ def check_library_op(errors):
 
 
 def check_precision_switch(errors):
-    """TF32 follows PyTorch's switch for convolutions (torch.backends.cudnn.conv, its fp32_precision API
-    and the legacy allow_tf32, on by default), and not the matmul switch."""
+    """float32 takes TF32 by PyTorch's switch for convolutions (torch.backends.cudnn.conv, its
+    fp32_precision API and the legacy allow_tf32, on by default), unless exact float32 matmuls were
+    asked for (matmul.fp32_precision "ieee", torch.set_float32_matmul_precision("highest"))."""
     from lambda_det.layers import triton_lambda as T
 
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
@@ -308,21 +309,23 @@ def check_precision_switch(errors):
         errors.append("float32 multiplies in IEEE float32 at PyTorch's defaults, where its convolutions take TF32")
     if hasattr(cudnn, "conv") and hasattr(cudnn.conv, "fp32_precision"):
         saved = cudnn.conv.fp32_precision
-        for setting, expected in (("ieee", "ieee"), ("tf32", "tf32")):
-            cudnn.conv.fp32_precision = setting
-            for matmul_setting in ("ieee", "tf32"):  # whatever the matmul switch says
-                matmul.fp32_precision = matmul_setting
-                if T.dot_precision(torch.float32) != expected:
-                    errors.append(f"cudnn.conv.fp32_precision = {setting!r} (matmul {matmul_setting!r}) did not select "
-                                  f"{expected}")
+        for conv, mm, expected in (("ieee", "none", "ieee"), ("ieee", "tf32", "ieee"), ("tf32", "none", "tf32"),
+                                   ("tf32", "tf32", "tf32"), ("tf32", "ieee", "ieee")):
+            cudnn.conv.fp32_precision, matmul.fp32_precision = conv, mm
+            if T.dot_precision(torch.float32) != expected:
+                errors.append(f"cudnn.conv.fp32_precision = {conv!r}, matmul {mm!r} did not select {expected}")
+        cudnn.conv.fp32_precision, matmul.fp32_precision = "tf32", "none"
+        torch.set_float32_matmul_precision("highest")
+        if T.dot_precision(torch.float32) != "ieee":
+            errors.append("torch.set_float32_matmul_precision('highest') did not select IEEE float32")
+        matmul.fp32_precision = "none"
         cudnn.conv.fp32_precision = "none"  # falls back to cuDNN's, then the global setting
         torch.backends.fp32_precision = "ieee"
         if T.dot_precision(torch.float32) != "ieee":
             errors.append("torch.backends.fp32_precision = 'ieee' did not select IEEE float32")
         torch.backends.fp32_precision = "none"
         cudnn.conv.fp32_precision = saved
-        matmul.fp32_precision = "none"
-    else:  # torch < 2.9: the legacy flags
+    else:  # torch < 2.9: the legacy flags; the matmul one's default cannot be told from a request
         for flag in (False, True):
             cudnn.allow_tf32 = flag
             matmul.allow_tf32 = not flag

@@ -25,7 +25,7 @@ import torch
 from ..errors import UserError
 from ..layers import triton_lambda as T
 from ..utils.markdown import markdown_table
-from .numerics import conv_precision
+from .numerics import operator_precision
 from .timing import INTERLEAVING, environment_summary, interleaved, milliseconds, result_paths, spread, write_results
 
 SCOPE = 23
@@ -306,7 +306,7 @@ def _operator_steps(shape_name: str, arith: Arithmetic, inputs, repeats: int, de
     steps = {"dR partial sums added": lambda: T.add_partial_sums(partial, dr),
              "dlambda^c (batched matmul)": lambda: T.content_lambda_gradient(ql, gl, dc),
              "operator forward": forward, "operator forward+backward": forward_backward}
-    with conv_precision(arith.precision == "tf32"):  # the switch the operator reads for float32
+    with operator_precision(arith.precision == "tf32"):  # the switches the operator reads for float32
         timings = interleaved(steps, repeats, dev, warmup=2, min_sample_s=0.02)
     return [{"shape": shape_name, "arithmetic": arith.name, "kernel": "torch" if "operator" not in name else "operator",
              "variant": name, "time": t.to_dict()} for name, t in timings.items()]

@@ -401,7 +401,7 @@ def vs_conv(out_dir: Path, batches: Sequence[int] = (1, 2, 4, 8), device: str = 
     against the same block with the 3x3 conv (block), forward and forward+backward; peak memory.
 
     ``precisions``: the arithmetic of each comparison (lambda_det.benchmark.numerics; default: float32
-    on the CPU; float32 at PyTorch's defaults, TF32 and AMP on CUDA). ``forms``: forms of the position
+    on the CPU; float32 at PyTorch's defaults, IEEE float32 and AMP on CUDA). ``forms``: forms of the position
     term timed beside auto at the layer level (default: every form that runs on CUDA; none on the CPU,
     where docs/benchmarks/auto_rule_cpu.md compares them)."""
     dev = torch.device(device)

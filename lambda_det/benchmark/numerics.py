@@ -1,8 +1,10 @@
 """The arithmetic a CUDA benchmark runs in, set around each timed step and recorded beside its times.
 
 * ``float32``: PyTorch's defaults, unchanged: cuDNN's convolutions (and the Triton lambda operator,
-  which follows the convolution switch) on TF32 tensor cores, matmuls in IEEE float32;
-* ``tf32``: both switches on TF32 (``torch.backends.cuda.matmul`` and ``torch.backends.cudnn.conv``);
+  which follows the convolution switch: ``float32_on_tf32``) on TF32 tensor cores, matmuls in IEEE
+  float32;
+* ``ieee``: exact float32 everywhere (``torch.backends.cuda.matmul`` and ``torch.backends.cudnn.conv``
+  both on IEEE), the FMA units' rate;
 * ``amp``: autocast to float16 (Detectron2's ``SOLVER.AMP``), the switches at their defaults.
 
 The records say which switch was on, so a ratio is read with its arithmetic.
@@ -14,12 +16,12 @@ from typing import Dict, Iterator, Tuple
 
 import torch
 
-from ..layers.triton_lambda import conv_tf32_enabled
+from ..layers.triton_lambda import conv_tf32_enabled, float32_on_tf32
 
-CUDA_PRECISIONS = ("float32", "tf32", "amp")
+CUDA_PRECISIONS = ("float32", "ieee", "amp")
 PRECISION_TEXT = {
     "float32": "float32 (PyTorch's defaults: TF32 convolutions and lambda operator, IEEE matmuls)",
-    "tf32": "TF32 (matmul and cuDNN switches on)",
+    "ieee": "IEEE float32 (matmul and cuDNN switches off TF32)",
     "amp": "AMP float16 (autocast)",
 }
 
@@ -42,7 +44,7 @@ def matmul_tf32_enabled() -> bool:
 
 
 def tf32_switches() -> Dict[str, bool]:
-    return {"matmul_tf32": matmul_tf32_enabled(), "conv_tf32": conv_tf32_enabled()}
+    return {"matmul_tf32": matmul_tf32_enabled(), "conv_tf32": conv_tf32_enabled(), "lambda_operator_tf32": float32_on_tf32()}
 
 
 @contextlib.contextmanager
@@ -66,14 +68,11 @@ def _switch(owner, tf32: bool) -> Iterator[None]:
         owner.allow_tf32 = saved
 
 
-def conv_precision(tf32: bool):
-    """PyTorch's convolution switch (the one the Triton lambda operator follows) set for the context."""
-    return _switch(getattr(torch.backends.cudnn, "conv", torch.backends.cudnn), tf32)
-
-
 @contextlib.contextmanager
-def _both_tf32() -> Iterator[None]:
-    with _switch(torch.backends.cuda.matmul, True), conv_precision(True):
+def operator_precision(tf32: bool) -> Iterator[None]:
+    """The switches the Triton lambda operator reads for float32 (``float32_on_tf32``), both set to
+    TF32 or IEEE for the context."""
+    with _switch(torch.backends.cuda.matmul, tf32), _switch(getattr(torch.backends.cudnn, "conv", torch.backends.cudnn), tf32):
         yield
 
 
@@ -81,8 +80,8 @@ def precision_context(precision: str, device: torch.device):
     """The context a step of ``precision`` runs in (see the module's docstring)."""
     if precision == "float32":
         return contextlib.nullcontext()
-    if precision == "tf32":
-        return _both_tf32()
+    if precision == "ieee":
+        return operator_precision(False)
     if precision == "amp":
         return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
     raise ValueError(f"unknown precision {precision!r}; have {CUDA_PRECISIONS}")
@@ -94,5 +93,5 @@ def switches_under(precision: str, device: torch.device) -> Dict[str, bool]:
         return tf32_switches()
 
 
-__all__ = ["CUDA_PRECISIONS", "PRECISION_TEXT", "conv_precision", "matmul_tf32_enabled", "precision_context",
+__all__ = ["CUDA_PRECISIONS", "PRECISION_TEXT", "matmul_tf32_enabled", "operator_precision", "precision_context",
            "precisions_for", "switches_under", "tf32_switches"]

@@ -36,7 +36,8 @@ Backward (recomputing the logits instead of storing them, as the CPU operator do
 
 Precision: float32 inputs use TF32 tensor cores when PyTorch's switch for convolutions allows it
 (``torch.backends.cudnn.conv.fp32_precision`` / ``allow_tf32``, on by default: this is the lambda
-convolution that replaces a 3x3 convolution, and gets its arithmetic), IEEE float32 otherwise; float16 / bfloat16 inputs multiply in that type and
+convolution that replaces a 3x3 convolution, and gets its arithmetic) and exact matmuls were not
+asked for (``float32_on_tf32``), IEEE float32 otherwise; float16 / bfloat16 inputs multiply in that type and
 accumulate in float32 (AMP: under autocast the wrapper casts float32 inputs to autocast's type);
 float64 accumulates in float64 (tests). docs/gpu.md has the tiles, the compile table and the
 estimated roofline.
@@ -615,11 +616,7 @@ def choose_triton(device_type: str) -> bool:
 # dispatch
 # ------------------------------------------------------------------------------------------------
 def conv_tf32_enabled() -> bool:
-    """PyTorch's switch for float32 convolutions on TF32 tensor cores, the one this operator follows:
-    it computes the "lambda convolution" (Sec. 3.2) in place of the 3x3 convolution, so at PyTorch's
-    defaults both get the same arithmetic (the matmul switch, off by default, would leave the layer in
-    IEEE float32 on FMA units beside a TF32 convolution); turning TF32 off for convolutions turns it
-    off here too.
+    """PyTorch's switch for float32 convolutions on TF32 tensor cores (on by default).
 
     torch >= 2.9 has ``fp32_precision`` ("tf32" / "ieee" / "none" = ask the next one up: cuDNN's, then
     the global one, then the legacy flag); reading the legacy ``allow_tf32`` raises once a program
@@ -636,8 +633,24 @@ def conv_tf32_enabled() -> bool:
         return False
 
 
+def float32_on_tf32() -> bool:
+    """Whether float32 inputs multiply on TF32 tensor cores: when PyTorch's switch for convolutions
+    allows it (on by default) and exact float32 matmuls were not asked for.
+
+    The operator computes the "lambda convolution" (Sec. 3.2) in a 3x3 convolution's place, so it takes
+    that convolution's arithmetic: following the matmul switch alone (off by default) left the layer in
+    IEEE float32 on FMA units beside a conv on TF32. An explicit request for exact matmuls
+    (``torch.set_float32_matmul_precision("highest")`` or ``matmul.fp32_precision = "ieee"``, torch >= 2.9,
+    where the default reads "none") is honoured too; the legacy ``matmul.allow_tf32`` cannot tell its
+    default from a request, so there only the convolution switch counts.
+    """
+    if getattr(torch.backends.cuda.matmul, "fp32_precision", None) == "ieee":
+        return False
+    return conv_tf32_enabled()
+
+
 def dot_precision(dtype: torch.dtype) -> str:
-    return "tf32" if dtype == torch.float32 and conv_tf32_enabled() else "ieee"
+    return "tf32" if dtype == torch.float32 and float32_on_tf32() else "ieee"
 
 
 _TL_ACC = {torch.float64: "float64"}
@@ -903,8 +916,9 @@ def lambda_output_triton(q: Tensor, values: Tensor, kernel: Tensor, content_lamb
 
 __all__ = [
     "FORWARD_TILES", "PRECISIONS", "QR_GRAD_TILES", "Tiles", "V_GRAD_TILES", "available", "backward_into",
-    "choose_triton", "conv_tf32_enabled", "dot_precision", "forward_into", "gradient_layout", "innermost",
-    "lambda_output_triton", "operand_layouts", "qr_partial_shape", "qr_rows_per_program", "unavailable_reason",
+    "choose_triton", "conv_tf32_enabled", "dot_precision", "float32_on_tf32", "forward_into", "gradient_layout",
+    "innermost", "lambda_output_triton", "operand_layouts", "qr_partial_shape", "qr_rows_per_program",
+    "unavailable_reason",
 ]
 
 
