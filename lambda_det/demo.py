@@ -34,8 +34,8 @@ from .checkpoint import Checkpointer
 from .engine.preflight import explained_build_errors
 from .errors import ConfigError, OutputError, WeightsError
 from .utils.file_safety import (
-    ensure_writable_dir, file_sha256, imwrite, not_a_file, refuse_file, refuse_overwrite, remove_abandoned_partials, same_file,
-    temporary_path, write_text,
+    ensure_writable_dir, file_sha256, imwrite, not_a_file, refuse_file, refuse_overwrite, same_file, temporary_path,
+    write_text,
 )
 
 logger = logging.getLogger("lambda_det")
@@ -389,9 +389,6 @@ def run_demo(
     if not plan:
         return 0
     ensure_writable_dir(out_dir, "--output")
-    abandoned = remove_abandoned_partials(out_dir)
-    if abandoned:
-        report(f"removed {len(abandoned)} unfinished picture(s) or video(s) a killed demo left in {out_dir}")
     written: List[Path] = []
     try:
         for index, (path, target) in enumerate(plan, start=1):

@@ -352,16 +352,34 @@ def test_the_next_run_removes_the_unfinished_checkpoint_a_killed_run_left(tmp_pa
     dead = [Path(line) for line in killed.stdout.split()]
     assert all(p.is_file() for p in dead)
     live = temporary_path(run / "model_0000019.pth")  # a writer that still runs (this process)
-    foreign = run / dead[0].name.replace(dead[0].name.split(".")[-3][-6:], "abcdef")  # another machine's
+    # another machine's, boot's or container's writer: its pid means nothing here
+    foreign = run / dead[0].name.replace(dead[0].name.split(".")[-3][-6:], "abcdef")
     foreign.write_bytes(b"")
-    users = [run / ".model_0000009.partial.pth", run / "notes.1a2b3c4d.99999999-abcdef.partial"]  # names it never makes
-    for p in users:
-        p.write_bytes(b"mine")
+    users = run / ".model_0000009.partial.pth"  # a name it never makes
+    users.write_bytes(b"mine")
     with run_folder_lock(str(run)):
         pass
     assert "removed 2 unfinished file(s) a killed process left in" in capsys.readouterr().err
     assert not dead[0].exists() and not dead[1].exists()
-    assert dead[2].exists() and live.exists() and foreign.exists() and all(p.read_bytes() == b"mine" for p in users)
+    assert dead[2].exists() and live.exists() and foreign.exists() and users.read_bytes() == b"mine"
+
+
+def test_a_demo_removes_the_unfinished_picture_a_killed_demo_left(tiny_weights, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    photo = tmp_path / "in" / "photo.png"
+    photo.parent.mkdir()
+    Image.new("RGB", (64, 48), (90, 120, 150)).save(photo)
+    out = tmp_path / "out"
+    out.mkdir()
+    leave = "import os, sys; from lambda_det.utils.file_safety import temporary_path as t; print(t(sys.argv[1])); os._exit(9)"
+    killed = subprocess.run([sys.executable, "-c", leave, out / "photo.png"], capture_output=True, text=True)
+    left = Path(killed.stdout.strip())
+    assert left.is_file(), killed.stderr
+    assert demo(tiny_weights, [photo], out) == 0  # (tools/demo.py locks its --output folder, as training does)
+    assert "removed 1 unfinished file(s) a killed process left in" in capsys.readouterr().err
+    assert not left.exists() and (out / "photo.png").is_file()
 
 
 def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import platform
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -73,8 +74,9 @@ def _source_copy(directory: Path) -> Path:
     copy = directory / SOURCE.name
     text = SOURCE.read_bytes()
     if not copy.is_file() or copy.read_bytes() != text:
-        staged = directory / f".{SOURCE.name}.{os.getpid()}"
-        staged.write_bytes(text)
+        fd, staged = tempfile.mkstemp(dir=directory, prefix=f".{SOURCE.name}.")  # a name no other process has
+        with os.fdopen(fd, "wb") as f:
+            f.write(text)
         os.replace(staged, copy)  # whole or not at all, for a process building at the same moment
     return copy
 

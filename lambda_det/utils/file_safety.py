@@ -116,11 +116,22 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-# whose a temporary file is: the writing process on this machine (a name unique per host, not the
-# host name itself, which may hold dots), so that one a killed writer left behind can be told apart
-# from one a live writer is still filling
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
-_TEMPORARY_NAME = re.compile(r"^\..*\.[0-9a-f]{8}\.(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{6})\.partial(\.[^.]*)?$")
+def _writer_scope() -> str:
+    """Where a process id means one process: this kernel boot (boot_id tells machines and reboots
+    apart, where host names may repeat) and this pid namespace (containers sharing a folder)."""
+    parts = [socket.gethostname()]
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(Path(source).read_text().strip() if source.endswith("boot_id") else str(os.stat(source).st_ino))
+        except OSError:
+            parts.append("?")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:6]
+
+
+# a temporary file names its writer, a process in this scope, so that one a killed writer left behind
+# can be told from one a live writer is still filling
+_SCOPE = _writer_scope()
+_TEMPORARY_NAME = re.compile(r"^\..*\.[0-9a-f]{8}\.(?P<pid>[0-9]{1,9})-(?P<scope>[0-9a-f]{6})\.partial(\.[^.]*)?$")
 
 
 def temporary_path(path: Path) -> Path:
@@ -130,7 +141,8 @@ def temporary_path(path: Path) -> Path:
     the writing process, so that ``remove_abandoned_partials`` can remove it if that process is killed."""
     path = Path(path)
     for _ in range(100):
-        name = path.parent / f".{path.stem}.{secrets.token_hex(4)}.{os.getpid()}-{_HOST}.partial{path.suffix}"
+        # (the stem shortened: the name may not outgrow the file system's 255 bytes)
+        name = path.parent / f".{path.stem[:96]}.{secrets.token_hex(4)}.{os.getpid()}-{_SCOPE}.partial{path.suffix}"
         try:
             # 0666 less the umask, as open() gives (mkstemp's 0600 would make every result private)
             os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
@@ -147,16 +159,18 @@ def _writer_is_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except OSError:  # alive, and someone else's
+    except (OSError, OverflowError):  # alive and someone else's, or no such pid number here
         return False
     return False
 
 
 def remove_abandoned_partials(folder: Path, depth: int = 2) -> List[Path]:
     """Remove the temporary files (``temporary_path``) in ``folder`` and its subfolders down to
-    ``depth`` whose writer, a process of this machine, no longer runs: what a kill -9 or a power cut
-    during a write leaves (a checkpoint's can be gigabytes). Only names this module makes are
-    touched, never one of a live process or another machine's. Returns the files removed."""
+    ``depth`` whose writer no longer runs: what a kill -9 or a crash during a write leaves (a
+    checkpoint's is the model's size). Only names this module makes are touched, and only those of a
+    writer in this process's scope (machine, boot, pid namespace) whose pid is gone: never a live
+    writer's, nor one this process cannot judge (another machine's or container's; one from before a
+    reboot), which stays. Best effort: a file that cannot be removed stays. Returns the files removed."""
     removed: List[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
@@ -167,11 +181,11 @@ def remove_abandoned_partials(folder: Path, depth: int = 2) -> List[Path]:
             dirs[:] = []
         for name in files:
             match = _TEMPORARY_NAME.match(name)
-            if match and match["host"] == _HOST and _writer_is_gone(int(match["pid"])):
+            if match and match["scope"] == _SCOPE and _writer_is_gone(int(match["pid"])):
                 path = Path(root) / name
                 try:
                     path.unlink()
-                except FileNotFoundError:
+                except OSError:
                     continue
                 removed.append(path)
     return removed
