@@ -264,6 +264,33 @@ def test_every_kernel_configuration_compiles_for_gpus(capability):
                            f"shared {r['shared']} async copies {r['async_copies']}" for r in rows))
 
 
+@needs_triton
+def test_every_kernel_benchmark_variant_compiles_for_sm90():
+    """The tile variants the kernel benchmark times at res4 (lambda_det.benchmark.kernels.variants)
+    compile for the H200 the GPU check runs on and fit its shared memory; registers and spills are
+    printed (a variant may spill: it is timed, not dispatched)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from lambda_det.benchmark import kernels as K
+
+    shape = dict(K.KERNEL_SHAPES)["res4 lambda block"]
+    lines = []
+    for arithmetic in [a for a in K.ARITHMETIC if a.name in K.VARIANT_ARITHMETIC]:
+        inputs = K._inputs(shape, arithmetic.dtype, torch.device("meta"))
+        for variant in K.variants():
+            launch = K._Case(variant, arithmetic, inputs, shape).launch
+            c = T._specialize(launch._replace(constexprs=dict(launch.constexprs, DOT_F32=False)), variant.name)
+            compiled = triton.compile(ASTSource(c.fn, c.signature, c.constexprs, c.attrs), target=GPUTarget("cuda", 90, 32),
+                                      options={"num_warps": c.num_warps, "num_stages": c.num_stages})
+            report = ptxas_report(compiled.asm["ptx"], "sm_90a")
+            assert compiled.metadata.shared <= SHARED_LIMIT[90], (arithmetic.name, variant, compiled.metadata.shared)
+            lines.append(f"{arithmetic.name:8s} {variant.kernel:6s} {variant.name:22s} regs {report['registers']:3d} "
+                         f"spill {report['spill_stores']:3d} shared {compiled.metadata.shared}")
+    print("\n" + "\n".join(lines))
+
+
 # ------------------------------------------------------------------------------------------------
 # on a GPU (make gpu-check); with LAMBDA_DET_TEST_DEVICE=cpu + TRITON_INTERPRET=1: the dry run
 # ------------------------------------------------------------------------------------------------

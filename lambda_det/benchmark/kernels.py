@@ -80,7 +80,7 @@ def variants() -> List[Variant]:
         Variant("dq/dR", "2048 programs", None, programs=2048),
         Variant("dq/dR", "one row per program", None, programs=2**40),  # no partial dR carried from row to row
         Variant("dV", "default", None),
-        Variant("dV", "as first measured", v._replace(flat=False, num_stages=1), operator_layouts=False),
+        Variant("dV", "as first measured", v._replace(flat=False, num_stages=1, vr=1), operator_layouts=False),
         Variant("dV", "positions innermost", None, operator_layouts=False),
         Variant("dV", "3 stages", v._replace(num_stages=3)),
         Variant("dV", "4 warps", v._replace(num_warps=4)),
