@@ -175,10 +175,11 @@ def test_a_failed_write_is_an_error_naming_the_path(tiny_weights, tmp_path, caps
     photos = _photos(tmp_path / "photos")
     out = tmp_path / "out"
     (out / "beach.png").mkdir(parents=True)  # a folder where the picture must go: named before any work
-    assert _demo(tiny_weights, [photos], out, "--overwrite") == 2
-    captured = capsys.readouterr()
-    assert f"{out / 'beach.png'} would be replaced, and the demo did not draw it" in captured.err
-    assert "processed" not in captured.out and (out / "beach.png").is_dir()
+    for extra in ((), ("--overwrite",)):  # (it said "pass --overwrite", then that the folder would be replaced)
+        assert _demo(tiny_weights, [photos], out, *extra) == 2
+        captured = capsys.readouterr()
+        assert f"would be written to {out / 'beach.png'}, which is a directory; nothing was written" in captured.err
+        assert "processed" not in captured.out and (out / "beach.png").is_dir()
 
     # a full disk: the picture is encoded in memory and written by Python, so the reason is named
     import lambda_det.utils.file_safety

@@ -120,20 +120,6 @@ def test_demo_says_how_much_of_a_damaged_video_it_read_and_keeps_the_decoder_qui
     assert len(err.splitlines()) < 20, err[-2000:]  # no line per broken packet
 
 
-def test_demo_names_a_folder_where_its_picture_would_go(tiny_weights, tmp_path, capsys):
-    """It said the folder "already exists: add --overwrite", then with --overwrite that it "would be replaced"."""
-    photo = tmp_path / "in" / "photo.png"
-    photo.parent.mkdir()
-    Image.new("RGB", (64, 48), (90, 120, 150)).save(photo)
-    (tmp_path / "out" / "photo.png").mkdir(parents=True)
-    (tmp_path / "out" / "photo.png" / "keep.txt").write_text("mine")
-    for extra in ((), ("--overwrite",)):
-        assert demo(tiny_weights, [photo], tmp_path / "out", *extra) == 2
-        err = capsys.readouterr().err
-        assert f"would be written to {tmp_path / 'out' / 'photo.png'}, which is a directory; nothing was written" in err
-    assert (tmp_path / "out" / "photo.png" / "keep.txt").read_text() == "mine"
-
-
 def test_demo_draws_a_huge_image_within_its_pixel_budget(tiny_weights, tmp_path, capsys):
     from lambda_det.demo import MAX_PIXELS
 

@@ -401,9 +401,9 @@ def vs_conv(out_dir: Path, batches: Sequence[int] = (1, 2, 4, 8), device: str = 
     against the same block with the 3x3 conv (block), forward and forward+backward; peak memory.
 
     ``precisions``: the arithmetic of each comparison (lambda_det.benchmark.numerics; default: float32
-    on the CPU; float32 at PyTorch's defaults, IEEE float32 and AMP on CUDA). ``forms``: forms of the position
-    term timed beside auto at the layer level (default: every form that runs on CUDA; none on the CPU,
-    where docs/benchmarks/auto_rule_cpu.md compares them)."""
+    on the CPU; float32 at PyTorch's defaults, IEEE float32 and AMP on CUDA). ``forms``: forms of the
+    position term timed beside auto at the layer level (default: every form that runs on CUDA; none on
+    the CPU, where docs/benchmarks/auto_rule_cpu.md compares them)."""
     dev = torch.device(device)
     precisions = tuple(precisions or precisions_for(dev.type))
     forms = list(lambda_forms(dev.type) if forms is None and dev.type == "cuda" else forms or [])
@@ -478,7 +478,8 @@ def vs_conv_memory(cell: dict, device: torch.device) -> dict:
 
 
 def _switch_text(switches: dict) -> str:
-    return ", ".join(f"{what} {'TF32' if switches.get(key) else 'IEEE'}" for what, key in (("conv", "conv_tf32"), ("matmul", "matmul_tf32")))
+    return ", ".join(f"{what} {'TF32' if switches.get(key) else 'IEEE'}" for what, key in (
+        ("conv", "conv_tf32"), ("matmul", "matmul_tf32"), ("lambda operator", "lambda_operator_tf32")) if key in switches)
 
 
 def vs_conv_report(result: dict) -> str:

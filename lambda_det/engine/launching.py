@@ -45,8 +45,8 @@ def should_resume_finished_run(keys: RunKeys, output_dir: str, finished: Tuple[P
     ``finished_run``) goes on: only to write the final evaluation the run never finished (it stopped
     during it), which replaces nothing but that run's own evaluations at fewer iterations (during
     training, TEST.EVAL_PERIOD) and what the stopped one had written. Otherwise says why nothing is
-    done and returns False. ``earlier``: the evaluation's files there; ``reports``: the ap_by_size.json each
-    evaluated dataset gets last, once its evaluation is complete."""
+    done and returns False. ``earlier``: the evaluation's files there; ``reports``: the ap_by_size.json
+    of each evaluated dataset (``evaluation_reports``)."""
     run = (f"{keys.output_dir} {output_dir} holds a finished run ({finished[0].name}: {finished[1]} of "
            f"{keys.max_iter}={max_iter} iterations)")
     states = [_evaluation_state(report, output_dir, finished[1]) for report in reports]

@@ -260,8 +260,8 @@ def evaluation_files(output_dir: str, dataset_names: Sequence[str], kinds: Seque
 
 
 def evaluation_reports(output_dir: str, dataset_names: Sequence[str], kinds: Sequence[str] = (INFERENCE_FOLDER,)) -> List[Path]:
-    """The ap_by_size.json of every evaluated dataset (the last file its evaluation writes): all there,
-    whether or not they exist, when the evaluation of ``dataset_names`` into ``output_dir`` is complete."""
+    """The ap_by_size.json an evaluation of each of ``dataset_names`` into ``output_dir`` writes last,
+    whether or not it exists yet: all exist once that evaluation is complete."""
     return [Path(output_dir) / kind / name / "ap_by_size.json" for kind in kinds for name in dataset_names]
 
 

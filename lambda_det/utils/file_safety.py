@@ -120,11 +120,11 @@ def _writer_scope() -> str:
     """Where a process id means one process: this kernel boot (boot_id tells machines and reboots
     apart, where host names may repeat) and this pid namespace (containers sharing a folder)."""
     parts = [socket.gethostname()]
-    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
-        try:
-            parts.append(Path(source).read_text().strip() if source.endswith("boot_id") else str(os.stat(source).st_ino))
-        except OSError:
-            parts.append("?")
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:  # no /proc (not Linux): the host name alone
+        pass
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:6]
 
 
