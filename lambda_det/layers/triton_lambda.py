@@ -37,9 +37,9 @@ Backward (recomputing the logits instead of storing them, as the CPU operator do
 Precision: float32 inputs use TF32 tensor cores when PyTorch's switch for convolutions allows it
 (``torch.backends.cudnn.conv.fp32_precision`` / ``allow_tf32``, on by default: this is the lambda
 convolution that replaces a 3x3 convolution, and gets its arithmetic) and exact matmuls were not
-asked for (``float32_on_tf32``), IEEE float32 otherwise; float16 / bfloat16 inputs multiply in that type and
-accumulate in float32 (AMP: under autocast the wrapper casts float32 inputs to autocast's type);
-float64 accumulates in float64 (tests). docs/gpu.md has the tiles, the compile table and the
+asked for (``float32_on_tf32``), IEEE float32 otherwise; float16 / bfloat16 inputs multiply in that
+type and accumulate in float32 (AMP: under autocast the wrapper casts float32 inputs to autocast's
+type); float64 accumulates in float64 (tests). docs/gpu.md has the tiles, the compile table and the
 estimated roofline.
 
 Availability: CUDA with Triton's NVIDIA backend; or any device when ``TRITON_INTERPRET=1`` was set
