@@ -206,20 +206,36 @@ def test_resuming_a_run_stopped_during_its_final_evaluation_writes_that_evaluati
     assert {k: v for k, v in hashes(run).items() if k != "log.txt"} == {k: v for k, v in before.items() if k != "log.txt"}
 
 
-def test_resume_keeps_a_final_evaluation_that_is_only_partly_outdated(tmp_path, capsys):
-    """Of two evaluated datasets one is current and one is missing: evaluating again would replace the
-    current one too, so only --overwrite does."""
+def test_resume_evaluates_a_finished_run_only_over_its_own_outdated_evaluations(tmp_path, capsys):
+    """What --resume of a finished run may replace unasked: only evaluations its training wrote at fewer
+    iterations, and only when none of its datasets has a current one."""
     from lambda_det.engine import YACS_KEYS, should_resume_finished_run
 
     run = tmp_path / "run"
-    current = run / "inference" / "a" / "ap_by_size.json"
-    current.parent.mkdir(parents=True)
-    current.write_text(json.dumps({"provenance": {"weights": str((run / "model_final.pth").resolve()), "iterations_trained": 4}}))
-    reports = [current, run / "inference" / "b" / "ap_by_size.json"]
-    assert not should_resume_finished_run(YACS_KEYS, str(run), (run / "model_final.pth", 4), 4, [current], reports)
+    final = run / "model_final.pth"
+    reports = [run / "inference" / name / "ap_by_size.json" for name in ("a", "b")]
+    reports[0].parent.mkdir(parents=True)
+
+    def report(**provenance):
+        reports[0].write_text(json.dumps({"provenance": provenance}))
+        return [reports[0]]
+
+    def resumes(iterations, max_iter, earlier, checkpoint=final):
+        return should_resume_finished_run(YACS_KEYS, str(run), (checkpoint, iterations), max_iter, earlier, reports)
+
+    # the final evaluation of dataset a is there, b's is missing: evaluating again would replace a's too
+    trained_4 = report(weights=str(final.resolve()), initialized_from="scratch", iterations_trained=4)
+    assert not resumes(4, 4, trained_4)
     out = capsys.readouterr().out
     assert f"Its final evaluation is incomplete (no final {reports[1]})" in out and "--overwrite" in out
-    assert should_resume_finished_run(YACS_KEYS, str(run), (run / "model_final.pth", 6), 6, [current], reports)  # at 4 of 6
+    assert resumes(6, 6, trained_4)  # trained on to 6 and stopped in its final evaluation: a's is outdated
+    # an --eval-only evaluation of one of its checkpoints is the user's: kept
+    assert not resumes(6, 6, report(weights=str(run / "model_0000001.pth"), weights_sha256="0" * 16, iterations_trained=2))
+    # a shorter SOLVER.MAX_ITER than the run trained, or a last checkpoint other than model_final.pth:
+    # a resumed evaluation would describe another model than the run's
+    reports[0].unlink()
+    assert not resumes(4, 2, []) and not resumes(6, 6, [], checkpoint=run / "model_0000005.pth")
+    assert resumes(4, 4, [])
 
 
 def test_resume_refuses_a_truncated_final_checkpoint_and_changes_nothing(finished, small_val, tmp_path, capsys):
@@ -339,7 +355,7 @@ def test_the_next_run_removes_the_unfinished_checkpoint_a_killed_run_left(tmp_pa
     assert all(p.is_file() for p in dead)
     live = temporary_path(run / "model_0000019.pth")  # a writer that still runs (this process)
     # another machine's, boot's or container's writer: its pid means nothing here
-    foreign = run / dead[0].name.replace(dead[0].name.split(".")[-3][-6:], "abcdef")
+    foreign = run / dead[0].name.replace(dead[0].name.split(".")[-3][-12:], "abcdef123456")
     foreign.write_bytes(b"")
     users = run / ".model_0000009.partial.pth"  # a name it never makes
     users.write_bytes(b"mine")
@@ -348,6 +364,9 @@ def test_the_next_run_removes_the_unfinished_checkpoint_a_killed_run_left(tmp_pa
     assert "removed 2 unfinished file(s) a killed process left in" in capsys.readouterr().err
     assert not dead[0].exists() and not dead[1].exists()
     assert dead[2].exists() and live.exists() and foreign.exists() and users.read_bytes() == b"mine"
+    # a name at the file system's 255 bytes still gets a temporary one (its stem shortened)
+    longest = temporary_path(run / ("\u4e2d" * 83 + ".jpg"))
+    assert longest.suffix == ".jpg" and len(longest.name.encode()) <= 255
 
 
 def test_a_demo_removes_the_unfinished_picture_a_killed_demo_left(tiny_weights, tmp_path, capsys):

@@ -315,10 +315,14 @@ def check_precision_switch(errors):
             if T.dot_precision(torch.float32) != expected:
                 errors.append(f"cudnn.conv.fp32_precision = {conv!r}, matmul {mm!r} did not select {expected}")
         cudnn.conv.fp32_precision, matmul.fp32_precision = "tf32", "none"
-        torch.set_float32_matmul_precision("highest")
-        if T.dot_precision(torch.float32) != "ieee":
-            errors.append("torch.set_float32_matmul_precision('highest') did not select IEEE float32")
-        matmul.fp32_precision = "none"
+        for request in (lambda: torch.set_float32_matmul_precision("highest"), lambda: setattr(matmul, "allow_tf32", False)):
+            request()  # explicit requests for exact matmuls (both set matmul.fp32_precision = "ieee")
+            if T.dot_precision(torch.float32) != "ieee":
+                errors.append("an explicit request for IEEE float32 matmuls did not select IEEE float32")
+            matmul.fp32_precision = "none"
+        mkldnn = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+        if hasattr(mkldnn, "fp32_precision"):  # set_float32_matmul_precision sets oneDNN's too
+            mkldnn.fp32_precision = "none"
         cudnn.conv.fp32_precision = "none"  # falls back to cuDNN's, then the global setting
         torch.backends.fp32_precision = "ieee"
         if T.dot_precision(torch.float32) != "ieee":

@@ -19,18 +19,20 @@ from .preflight import RunKeys
 
 
 def _evaluation_state(report: Path, output_dir: str, iterations: int) -> str:
-    """"current" (an evaluation of the run as it is, or of other weights: kept), "outdated" (of this
-    run at fewer iterations: during training, TEST.EVAL_PERIOD, or of an earlier checkpoint; its final
-    evaluation replaces it) or "missing"."""
+    """"current" (an evaluation of the run as it is, or any other: kept), "outdated" (one this run's
+    training wrote at fewer iterations: TEST.EVAL_PERIOD's, or its final one before it was trained
+    longer; its final evaluation replaces it) or "missing"."""
     if not report.is_file():
         return "missing"
     try:
-        provenance = json.loads(report.read_text()).get("provenance") or {}
+        provenance = json.loads(report.read_text()).get("provenance")
     except (OSError, ValueError, AttributeError):
         return "current"  # not ours to judge: kept
+    if not isinstance(provenance, dict) or "initialized_from" not in provenance:
+        return "current"  # --eval-only's (it records the weights it read instead), or unknown: kept
     trained, weights = provenance.get("iterations_trained"), str(provenance.get("weights", ""))
     folder = Path(output_dir).resolve()
-    own = weights == f"training state of {folder}" or Path(weights).parent == folder
+    own = weights in (f"training state of {folder}", str(folder / "model_final.pth"))
     return "outdated" if own and isinstance(trained, int) and trained < iterations else "current"
 
 
@@ -50,7 +52,9 @@ def should_resume_finished_run(keys: RunKeys, output_dir: str, finished: Tuple[P
     run = (f"{keys.output_dir} {output_dir} holds a finished run ({finished[0].name}: {finished[1]} of "
            f"{keys.max_iter}={max_iter} iterations)")
     states = [_evaluation_state(report, output_dir, finished[1]) for report in reports]
-    if reports and "current" not in states:
+    # (a run longer than max_iter, or ending on another checkpoint, would be evaluated as something else)
+    as_trained = finished[1] == max_iter and finished[0].name == "model_final.pth"
+    if reports and "current" not in states and as_trained:
         outdated = [str(r) for r, state in zip(reports, states) if state == "outdated"]
         replaced = f" (replacing its evaluation at fewer iterations: {', '.join(outdated)})" if outdated else ""
         print(f"{run} whose final evaluation was never finished (the run stopped before it ended): "

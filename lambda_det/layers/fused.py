@@ -75,9 +75,14 @@ def _source_copy(directory: Path) -> Path:
     text = SOURCE.read_bytes()
     if not copy.is_file() or copy.read_bytes() != text:
         fd, staged = tempfile.mkstemp(dir=directory, prefix=f".{SOURCE.name}.")  # a name no other process has
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
-        os.replace(staged, copy)  # whole or not at all, for a process building at the same moment
+        try:
+            os.fchmod(fd, 0o644)  # (mkstemp's 0600 would keep other users of a shared cache out)
+            with os.fdopen(fd, "wb") as f:
+                f.write(text)
+            os.replace(staged, copy)  # whole or not at all, for a process building at the same moment
+        except BaseException:
+            Path(staged).unlink(missing_ok=True)
+            raise
     return copy
 
 

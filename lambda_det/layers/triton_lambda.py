@@ -639,10 +639,11 @@ def float32_on_tf32() -> bool:
 
     The operator computes the "lambda convolution" (Sec. 3.2) in a 3x3 convolution's place, so it takes
     that convolution's arithmetic: following the matmul switch alone (off by default) left the layer in
-    IEEE float32 on FMA units beside a conv on TF32. An explicit request for exact matmuls
-    (``torch.set_float32_matmul_precision("highest")`` or ``matmul.fp32_precision = "ieee"``, torch >= 2.9,
-    where the default reads "none") is honoured too; the legacy ``matmul.allow_tf32`` cannot tell its
-    default from a request, so there only the convolution switch counts.
+    IEEE float32 on FMA units beside a conv on TF32. An explicit request for exact matmuls is
+    honoured too: on torch >= 2.9 ``torch.set_float32_matmul_precision("highest")``,
+    ``matmul.allow_tf32 = False`` and ``matmul.fp32_precision = "ieee"`` all read "ieee", where the
+    default reads "none"; older torch cannot tell its legacy flag's default from a request, so there
+    only the convolution switch counts.
     """
     if getattr(torch.backends.cuda.matmul, "fp32_precision", None) == "ieee":
         return False

@@ -125,13 +125,14 @@ def _writer_scope() -> str:
         parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
     except OSError:  # no /proc (not Linux): the host name alone
         pass
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:6]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
 # a temporary file names its writer, a process in this scope, so that one a killed writer left behind
 # can be told from one a live writer is still filling
 _SCOPE = _writer_scope()
-_TEMPORARY_NAME = re.compile(r"^\..*\.[0-9a-f]{8}\.(?P<pid>[0-9]{1,9})-(?P<scope>[0-9a-f]{6})\.partial(\.[^.]*)?$")
+_TEMPORARY_NAME = re.compile(r"^\..*\.[0-9a-f]{8}\.(?P<pid>[0-9]{1,9})-(?P<scope>[0-9a-f]{12})\.partial(\.[^.]*)?$", re.DOTALL)
+_NAME_BYTES = 255  # the longest file name Linux file systems take
 
 
 def temporary_path(path: Path) -> Path:
@@ -141,8 +142,11 @@ def temporary_path(path: Path) -> Path:
     the writing process, so that ``remove_abandoned_partials`` can remove it if that process is killed."""
     path = Path(path)
     for _ in range(100):
-        # (the stem shortened: the name may not outgrow the file system's 255 bytes)
-        name = path.parent / f".{path.stem[:96]}.{secrets.token_hex(4)}.{os.getpid()}-{_SCOPE}.partial{path.suffix}"
+        tail = f".{secrets.token_hex(4)}.{os.getpid()}-{_SCOPE}.partial{path.suffix}"
+        # the stem shortened so that the name stays within what the file system takes
+        room = max(0, _NAME_BYTES - 1 - len(tail.encode()))
+        stem = path.stem.encode()[:room].decode(errors="ignore")
+        name = path.parent / f".{stem}{tail}"
         try:
             # 0666 less the umask, as open() gives (mkstemp's 0600 would make every result private)
             os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
