@@ -7,6 +7,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -274,9 +278,6 @@ def test_the_main_job_continues_only_its_own_runs(finished, tmp_path, capsys):
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused_with_the_holders_pid(tmp_path, small_val, capsys):
-    import subprocess
-    import sys
-
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom lambda_det.engine import run_folder_lock\n"
                                "with run_folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)",
@@ -294,10 +295,6 @@ def test_a_second_run_into_a_folder_in_use_is_refused_with_the_holders_pid(tmp_p
 
 
 def _train_in_subprocess(out: Path, *extra: str, max_iter: int = 200):
-    import signal
-    import subprocess
-    import sys
-
     from conftest import REPO
 
     cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(TOY_CONFIG), *TINY,
@@ -337,9 +334,6 @@ def test_ctrl_c_during_a_checkpoint_save_stays_an_interrupt_and_leaves_no_partia
 
 def test_the_next_run_removes_the_unfinished_checkpoint_a_killed_run_left(tmp_path, capsys):
     """A kill -9 during a save left its hidden temporary file (gigabytes for a real model) for good."""
-    import subprocess
-    import sys
-
     from lambda_det.engine import run_folder_lock
     from lambda_det.utils.file_safety import temporary_path
 
@@ -370,9 +364,6 @@ def test_the_next_run_removes_the_unfinished_checkpoint_a_killed_run_left(tmp_pa
 
 
 def test_a_demo_removes_the_unfinished_picture_a_killed_demo_left(tiny_weights, tmp_path, capsys):
-    import subprocess
-    import sys
-
     photo = tmp_path / "in" / "photo.png"
     photo.parent.mkdir()
     Image.new("RGB", (64, 48), (90, 120, 150)).save(photo)
@@ -388,9 +379,6 @@ def test_a_demo_removes_the_unfinished_picture_a_killed_demo_left(tiny_weights, 
 
 
 def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):
-    import signal
-    import time
-
     out = tmp_path / "run"
     proc = _train_in_subprocess(out)
     deadline = time.time() + 300
@@ -475,9 +463,6 @@ def test_a_coco_json_with_stray_categories_or_missing_images_is_named_before_any
 
 
 def test_a_cache_variable_naming_a_file_is_one_line(tmp_path):
-    import subprocess
-    import sys
-
     from conftest import REPO
 
     cache = tmp_path / "not_a_folder"
@@ -493,9 +478,6 @@ def test_a_cache_variable_naming_a_file_is_one_line(tmp_path):
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_it_and_leaves_no_partial_file(tmp_path):
-    import subprocess
-    import sys
-
     from conftest import REPO
 
     out = tmp_path / "run"

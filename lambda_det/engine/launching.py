@@ -60,10 +60,10 @@ def should_resume_finished_run(keys: RunKeys, output_dir: str, finished: Tuple[P
         print(f"{run} whose final evaluation was never finished (the run stopped before it ended): "
               f"evaluating it now{replaced}")
         return True
-    missing = [r for r, state in zip(reports, states) if state != "current"]
-    if missing:
-        state = (f"Its final evaluation is incomplete (no final {', '.join(map(str, missing[:2]))}"
-                 f"{' ...' if len(missing) > 2 else ''}). ")
+    not_current = [r for r, state in zip(reports, states) if state != "current"]
+    if not_current:
+        state = (f"Its final evaluation is incomplete (no final {', '.join(map(str, not_current[:2]))}"
+                 f"{' ...' if len(not_current) > 2 else ''}). ")
     else:
         shown = [p for p in earlier if p.name == "ap_by_size.md"]
         state = f"Its evaluation: {', '.join(map(str, shown))}. " if shown else ""

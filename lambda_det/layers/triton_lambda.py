@@ -511,20 +511,20 @@ if triton is not None:
         t_lo = tl.maximum(x0 + cx - W + 1, 0)
         t_hi = tl.minimum(x_end + cx, RW)
         g_base = g_ptr + b * sgb + vv[None, :] * sgc
+        # row m of the products: value row yv + m // BX, column x0 + m % BX
+        mm = tl.arange(0, VR * BX)
+        ii = mm % BX
+        # query j of the haloed segment meets value column i through tap i - j + TS - 1 of the chunk,
+        # in the logit columns of the row's scope row
+        band_d = ii[None, :] - jj[:, None] + (TS - 1)
+        in_band = (band_d >= 0) & (band_d < TS)
+        band_idx = tl.where(in_band, band_d, 0) + (mm // BX)[None, :] * RT
+        acc = tl.zeros((VR * BX, BV), dtype=ACC)
         if FLAT:
-            # row m of the products: value row yv + m // BX, column x0 + m % BX
-            mm = tl.arange(0, VR * BX)
-            ii = mm % BX
             cc = tl.arange(0, VR * RT)
-            # query j of the haloed segment meets value column i through tap i - j + TS - 1 of the chunk,
-            # in the logit columns of the row's scope row
-            band_d = ii[None, :] - jj[:, None] + (TS - 1)
-            in_band = (band_d >= 0) & (band_d < TS)
-            band_idx = tl.where(in_band, band_d, 0) + (mm // BX)[None, :] * RT
             # query rows whose scope reaches one of the value rows
             y_lo = tl.maximum(yv - (RH - 1 - cy), 0)
             y_hi = tl.minimum(yv + VR + cy, H)
-            acc = tl.zeros((VR * BX, BV), dtype=ACC)
             n_t = tl.cdiv(t_hi - t_lo, TS)
             n_h = tl.cdiv(HEADS, HB)
             for it in range(0, (y_hi - y_lo) * n_t * n_h):
@@ -533,20 +533,11 @@ if triton is not None:
                 acc = _v_step(acc, q_ptr, r_ptr, g_base, b, u, y, t_lo + (rest // n_h) * TS, (rest % n_h) * HB, yv, x0,
                               HEADS, K, NV, W, RH, RW, sqb, sqh, sqk, sqy, sqx, srk, sru, sry, srx, sgy, sgx, sgc,
                               hoff, jj, kk, cc, v_ok, in_band, band_idx, BK, TS, RT, PRECISION, DOT_F32, ACC, NKB)
-            yd = yv + mm // BX
-            xd = x0 + ii
-            d_ptrs = dv_ptr + b * sdb + u * sdu + yd[:, None] * sdy + vv[None, :] * sdv + xd[:, None] * sdx
-            tl.store(d_ptrs, acc.to(dv_ptr.dtype.element_ty), mask=((yd < H) & (xd < W))[:, None] & v_ok[None, :])
-        else:  # the first version's loop nest, as the first GPU run measured it (the kernel benchmark's baseline)
-            ii = tl.arange(0, BX)
+        else:  # the first version's loop nest (one value row), as the first GPU run measured it (the baseline)
             tt = tl.arange(0, RT)
-            band_d = ii[None, :] - jj[:, None] + (TS - 1)
-            in_band = (band_d >= 0) & (band_d < TS)
-            band_idx = tl.where(in_band, band_d, 0)
             # scope rows and taps through which some query of the map reaches these value columns
             dy_lo = tl.maximum(yv + cy - H + 1, 0)
             dy_hi = tl.minimum(yv + cy + 1, RH)
-            acc = tl.zeros((BX, BV), dtype=ACC)
             for dy in range(dy_lo, dy_hi):
                 y = yv - dy + cy
                 for t0 in range(t_lo, t_hi, TS):
@@ -567,9 +558,10 @@ if triton is not None:
                         gs = tl.load(g_ptr + b * sgb + y * sgy + xq[:, None] * sgx + (head[:, None] * NV + vv[None, :]) * sgc,
                                      mask=ok[:, None] & v_ok[None, :], other=0.0)
                         acc = _mm(tl.trans(bt), gs, acc, PRECISION, DOT_F32)
-            xd = x0 + ii
-            d_ptrs = dv_ptr + b * sdb + u * sdu + yv * sdy + vv[None, :] * sdv + xd[:, None] * sdx
-            tl.store(d_ptrs, acc.to(dv_ptr.dtype.element_ty), mask=(xd < W)[:, None] & v_ok[None, :])
+        yd = yv + mm // BX
+        xd = x0 + ii
+        d_ptrs = dv_ptr + b * sdb + u * sdu + yd[:, None] * sdy + vv[None, :] * sdv + xd[:, None] * sdx
+        tl.store(d_ptrs, acc.to(dv_ptr.dtype.element_ty), mask=((yd < H) & (xd < W))[:, None] & v_ok[None, :])
 
     INTERPRETED = type(_lambda_fwd_kernel).__name__ == "InterpretedFunction"
 else:

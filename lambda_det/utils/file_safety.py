@@ -164,7 +164,7 @@ def _writer_is_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     except (OSError, OverflowError):  # alive and someone else's, or no such pid number here
-        return False
+        pass
     return False
 
 
