@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lambda_det.benchmark.kernels import executed_flop  # noqa: E402
+from lambda_det.benchmark.kernels import executed_flop, value_rows_reached  # noqa: E402
 from lambda_det.layers.triton_lambda import FORWARD_TILES, QR_GRAD_TILES, V_GRAD_TILES, qr_rows_per_program  # noqa: E402
 
 # H200 (Hopper, as H100 SXM for compute): dense tensor-core peaks and memory bandwidths. Assumptions.
@@ -46,7 +46,7 @@ def chunks(side: int, r: int, bx: int, taps: int, forward: bool) -> float:
     return total / math.ceil(side / bx)
 
 
-def kernel_macs(d: int, side: int):
+def kernel_macs(d: int, side: int, forward_tiles=FORWARD_TILES, v_tiles=V_GRAD_TILES):
     """(forward, dq/dR, dV) multiply-adds as the tiles execute them (the kernel benchmark's count), and
     the useful ones (fwd, bwd)."""
     v = d // HEADS
@@ -55,7 +55,7 @@ def kernel_macs(d: int, side: int):
     shape = dict(b=B, heads=HEADS, k=K, u=U, v=v, side=side, r=R)
     rows = qr_rows_per_program(B, HEADS, side, side)
     fwd, qr, dv = (executed_flop(kernel, shape, tiles, rows) / 2 for kernel, tiles in
-                   (("forward", FORWARD_TILES), ("dq/dR", QR_GRAD_TILES), ("dV", V_GRAD_TILES)))
+                   (("forward", forward_tiles), ("dq/dR", QR_GRAD_TILES), ("dV", v_tiles)))
     taps = ry * sum(min(R, R // 2 - x + side) - max(0, R // 2 - x) for x in range(side)) / side
     useful_fwd = B * n * HEADS * (K + v) * taps * U
     # backward per tap and head: da (v), dq and dR (2 k), dV with its logits recomputed (k + v)
@@ -73,20 +73,29 @@ def dv_l2_bytes(d: int, side: int, e: int, t) -> float:
         t.hb * t.bxh * (t.bk + t.bv) + t.bk * t.vr * t.rt) * e
 
 
-def l2_bytes(d: int, side: int, e: int):
+def forward_l2_bytes(d: int, side: int, e: int, t) -> float:
+    """The forward kernel's tile loads from L2 with tiles ``t``: per step, one haloed value row and the
+    embeddings of the scope rows joining it to the program's t.qrows query rows."""
+    v = d // HEADS
+    return B * value_rows_reached(side, R, t.qrows) * math.ceil(side / t.bx) * math.ceil(v / t.bv) * (
+        t.bxh * t.bv + t.bk * t.qrows * t.rt) * e
+
+
+def l2_bytes(d: int, side: int, e: int, forward_tiles=FORWARD_TILES, v_tiles=V_GRAD_TILES):
     """Tile loads the kernels repeat from L2 (value rows, embeddings, queries, output gradients)."""
     v = d // HEADS
     ry = rows_in_map(side, R)
-    t = FORWARD_TILES
-    fwd = B * side * math.ceil(side / t.bx) * math.ceil(v / t.bv) * ry * (t.bxh * t.bv + t.bk * t.rt) * e
+    fwd = forward_l2_bytes(d, side, e, forward_tiles)
     t = QR_GRAD_TILES
     # value rows and embeddings per step, the partial dR read and written (float32); G stays in registers
     qr = B * side * math.ceil(side / t.bx) * ry * chunks(side, R, t.bx, t.taps, True) * (
         (t.bxh * v + t.bk * t.rt) * e + 2 * t.bk * t.rt * 4)
-    return fwd, qr + dv_l2_bytes(d, side, e, V_GRAD_TILES)
+    return fwd, qr + dv_l2_bytes(d, side, e, v_tiles)
 
 
-def estimate(name: str, d: int, side: int, stride: int, amp: bool) -> dict:
+def estimate(name: str, d: int, side: int, stride: int, amp: bool, forward_tiles=FORWARD_TILES, v_tiles=V_GRAD_TILES) -> dict:
+    """The layer against its 3x3 conv with these tiles; ``ideal_fb``: its fwd+bwd if the kernels did
+    only the useful multiply-adds, at the same efficiency, with no L2 bound (what tiling alone can reach)."""
     e = 2 if amp else 4  # bytes per element of activations
     peak = PEAK["half" if amp else "tf32"]
     n, so = side * side, side // stride
@@ -101,8 +110,8 @@ def estimate(name: str, d: int, side: int, stride: int, amp: bool) -> dict:
     # elementwise traffic (batch norms of q and v, key softmax, content lambda, output, pool)
     cq = HEADS * K + K * U + v * U
     proj = 2 * B * n * d * cq
-    fwd, qr, dv, useful_f, useful_b = kernel_macs(d, side)
-    l2_f, l2_b = l2_bytes(d, side, e)
+    fwd, qr, dv, useful_f, useful_b = kernel_macs(d, side, forward_tiles, v_tiles)
+    l2_f, l2_b = l2_bytes(d, side, e, forward_tiles, v_tiles)
     act = B * n * e
     elem_f = act * (d + cq + 2 * 2 * (HEADS * K + v * U) + 2 * K * U + d + (d + d // 4 if stride == 2 else 0))
     elem_b = 2 * elem_f + act * (d + cq)
@@ -110,10 +119,12 @@ def estimate(name: str, d: int, side: int, stride: int, amp: bool) -> dict:
     op_b = max(2 * (qr + dv) / (KERNEL_EFFICIENCY * peak), l2_b / L2)
     lam_f = proj / (CONV_EFFICIENCY * peak) + op_f + elem_f / (ELEMENTWISE_EFFICIENCY * HBM)
     lam_fb = lam_f + 2 * proj / (CONV_EFFICIENCY * peak) + op_b + elem_b / (ELEMENTWISE_EFFICIENCY * HBM)
+    ideal_fb = (3 * proj / CONV_EFFICIENCY + 2 * (useful_f + useful_b) / KERNEL_EFFICIENCY) / peak + (
+        elem_f + elem_b) / (ELEMENTWISE_EFFICIENCY * HBM)
     return dict(name=name, amp=amp, conv_gflop=conv_flop / 1e9, conv_mb=conv_bytes_f / 1e6, conv_f=conv_f * 1e3, conv_fb=conv_fb * 1e3,
                 kernel_gflop_f=2 * fwd / 1e9, kernel_gflop_b=2 * (qr + dv) / 1e9, useful_f=2 * useful_f / 1e9,
                 useful_b=2 * useful_b / 1e9, proj_gflop=proj / 1e9, l2_mb=(l2_f + l2_b) / 1e6,
-                dram_mb=(elem_f + elem_b) / 1e6, lam_f=lam_f * 1e3, lam_fb=lam_fb * 1e3,
+                dram_mb=(elem_f + elem_b) / 1e6, lam_f=lam_f * 1e3, lam_fb=lam_fb * 1e3, ideal_fb=ideal_fb * 1e3,
                 bound_f="compute" if 2 * fwd / (KERNEL_EFFICIENCY * peak) >= l2_f / L2 else "L2",
                 conv_bound="compute" if conv_flop / (CONV_EFFICIENCY * peak) >= conv_bytes_f / HBM else "memory")
 
@@ -133,6 +144,35 @@ def dv_variants() -> None:
               f"{'compute' if compute >= traffic else 'L2'} |")
 
 
+def forward_variants() -> None:
+    """The forward kernel alone at res4 with the kernel benchmark's variants that change its loads."""
+    print("\n| forward tiles (res4, TF32) | GFLOP executed | L2 MB | ms at 30% of peak / at L2 bandwidth | bound |")
+    print("|---|---|---|---|---|")
+    shape = dict(b=B, heads=HEADS, k=K, u=U, v=256 // HEADS, side=64, r=R)
+    for name, tiles in (("default (1 query row)", FORWARD_TILES), ("2 query rows", FORWARD_TILES._replace(qrows=2)),
+                        ("4 query rows", FORWARD_TILES._replace(qrows=4))):
+        flop = executed_flop("forward", shape, tiles)
+        l2 = forward_l2_bytes(256, 64, 4, tiles)
+        compute, traffic = flop / (KERNEL_EFFICIENCY * PEAK["tf32"]), l2 / L2
+        print(f"| {name} | {flop / 1e9:.1f} | {l2 / 1e6:.0f} | {compute * 1e3:.3f} / {traffic * 1e3:.3f} | "
+              f"{'compute' if compute >= traffic else 'L2'} |")
+
+
+def with_variants() -> None:
+    """The layer's fwd+bwd ratio with stacked rows (forward 2 query rows, dV 4 value rows) beside the
+    defaults, and beside kernels that would do only the useful work at the same efficiency."""
+    stacked = dict(forward_tiles=FORWARD_TILES._replace(qrows=2), v_tiles=V_GRAD_TILES._replace(vr=4))
+    print("\n| shape | precision | fwd+bwd ratio: default tiles | forward 2 query rows + dV 4 value rows | "
+          "kernels doing only the useful work, no L2 bound |")
+    print("|---|---|---|---|---|")
+    for name, d, side, stride in SHAPES:
+        for amp in (False, True):
+            default, rows = estimate(name, d, side, stride, amp), estimate(name, d, side, stride, amp, **stacked)
+            conv = default["conv_fb"]
+            print(f"| {name} | {'AMP fp16' if amp else 'fp32 (TF32)'} | {default['lam_fb'] / conv:.2f}x | "
+                  f"{rows['lam_fb'] / conv:.2f}x (fwd {rows['lam_f'] / rows['conv_f']:.2f}x) | {default['ideal_fb'] / conv:.2f}x |")
+
+
 def main() -> None:
     print("| shape | precision | 3x3 conv GFLOP (fwd) / MB | conv bound | kernels GFLOP fwd / bwd (useful) | "
           "layer other: proj GFLOP, DRAM MB, L2 MB | kernels bound | conv ms fwd / fwd+bwd | layer ms fwd / fwd+bwd | "
@@ -147,6 +187,8 @@ def main() -> None:
                   f"{r['conv_f']:.3f} / {r['conv_fb']:.3f} | {r['lam_f']:.3f} / {r['lam_fb']:.3f} | "
                   f"{r['lam_f'] / r['conv_f']:.2f}x / {r['lam_fb'] / r['conv_fb']:.2f}x |")
     dv_variants()
+    forward_variants()
+    with_variants()
 
 
 if __name__ == "__main__":

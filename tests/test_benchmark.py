@@ -192,22 +192,27 @@ def test_executed_flop_counts_every_iteration_of_the_kernels_loops():
                         kb * s_rows * t.bk * t.vr * t.rt + t.vr * t.bx * s_rows * t.bv)
             return 2 * macs
         for _image in range(b):
-            for y in range(side):
+            for y in range(0, side, t.qrows):  # forward: programs of t.qrows query rows from y
                 for x0 in range(0, side, t.bx):
                     x_end = min(x0 + t.bx, side)
                     dys = range(max(c - y, 0), min(c - y + side, r))
+                    # forward: the value rows some query row of the program reaches, one step each
+                    value_rows = [yv for yv in range(side) if any(0 <= yv - y - i + c < r for i in range(t.qrows) if y + i < side)]
                     taps = range(max(c - x_end + 1, 0), min(c - x0 + side, r), t.taps)
                     for _group in range(math.ceil(heads / t.hb)):
                         for _vb in range(math.ceil(v / t.bv) if kernel != "dq/dR" else 1):
                             if kernel == "forward":
-                                macs += kb * m * t.bk * t.bv + u * len(dys) * len(taps) * (kb * m * t.bk * t.rt + m * t.bxh * t.bv)
+                                mq = t.qrows * m
+                                macs += kb * mq * t.bk * t.bv + u * len(value_rows) * len(taps) * (
+                                    kb * mq * t.bk * t.qrows * t.rt + mq * t.bxh * t.bv)
                             else:
                                 vb = math.ceil(v / t.bv)
                                 macs += kb * (vb * m * t.bv * t.bk + u * len(dys) * len(taps) * (vb * m * t.bv * t.bxh + 2 * m * t.rt * t.bk))
         return 2 * macs
 
     for kernel, tiles in (("forward", T.FORWARD_TILES), ("dq/dR", T.QR_GRAD_TILES), ("dV", T.V_GRAD_TILES),
-                          ("forward", T.FORWARD_TILES._replace(bx=16)), ("dV", T.V_GRAD_TILES._replace(vr=4))):
+                          ("forward", T.FORWARD_TILES._replace(bx=16)), ("dV", T.V_GRAD_TILES._replace(vr=4)),
+                          ("forward", T.FORWARD_TILES._replace(qrows=4))):
         assert executed_flop(kernel, shape, tiles) == walk(kernel, tiles), kernel
 
 

@@ -52,9 +52,9 @@ def run_worker(*checks: str, timeout: int = 800) -> dict:
 # dq/dR program, so that a program adds to its partial dR sums (read, add, write) between rows
 GUARD_CHECKS = [f"guards:{name}" for name in W.SHAPES] + ["guards:basic@2"]
 # every tile variant the kernel benchmark may time (lambda_det.benchmark.kernels.variants), on a global
-# scope (two tap chunks, two x segments) and on k 17 / v 70 (k and v in blocks); the dV variants that
-# stack value rows on every other shape
-VARIANT_CHECKS = ["variants:global", "variants:blocks", "value_rows"]
+# scope (two tap chunks, two x segments) and on k 17 / v 70 (k and v in blocks); the variants that
+# stack value rows (dV) or query rows (forward) on every other shape
+VARIANT_CHECKS = ["variants:global", "variants:blocks", "stacked_rows"]
 DEFAULT_CHECKS = GUARD_CHECKS + VARIANT_CHECKS + ["gradcheck:u2_global", "half", "library_op", "precision_switch", "layer",
                                                   "kernel_benchmark"]
 

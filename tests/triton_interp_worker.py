@@ -406,11 +406,11 @@ def run(check: str):
         for variant in variants():
             if variant.name != "default":
                 check_guards(errors, arg, variant=variant)
-    elif kind == "value_rows":  # dV's stacked value rows on the shapes "variants:" leaves out: rows past
-        from lambda_det.benchmark.kernels import variants  # the map, u > 1, two images, small k / v
-
+    elif kind == "stacked_rows":  # dV's stacked value rows and the forward's stacked query rows on the
+        from lambda_det.benchmark.kernels import variants  # shapes "variants:" leaves out: rows past the
+        # map, u > 1, two images, small k / v
         for variant in variants():
-            if variant.kernel == "dV" and variant.tiles is not None and variant.tiles.vr > 1:
+            if variant.tiles is not None and (variant.tiles.vr > 1 or variant.tiles.qrows > 1):
                 for name in SHAPES:
                     if name not in ("global", "blocks"):
                         check_guards(errors, name, variant=variant)

@@ -77,7 +77,8 @@ class Tiles(NamedTuple):
     dimension is >= 16, which NVIDIA's tensor-core lowering needs (small k, v, heads are padded
     with masked zeros here instead). vr (dV only): value rows per program, stacked into the M rows
     of its products, so that one load of a query row's haloed queries and output gradients serves
-    all the value rows its scope reaches.
+    all the value rows its scope reaches. qrows (forward only): query rows per program, stacked into
+    M likewise, so that one load of a value row serves all the query rows whose scope reaches it.
     """
 
     hb: int
@@ -90,6 +91,7 @@ class Tiles(NamedTuple):
     num_stages: int
     flat: bool = True  # the steps over (u, scope row, tap chunk) as one loop, which Triton pipelines
     vr: int = 1
+    qrows: int = 1
 
     @property
     def taps(self) -> int:  # scope columns one band covers
@@ -104,7 +106,10 @@ class Tiles(NamedTuple):
             raise ValueError(f"{kernel} tiles: num_stages={self.num_stages} must be at least 1")
         if self.vr != 1 and (kernel != "dV" or not self.flat):
             raise ValueError(f"{kernel} tiles: vr={self.vr}: only the dV kernel's flat loop stacks value rows")
-        rows = self.vr * self.bx if kernel == "dV" else self.hb * self.bx  # M of the kernel's products
+        if self.qrows != 1 and (kernel != "forward" or not self.flat):
+            raise ValueError(f"{kernel} tiles: qrows={self.qrows}: only the forward kernel's flat loop stacks query rows")
+        # M of the kernel's products
+        rows = self.vr * self.bx if kernel == "dV" else self.qrows * self.hb * self.bx
         for name, value in (("bk", self.bk), ("bv", self.bv), ("bxh", self.bxh), ("rt", self.rt), ("M", rows)):
             if value < 16:
                 raise ValueError(f"{kernel} tiles: {name}={value} < 16, the smallest tl.dot dimension on tensor cores")
@@ -168,13 +173,14 @@ if triton is not None:
         return (row // H).to(tl.int64), row % H, (pid % n_x) * BX, tl.program_id(1) // n_vb, tl.program_id(1) % n_vb
 
     @triton.jit
-    def _stacked_rows(hg, x0, HEADS, W, HB: tl.constexpr, BX: tl.constexpr):
-        """The M = HB x BX rows of a program's products: (head, position offset, column, in range)."""
-        rows = tl.arange(0, HB * BX)
-        head = hg * HB + rows // BX
+    def _stacked_rows(hg, x0, HEADS, W, HB: tl.constexpr, BX: tl.constexpr, NR: tl.constexpr):
+        """The M = NR x HB x BX rows of a program's products: (head, position offset, column, map row
+        offset, in range), NR map rows outermost."""
+        rows = tl.arange(0, NR * HB * BX)
+        head = hg * HB + (rows // BX) % HB
         ii = rows % BX
         xq = x0 + ii
-        return head, ii, xq, (head < HEADS) & (xq < W)
+        return head, ii, xq, rows // (HB * BX), (head < HEADS) & (xq < W)
 
     @triton.jit
     def _query_block(q_row, k0, kk, K, sqk, ok):
@@ -189,9 +195,10 @@ if triton is not None:
 
     @triton.jit
     def _flat_step(it, dy_lo, n_dy, t_lo, n_t, TS: tl.constexpr):
-        """(u, dy, t0) of step ``it`` of the (u, scope row, tap chunk) iterations run as one loop: Triton
-        pipelines only innermost loops, so one flat loop lets the next step's loads overlap this step's
-        products (nested, every scope row waited for its own loads)."""
+        """(u, dy, t0) of step ``it`` of the (u, row, tap chunk) iterations run as one loop (the row a
+        scope row, or in the forward the value row): Triton pipelines only innermost loops, so one flat
+        loop lets the next step's loads overlap this step's products (nested, every scope row waited for
+        its own loads)."""
         per_u = n_dy * n_t
         u = it // per_u
         rest = it - u * per_u
@@ -224,15 +231,17 @@ if triton is not None:
         return a
 
     @triton.jit
-    def _fwd_step(acc, q0, q_row, v_base, r_ptr, u, dy, t0, y, x0, K, W, RH, RW, sqk, svu, svy, svx,
-                  srk, sru, sry, srx, v_ok, in_band, band_idx, kk, tt, jj,
-                  BK: tl.constexpr, TS: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
+    def _fwd_step(acc, q0, q_row, v_base, r_ptr, u, yv, t0, y0, x0, K, W, RH, RW, sqk, svu, svy, svx,
+                  srk, sru, sry, srx, v_ok, in_band, band_idx, kk, cc, jj,
+                  BK: tl.constexpr, TS: tl.constexpr, RT: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
                   ACC: tl.constexpr, ONE_K: tl.constexpr, NKB: tl.constexpr, row_ok):
-        """One (u, scope row dy, tap chunk t0) step of the forward: logits, band, apply to the value row."""
-        yv = y + dy - RH // 2
-        tap = t0 + tt
-        tap_ok = (tt < TS) & (tap < RW)
-        a = tl.zeros((q0.shape[0], tt.shape[0]), dtype=ACC)
+        """One (u, value row yv, tap chunk t0) step of the forward for the program's query rows y0, y0 + 1,
+        ...: logits (one product: query row r takes logit columns r RT .. r RT + RT - 1, through the
+        scope row that joins it to yv), band, apply to the value row (loaded once for all of them)."""
+        dy = yv - y0 - cc // RT + RH // 2
+        tap = t0 + cc % RT
+        tap_ok = (cc % RT < TS) & (tap < RW) & (dy >= 0) & (dy < RH)
+        a = tl.zeros((q0.shape[0], cc.shape[0]), dtype=ACC)
         if ONE_K:  # the queries are the same every step: kept in registers
             rk = _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
             a = _mm(q0, rk, a, PRECISION, DOT_F32)
@@ -257,22 +266,26 @@ if triton is not None:
         HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
         BK: tl.constexpr, BV: tl.constexpr,
         PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_K: tl.constexpr,
-        FLAT: tl.constexpr, NKB: tl.constexpr,
+        FLAT: tl.constexpr, NKB: tl.constexpr, QROWS: tl.constexpr,
     ):
-        # program: one image, one query row y, BX positions of it, HB heads, BV value channels.
+        # program: one image, QROWS query rows y0.. (stacked into M, Tiles.qrows), BX positions of
+        # them, HB heads, BV value channels.
         # ONE_K (k <= BK, the paper's k = 16): the queries stay in registers for every tap chunk;
-        # FLAT: the (u, scope row, tap chunk) steps as one loop (_flat_step)
-        M: tl.constexpr = HB * BX
+        # FLAT: the (u, value row, tap chunk) steps as one loop (_flat_step)
+        M: tl.constexpr = QROWS * HB * BX
         TS: tl.constexpr = BXH - BX + 1
-        b, y, x0, hg, vb = _row_program(H, W, NV, BX, BV)
-        head, ii, xq, row_ok = _stacked_rows(hg, x0, HEADS, W, HB, BX)
+        b, yrow, x0, hg, vb = _row_program(tl.cdiv(H, QROWS), W, NV, BX, BV)
+        y0 = yrow * QROWS
+        head, ii, xq, rr, in_map = _stacked_rows(hg, x0, HEADS, W, HB, BX, QROWS)
+        yq = y0 + rr
+        row_ok = in_map & (yq < H)
         kk = tl.arange(0, BK)
         vv = vb * BV + tl.arange(0, BV)
         v_ok = vv < NV
-        tt = tl.arange(0, RT)
+        cc = tl.arange(0, QROWS * RT)
         jj = tl.arange(0, BXH)
 
-        q_row = q_ptr + b * sqb + y * sqy + head[:, None] * sqh + xq[:, None] * sqx
+        q_row = q_ptr + b * sqb + yq[:, None] * sqy + head[:, None] * sqh + xq[:, None] * sqx
         # the content term starts the sum: q (M x k) @ lambda^c (k x v)
         acc = tl.zeros((M, BV), dtype=ACC)
         for k0 in range(0, K, BK):
@@ -283,34 +296,36 @@ if triton is not None:
             acc = _mm(qk, ck, acc, PRECISION, DOT_F32)
         q0 = _query_block(q_row, 0, kk, K, sqk, row_ok)  # the queries of every step when ONE_K
 
-        # band geometry: column j of the haloed value row holds tap j - i of position i
+        # band geometry: column j of the haloed value row holds tap j - i of position i, in the logit
+        # columns of the position's query row
         band_d = jj[None, :] - ii[:, None]
         in_band = (band_d >= 0) & (band_d < TS)
-        band_idx = tl.where(in_band, band_d, 0)
+        band_idx = tl.where(in_band, band_d, 0) + rr[:, None] * RT
 
         cy = RH // 2
-        # scope rows and tap columns that reach inside the map for some position of this program
-        dy_lo = tl.maximum(cy - y, 0)
-        dy_hi = tl.minimum(cy - y + H, RH)
+        # tap columns that reach inside the map for some position of this program
         t_lo, t_hi = _query_taps(x0, W, RW, BX)
         v_base = v_ptr + b * svb + vv[None, :] * svv
         if FLAT:
-            n_dy = dy_hi - dy_lo
+            # value rows inside the map that the scope of one of the query rows reaches
+            yv_lo = tl.maximum(y0 - cy, 0)
+            yv_hi = tl.minimum(y0 + QROWS + RH - 1 - cy, H)
+            n_yv = yv_hi - yv_lo
             n_t = tl.cdiv(t_hi - t_lo, TS)
-            for it in range(0, U * n_dy * n_t):
-                u, dy, t0 = _flat_step(it, dy_lo, n_dy, t_lo, n_t, TS)
-                acc = _fwd_step(acc, q0, q_row, v_base, r_ptr, u, dy, t0, y, x0, K, W, RH, RW, sqk, svu, svy, svx,
-                                srk, sru, sry, srx, v_ok, in_band, band_idx, kk, tt, jj,
-                                BK, TS, PRECISION, DOT_F32, ACC, ONE_K, NKB, row_ok)
-        else:
+            for it in range(0, U * n_yv * n_t):
+                u, yv, t0 = _flat_step(it, yv_lo, n_yv, t_lo, n_t, TS)
+                acc = _fwd_step(acc, q0, q_row, v_base, r_ptr, u, yv, t0, y0, x0, K, W, RH, RW, sqk, svu, svy, svx,
+                                srk, sru, sry, srx, v_ok, in_band, band_idx, kk, cc, jj,
+                                BK, TS, RT, PRECISION, DOT_F32, ACC, ONE_K, NKB, row_ok)
+        else:  # the first version's loop nest (one query row), as the first GPU run measured it
             for u in range(0, U):
-                for dy in range(dy_lo, dy_hi):
+                for dy in range(tl.maximum(cy - y0, 0), tl.minimum(cy - y0 + H, RH)):
                     for t0 in range(t_lo, t_hi, TS):
-                        acc = _fwd_step(acc, q0, q_row, v_base, r_ptr, u, dy, t0, y, x0, K, W, RH, RW, sqk, svu, svy, svx,
-                                        srk, sru, sry, srx, v_ok, in_band, band_idx, kk, tt, jj,
-                                        BK, TS, PRECISION, DOT_F32, ACC, ONE_K, NKB, row_ok)
+                        acc = _fwd_step(acc, q0, q_row, v_base, r_ptr, u, y0 + dy - cy, t0, y0, x0, K, W, RH, RW, sqk,
+                                        svu, svy, svx, srk, sru, sry, srx, v_ok, in_band, band_idx, kk, cc, jj,
+                                        BK, TS, RT, PRECISION, DOT_F32, ACC, ONE_K, NKB, row_ok)
 
-        o_ptrs = o_ptr + b * sob + y * soy + (head[:, None] * NV + vv[None, :]) * soc + xq[:, None] * sox
+        o_ptrs = o_ptr + b * sob + yq[:, None] * soy + (head[:, None] * NV + vv[None, :]) * soc + xq[:, None] * sox
         tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & v_ok[None, :])
 
     @triton.jit
@@ -391,7 +406,7 @@ if triton is not None:
         slot = (pid + hg * tl.num_programs(0)).to(tl.int64)
         x0 = pid_x * BX
 
-        head, ii, xq, row_ok = _stacked_rows(hg, x0, HEADS, W, HB, BX)
+        head, ii, xq, _, row_ok = _stacked_rows(hg, x0, HEADS, W, HB, BX, 1)
         kk = tl.arange(0, BK)
         tt = tl.arange(0, RT)
         jj = tl.arange(0, BXH)
@@ -717,10 +732,11 @@ def forward_launch(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor, o
     b, heads, k, height, width = q.shape
     u, v = values.shape[1], values.shape[2]
     t = (tiles or FORWARD_TILES).checked("forward")
-    grid = (b * height * triton.cdiv(width, t.bx), triton.cdiv(heads, t.hb) * triton.cdiv(v, t.bv))
+    grid = (b * triton.cdiv(height, t.qrows) * triton.cdiv(width, t.bx), triton.cdiv(heads, t.hb) * triton.cdiv(v, t.bv))
     args = (q, values, kernel, content, out, *q.stride(), *values.stride(), *kernel.stride(), *content.stride(),
             *out.stride(), heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
-    constexprs = dict(_constexprs(t, q.dtype, precision or dot_precision(q.dtype)), ONE_K=k <= t.bk, NKB=triton.cdiv(k, t.bk))
+    constexprs = dict(_constexprs(t, q.dtype, precision or dot_precision(q.dtype)), ONE_K=k <= t.bk, NKB=triton.cdiv(k, t.bk),
+                      QROWS=t.qrows)
     return Launch(_lambda_fwd_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
 
 
