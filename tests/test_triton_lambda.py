@@ -56,7 +56,7 @@ GUARD_CHECKS = [f"guards:{name}" for name in W.SHAPES] + ["guards:basic@2"]
 # stack value rows (dV) or query rows (forward) on every other shape
 VARIANT_CHECKS = ["variants:global", "variants:blocks", "stacked_rows"]
 DEFAULT_CHECKS = GUARD_CHECKS + VARIANT_CHECKS + ["gradcheck:u2_global", "half", "library_op", "precision_switch", "layer",
-                                                  "kernel_benchmark"]
+                                                  "layer_autocast", "kernel_benchmark"]
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +138,11 @@ def test_tf32_follows_pytorchs_convolution_switch(interpreter_results):
 @needs_triton
 def test_the_layer_with_impl_triton_matches_the_float64_reference(interpreter_results):
     assert_passed(interpreter_results, "layer")
+
+
+@needs_triton
+def test_the_layer_under_autocast_hands_the_operator_its_projections_without_a_float32_round_trip(interpreter_results):
+    assert_passed(interpreter_results, "layer_autocast")
 
 
 @needs_triton

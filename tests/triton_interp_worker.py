@@ -366,6 +366,54 @@ def check_layer(errors):
             errors.append(f"layer {batch}x{height}x{width} {options}: shape {got.shape} vs {expected.shape}, error {err:.3g}")
 
 
+def check_layer_autocast(errors):
+    """LambdaLayer(impl="triton") under autocast (CPU, bfloat16): the queries and values reach the
+    operator from their projections (already bfloat16) without a float32 copy of the queries, the values
+    copied to float32 once (for the content lambda), and the result close to float32."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from lambda_det.layers import LambdaLayer
+
+    class Casts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.casts = []  # (source storage, result dtype) of every copy to another dtype
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default:
+                self.casts.append((args[0].untyped_storage().data_ptr(), result.dtype))
+            return result
+
+    torch.manual_seed(5)
+    layer = LambdaLayer(8, 16, dim_k=16, heads=4, scope=5, impl="triton").train()
+    x = torch.randn(2, 8, 6, 7)
+    projections = {}
+    layer.norm_q.register_forward_hook(lambda _m, _i, out: projections.__setitem__("q", out))
+    layer.norm_v.register_forward_hook(lambda _m, _i, out: projections.__setitem__("values", out))
+    expected = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16), Casts() as mode:
+        out = layer(x)
+    q, values = projections["q"], projections["values"]
+    if q.dtype != torch.bfloat16 or values.dtype != torch.bfloat16:
+        errors.append(f"autocast layer: projections are {q.dtype}, {values.dtype}, not bfloat16 (the check assumes it)")
+        return
+    to_float = {name: sum(1 for ptr, dtype in mode.casts if ptr == t.untyped_storage().data_ptr() and dtype == torch.float32)
+                for name, t in (("q", q), ("values", values))}
+    if to_float != {"q": 0, "values": 1}:
+        errors.append(f"autocast layer: float32 copies of the projections {to_float}, expected q 0, values 1 "
+                      "(the operator takes them in autocast's type)")
+    if out.dtype != torch.bfloat16 or not relative_error(out.float(), expected) <= 4e-2:
+        errors.append(f"autocast layer: output {out.dtype}, relative error {relative_error(out.float(), expected):.3g} vs float32")
+    params = [t for t in layer.parameters() if t.requires_grad]
+    grads32 = torch.autograd.grad(expected.square().sum(), params)
+    grads = torch.autograd.grad(out.float().square().sum(), params)
+    worst = max(relative_error(g, r) for g, r in zip(grads, grads32))
+    if not all(torch.isfinite(g).all() for g in grads) or not worst <= 5e-2:
+        errors.append(f"autocast layer: parameter gradients finite {all(torch.isfinite(g).all() for g in grads)}, "
+                      f"largest relative error {worst:.3g} vs float32")
+
+
 def check_kernel_benchmark_keeps_going(errors):
     """The kernel benchmark records a variant that cannot launch (here: tiles the kernels reject) with
     its error and times the rest, instead of losing the GPU run."""
@@ -424,6 +472,8 @@ def run(check: str):
         check_precision_switch(errors)
     elif kind == "layer":
         check_layer(errors)
+    elif kind == "layer_autocast":
+        check_layer_autocast(errors)
     else:
         errors.append(f"unknown check {check}")
     return errors

@@ -229,9 +229,10 @@ class LambdaLayer(nn.Module):
         b, _, height, width = q.shape
         n, k, u, v = height * width, self.dim_k, self.dim_u, self.dim_v
         dtype = torch.float64 if input_dtype == torch.float64 else torch.float32
-        q = q.to(dtype).reshape(b, self.heads, k, n)  # (b, h, k, n)
+        q = q.reshape(b, self.heads, k, n)  # (b, h, k, n), in the projection's type until a form takes it
         keys = keys.to(dtype).reshape(b, u, k, n).softmax(dim=-1)  # (b, u, k, m), normalized over m only
-        values = values.to(dtype).reshape(b, u, v, height, width)  # (b, u, v, H, W)
+        projected_values = values.reshape(b, u, v, height, width)  # (b, u, v, H, W)
+        values = projected_values.to(dtype)
         # lambda^c = sum over u and m of softmax(K) V^T, (b, k, v): a matmul, which fvcore counts exactly
         flat_values = values.reshape(b, u, v, n).transpose(2, 3).reshape(b, -1, v)  # (b, u m, v)
         content_lambda = torch.matmul(keys.transpose(1, 2).reshape(b, k, -1), flat_values)
@@ -240,18 +241,25 @@ class LambdaLayer(nn.Module):
         # the one place that decides how the position term is computed
         needs_grad = torch.is_grad_enabled() and (q.requires_grad or values.requires_grad)
         if torch.jit.is_scripting():
-            out = self._scripted_output(q, values, content_lambda, needs_grad)
+            out = self._scripted_output(q.to(dtype), values, content_lambda, needs_grad)
         elif counted_by_fvcore(self):
-            out = self._counted_output(q, values, content_lambda)
+            out = self._counted_output(q.to(dtype), values, content_lambda)
         elif torch.jit.is_tracing():
-            out = self._traced_output(q, values, content_lambda)
+            out = self._traced_output(q.to(dtype), values, content_lambda)
         else:
             device = q.device.type
             on_cpu = device == "cpu"  # the hot path: ask about each operator only on its own device
             impl = self.resolve_impl(height, width, needs_grad, on_cpu and fused_available(), not on_cpu and choose_triton(device))
-            operands = (q, values, self.position_kernel(height, width).to(dtype), content_lambda)
+            kernel = self.position_kernel(height, width)
             if impl == TRITON and autocast_dtype in (torch.float16, torch.bfloat16):
-                operands = tuple(t.to(autocast_dtype) for t in operands)
+                # the operator multiplies in autocast's type: queries and values go to it from the
+                # projections, which autocast already made that type, not through float32 and back
+                # (the same forward without a cast pass each way, in the backward too; the values'
+                # two gradients are then added in that type)
+                operands = (q.to(autocast_dtype), projected_values.to(autocast_dtype), kernel.to(autocast_dtype),
+                            content_lambda.to(autocast_dtype))
+            else:
+                operands = (q.to(dtype), values, kernel.to(dtype), content_lambda)
             out = OUTPUT_BY_IMPL[impl](*operands)
         return out.reshape(b, self.out_channels, height, width)
 
