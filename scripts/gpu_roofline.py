@@ -75,7 +75,8 @@ def dv_l2_bytes(d: int, side: int, e: int, t) -> float:
 
 def forward_l2_bytes(d: int, side: int, e: int, t) -> float:
     """The forward kernel's tile loads from L2 with tiles ``t``: per step, one haloed value row and the
-    embeddings of the scope rows joining it to the program's t.qrows query rows."""
+    embeddings of the scope rows joining it to the program's t.qrows query rows (whole tiles, masked
+    columns included: an upper bound, as for the other kernels)."""
     v = d // HEADS
     return B * value_rows_reached(side, R, t.qrows) * math.ceil(side / t.bx) * math.ceil(v / t.bv) * (
         t.bxh * t.bv + t.bk * t.qrows * t.rt) * e

@@ -89,7 +89,7 @@ class Tiles(NamedTuple):
     bv: int
     num_warps: int
     num_stages: int
-    flat: bool = True  # the steps over (u, scope row, tap chunk) as one loop, which Triton pipelines
+    flat: bool = True  # the steps over (u, scope or value row, tap chunk) as one loop, which Triton pipelines
     vr: int = 1
     qrows: int = 1
 
@@ -165,7 +165,8 @@ if triton is not None:
     @triton.jit
     def _row_program(H, W, NV, BX: tl.constexpr, BV: tl.constexpr):
         """(image, row, first column, outer index, value block) of a program of a row-wise grid:
-        axis 0 runs over (image, row, BX-column segment), axis 1 over (outer index, BV value block)."""
+        axis 0 runs over (image, row, BX-column segment), axis 1 over (outer index, BV value block).
+        A kernel whose programs own several map rows passes their groups' count as H: row is the group."""
         n_x = tl.cdiv(W, BX)
         pid = tl.program_id(0)
         row = pid // n_x
@@ -234,13 +235,18 @@ if triton is not None:
     def _fwd_step(acc, q0, q_row, v_base, r_ptr, u, yv, t0, y0, x0, K, W, RH, RW, sqk, svu, svy, svx,
                   srk, sru, sry, srx, v_ok, in_band, band_idx, kk, cc, jj,
                   BK: tl.constexpr, TS: tl.constexpr, RT: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
-                  ACC: tl.constexpr, ONE_K: tl.constexpr, NKB: tl.constexpr, row_ok):
+                  ACC: tl.constexpr, ONE_K: tl.constexpr, NKB: tl.constexpr, QROWS: tl.constexpr, row_ok):
         """One (u, value row yv, tap chunk t0) step of the forward for the program's query rows y0, y0 + 1,
         ...: logits (one product: query row r takes logit columns r RT .. r RT + RT - 1, through the
         scope row that joins it to yv), band, apply to the value row (loaded once for all of them)."""
-        dy = yv - y0 - cc // RT + RH // 2
-        tap = t0 + cc % RT
-        tap_ok = (cc % RT < TS) & (tap < RW) & (dy >= 0) & (dy < RH)
+        if QROWS == 1:  # one scope row for the step (the loop bounds keep it inside the scope)
+            dy = yv - y0 + RH // 2
+            tap = t0 + cc
+            tap_ok = (cc < TS) & (tap < RW)
+        else:
+            dy = yv - y0 - cc // RT + RH // 2
+            tap = t0 + cc % RT
+            tap_ok = (cc % RT < TS) & (tap < RW) & (dy >= 0) & (dy < RH)
         a = tl.zeros((q0.shape[0], cc.shape[0]), dtype=ACC)
         if ONE_K:  # the queries are the same every step: kept in registers
             rk = _embedding_block(r_ptr, 0, kk, K, u, dy, tap, tap_ok, srk, sru, sry, srx)
@@ -277,15 +283,24 @@ if triton is not None:
         b, yrow, x0, hg, vb = _row_program(tl.cdiv(H, QROWS), W, NV, BX, BV)
         y0 = yrow * QROWS
         head, ii, xq, rr, in_map = _stacked_rows(hg, x0, HEADS, W, HB, BX, QROWS)
-        yq = y0 + rr
-        row_ok = in_map & (yq < H)
+        if QROWS == 1:  # one query row: its offsets stay scalars (the default compiles as before)
+            row_ok = in_map
+            q_y = y0 * sqy
+            o_y = y0 * soy
+            band_col = 0
+        else:
+            yq = y0 + rr
+            row_ok = in_map & (yq < H)
+            q_y = yq[:, None] * sqy
+            o_y = yq[:, None] * soy
+            band_col = rr[:, None] * RT  # a row's logits: the columns of its query row
         kk = tl.arange(0, BK)
         vv = vb * BV + tl.arange(0, BV)
         v_ok = vv < NV
         cc = tl.arange(0, QROWS * RT)
         jj = tl.arange(0, BXH)
 
-        q_row = q_ptr + b * sqb + yq[:, None] * sqy + head[:, None] * sqh + xq[:, None] * sqx
+        q_row = q_ptr + b * sqb + q_y + head[:, None] * sqh + xq[:, None] * sqx
         # the content term starts the sum: q (M x k) @ lambda^c (k x v)
         acc = tl.zeros((M, BV), dtype=ACC)
         for k0 in range(0, K, BK):
@@ -300,7 +315,7 @@ if triton is not None:
         # columns of the position's query row
         band_d = jj[None, :] - ii[:, None]
         in_band = (band_d >= 0) & (band_d < TS)
-        band_idx = tl.where(in_band, band_d, 0) + rr[:, None] * RT
+        band_idx = tl.where(in_band, band_d, 0) + band_col
 
         cy = RH // 2
         # tap columns that reach inside the map for some position of this program
@@ -316,16 +331,16 @@ if triton is not None:
                 u, yv, t0 = _flat_step(it, yv_lo, n_yv, t_lo, n_t, TS)
                 acc = _fwd_step(acc, q0, q_row, v_base, r_ptr, u, yv, t0, y0, x0, K, W, RH, RW, sqk, svu, svy, svx,
                                 srk, sru, sry, srx, v_ok, in_band, band_idx, kk, cc, jj,
-                                BK, TS, RT, PRECISION, DOT_F32, ACC, ONE_K, NKB, row_ok)
+                                BK, TS, RT, PRECISION, DOT_F32, ACC, ONE_K, NKB, QROWS, row_ok)
         else:  # the first version's loop nest (one query row), as the first GPU run measured it
             for u in range(0, U):
                 for dy in range(tl.maximum(cy - y0, 0), tl.minimum(cy - y0 + H, RH)):
                     for t0 in range(t_lo, t_hi, TS):
                         acc = _fwd_step(acc, q0, q_row, v_base, r_ptr, u, y0 + dy - cy, t0, y0, x0, K, W, RH, RW, sqk,
                                         svu, svy, svx, srk, sru, sry, srx, v_ok, in_band, band_idx, kk, cc, jj,
-                                        BK, TS, RT, PRECISION, DOT_F32, ACC, ONE_K, NKB, row_ok)
+                                        BK, TS, RT, PRECISION, DOT_F32, ACC, ONE_K, NKB, QROWS, row_ok)
 
-        o_ptrs = o_ptr + b * sob + yq[:, None] * soy + (head[:, None] * NV + vv[None, :]) * soc + xq[:, None] * sox
+        o_ptrs = o_ptr + b * sob + o_y + (head[:, None] * NV + vv[None, :]) * soc + xq[:, None] * sox
         tl.store(o_ptrs, acc.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & v_ok[None, :])
 
     @triton.jit
