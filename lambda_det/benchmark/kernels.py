@@ -94,6 +94,9 @@ def variants() -> List[Variant]:
         # traffic the estimate says bounds dV falls about as much), in one program per SM instead of two
         Variant("dV", "2 value rows", v._replace(vr=2)),
         Variant("dV", "4 value rows", v._replace(vr=4)),
+        # 8 columns of 4 value rows: M 32 as above, but one chunk of 25 taps covers r = 23 (two of 17
+        # did), so a third fewer multiply-adds for the same loads
+        Variant("dV", "4 value rows of 8 columns", v._replace(vr=4, bx=8)),
     ]
 
 
