@@ -16,6 +16,7 @@ probabilities per detection; ``detectron2.modeling.postprocessing.detector_postp
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -117,8 +118,12 @@ def export_torchscript(model, image: torch.Tensor, method: str, path: Path) -> D
         fields = {name: (Boxes if name.endswith("boxes") else torch.Tensor) for name in SCRIPTING_FIELDS}
         module = scripting_with_instances(_ScriptableAdapter(model), fields)
         info = {"call": "outputs = module(({'image': image},))[0]", "outputs": ["pred_boxes", "scores", "pred_classes", "pred_masks"]}
-    module.save(str(path))
-    check_written(path, "TorchScript model")
+    # serialized in memory, then written by Python: TorchScript's own file writer aborts the whole
+    # process on a full disk (a C++ error Python cannot catch); an OSError here is named by the caller
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
     return info
 
 

@@ -241,6 +241,20 @@ def test_detector_benchmark_quick(tmp_path, capsys):
     assert (tmp_path / "detector_cpu_quick_again.md").exists() and (tmp_path / "detector_cpu_quick.json").read_bytes() == before
 
 
+def test_a_benchmark_into_a_folder_another_benchmark_is_writing_is_refused(tmp_path, capsys):
+    """Two benchmarks into one folder both passed the check for earlier results, and the second to end
+    replaced the first's files; now the folder is locked while one runs."""
+    from conftest import run_tool
+
+    from lambda_det.engine import run_folder_lock
+
+    with run_folder_lock(tmp_path, "--output"):  # another benchmark running there
+        for argv in (("benchmark_detector.py", "--quick", "--no-flops"), ("benchmark_lambda.py", "--sides", "8", "--repeats", "1")):
+            assert run_tool(*argv, "--output", tmp_path) == 2, argv
+            assert f"--output {tmp_path} is in use by another run" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == [".lambda_det.lock"]
+
+
 def test_detectron2_reference_gets_the_worst_case_work_from_random_weights(monkeypatch):
     """Detectron2's R-101 from random weights has features of ~1e7 and no proposals unless its
     residual branches start at zero: its inference would then time heads that do nothing."""

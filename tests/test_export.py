@@ -3,6 +3,9 @@ scripting compiles, and tools/export_model.py writes files that run without lamb
 from __future__ import annotations
 
 import json
+import os
+import resource
+import signal
 import subprocess
 import sys
 import warnings
@@ -11,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TOY_CONFIG, run_tool, small_cfg
+from conftest import REPO, TINY, TOY_CONFIG, run_tool, small_cfg
 
 from lambda_det.layers import IMPL_CHOICES, LambdaLayer
 from lambda_det.layers.triton_lambda import available as triton_available
@@ -230,6 +233,27 @@ def test_export_refuses_what_it_cannot_do(tmp_path, tiny_weights, sample_image, 
     assert _export(tmp_path, tiny_weights, tmp_path / "missing.png", "--format", "torchscript", "--export-method", "tracing") == 2
     assert "missing.png: not a readable image" in capsys.readouterr().err
     assert not (tmp_path / "model.ts").exists()
+
+
+def test_a_full_disk_during_a_torchscript_export_is_one_line_naming_the_file_and_leaves_nothing(tmp_path, tiny_weights,
+                                                                                                  sample_image):
+    """TorchScript's own file writer aborted the process (a C++ error) when a write failed, leaving a
+    partial model; a file-size limit makes every write past 200 kB fail as a full disk does."""
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "export_model.py"), "--config-file", str(TOY_CONFIG), "--format", "torchscript",
+         "--export-method", "tracing", "--sample-image", str(sample_image), "--output", str(out), *TINY,
+         "MODEL.WEIGHTS", str(tiny_weights)],
+        capture_output=True, text=True, timeout=600, preexec_fn=small_disk,
+        env=dict(os.environ, PYTHONPATH=str(REPO), LAMBDA_DET_FUSED="0"))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"error: could not write {out / 'model.ts'}: File too large" in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".lambda_det.lock"]  # no partial model, no export_info.json
 
 
 def test_an_export_that_differs_is_flagged_and_replaces_nothing_half_way(tmp_path, tiny_weights, sample_image, capsys, monkeypatch):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lambda_det.benchmark.detector import detector_benchmark_paths, quick_models, run_detector_benchmark, table6_models
-from lambda_det.engine import positive_int, run_main
+from lambda_det.engine import positive_int, run_folder_lock, run_main
 from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite
 
 
@@ -53,11 +53,17 @@ def main() -> int:
         parser.error(f"--tag {args.tag!r}: letters, digits, '-' and '_' only (it becomes part of file names)")
     tag = ("_quick" if args.quick else "") + ("_amp" if args.amp else "")
     tag += f"_{args.tag}" if args.tag else ""
+    paths = detector_benchmark_paths(args.output, args.device, tag).values()
     if not args.overwrite:
-        refuse_overwrite(existing(detector_benchmark_paths(args.output, args.device, tag).values()), "--output",
-                         "of an earlier benchmark")
+        refuse_overwrite(existing(paths), "--output", "of an earlier benchmark")
     ensure_writable_dir(args.output, "--output")
-    run_detector_benchmark(args.output, sizes, models, repeats, args.batch, args.device, args.amp, flops=not args.no_flops, tag=tag)
+    # a second benchmark into the same folder is refused while this one runs (it would also disturb
+    # the timings), and one that finished there since the check above is not replaced
+    with run_folder_lock(args.output, "--output"):
+        if not args.overwrite:
+            refuse_overwrite(existing(paths), "--output", "of an earlier benchmark")
+        run_detector_benchmark(args.output, sizes, models, repeats, args.batch, args.device, args.amp,
+                               flops=not args.no_flops, tag=tag)
     return 0
 
 

@@ -26,7 +26,7 @@ from lambda_det.benchmark.layer import (
 )
 from lambda_det.benchmark.backbone import vs_timm, vs_timm_paths
 from lambda_det.benchmark.kernels import kernel_benchmark, kernel_benchmark_paths
-from lambda_det.engine import positive_int, run_main
+from lambda_det.engine import positive_int, run_folder_lock, run_main
 from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite
 
 
@@ -89,7 +89,12 @@ def main() -> int:
     if not args.overwrite:
         refuse_overwrite(existing(paths.values()), "--output", "of an earlier benchmark")
     ensure_writable_dir(out, "--output")  # before the minutes of timing, not after
-    return benchmark() or 0
+    # a second benchmark into the same folder is refused while this one runs (it would also disturb
+    # the timings), and one that finished there since the check above is not replaced
+    with run_folder_lock(out, "--output"):
+        if not args.overwrite:
+            refuse_overwrite(existing(paths.values()), "--output", "of an earlier benchmark")
+        return benchmark() or 0
 
 
 if __name__ == "__main__":

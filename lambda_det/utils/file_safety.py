@@ -277,8 +277,11 @@ class StagedFiles:
                 raise
         self._discard()
         if isinstance(exc, OSError):
-            raise OutputError(f"could not write {getattr(exc, 'filename', None) or next(iter(self.pending), '')}: "
-                              f"{_reason(exc)}") from None
+            # named by the file it was to become (a temporary name means nothing to the user)
+            name = getattr(exc, "filename", None)
+            name = next((path for path, tmp in self.pending.items() if name is not None and str(tmp) == str(name)),
+                        name or next(iter(self.pending), ""))
+            raise OutputError(f"could not write {name}: {_reason(exc)}") from None
         return False
 
     def _discard(self) -> None:
