@@ -329,6 +329,11 @@ def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_w
     assert run_tool("lazyconfig_train_net.py", "--config-file", REPO / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml") == 2
     assert "use tools/train_net.py" in capsys.readouterr().err
     assert not out.exists()
+    # a folder named like a log file (Detectron2's logger would take it for one): refused, as by train_net
+    log_like = tmp_path / "run.txt"
+    assert run_tool("lazyconfig_train_net.py", "--config-file", TOY_LSJ, f"train.output_dir={log_like}") == 2
+    assert f"train.output_dir={str(log_like)!r}: ends like a file name" in capsys.readouterr().err
+    assert not log_like.exists()
 
 
 def test_the_documented_152_control_is_detectron2s_r101_file_with_depth_152():

@@ -101,8 +101,9 @@ def launch_in_run_folder(main: Callable, args, output_dir: str, argv: Optional[S
             return 130
         except OSError as exc:
             where = exc.filename or output_dir
-            print(f"error: the run stopped on {where}: {exc.strerror or exc} "
-                  f"(the traceback is in {Path(output_dir) / 'log.txt'})", file=sys.stderr)
+            log = Path(output_dir) / "log.txt"
+            print(f"error: the run stopped on {where}: {exc.strerror or exc}"
+                  + (f" (the traceback is in {log})" if log.is_file() else ""), file=sys.stderr)
             intact = [] if args.eval_only else intact_checkpoints(Path(output_dir))
             if intact:
                 print(f"  checkpoints written before are intact (newest: {intact[0][0]}); after fixing the cause, "

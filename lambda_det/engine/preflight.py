@@ -83,12 +83,6 @@ def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
     Raises ConfigError listing all problems found (one per line).
     """
     p = _Problems(cfg)
-    output_dir = str(cfg.OUTPUT_DIR)
-    if not output_dir:
-        p.add("OUTPUT_DIR", "must name a directory")
-    elif output_dir.endswith((".txt", ".log")):
-        p.add("OUTPUT_DIR", "ends like a file name, which Detectron2's logger takes for the log file itself; name a directory")
-
     # the model
     p.integer("MODEL.ROI_HEADS.NUM_CLASSES", 1)
     for key in ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.NMS_THRESH",
@@ -391,6 +385,11 @@ def check_output_and_weights(keys: RunKeys, output_dir: str, weights: str, *, ha
     weights and replaces no ``earlier`` evaluation unless ``overwrite``; a new run may not go into a
     folder that holds one; --resume stands on an intact checkpoint. Returns the weights that must
     fit the model exactly (evaluation, resume), or None."""
+    if not str(output_dir):
+        raise ConfigError(f"{keys.output_dir}={str(output_dir)!r}: must name a directory")
+    if str(output_dir).endswith((".txt", ".log")):
+        raise ConfigError(f"{keys.output_dir}={str(output_dir)!r}: ends like a file name, which Detectron2's logger "
+                          "takes for the log file itself; name a directory")
     refuse_file(Path(output_dir), keys.output_dir)
     strict_weights = None
     if eval_only:
