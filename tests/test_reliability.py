@@ -462,6 +462,38 @@ def test_a_coco_json_with_stray_categories_or_missing_images_is_named_before_any
             assert not out.exists()  # no inference/<name>/config.yaml left behind
 
 
+def test_dataset_stats_names_what_is_wrong_in_a_coco_json_and_counts_no_crowd_region_as_an_instance(own_dataset, tmp_path,
+                                                                                                    capsys):
+    """Common defects of a hand-made COCO json were tracebacks (KeyError, TypeError); a crowd region was
+    counted in its class but not in the instances."""
+    def stats(name, change):
+        root = Path(shutil.copytree(own_dataset, tmp_path / name))
+        val = root / "annotations/instances_val.json"
+        data = json.loads(val.read_text())
+        change(data)
+        val.write_text(json.dumps(data))
+        status = run_tool("dataset_stats.py", name, "--dataset", name, val, root / "val")
+        return status, capsys.readouterr()
+
+    for name, change, expected in (
+            ("no_area", lambda d: d["annotations"][0].pop("area"), "1 annotation(s) without a numeric 'area'"),
+            ("not_a_list", lambda d: d.update(annotations=5), "'annotations' must be a list of objects"),
+            ("unnamed", lambda d: d["categories"][0].pop("name"), "of its categories lack an integer 'id' or a 'name'")):
+        status, captured = stats(name, change)
+        assert status == 2 and expected in captured.err and "Traceback" not in captured.err, (name, captured.err)
+
+    def stray_and_crowd(data):
+        data["annotations"][0]["category_id"] = 7
+        data["annotations"][1]["iscrowd"] = 1
+    status, captured = stats("stray", stray_and_crowd)
+    assert status == 0, captured.err
+    row = next(line for line in captured.out.splitlines() if line.startswith("| stray |"))
+    counts = [int(part.rsplit(" ", 1)[1]) for part in row.split("|")[-2].strip().split(", ")]
+    total = len(json.loads((own_dataset / "annotations/instances_val.json").read_text())["annotations"])
+    assert int(row.split("|")[3]) == sum(counts) == total - 1  # the crowd region in neither
+    assert "category_id 7 (not among its categories) 1" in row
+
+
 def test_a_cache_variable_naming_a_file_is_one_line(tmp_path):
     from conftest import REPO
 

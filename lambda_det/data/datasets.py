@@ -93,7 +93,7 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
         if (meta.get("json_file"), meta.get("image_root")) == (str(json_file), str(image_root)):
             return
         raise DatasetError(f"dataset {name!r} is already registered (with {meta.get('json_file')}); choose another name")
-    data = _read_coco_json(str(json_file))
+    data = read_coco_json(str(json_file))
     register_coco_instances(name, {}, str(json_file), str(image_root))
     meta.thing_classes = [c["name"] for c in sorted(data.get("categories", []), key=lambda c: c["id"])]
 
@@ -115,7 +115,7 @@ def check_coco_files(name: str) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _coco_problem(json_file: str, image_root: str, mtime_ns: int, size: int) -> Optional[str]:
-    data = _read_coco_json(json_file)
+    data = read_coco_json(json_file)
     categories = {c.get("id") for c in data.get("categories", [])}
     strays = [a for a in data.get("annotations", []) if a.get("category_id") not in categories]
     if strays:
@@ -130,7 +130,10 @@ def _coco_problem(json_file: str, image_root: str, mtime_ns: int, size: int) -> 
     return None
 
 
-def _read_coco_json(json_file: str) -> dict:
+def read_coco_json(json_file: str) -> dict:
+    """A COCO annotation file's contents, with the structure every reader here relies on: lists of
+    objects for images, annotations and categories, every category with an integer id and a name.
+    DatasetError names the file and what is wrong."""
     try:
         with open(json_file) as f:
             data = json.load(f)
@@ -140,6 +143,15 @@ def _read_coco_json(json_file: str) -> dict:
         raise DatasetError(f"{json_file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{json_file} is not a COCO annotation file (no 'images' list)")
+    for key in ("images", "annotations", "categories"):
+        entries = data.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise DatasetError(f"{json_file}: {key!r} must be a list of objects, got {type(entries).__name__} "
+                               f"{str(entries)[:60]}")
+    unnamed = [c for c in data.get("categories", []) if type(c.get("id")) is not int or not isinstance(c.get("name"), str)]
+    if unnamed:
+        raise DatasetError(f"{json_file}: {len(unnamed)} of its categories lack an integer 'id' or a 'name', e.g. "
+                           f"{str(unnamed[0])[:80]}")
     return data
 
 

@@ -2,15 +2,13 @@
 instances in COCO's small / medium / large area ranges (the ranges AP by object size uses)."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Dict, List
 
 from detectron2.data import MetadataCatalog
 
 from ..errors import UserError
 from ..utils.markdown import markdown_table
-from .datasets import check_registered, prepare_dataset
+from .datasets import check_registered, prepare_dataset, read_coco_json
 
 # COCOeval's area ranges (pixels of the instance's segmentation area)
 SMALL_MAX_AREA = 32**2
@@ -24,15 +22,19 @@ def dataset_statistics(name: str) -> Dict:
     json_file = MetadataCatalog.get(name).get("json_file", None)
     if not json_file:
         raise UserError(f"dataset {name!r} has no COCO json file in its metadata; statistics need one")
-    try:
-        coco = json.loads(Path(json_file).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{json_file} (dataset {name!r}) could not be read as COCO json: {exc}") from None
-    areas = [a["area"] for a in coco.get("annotations", []) if not a.get("iscrowd", 0)]
+    coco = read_coco_json(str(json_file))
+    # instances as COCO's evaluation counts them: crowd regions are not instances
+    instances = [a for a in coco.get("annotations", []) if not a.get("iscrowd", 0)]
+    no_area = [a for a in instances if isinstance(a.get("area"), bool) or not isinstance(a.get("area"), (int, float))]
+    if no_area:
+        raise UserError(f"{json_file} (dataset {name!r}): {len(no_area)} annotation(s) without a numeric 'area' (the "
+                        f"object sizes are COCO's areas), e.g. id {no_area[0].get('id')!r}")
+    areas = [a["area"] for a in instances]
     names = {c["id"]: c["name"] for c in coco.get("categories", [])}
     per_class: Dict[str, int] = {n: 0 for n in names.values()}
-    for a in coco.get("annotations", []):
-        per_class[names.get(a["category_id"], str(a["category_id"]))] += 1
+    for a in instances:
+        label = names.get(a.get("category_id"), f"category_id {a.get('category_id')!r} (not among its categories)")
+        per_class[label] = per_class.get(label, 0) + 1
     n = len(areas)
     small = sum(a < SMALL_MAX_AREA for a in areas)
     large = sum(a > LARGE_MIN_AREA for a in areas)
