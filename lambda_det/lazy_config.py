@@ -62,9 +62,11 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
                               "model.backbone.bottom_up.depth=152)")
         try:
             key = parser.parse_overrides([override])[0].key_or_group
-        except HydraException as exc:  # hydra's first line repeats the override; the second says why
-            lines = str(exc).splitlines()
-            raise ConfigError(f"config override {override!r} cannot be parsed: {lines[1] if len(lines) > 1 else exc}") from None
+        except HydraException as exc:
+            value = override.split("=", 1)[1].strip()
+            hint = ("" if value[:1] in "[{'\"" else
+                    "; a value with characters such as ( ) ~ or spaces, a path for one, needs quotes: key='value'")
+            raise ConfigError(f"config override {override!r} cannot be parsed: {_parse_error(str(exc), override)}{hint}") from None
         problem = unknown_key(cfg, key)
         if problem:
             raise ConfigError(f"config override {override!r}: {problem}")
@@ -73,6 +75,17 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         except (KeyError, ValueError, TypeError) as exc:  # OmegaConf's: e.g. a list value for a dict node
             raise ConfigError(f"config override {override!r}: {exc}") from None
     return cfg
+
+
+def _parse_error(message: str, override: str) -> str:
+    """Hydra's reason, without its link to the grammar; its lexer marks the offending character with a
+    caret under the override on the line before, which becomes the character and its position."""
+    lines = [line for line in message.splitlines() if line.strip() and not line.startswith("See https://hydra.cc")]
+    if len(lines) == 2 and lines[1].strip() == "^" and lines[0].endswith(override):
+        at = lines[1].index("^") - (len(lines[0]) - len(override))
+        if 0 <= at < len(override):
+            return f"{override[at]!r} at position {at + 1} is not allowed there"
+    return " ".join(lines) or message
 
 
 def unknown_key(cfg: DictConfig, key: str):

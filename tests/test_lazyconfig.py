@@ -334,6 +334,14 @@ def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_w
     assert run_tool("lazyconfig_train_net.py", "--config-file", TOY_LSJ, f"train.output_dir={log_like}") == 2
     assert f"train.output_dir={str(log_like)!r}: ends like a file name" in capsys.readouterr().err
     assert not log_like.exists()
+    # hydra's reason for an override it cannot parse, not only its link to the grammar
+    assert run_tool("lazyconfig_train_net.py", "--config-file", TOY_LSJ, f"train.output_dir={tmp_path}/run(2)") == 2
+    assert "cannot be parsed: mismatched input '(' expecting <EOF>; a value with characters" in capsys.readouterr().err
+    assert run_tool("lazyconfig_train_net.py", "--config-file", TOY_LSJ, "train.output_dir=~/run") == 2
+    assert "cannot be parsed: '~' at position 18 is not allowed there; a value" in capsys.readouterr().err
+    assert run_tool("lazyconfig_train_net.py", "--config-file", TOY_LSJ, "model.backbone.bottom_up.stage_blocks=[1,1") == 2
+    err = capsys.readouterr().err
+    assert "cannot be parsed: no viable alternative at input '[1,1'" in err and "quotes" not in err
 
 
 def test_the_documented_152_control_is_detectron2s_r101_file_with_depth_152():
