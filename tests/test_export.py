@@ -256,6 +256,49 @@ def test_a_full_disk_during_a_torchscript_export_is_one_line_naming_the_file_and
     assert sorted(p.name for p in out.iterdir()) == [".lambda_det.lock"]  # no partial model, no export_info.json
 
 
+def test_detections_are_compared_by_match_and_ties_at_the_cut_are_left_out():
+    """Near-equal scores leave the sort (and a cut to the detection limit) in another order in an
+    export: a reordering is no difference, a moved box is."""
+    from lambda_det.export import max_difference, near_ties, tied_at_the_cut
+
+    names = ["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"]
+    boxes = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20], [30, 30, 40, 45], [50, 0, 60, 8]])
+    expected = [boxes, torch.tensor([1, 2, 1, 0]), torch.rand(4, 1, 28, 28), torch.tensor([0.9, 0.8, 0.80001, 0.3]),
+                torch.tensor([64, 64])]
+    order = torch.tensor([0, 2, 1, 3])  # the near-tie 0.8 / 0.80001 the other way round
+    got = [t[order] if t.dim() and t.shape[0] == 4 else t for t in expected]
+    assert max_difference(got, expected, names) == 0.0
+    assert max_difference(got, expected) > 1.0  # compared as lists, it differs
+    moved = [t.clone() for t in got]
+    moved[0][1] += 3.0
+    assert max_difference(moved, expected, names) == pytest.approx(3.0)
+    assert near_ties(expected, names) == 2 and tied_at_the_cut(expected, names) is None
+
+    # two detections tie at the lowest score: which of them a cut keeps is arbitrary
+    expected[3] = torch.tensor([0.9, 0.8, 0.3, 0.3])
+    other = [t.clone() for t in expected]
+    other[0][3] = torch.tensor([70.0, 70, 80, 80])  # another of the tied boxes kept
+    assert tied_at_the_cut(expected, names).tolist() == [False, False, True, True]
+    assert max_difference(other, expected, names) == 0.0
+    other[0][0] += 1.0
+    assert max_difference(other, expected, names) == pytest.approx(1.0)
+
+
+def test_a_sample_image_the_resize_leaves_empty_or_of_one_flat_colour_is_explained(tmp_path, tiny_weights, capsys):
+    thin = tmp_path / "thin.png"
+    cv2.imwrite(str(thin), np.full((1, 2000, 3), 128, np.uint8))
+    assert _export(tmp_path / "out", tiny_weights, thin, "--format", "torchscript", "--export-method", "tracing") == 2
+    assert "the sample image of 2000x1 pixels is too thin: the test-time resize" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    flat = tmp_path / "grey.png"
+    cv2.imwrite(str(flat), np.full((128, 128, 3), 128, np.uint8))
+    status = _export(tmp_path / "out2", tiny_weights, flat, "--format", "torchscript", "--export-method", "tracing")
+    err = capsys.readouterr().err
+    # the tiny random model's boxes on a flat image tie by the dozen: whether or not the export then
+    # keeps other boxes, a failure says why it may
+    assert status == 0 or "score within 0.0001 of another" in err, err
+
+
 def test_an_export_that_differs_is_flagged_and_replaces_nothing_half_way(tmp_path, tiny_weights, sample_image, capsys, monkeypatch):
     import lambda_det.export as export
 

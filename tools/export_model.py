@@ -74,6 +74,7 @@ def main() -> int:
         bgr = read_image_bgr(Path(sample))
     except ValueError as exc:
         raise UserError(f"--sample-image {sample}: {exc}") from None
+    image = resize_for_model(cfg, bgr)  # (an image the resize leaves empty is named before the model is built)
 
     model = build_model_on_cpu(cfg).eval()
     Checkpointer(model, strict=True, cfg=cfg).load(cfg.MODEL.WEIGHTS)
@@ -83,7 +84,7 @@ def main() -> int:
     with run_folder_lock(args.output, "--output"):  # a second export into the same folder is refused
         if not args.overwrite:  # again: another export may have finished there since the first check
             refuse_overwrite(existing([path, info_path]), "--output", "of an earlier export")
-        checks, problems = export_and_check(model, resize_for_model(cfg, bgr), args.format, args.export_method, args.output,
+        checks, problems = export_and_check(model, image, args.format, args.export_method, args.output,
                                             backbone_only=args.backbone_only, about=about)
     print(f"wrote {path} and {info_path}")
     for label, check in checks.items():
