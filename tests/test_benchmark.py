@@ -106,7 +106,8 @@ def test_auto_check_compares_autos_pick_with_the_fastest_form():
     assert training["ratio"] == pytest.approx(1.0) and training["auto_vs_pick"] == pytest.approx(1.1)  # conv3x3 is no form
     table = layer_table(records + [{"method": "timm", "side": 8, "forward": {"median_s": 0.4},
                                     "forward+backward": {"median_s": 1.2}}])
-    assert "| lambda/fft | 100 ms (4.0x) | 300 ms (4.0x) |" in table
+    assert "| lambda/fft | 100 ms (4.0x) | 300 ms (4.0x) |" in table and "speed-up over `timm`" in table
+    assert "speed-up over" not in layer_table(records)  # no timm row: no ratios, no legend for them
 
 
 def test_form_sweep_reports_what_auto_picks_and_the_fastest_form(tmp_path):

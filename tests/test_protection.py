@@ -512,9 +512,13 @@ def test_compare_runs_keeps_runs_of_the_same_name_apart(tmp_path, capsys):
     assert run_tool("compare_runs.py", tmp_path / "x/eval", tmp_path / "y/eval", "--names", "a", "a",
                     "--output", tmp_path / "cmp2") == 2
     assert "row names must differ" in capsys.readouterr().err
+    assert run_tool("compare_runs.py", tmp_path / "x/eval", tmp_path / "x/eval", "--output", tmp_path / "cmp3") == 2
+    err = capsys.readouterr().err  # (it blamed --names, which was not given)
+    assert f"the same evaluation is given twice: ['{tmp_path / 'x/eval'}']" in err and "--names" not in err
 
 
 @pytest.mark.parametrize("content,reason", [
+    ("[" * 100000 + "]" * 100000, "nested too deeply to read"),
     ('{"bbox": {"AP": 50}, "provenance": "oops"}', "'provenance' is a str"),
     ('{"bbox": {"AP": true}}', "AP=True is not an AP"),
     ('{"bbox": {"AP": NaN}}', "AP=nan is not an AP"),
@@ -785,3 +789,14 @@ def test_an_output_folder_inside_the_package_is_refused(tmp_path, capsys):
     assert run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "OUTPUT_DIR", inside) == 2
     assert "lies inside the lambda_det package" in capsys.readouterr().err
     assert not inside.exists()
+
+
+def test_ctrl_c_in_a_tool_is_one_line_and_exit_status_130(capsys):
+    """Ctrl-C in the export or a benchmark printed a KeyboardInterrupt traceback."""
+    from lambda_det.engine import run_main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_main(interrupted) == 130
+    assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"

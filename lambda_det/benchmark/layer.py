@@ -282,7 +282,9 @@ def layer_table(records: List[dict], reference: str = "timm") -> str:
             r = cell.get((m, s), {})
             row.append(f"{r['peak_bytes'] / 2**20:.0f} MiB" if "peak_bytes" in r else ("failed" if "memory_failed" in r else "-"))
         rows.append(row)
-    return markdown_table(head, rows) + f"\n(Nx) = speed-up over `{reference}` at the same size and mode, same run.\n"
+    legend = (f"\n(Nx) = speed-up over `{reference}` at the same size and mode, same run.\n"
+              if reference in methods else "\n")  # (no ratios without the reference)
+    return markdown_table(head, rows) + legend
 
 
 def layer_report(result: dict) -> str:

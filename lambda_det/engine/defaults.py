@@ -161,12 +161,16 @@ def check_dist_url(url: str) -> None:
 
 def run_main(main: Callable[[], object]) -> int:
     """A tool's exit status: what ``main`` returns if it is an int (anything else is 0), or 2 with
-    one ``error:`` line when it raises a UserError (bad input)."""
+    one ``error:`` line when it raises a UserError (bad input), or 130 with one line for Ctrl-C
+    (the tools' files are written whole or not at all, so there is nothing more to say)."""
     try:
         status = main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except OSError as exc:
         if exc.errno != errno.ENAMETOOLONG:
             raise

@@ -179,6 +179,8 @@ def load_run(path: Path) -> Tuple[str, Summary, Optional[dict]]:
         raise ResultFileError(f"{path} is not an ap_by_size.json: not a text file") from None
     except json.JSONDecodeError as exc:
         raise ResultFileError(f"{path} is not an ap_by_size.json: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:  # Python's parser gives up on nesting some thousand levels deep
+        raise ResultFileError(f"{path} is not an ap_by_size.json: nested too deeply to read") from None
     if not isinstance(data, dict) or not any(isinstance(data.get(t), dict) for t, _ in TASKS):
         raise ResultFileError(f"{path} is not an ap_by_size.json: it has no 'bbox' or 'segm' results")
     summary: Summary = {}
@@ -217,7 +219,11 @@ def compare(
         if label in duplicated:  # two runs of the same folder name: the paths tell them apart
             labels[i] = str(run_paths[i])
     if len(set(labels)) != len(labels):
-        raise ResultFileError(f"--names: row names must differ; {sorted({x for x in labels if labels.count(x) > 1})} repeat")
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        if names:
+            raise ResultFileError(f"--names: row names must differ; {repeated} repeat")
+        # only the same evaluation given twice has the same name and the same path
+        raise ResultFileError(f"the same evaluation is given twice: {repeated}")
     out_dir = Path(out_dir)
     paths = {"md": out_dir / "comparison.md", "png": out_dir / "comparison.png", "json": out_dir / "comparison.json"}
     if not overwrite:
