@@ -267,6 +267,8 @@ class Demo:
 
         h, w = bgr.shape[:2]
         short, longest = self.predictor.aug.short_edge_length[0], self.predictor.aug.max_size
+        if not short:  # 0: no resize at test time (Detectron2's convention)
+            return
         new_h, new_w = T.ResizeShortestEdge.get_output_shape(h, w, short, longest)
         if min(new_h, new_w) < 1:
             raise ValueError(f"{w}x{h} pixels is too thin: the test-time resize (INPUT.MIN_SIZE_TEST={short}, "

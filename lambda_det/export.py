@@ -42,10 +42,11 @@ def resize_for_model(cfg, image_bgr: np.ndarray) -> torch.Tensor:
 
     short, longest = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
     h, w = image_bgr.shape[:2]
-    new_h, new_w = T.ResizeShortestEdge.get_output_shape(h, w, short, longest)
-    if min(new_h, new_w) < 1:
-        raise ExportError(f"the sample image of {w}x{h} pixels is too thin: the test-time resize (INPUT.MIN_SIZE_TEST="
-                          f"{short}, MAX_SIZE_TEST={longest}) leaves {new_w}x{new_h}; pass another --sample-image")
+    if short:  # (0: no resize at test time, as in Detectron2)
+        new_h, new_w = T.ResizeShortestEdge.get_output_shape(h, w, short, longest)
+        if min(new_h, new_w) < 1:
+            raise ExportError(f"the sample image of {w}x{h} pixels is too thin: the test-time resize (INPUT.MIN_SIZE_TEST="
+                              f"{short}, MAX_SIZE_TEST={longest}) leaves {new_w}x{new_h}; pass another --sample-image")
     image = T.ResizeShortestEdge([short, short], longest).get_transform(image_bgr).apply_image(image_bgr)
     if cfg.INPUT.FORMAT == "RGB":
         image = image[:, :, ::-1]
@@ -182,22 +183,24 @@ def run_exported(path: Path, image: torch.Tensor, fmt: str, method: str) -> List
     return [fields[k] for k in order] + [torch.tensor(image.shape[1:])]
 
 
-def max_difference(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], names: Sequence[str] = ()) -> float:
-    """Largest elementwise difference, detections matched first (``names``: the outputs' names, see
-    ``matched_detections``); an error when the outputs differ in number or shape."""
+def max_difference(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], names: Sequence[str] = (),
+                   limit: Optional[int] = None) -> float:
+    """Largest elementwise difference (a NaN counts as infinite), detections matched first (``names``:
+    the outputs' names, see ``matched_detections``; ``limit``: TEST.DETECTIONS_PER_IMAGE, see
+    ``tied_at_the_cut``); an error when the outputs differ in number or shape."""
     if len(got) != len(expected):
         raise ExportError(f"the exported model returns {len(got)} outputs, the model {len(expected)}")
     for a, b in zip(got, expected):
         if tuple(a.shape) != tuple(b.shape):
             raise ExportError(f"an output of the exported model has shape {tuple(a.shape)}, the model's {tuple(b.shape)}")
     got = matched_detections(got, expected, names)
-    tied = tied_at_the_cut(expected, names)
+    tied = tied_at_the_cut(expected, names, limit)
     worst = 0.0
     for name, a, b in zip(names or [None] * len(got), got, expected):
-        if tied is not None and name != "image_size" and a.dim() > 0 and a.shape[0] == tied.shape[0]:
-            a, b = a[~tied], b[~tied]
+        if tied is not None and name not in ("image_size", "scores") and a.dim() > 0 and a.shape[0] == tied.shape[0]:
+            a, b = a[~tied], b[~tied]  # (their scores are compared: tied, they are the same)
         if a.numel():
-            worst = max(worst, (a.double() - b.double()).abs().max().item())
+            worst = max(worst, torch.nan_to_num((a.double() - b.double()).abs(), nan=float("inf")).max().item())
     return worst
 
 
@@ -213,16 +216,24 @@ def near_ties(expected: Sequence[torch.Tensor], names: Sequence[str]) -> int:
     return int((torch.cat([close, close.new_zeros(1)]) | torch.cat([close.new_zeros(1), close])).sum())
 
 
-def tied_at_the_cut(expected: Sequence[torch.Tensor], names: Sequence[str]) -> Optional[torch.Tensor]:
-    """The model's detections whose score ties (to 1e-5) with its lowest kept one, when more than one
-    does: which of a tie the cut to TEST.DETECTIONS_PER_IMAGE or the score threshold keeps is
-    arbitrary (on an image of one flat colour dozens tie), so the export may keep others. None if no
-    such tie."""
-    if "scores" not in names or expected[names.index("scores")].numel() == 0:
+def tied_at_the_cut(expected: Sequence[torch.Tensor], names: Sequence[str], limit: Optional[int]) -> Optional[torch.Tensor]:
+    """When the model's detections fill the ``limit`` (TEST.DETECTIONS_PER_IMAGE) and several of them
+    tie (to 1e-5) with the lowest kept score: those, whose boxes are left out of the comparison, since
+    which of a tie the cut keeps is arbitrary (on an image of one flat colour dozens tie) and the export
+    may keep others. None otherwise, and when every detection ties (then nothing would be compared)."""
+    if "scores" not in names or limit is None:
         return None
     scores = expected[names.index("scores")].double()
+    if scores.numel() != limit or scores.numel() == 0:
+        return None
     tied = scores <= scores.min() + 1e-5
-    return tied if int(tied.sum()) > 1 else None
+    return tied if 1 < int(tied.sum()) < scores.numel() else None
+
+
+def detections_limit(model) -> Optional[int]:
+    """TEST.DETECTIONS_PER_IMAGE as the model's box predictor holds it (None for other heads)."""
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    return getattr(predictor, "test_topk_per_image", None)
 
 
 def matched_detections(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], names: Sequence[str]) -> List[torch.Tensor]:
@@ -277,17 +288,17 @@ def export_and_check(model, image: torch.Tensor, fmt: str, method: str, output_d
             info = export_torchscript(model, image, method, staged_model)
         else:
             info = export_onnx(model, image, staged_model, backbone_only=backbone_only)
-        checks, problems, ties = {}, [], 0
+        checks, problems, ties, limit = {}, [], 0, detections_limit(model)
         for label, tensor in (("sample", image), ("other_size", other_size(image))):
             expected, names = named_reference_outputs(model, tensor, backbone_only=backbone_only)
             got = run_exported(staged_model, tensor, fmt, method)
             try:
-                difference = max_difference(got, expected, names)
+                difference = max_difference(got, expected, names, limit)
             except ExportError as exc:  # another number or shape of outputs: it differs, by how much is moot
                 difference = None
                 problems.append(f"{label}: {exc}")
             checks[label] = {"input_size": list(tensor.shape[1:]), "max_abs_difference": difference}
-            tied = tied_at_the_cut(expected, names)
+            tied = tied_at_the_cut(expected, names, limit)
             if tied is not None:  # left out of the comparison (max_difference)
                 checks[label]["detections_tied_at_the_cut"] = int(tied.sum())
             ties = max(ties, near_ties(expected, names))
@@ -308,17 +319,19 @@ __all__ = [
     "ExportError",
     "FORMATS",
     "METHODS",
+    "detections_limit",
     "export_and_check",
     "export_onnx",
-    "file_name",
     "export_torchscript",
+    "file_name",
     "matched_detections",
-    "tied_at_the_cut",
     "max_difference",
-    "output_names",
     "named_reference_outputs",
+    "near_ties",
+    "output_names",
     "reference_outputs",
     "resize_for_model",
     "run_exported",
+    "tied_at_the_cut",
     "tracing_adapter",
 ]

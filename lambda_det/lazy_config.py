@@ -65,7 +65,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         except HydraException as exc:
             value = override.split("=", 1)[1].strip()
             hint = ("" if value[:1] in "[{'\"" else
-                    "; a value with characters such as ( ) ~ or spaces, a path for one, needs quotes: key='value'")
+                    "; a value with characters such as ( ) or ~, a path for one, needs quotes, in quotes for the "
+                    "shell: \"key='value'\"")
             raise ConfigError(f"config override {override!r} cannot be parsed: {_parse_error(str(exc), override)}{hint}") from None
         problem = unknown_key(cfg, key)
         if problem:

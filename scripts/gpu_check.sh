@@ -198,7 +198,7 @@ cat "$SUMMARY"
 # evaluation (not its checkpoints) as one tarball, and the summary beside it
 if [ "$DRY" = 0 ]; then
   mkdir -p "$RESULTS/benchmarks"
-  find docs/benchmarks -newer "$RESULTS/.start" -type f -exec cp {} "$RESULTS/benchmarks/" \; 2>/dev/null || true
+  find docs/benchmarks -newer "$RESULTS/.start" -type f ! -name .lambda_det.lock -exec cp {} "$RESULTS/benchmarks/" \; 2>/dev/null || true
 fi
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT"

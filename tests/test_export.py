@@ -258,7 +258,7 @@ def test_a_full_disk_during_a_torchscript_export_is_one_line_naming_the_file_and
 
 def test_detections_are_compared_by_match_and_ties_at_the_cut_are_left_out():
     """Near-equal scores leave the sort (and a cut to the detection limit) in another order in an
-    export: a reordering is no difference, a moved box is."""
+    export: a reordering is no difference, a moved box, a NaN or other boxes of a whole tie are."""
     from lambda_det.export import max_difference, near_ties, tied_at_the_cut
 
     names = ["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"]
@@ -272,16 +272,27 @@ def test_detections_are_compared_by_match_and_ties_at_the_cut_are_left_out():
     moved = [t.clone() for t in got]
     moved[0][1] += 3.0
     assert max_difference(moved, expected, names) == pytest.approx(3.0)
-    assert near_ties(expected, names) == 2 and tied_at_the_cut(expected, names) is None
+    moved[0][1] = float("nan")
+    assert max_difference(moved, expected, names) == float("inf")
+    assert near_ties(expected, names) == 2 and tied_at_the_cut(expected, names, limit=4) is None
 
-    # two detections tie at the lowest score: which of them a cut keeps is arbitrary
+    # two detections tie at the lowest score of a full list (limit 4): which of them the cut kept is arbitrary
     expected[3] = torch.tensor([0.9, 0.8, 0.3, 0.3])
     other = [t.clone() for t in expected]
     other[0][3] = torch.tensor([70.0, 70, 80, 80])  # another of the tied boxes kept
-    assert tied_at_the_cut(expected, names).tolist() == [False, False, True, True]
-    assert max_difference(other, expected, names) == 0.0
+    assert tied_at_the_cut(expected, names, limit=4).tolist() == [False, False, True, True]
+    assert max_difference(other, expected, names, limit=4) == 0.0
+    assert max_difference(other, expected, names, limit=100) > 1.0  # no cut: every box is compared
+    other[3][3] = 0.31  # a tied detection's score is still compared
+    assert max_difference(other, expected, names, limit=4) == pytest.approx(0.01)
     other[0][0] += 1.0
-    assert max_difference(other, expected, names) == pytest.approx(1.0)
+    assert max_difference(other, expected, names, limit=4) == pytest.approx(1.0)
+    # every detection tied: nothing would be compared, so all are
+    expected[3] = torch.full((4,), 0.5)
+    assert tied_at_the_cut(expected, names, limit=4) is None
+    shifted = [t.clone() for t in expected]
+    shifted[0] += 5.0
+    assert max_difference(shifted, expected, names, limit=4) == pytest.approx(5.0)
 
 
 def test_a_sample_image_the_resize_leaves_empty_or_of_one_flat_colour_is_explained(tmp_path, tiny_weights, capsys):
@@ -292,11 +303,19 @@ def test_a_sample_image_the_resize_leaves_empty_or_of_one_flat_colour_is_explain
     assert not (tmp_path / "out").exists()
     flat = tmp_path / "grey.png"
     cv2.imwrite(str(flat), np.full((128, 128, 3), 128, np.uint8))
-    status = _export(tmp_path / "out2", tiny_weights, flat, "--format", "torchscript", "--export-method", "tracing")
-    err = capsys.readouterr().err
-    # the tiny random model's boxes on a flat image tie by the dozen: whether or not the export then
-    # keeps other boxes, a failure says why it may
-    assert status == 0 or "score within 0.0001 of another" in err, err
+    # the tiny model's boxes on a flat image tie by the dozen, and the export keeps other boxes: the
+    # failure says why it may
+    assert _export(tmp_path / "out2", tiny_weights, flat, "--format", "torchscript", "--export-method", "tracing") == 1
+    assert "of the model's detections score within 0.0001 of another" in capsys.readouterr().err
+
+    # INPUT.MIN_SIZE_TEST 0 is Detectron2's "no resize at test time": any image goes as it is
+    from detectron2.config import get_cfg
+
+    from lambda_det.export import resize_for_model
+
+    cfg = get_cfg()
+    cfg.INPUT.MIN_SIZE_TEST = 0
+    assert tuple(resize_for_model(cfg, np.zeros((480, 640, 3), np.uint8)).shape) == (3, 480, 640)
 
 
 def test_an_export_that_differs_is_flagged_and_replaces_nothing_half_way(tmp_path, tiny_weights, sample_image, capsys, monkeypatch):

@@ -478,7 +478,8 @@ def test_dataset_stats_names_what_is_wrong_in_a_coco_json_and_counts_no_crowd_re
     for name, change, expected in (
             ("no_area", lambda d: d["annotations"][0].pop("area"), "1 annotation(s) without a numeric 'area'"),
             ("not_a_list", lambda d: d.update(annotations=5), "'annotations' must be a list of objects"),
-            ("unnamed", lambda d: d["categories"][0].pop("name"), "of its categories lack an integer 'id' or a 'name'")):
+            ("unnamed", lambda d: d["categories"][0].pop("name"), "of its categories lack an 'id' or a 'name'"),
+            ("mixed_ids", lambda d: d["categories"][0].update(id="a"), "its category ids do not sort")):
         status, captured = stats(name, change)
         assert status == 2 and expected in captured.err and "Traceback" not in captured.err, (name, captured.err)
 
@@ -492,6 +493,14 @@ def test_dataset_stats_names_what_is_wrong_in_a_coco_json_and_counts_no_crowd_re
     total = len(json.loads((own_dataset / "annotations/instances_val.json").read_text())["annotations"])
     assert int(row.split("|")[3]) == sum(counts) == total - 1  # the crowd region in neither
     assert "category_id 7 (not among its categories) 1" in row
+
+    def string_ids(data):  # Detectron2 sorts and maps category ids of any one kind: so do we
+        for c in data["categories"]:
+            c["id"] = str(c["id"])
+        for a in data["annotations"]:
+            a["category_id"] = str(a["category_id"])
+    status, captured = stats("string_ids", string_ids)
+    assert status == 0 and "circle" in captured.out, captured.err
 
 
 def test_a_cache_variable_naming_a_file_is_one_line(tmp_path):

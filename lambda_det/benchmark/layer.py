@@ -268,7 +268,7 @@ def layer_table(records: List[dict], reference: str = "timm") -> str:
     methods = list(dict.fromkeys(r["method"] for r in records))
     cell = {(r["method"], r["side"]): r for r in records}
     head = ["method"] + [f"{s}x{s} {m}" for s in sides for m in ("fwd", "fwd+bwd")] + [f"{s}x{s} peak mem" for s in memory_sides]
-    rows = []
+    rows, ratios = [], False
     for m in methods:
         row = [m]
         for s in sides:
@@ -277,13 +277,13 @@ def layer_table(records: List[dict], reference: str = "timm") -> str:
                 text = f"{milliseconds(r[mode]['median_s'])} ms" if mode in r else "-"
                 if mode in r and mode in ref and m != reference:
                     text += f" ({ref[mode]['median_s'] / r[mode]['median_s']:.1f}x)"
+                    ratios = True
                 row.append(text)
         for s in memory_sides:
             r = cell.get((m, s), {})
             row.append(f"{r['peak_bytes'] / 2**20:.0f} MiB" if "peak_bytes" in r else ("failed" if "memory_failed" in r else "-"))
         rows.append(row)
-    legend = (f"\n(Nx) = speed-up over `{reference}` at the same size and mode, same run.\n"
-              if reference in methods else "\n")  # (no ratios without the reference)
+    legend = f"\n(Nx) = speed-up over `{reference}` at the same size and mode, same run.\n" if ratios else "\n"
     return markdown_table(head, rows) + legend
 
 

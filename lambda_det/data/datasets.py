@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import re
+import reprlib
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -132,8 +133,8 @@ def _coco_problem(json_file: str, image_root: str, mtime_ns: int, size: int) -> 
 
 def read_coco_json(json_file: str) -> dict:
     """A COCO annotation file's contents, with the structure every reader here relies on: lists of
-    objects for images, annotations and categories, every category with an integer id and a name.
-    DatasetError names the file and what is wrong."""
+    objects for images, annotations and categories, every category with an id (ids that sort: numbers
+    or strings, as Detectron2 sorts them) and a name. DatasetError names the file and what is wrong."""
     try:
         with open(json_file) as f:
             data = json.load(f)
@@ -147,11 +148,17 @@ def read_coco_json(json_file: str) -> dict:
         entries = data.get(key, [])
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise DatasetError(f"{json_file}: {key!r} must be a list of objects, got {type(entries).__name__} "
-                               f"{str(entries)[:60]}")
-    unnamed = [c for c in data.get("categories", []) if type(c.get("id")) is not int or not isinstance(c.get("name"), str)]
+                               f"{reprlib.repr(entries)}")
+    categories = data.get("categories", [])
+    unnamed = [c for c in categories if c.get("id") is None or isinstance(c.get("id"), bool) or not isinstance(c.get("name"), str)]
     if unnamed:
-        raise DatasetError(f"{json_file}: {len(unnamed)} of its categories lack an integer 'id' or a 'name', e.g. "
-                           f"{str(unnamed[0])[:80]}")
+        raise DatasetError(f"{json_file}: {len(unnamed)} of its categories lack an 'id' or a 'name', e.g. "
+                           f"{reprlib.repr(unnamed[0])}")
+    try:
+        sorted(c["id"] for c in categories)
+    except TypeError:
+        raise DatasetError(f"{json_file}: its category ids do not sort (ids of mixed kinds: "
+                           f"{sorted({type(c['id']).__name__ for c in categories})})") from None
     return data
 
 

@@ -159,16 +159,19 @@ def check_dist_url(url: str) -> None:
             raise UserError(f"--dist-url {url}: give tcp://HOST:PORT with a port in 1-65535")
 
 
-def run_main(main: Callable[[], object]) -> int:
+def run_main(main: Callable[[], object], interrupt_line: bool = True) -> int:
     """A tool's exit status: what ``main`` returns if it is an int (anything else is 0), or 2 with
     one ``error:`` line when it raises a UserError (bad input), or 130 with one line for Ctrl-C
-    (the tools' files are written whole or not at all, so there is nothing more to say)."""
+    (the tools' files are written whole or not at all, so there is nothing more to say;
+    ``interrupt_line=False``: Ctrl-C goes on up, for a caller that says more)."""
     try:
         status = main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if not interrupt_line:
+            raise
         print("interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     except OSError as exc:

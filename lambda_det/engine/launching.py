@@ -76,7 +76,8 @@ def should_resume_finished_run(keys: RunKeys, output_dir: str, finished: Tuple[P
 def _main_in_worker(main: Callable, args) -> None:
     """``main(args)`` in one of several processes: an error about the user's input ends the worker
     with one line (exit status 2), not a traceback."""
-    status = run_main(lambda: main(args))
+    # (Ctrl-C reaches every process: the parent says once where the run stands)
+    status = run_main(lambda: main(args), interrupt_line=False)
     if status:
         sys.exit(status)
 

@@ -220,7 +220,7 @@ def compare(
             labels[i] = str(run_paths[i])
     if len(set(labels)) != len(labels):
         repeated = sorted({x for x in labels if labels.count(x) > 1})
-        if names:
+        if set(repeated) & set(names):
             raise ResultFileError(f"--names: row names must differ; {repeated} repeat")
         # only the same evaluation given twice has the same name and the same path
         raise ResultFileError(f"the same evaluation is given twice: {repeated}")
