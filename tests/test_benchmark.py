@@ -254,6 +254,9 @@ def test_a_benchmark_into_a_folder_another_benchmark_is_writing_is_refused(tmp_p
             assert run_tool(*argv, "--output", tmp_path) == 2, argv
             assert f"--output {tmp_path} is in use by another run" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == [".lambda_det.lock"]
+    # an unknown method is named before the output folder is made
+    assert run_tool("benchmark_lambda.py", "--methods", "bogus", "--output", tmp_path / "new") == 2
+    assert "unknown or unavailable methods ['bogus']" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_detectron2_reference_gets_the_worst_case_work_from_random_weights(monkeypatch):

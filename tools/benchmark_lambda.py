@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from lambda_det.benchmark.layer import (
-    LayerSpec, form_sweep, layer_benchmark_paths, run_layer_benchmark, scope_sweep_cells, sweep_paths, table6_cells, vs_conv,
-    vs_conv_paths, write_sweep,
+    LayerSpec, chosen_methods, form_sweep, layer_benchmark_paths, run_layer_benchmark, scope_sweep_cells, sweep_paths,
+    table6_cells, vs_conv, vs_conv_paths, write_sweep,
 )
 from lambda_det.benchmark.backbone import vs_timm, vs_timm_paths
 from lambda_det.benchmark.kernels import kernel_benchmark, kernel_benchmark_paths
@@ -83,6 +83,7 @@ def main() -> int:
             records = kernel_benchmark(out, device, args.repeats)["records"]
             return 1 if any(r.get("agrees") is False for r in records) else 0  # a variant computed something else
     else:
+        chosen_methods(args.methods, torch.device(device).type)  # (an unknown one is named before any folder is made)
         paths = layer_benchmark_paths(out, device)
         benchmark = partial(run_layer_benchmark, out, args.sides or [32, 64, 128], args.memory_sides, device, args.repeats,
                             args.methods, LayerSpec(batch=args.batch, scope=args.scope))

@@ -163,18 +163,24 @@ def layer_benchmark_paths(out_dir: Path, device: str) -> Dict[str, Path]:
     return result_paths(out_dir, f"lambda_layer_{torch.device(device).type}", plot=True)
 
 
+def chosen_methods(methods: Optional[Sequence[str]], device_type: str) -> List[Method]:
+    """The methods named (all available ones when None), or a UserError naming those unknown here."""
+    available = available_methods(device_type=device_type)
+    if not methods:
+        return available
+    unknown = set(methods) - {m.name for m in available}
+    if unknown:
+        raise UserError(f"unknown or unavailable methods {sorted(unknown)}; have {[m.name for m in available]}")
+    return [m for m in available if m.name in methods]
+
+
 def run_layer_benchmark(
     out_dir: Path, sides: Sequence[int], memory_sides: Sequence[int], device: str = "cpu", repeats: int = 3,
     methods: Optional[Sequence[str]] = None, spec: Optional[LayerSpec] = None, log: Callable[[str], None] = print,
 ) -> dict:
     spec = spec or LayerSpec()
     dev = torch.device(device)
-    chosen = available_methods(device_type=dev.type)
-    if methods:
-        unknown = set(methods) - {m.name for m in chosen}
-        if unknown:
-            raise UserError(f"unknown or unavailable methods {sorted(unknown)}; have {[m.name for m in chosen]}")
-        chosen = [m for m in chosen if m.name in methods]
+    chosen = chosen_methods(methods, dev.type)
     log(f"timing on {dev} ({environment_summary(dev)}), {spec}")
     records = []
     for side in sides:
@@ -541,6 +547,7 @@ __all__ = [
     "Method",
     "TABLE6_SHAPES",
     "available_methods",
+    "chosen_methods",
     "form_sweep",
     "lambda_forms",
     "layer_benchmark_paths",
