@@ -132,30 +132,15 @@ def estimate(name: str, d: int, side: int, stride: int, amp: bool, forward_tiles
                 conv_bound="compute" if conv_flop / (CONV_EFFICIENCY * peak) >= conv_bytes_f / HBM else "memory")
 
 
-def dv_variants() -> None:
-    """The dV kernel alone at res4 with the kernel benchmark's tile variants that change its loads."""
-    print("\n| dV tiles (res4, TF32) | GFLOP executed | L2 MB | ms at 30% of peak / at L2 bandwidth | bound |")
+def kernel_variants(kernel: str, loads, variants) -> None:
+    """One kernel alone at res4 (TF32) with the kernel benchmark's tile variants that change its loads:
+    ``loads(d, side, bytes per element, tiles)`` counts its L2 traffic."""
+    print(f"\n| {kernel} tiles (res4, TF32) | GFLOP executed | L2 MB | ms at 30% of peak / at L2 bandwidth | bound |")
     print("|---|---|---|---|---|")
     shape = dict(b=B, heads=HEADS, k=K, u=U, v=256 // HEADS, side=64, r=R)
-    for name, tiles in (("default (1 value row, 16 columns)", V_GRAD_TILES), ("2 value rows", V_GRAD_TILES._replace(vr=2)),
-                        ("4 value rows", V_GRAD_TILES._replace(vr=4)), ("4 value rows of 8 columns", V_GRAD_TILES._replace(vr=4, bx=8)),
-                        ("32 value columns", V_GRAD_TILES._replace(bx=32, bxh=64, rt=64))):
-        flop = executed_flop("dV", shape, tiles)
-        l2 = dv_l2_bytes(256, 64, 4, tiles)
-        compute, traffic = flop / (KERNEL_EFFICIENCY * PEAK["tf32"]), l2 / L2
-        print(f"| {name} | {flop / 1e9:.1f} | {l2 / 1e6:.0f} | {compute * 1e3:.3f} / {traffic * 1e3:.3f} | "
-              f"{'compute' if compute >= traffic else 'L2'} |")
-
-
-def forward_variants() -> None:
-    """The forward kernel alone at res4 with the kernel benchmark's variants that change its loads."""
-    print("\n| forward tiles (res4, TF32) | GFLOP executed | L2 MB | ms at 30% of peak / at L2 bandwidth | bound |")
-    print("|---|---|---|---|---|")
-    shape = dict(b=B, heads=HEADS, k=K, u=U, v=256 // HEADS, side=64, r=R)
-    for name, tiles in (("default (1 query row)", FORWARD_TILES), ("2 query rows", FORWARD_TILES._replace(qrows=2)),
-                        ("4 query rows", FORWARD_TILES._replace(qrows=4))):
-        flop = executed_flop("forward", shape, tiles)
-        l2 = forward_l2_bytes(256, 64, 4, tiles)
+    for name, tiles in variants:
+        flop = executed_flop(kernel, shape, tiles)
+        l2 = loads(256, 64, 4, tiles)
         compute, traffic = flop / (KERNEL_EFFICIENCY * PEAK["tf32"]), l2 / L2
         print(f"| {name} | {flop / 1e9:.1f} | {l2 / 1e6:.0f} | {compute * 1e3:.3f} / {traffic * 1e3:.3f} | "
               f"{'compute' if compute >= traffic else 'L2'} |")
@@ -189,8 +174,13 @@ def main() -> None:
                   f"{r['proj_gflop']:.1f}, {r['dram_mb']:.0f}, {r['l2_mb']:.0f} | {r['bound_f']} | "
                   f"{r['conv_f']:.3f} / {r['conv_fb']:.3f} | {r['lam_f']:.3f} / {r['lam_fb']:.3f} | "
                   f"{r['lam_f'] / r['conv_f']:.2f}x / {r['lam_fb'] / r['conv_fb']:.2f}x |")
-    dv_variants()
-    forward_variants()
+    kernel_variants("dV", dv_l2_bytes, (
+        ("default (1 value row, 16 columns)", V_GRAD_TILES), ("2 value rows", V_GRAD_TILES._replace(vr=2)),
+        ("4 value rows", V_GRAD_TILES._replace(vr=4)), ("4 value rows of 8 columns", V_GRAD_TILES._replace(vr=4, bx=8)),
+        ("32 value columns", V_GRAD_TILES._replace(bx=32, bxh=64, rt=64))))
+    kernel_variants("forward", forward_l2_bytes, (
+        ("default (1 query row)", FORWARD_TILES), ("2 query rows", FORWARD_TILES._replace(qrows=2)),
+        ("4 query rows", FORWARD_TILES._replace(qrows=4))))
     with_variants()
 
 
