@@ -516,14 +516,15 @@ if triton is not None:
         HEADS, K, U, NV, H, W, RH, RW,
         HB: tl.constexpr, BX: tl.constexpr, BXH: tl.constexpr, RT: tl.constexpr,
         BK: tl.constexpr, BV: tl.constexpr,
-        PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr, ONE_K: tl.constexpr,
+        PRECISION: tl.constexpr, DOT_F32: tl.constexpr, ACC: tl.constexpr,
         FLAT: tl.constexpr, NKB: tl.constexpr, VR: tl.constexpr,
     ):
         # program: one image, VR value rows y'.., BX value columns x0.., one u, BV value channels.
         # dV[x'] gathers a[(h, x), t] g[h, x] over the queries x = x' - t + cx whose scope holds x'
         # (the inverse neighbourhood), so every dV element is written by exactly one program.
-        # ONE_K (k <= BK): one block of k per step; FLAT: the (query row, tap chunk, head group)
-        # steps as one loop (_flat_step's reason); VR: value rows stacked into M (Tiles.vr)
+        # NKB: the blocks of k per step (the logits are recomputed, so no k block is kept across
+        # steps); FLAT: the (query row, tap chunk, head group) steps as one loop (_flat_step's
+        # reason); VR: value rows stacked into M (Tiles.vr)
         S: tl.constexpr = HB * BXH
         TS: tl.constexpr = BXH - BX + 1
         b, vrow, x0, u, vb = _row_program(tl.cdiv(H, VR), W, NV, BX, BV)
@@ -782,7 +783,7 @@ def v_grad_launch(grad: Tensor, q: Tensor, kernel: Tensor, dv: Tensor, precision
     grid = (b * triton.cdiv(height, t.vr) * triton.cdiv(width, t.bx), u * triton.cdiv(v, t.bv))
     args = (q, kernel, grad, dv, *q.stride(), *kernel.stride(), *grad.stride(), *dv.stride(),
             heads, k, u, v, height, width, kernel.shape[2], kernel.shape[3])
-    constexprs = dict(_constexprs(t, q.dtype, precision), ONE_K=k <= t.bk, NKB=triton.cdiv(k, t.bk), VR=t.vr)
+    constexprs = dict(_constexprs(t, q.dtype, precision), NKB=triton.cdiv(k, t.bk), VR=t.vr)
     return Launch(_lambda_bwd_v_kernel, grid, args, constexprs, t.num_warps, t.num_stages)
 
 
