@@ -327,8 +327,9 @@ def read_timm_weights(path) -> Dict[str, torch.Tensor]:
     return loaded
 
 
-def save_detectron2_weights(path, converted: Dict[str, torch.Tensor], report: dict, source: str) -> None:
-    """A checkpoint MODEL.WEIGHTS loads into a LambdaResNet-FPN Mask R-CNN (keys under backbone.bottom_up)."""
+def save_detectron2_weights(path, converted: Dict[str, torch.Tensor], report: dict, source: str, replace: bool = True) -> None:
+    """A checkpoint MODEL.WEIGHTS loads into a LambdaResNet-FPN Mask R-CNN (keys under backbone.bottom_up);
+    ``replace=False`` leaves a file at ``path`` as it is, one written since the caller's check included."""
     payload = {
         "model": {f"backbone.bottom_up.{k}": v for k, v in converted.items()},
         "__author__": "lambda_det tools/convert_timm_to_d2.py",
@@ -338,7 +339,7 @@ def save_detectron2_weights(path, converted: Dict[str, torch.Tensor], report: di
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    write_bytes(Path(path), buffer.getvalue())
+    write_bytes(Path(path), buffer.getvalue(), replace)
 
 
 def checkpoint_iteration(name: str) -> Optional[int]:

@@ -91,6 +91,84 @@ def test_checked_writes_never_touch_a_file_named_like_their_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".report.partial.json", "report.json"]  # no temporary left
 
 
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_write_not_asked_to_replace_leaves_a_file_that_appeared_meanwhile(tmp_path, monkeypatch, hard_links):
+    """A tool checks for earlier results at start; a file another run wrote since then stays. Before,
+    the final rename replaced it. Without hard links (some network file systems) the check is redone
+    just before the rename."""
+    import errno
+
+    from lambda_det.errors import OutputError
+    from lambda_det.utils.file_safety import StagedFiles, write_text
+
+    if not hard_links:
+        def no_links(src, dst, **kwargs):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_links)
+    theirs = tmp_path / "analysis.json"
+    theirs.write_text("another run's")
+    with pytest.raises(OutputError, match=f"{theirs} appeared while this ran.*--overwrite"):
+        write_text(theirs, "mine", replace=False)
+    assert theirs.read_text() == "another run's"
+    write_text(tmp_path / "new.json", "mine", replace=False)
+    assert (tmp_path / "new.json").read_text() == "mine"
+
+    # a set appears whole or not at all: the files it placed before the one that appeared go too
+    names = ("comparison.json", "comparison.md", "comparison.png")
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / names[1]).write_text("another run's")
+    with pytest.raises(OutputError, match="comparison.md appeared while this ran"):
+        with StagedFiles(replace=False) as staged:
+            for name in names:
+                write_text(staged.stage(tmp_path / "set" / name), "mine")
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["comparison.md"]
+    assert (tmp_path / "set" / "comparison.md").read_text() == "another run's"
+    with StagedFiles() as staged:  # the default (asked to replace) replaces
+        write_text(staged.stage(tmp_path / "set" / names[1]), "mine")
+    assert (tmp_path / "set" / names[1]).read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis.json", "new.json", "set"]  # no temporary left
+
+
+def test_compare_runs_leaves_a_comparison_written_while_it_ran(tmp_path, monkeypatch, capsys):
+    import lambda_det.evaluation.ap_by_size as ap_by_size
+    from lambda_det.evaluation import write_ap_by_size
+
+    run = tmp_path / "run"
+    write_ap_by_size({"bbox": {"AP": 50.0, "APs": 40.0, "APm": 50.0, "APl": 60.0}}, run, "run")
+    out = tmp_path / "cmp"
+    chart = ap_by_size.bar_chart
+
+    def another_run_finishes_first(rows, path, title):
+        chart(rows, path, title)
+        (out / "comparison.md").write_text("another run's comparison")
+
+    monkeypatch.setattr(ap_by_size, "bar_chart", another_run_finishes_first)
+    assert run_tool("compare_runs.py", run, "--output", out) == 2
+    assert "appeared while this ran" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.md"]
+    assert (out / "comparison.md").read_text() == "another run's comparison"
+    assert run_tool("compare_runs.py", run, "--output", out, "--overwrite") == 0  # asked: replaced
+    assert "another run's" not in (out / "comparison.md").read_text()
+
+
+def test_analyze_model_leaves_an_analysis_written_while_it_ran(tmp_path, monkeypatch, capsys):
+    import lambda_det.analysis
+
+    out = tmp_path / "analysis.json"
+    analyze = lambda_det.analysis.analyze
+
+    def another_run_finishes_first(*args, **kwargs):
+        summary = analyze(*args, **kwargs)
+        out.write_text("another run's analysis")
+        return summary
+
+    monkeypatch.setattr(lambda_det.analysis, "analyze", another_run_finishes_first)
+    assert run_tool("analyze_model.py", "--config-file", TOY_CONFIG, "--tasks", "parameter", "--json", out, *TINY) == 2
+    assert "appeared while this ran" in capsys.readouterr().err
+    assert out.read_text() == "another run's analysis" and [p.name for p in tmp_path.iterdir()] == ["analysis.json"]
+
+
 def test_demo_folder_scan_skips_a_link_to_the_root_and_unreadable_entries_by_name(tiny_weights, tmp_path, capsys):
     photos = tmp_path / "photos"
     image(photos / "a.png")

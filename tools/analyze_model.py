@@ -70,7 +70,7 @@ def main() -> int:
     if args.json:
         record = {"config_file": args.config_file, "opts": args.opts, "input_size": args.input_size,
                   "worst_case": args.worst_case, "num_inputs": args.num_inputs, **summary}
-        write_text(args.json, json.dumps(record, indent=2))
+        write_text(args.json, json.dumps(record, indent=2), replace=args.overwrite)  # nor one written meanwhile
     return 0
 
 

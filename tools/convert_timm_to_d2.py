@@ -60,7 +60,7 @@ def main() -> int:
     except ConversionError as exc:
         raise UserError(f"{source} {exc}") from None
     ensure_writable_dir(args.output.parent, "--output's folder")
-    save_detectron2_weights(args.output, converted, report, source)
+    save_detectron2_weights(args.output, converted, report, source, replace=args.overwrite)
     kinds = ", ".join(report["left_out_kinds"]) or "nothing"
     print(f"{source}: timm {name}, {report['mapped']} backbone tensors mapped; left out {len(report['left_out'])} "
           f"({kinds}{': ' + ', '.join(report['left_out'][:4]) + ' ...' if report['left_out'] else ''})")

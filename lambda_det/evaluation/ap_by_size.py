@@ -236,7 +236,7 @@ def compare(
     text = "# AP by object size, side by side\n\n" + markdown_table(rows)
     text += "\n## What produced each run\n\n" + provenance_table(provenance)
     ensure_writable_dir(out_dir, "--output")
-    with StagedFiles() as staged:
+    with StagedFiles(replace=overwrite) as staged:  # nor a comparison another run wrote meanwhile
         write_text(staged.stage(paths["md"]), text)
         write_text(staged.stage(paths["json"]), json.dumps(records, indent=2))
         bar_chart(rows, staged.stage(paths["png"]), "AP by object size, side by side")

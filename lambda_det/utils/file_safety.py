@@ -7,6 +7,9 @@
 * Every write is checked; a failed one is an error naming the path. Files are written under a
   temporary name and renamed when complete, so a failed write leaves no half file behind, and a
   set of files that belong together (a report's JSON, markdown and chart) appears all or not at all.
+* Where the user did not ask to replace files, the finished file is linked to its name, which fails
+  if a file appeared there meanwhile (another run writing the same output since the check at start):
+  a rename would have replaced it.
 """
 from __future__ import annotations
 
@@ -195,8 +198,36 @@ def remove_abandoned_partials(folder: Path, depth: int = 2) -> List[Path]:
     return removed
 
 
-def write_bytes(path: Path, data: bytes) -> Path:
-    """Write through a temporary file and rename; errors name the path and the reason."""
+def _appeared(path: Path) -> OutputError:
+    return OutputError(f"{path} appeared while this ran (another run writing the same output?); it was left as it is and "
+                       "nothing was written: pass --overwrite to replace it, or choose another location")
+
+
+def _put(tmp: Path, path: Path, replace: bool) -> None:
+    """Give the finished temporary file ``tmp`` the name ``path``. Without ``replace`` an existing ``path``
+    stays: a hard link never replaces its target, where a rename would (the file system checks and links
+    in one step, so a file appearing after any earlier check is still seen). On a file system without
+    hard links the check and the rename are two steps."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _appeared(path) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        if os.path.lexists(path):
+            raise _appeared(path) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def write_bytes(path: Path, data: bytes, replace: bool = True) -> Path:
+    """Write through a temporary file and rename; errors name the path and the reason. With
+    ``replace=False`` a file that is at ``path`` by then stays, and the write is an error (``_put``)."""
     path = Path(path)
     tmp = temporary_path(path)
     try:
@@ -204,15 +235,18 @@ def write_bytes(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _put(tmp, path, replace)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"could not write {path}: {_reason(exc)}") from None
+    except OutputError:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
-def write_text(path: Path, text: str) -> Path:
-    return write_bytes(path, text.encode())
+def write_text(path: Path, text: str, replace: bool = True) -> Path:
+    return write_bytes(path, text.encode(), replace)
 
 
 def check_written(path: Path, what: str = "file") -> Path:
@@ -250,8 +284,12 @@ class StagedFiles:
         # committed on leaving the block without an error
     """
 
-    def __init__(self) -> None:
+    def __init__(self, replace: bool = True) -> None:
+        """``replace=False``: files at the destinations by the commit stay, and the commit is an error
+        that writes none of the set (``_put``)."""
         self.pending: Dict[Path, Path] = {}
+        self.replace = replace
+        self.placed: List[Path] = []
 
     def stage(self, path: Path) -> Path:
         tmp = temporary_path(Path(path))
@@ -267,13 +305,14 @@ class StagedFiles:
                 for path, tmp in self.pending.items():
                     check_written(tmp, "file")
                 for path, tmp in self.pending.items():
-                    os.replace(tmp, path)
+                    _put(tmp, path, self.replace)
+                    self.placed.append(path)
                 return False
             except OSError as error:
-                self._discard()
+                self._discard(placed=not self.replace)
                 raise OutputError(f"could not write {next(iter(self.pending))}: {_reason(error)}") from None
             except OutputError:
-                self._discard()
+                self._discard(placed=not self.replace)
                 raise
         self._discard()
         if isinstance(exc, OSError):
@@ -284,7 +323,11 @@ class StagedFiles:
             raise OutputError(f"could not write {name}: {_reason(exc)}") from None
         return False
 
-    def _discard(self) -> None:
+    def _discard(self, placed: bool = False) -> None:
+        """Remove the temporary files; with ``placed``, also the files of the set this commit already
+        linked to their names (new files of its own: a set appears all or not at all)."""
+        for path in self.placed if placed else ():
+            path.unlink(missing_ok=True)
         for tmp in self.pending.values():
             Path(tmp).unlink(missing_ok=True)
 
