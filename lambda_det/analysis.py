@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -155,6 +156,21 @@ def detections_per_input(model, inputs: Sequence[List[dict]]) -> List[int]:
         return [len(out["instances"]) for batch in inputs for out in model(batch)]
 
 
+@contextmanager
+def inputs_named_when_too_small(input_size: Optional[Tuple[int, int]]):
+    """A normalization (GroupNorm, BatchNorm) given one value per group, which inputs smaller than the
+    deepest level's stride leave it (a 1x1 map with a channel per group), is the inputs' fault: named
+    so, not a traceback."""
+    try:
+        yield
+    except ValueError as exc:
+        if "more than 1 value per" not in str(exc):
+            raise
+        source = f"--input-size {input_size[0]} {input_size[1]}" if input_size else "the DATASETS.TEST[0] images"
+        raise UserError(f"{source}: too small for this model; a normalization of its deepest feature maps would get "
+                        "one value per group (torch: \"Expected more than 1 value per channel\"); give larger inputs") from None
+
+
 def analyze(cfg, tasks: Sequence[str], num_inputs: int, input_size: Optional[Tuple[int, int]] = None,
             report=print, check_worst_case: bool = False) -> Dict[str, float]:
     """Run the tasks; print tables with ``report``; return the summary numbers.
@@ -164,6 +180,11 @@ def analyze(cfg, tasks: Sequence[str], num_inputs: int, input_size: Optional[Tup
     Detectron2's own ResNets) the features can grow so large that the RPN proposes nothing."""
 
     model = build_analysis_model(cfg)
+    with inputs_named_when_too_small(input_size):
+        return _run_tasks(cfg, model, tasks, num_inputs, input_size, report, check_worst_case)
+
+
+def _run_tasks(cfg, model, tasks, num_inputs, input_size, report, check_worst_case) -> Dict[str, float]:
     summary: Dict[str, float] = {}
     needs_inputs = {"flop", "activation"} & set(tasks)
     inputs = []

@@ -122,6 +122,14 @@ def test_analyze_model_takes_overrides_right_after_tasks_and_names_a_late_flag(t
         assert "--json comes after the config overrides" in err and not (tmp_path / "late.json").exists()
 
 
+def test_analyze_model_names_an_input_size_too_small_for_the_model(capsys):
+    """With a channel per FPN group (the tiny test model) a 32 x 32 input leaves one value per group at
+    the 1 x 1 top level: GroupNorm's ValueError was a traceback."""
+    assert run_tool("analyze_model.py", "--config-file", TOY_CONFIG, "--tasks", "flop", "--input-size", "32", "32", *TINY) == 2
+    err = capsys.readouterr().err
+    assert "--input-size 32 32: too small for this model" in err and "Traceback" not in err
+
+
 def test_analyze_model_worst_case_refuses_a_model_whose_heads_get_nothing(capsys):
     """Detectron2's R-101 from random weights: features of ~1e7, no proposals, so the heads' FLOPs
     would silently be left out of a --worst-case count."""
