@@ -168,6 +168,45 @@ def test_precision_contexts_set_and_restore_the_switches():
         precision_context("fp8", torch.device("cpu"))
 
 
+def test_kernel_report_names_the_fastest_agreeing_tiles_and_what_they_change():
+    """What the next GPU run decides: the defaults to set. A variant that disagrees with the default's
+    result is never the fastest; a lead inside the rounds' spread is said to be one."""
+    from lambda_det.benchmark.kernels import fastest_variants
+    from lambda_det.layers import triton_lambda as T
+
+    def record(kernel, variant, median, low, high, tiles, rows=1, agrees=True, arithmetic="TF32"):
+        return {"shape": "res4", "arithmetic": arithmetic, "kernel": kernel, "variant": variant, "tiles": tiles._asdict(),
+                "rows": rows, "agrees": agrees, "time": {"median_s": median, "min_s": low, "max_s": high, "runs": 3}}
+
+    v, f, q = T.V_GRAD_TILES, T.FORWARD_TILES, T.QR_GRAD_TILES
+    records = [
+        record("dV", "default", 1.0, 0.95, 1.05, v),
+        record("dV", "4 value rows of 8 columns", 0.6, 0.58, 0.62, v._replace(vr=4, bx=8)),
+        record("dV", "wrong but fast", 0.1, 0.1, 0.1, v._replace(vr=2), agrees=False),
+        record("forward", "default", 1.0, 0.9, 1.1, f),
+        record("forward", "2 query rows", 0.95, 0.92, 1.02, f._replace(qrows=2)),
+        record("dq/dR", "default", 1.0, 0.99, 1.01, q, rows=8),
+        record("dq/dR", "2048 programs", 1.2, 1.1, 1.3, q, rows=4),
+        record("dq/dR", "one row per program", 0.8, 0.7, 0.9, q, rows=1),
+        record("dV", "default", 1.0, 0.95, 1.05, v, arithmetic="float16"),
+        record("dV", "2 value rows", 1.1, 1.0, 1.2, v._replace(vr=2), arithmetic="float16"),
+        dict(record("forward", "default", 1.0, 1.0, 1.0, f, arithmetic="float16"), time={"median_s": 1.0, "min_s": 1.0,
+                                                                                          "max_s": 1.0, "runs": 1}),
+        dict(record("forward", "as first measured", 0.5, 0.5, 0.5, f._replace(flat=False), arithmetic="float16"),
+             operator_layouts=False),
+        {"shape": "res4", "arithmetic": "TF32", "kernel": "torch", "variant": "content", "time": {"median_s": 0.01}},
+    ]
+    assert fastest_variants(records) == [
+        'res4, TF32, dV: "4 value rows of 8 columns", 0.60x the default\'s time (beyond the rounds\' spread): bx=8, vr=4',
+        'res4, TF32, forward: "2 query rows", 0.95x the default\'s time (within the rounds\' spread): qrows=2',
+        'res4, TF32, dq/dR: "one row per program", 0.80x the default\'s time (beyond the rounds\' spread): '
+        "1 query rows per program (default 8)",
+        "res4, float16, dV: the default tiles",
+        'res4, float16, forward: "as first measured", 0.50x the default\'s time (one round: no spread): flat=False, '
+        "operands in other layouts than the operator launches with",
+    ]
+
+
 def test_executed_flop_counts_every_iteration_of_the_kernels_loops():
     """The kernel benchmark's FLOP count against the kernels' loops walked program by program."""
     import itertools

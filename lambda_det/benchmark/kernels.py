@@ -282,7 +282,8 @@ def _time_variants(kernel: str, chosen: List[Variant], shape_name: str, shape: d
             records.append(record)
             continue
         case = cases[name]
-        record.update({"tiles": case.tiles._asdict(), "rows": case.rows, "gflop": case.flop / 1e9,
+        record.update({"tiles": case.tiles._asdict(), "rows": case.rows, "operator_layouts": variant.operator_layouts,
+                       "gflop": case.flop / 1e9,
                        "max_rel_difference_to_default": agreement[name], "agrees": agreement[name] <= AGREEMENT[arith.name],
                        **case.compiled_facts()})
         if name in timings:
@@ -326,6 +327,42 @@ def _operator_steps(shape_name: str, arith: Arithmetic, inputs, repeats: int, de
              "variant": name, "time": t.to_dict()} for name, t in timings.items()]
 
 
+def fastest_variants(records: Sequence[dict]) -> List[str]:
+    """Per shape, arithmetic and kernel with variants timed: the fastest that agrees with the default
+    tiles, its time over the default's, whether that is beyond the rounds' spread (its slowest round
+    faster than the default's fastest), and what it changes (the Tiles fields, the rows per program, the
+    operands' layouts):
+    what to set in FORWARD_TILES / QR_GRAD_TILES / V_GRAD_TILES (or QR_TARGET_PROGRAMS)."""
+    lines = []
+    groups: Dict[tuple, List[dict]] = {}
+    for r in records:
+        if r["kernel"] in ("forward", "dq/dR", "dV") and "time" in r and r.get("agrees", True):
+            groups.setdefault((r["shape"], r["arithmetic"], r["kernel"]), []).append(r)
+    for (shape, arith, kernel), timed in groups.items():
+        default = next((r for r in timed if r["variant"] == "default"), None)
+        if default is None or len(timed) < 2:
+            continue
+        best = min(timed, key=lambda r: r["time"]["median_s"])
+        where = f"{shape}, {arith}, {kernel}"
+        if best is default:
+            lines.append(f"{where}: the default tiles")
+            continue
+        changes = [f"{name}={value}" for name, value in best["tiles"].items() if default["tiles"].get(name) != value]
+        if best.get("rows") != default.get("rows"):
+            changes.append(f"{best['rows']} query rows per program (default {default['rows']})")
+        if not best.get("operator_layouts", True):
+            changes.append("operands in other layouts than the operator launches with")
+        if min(best["time"].get("runs", 1), default["time"].get("runs", 1)) < 2:
+            spread_note = "one round: no spread"
+        elif best["time"]["max_s"] < default["time"]["min_s"]:
+            spread_note = "beyond the rounds' spread"
+        else:
+            spread_note = "within the rounds' spread"
+        lines.append(f"{where}: \"{best['variant']}\", {best['time']['median_s'] / default['time']['median_s']:.2f}x the "
+                     f"default's time ({spread_note}): {', '.join(changes)}")
+    return lines
+
+
 def kernel_report(result: dict) -> str:
     records = result["records"]
     head = ["shape", "arithmetic", "kernel", "variant", "time", "vs default", "GFLOP executed", "TFLOP/s",
@@ -362,6 +399,10 @@ def kernel_report(result: dict) -> str:
             + markdown_table(head, rows))
     if totals:
         text += "\nDefault tiles, added up (the backward: dq/dR, dV and the two PyTorch steps): " + "; ".join(totals) + ".\n"
+    fastest = fastest_variants(records)
+    if fastest:
+        text += "\n**Fastest tiles per kernel** (the variants that agree with the default):\n\n" + "".join(
+            f"- {line}\n" for line in fastest)
     disagree = [r for r in records if r.get("agrees") is False]
     if disagree:
         text += "\n**Variants that compute something else than the default tiles:** " + ", ".join(
@@ -369,5 +410,5 @@ def kernel_report(result: dict) -> str:
     return text
 
 
-__all__ = ["ARITHMETIC", "KERNEL_SHAPES", "TOY_KERNEL_SHAPES", "Variant", "executed_flop", "kernel_benchmark",
+__all__ = ["ARITHMETIC", "KERNEL_SHAPES", "TOY_KERNEL_SHAPES", "Variant", "executed_flop", "fastest_variants", "kernel_benchmark",
            "kernel_benchmark_paths", "kernel_report", "variants"]
