@@ -191,6 +191,12 @@ done
 {
   echo
   echo "total: $(( $(date +%s) - START )) s; $([ $FAILED = 0 ] && echo 'every step passed' || echo 'SOME STEPS FAILED')"
+  # the kernel benchmark's verdict on the tiles, where the runner's output shows it at once
+  kernels="$([ "$DRY" = 1 ] && echo "$RESULTS/bench_kernels/lambda_kernels_cpu.md" || echo docs/benchmarks/lambda_kernels_cuda.md)"
+  if [ -f "$kernels" ] && [ "$kernels" -nt "$RESULTS/.start" ]; then
+    echo
+    sed -n '/^\*\*Fastest tiles per kernel/,$p' "$kernels"
+  fi
 } >>"$SUMMARY"
 cat "$SUMMARY"
 

@@ -486,6 +486,10 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     # and the whole operator as the layer calls it, in every arithmetic
     assert {(r["arithmetic"], r["variant"]) for r in kernels if r["kernel"] == "operator"} == {
         (a.name, step) for a in ARITHMETIC for step in ("operator forward", "operator forward+backward")}
+    # the summary ends with the verdict on the tiles: a line per kernel with variants, per arithmetic
+    verdict = (tmp_path / "results" / "summary.md").read_text().split("**Fastest tiles per kernel**")[1]
+    assert {tuple(line[2:].split(":")[0].split(", ")[1:]) for line in verdict.splitlines() if line.startswith("- ")} == {
+        (a, kernel) for a in VARIANT_ARITHMETIC for kernel in ("forward", "dq/dR", "dV")}
 
 
 @needs_triton
