@@ -26,6 +26,7 @@ setup(
         "fvcore>=0.1.5",
         "iopath>=0.1.9",
         "pycocotools>=2.0.2",
+        "shapely>=2",  # Detectron2's FixedSizeCrop (LSJ) clips polygon masks with it, importing it only then
         "opencv-python-headless>=4.6",
         "matplotlib>=3.5",
         "numpy<2",  # detectron2 0.7's pin

@@ -88,7 +88,7 @@ def collect_env() -> Tuple[List[Tuple[str, str]], List[str]]:
                 ("detectron2._C (compiled ops)", "absent: pure-Python fallbacks; no rotated boxes, "
                  "deformable conv or fast COCO eval")
             )
-    for name in ("fvcore", "pycocotools", "cv2", "numpy", "onnx", "onnxruntime"):
+    for name in ("fvcore", "pycocotools", "shapely", "cv2", "numpy", "onnx", "onnxruntime"):
         rows.append((name, _version(name)[0]))
     ld_version, ld = _version("lambda_det")
     rows.append(("lambda_det", ld_version))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -21,7 +22,7 @@ from PIL import Image
 from lambda_det import load_config
 from lambda_det.checkpoint import Checkpointer, WeightsError, check_resume, weights_problem
 from lambda_det.engine import validate_config
-from lambda_det.errors import ConfigError, OutputError, UserError
+from lambda_det.errors import ConfigError, DatasetError, OutputError, UserError
 
 
 def _hashes(folder: Path) -> dict:
@@ -673,6 +674,131 @@ def test_annotations_the_config_cannot_read_fail_before_the_first_iteration(tmp_
     cfg = load_config(str(TOY_CONFIG), [*TINY, "INPUT.MASK_FORMAT", "polygon", "OUTPUT_DIR", str(tmp_path)])
     with pytest.raises(ConfigError, match="INPUT.MASK_FORMAT='polygon', but .*toy_shapes_train.* has RLE masks"):
         Trainer.build_train_loader(cfg)
+
+
+def _coco_like(folder: Path) -> dict:
+    """Two images, polygon masks, and a crowd region stored as RLE, as COCO stores its crowds."""
+    from pycocotools import mask as mask_util
+
+    (folder / "images" / "sub").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i, name in enumerate(["a.jpg", "sub/b.png"], 1):
+        picture = np.full((96, 128, 3), 40, np.uint8)
+        picture[20:50, 10:40] = (30, 60, 220)
+        cv2.imwrite(str(folder / "images" / name), picture)
+        images.append({"id": i, "file_name": name, "height": 96, "width": 128})
+        for k, x in enumerate((10, 60)):
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": k + 1, "bbox": [x, 20, 30, 30],
+                                "area": 900, "iscrowd": 0, "segmentation": [[x, 20, x + 30, 20, x + 30, 50, x, 50]]})
+    crowd = np.zeros((96, 128), np.uint8, order="F")
+    crowd[60:80, 10:50] = 1
+    rle = mask_util.encode(np.asfortranarray(crowd))
+    annotations.append({"id": 99, "image_id": 1, "category_id": 1, "bbox": [10, 60, 40, 20], "area": 800, "iscrowd": 1,
+                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}]}
+
+
+def _register(name: str, folder: Path, data: dict) -> None:
+    from lambda_det.data import register_coco_dataset
+
+    (folder / f"{name}.json").write_text(json.dumps(data))
+    register_coco_dataset(name, str(folder / f"{name}.json"), str(folder / "images"))
+
+
+@pytest.fixture
+def coco_like(tmp_path):
+    """Register datasets of _coco_like's files (changed by the test) and remove them afterwards."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    names = []
+
+    def register(name, change=lambda data: None):
+        data = _coco_like(tmp_path)
+        change(data)
+        names.append(f"lambda_det_test_{name}")
+        _register(names[-1], tmp_path, data)
+        return names[-1]
+
+    yield register
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_coco_polygons_with_rle_crowds_train_with_the_polygon_format_and_lsj(coco_like, tmp_path):
+    """COCO's crowd regions are RLE; Detectron2's mapper drops crowds, so the polygon format (every COCO
+    config's) reads the rest: it was refused at start. LSJ's crop clips polygons with shapely, which was
+    not installed: the first batches failed with ModuleNotFoundError."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import PolygonMasks
+
+    from lambda_det.data import build_train_mapper, check_dataset_dicts
+
+    name = coco_like("polygons")
+    cfg = load_config(str(TOY_CONFIG), [*TINY, "INPUT.MASK_FORMAT", "polygon", "MODEL.ROI_HEADS.NUM_CLASSES", "2",
+                                        "INPUT.LSJ.ENABLED", "True", "INPUT.LSJ.IMAGE_SIZE", "64"])
+    dicts = DatasetCatalog.get(name)
+    check_dataset_dicts(cfg, dicts, [name])
+    mapper = build_train_mapper(cfg)
+    np.random.seed(0)
+    for _ in range(4):  # LSJ's crop clips every polygon with shapely, cut or not
+        instances = mapper(dict(dicts[0]))["instances"]
+        assert isinstance(instances.gt_masks, PolygonMasks) and len(instances) <= 2  # the crowd region dropped
+    # an RLE mask of an object that is not a crowd still needs the bitmask format
+    dicts[0]["annotations"][0]["segmentation"] = dicts[0]["annotations"][-1]["segmentation"]
+    with pytest.raises(ConfigError, match="has RLE masks .*set INPUT.MASK_FORMAT bitmask"):
+        check_dataset_dicts(cfg, dicts, [name])
+
+
+def _drop_segmentation(data):
+    del data["annotations"][1]["segmentation"]
+
+
+def _drop_height(data):
+    del data["images"][0]["height"]
+
+
+@pytest.mark.parametrize("change,training,expected", [
+    (_drop_segmentation, False, r"1 annotation\(s\) without a 'segmentation', which the mask head needs .*ids \[2\]"),
+    (_drop_height, False, r"1 of the 2 images that .* lists have no 'height' and 'width' .*: a.jpg"),
+    (lambda data: data.pop("annotations"), True, "has no annotations .*nothing to train on"),
+])
+def test_annotations_detectron2_would_fail_on_mid_run_are_named_before_the_run_folder(
+        coco_like, tmp_path, capsys, change, training, expected):
+    name = coco_like("broken", change)
+    sets = ["DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()"] if training else \
+        ["DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", f"('{name}',)"]
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, *sets, "MODEL.ROI_HEADS.NUM_CLASSES", "2",
+                    "OUTPUT_DIR", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert re.search(expected, err), err
+    assert not (tmp_path / "run").exists()  # a retry is not refused as "a run already there"
+
+
+def test_a_box_only_model_trains_on_annotations_without_masks(coco_like):
+    from lambda_det.data import check_coco_files
+
+    name = coco_like("boxes", _drop_segmentation)
+    check_coco_files(name, masks=False, training=True)
+    with pytest.raises(DatasetError, match="without a 'segmentation'"):
+        check_coco_files(name, masks=True, training=True)
+
+
+def test_an_image_whose_size_differs_from_its_json_entry_is_one_line(capsys):
+    """Detectron2's loader finds it mid-run, in a data-loader worker that wraps it in its traceback."""
+    from detectron2.data.detection_utils import SizeMismatchError
+
+    from lambda_det.engine import run_main
+
+    def mid_run():
+        raise SizeMismatchError("Caught SizeMismatchError in DataLoader worker process 0.\nOriginal Traceback ...\n"
+                                "detectron2.data.detection_utils.SizeMismatchError: Mismatched image shape for image "
+                                "/data/a.jpg, got (128, 96), expect (128, 100). Please check the width/height in your annotation.")
+
+    assert run_main(mid_run) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Mismatched image shape for image /data/a.jpg, got (128, 96)")
+    assert "EXIF orientation" in lines[0]
 
 
 def test_user_errors_are_value_errors_for_library_callers():

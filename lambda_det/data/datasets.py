@@ -9,7 +9,7 @@ import os
 import re
 import reprlib
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
@@ -99,36 +99,59 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
     meta.thing_classes = [c["name"] for c in sorted(data.get("categories", []), key=lambda c: c["id"])]
 
 
-def check_coco_files(name: str) -> None:
-    """A registered COCO-format dataset whose json lists what is on disk: every annotation's
-    category among its categories, every image file present. DatasetError names the file and the
-    first offending entries (Detectron2 would fail on them in the middle of a run, or not at all)."""
+def check_coco_files(name: str, *, masks: bool = False, training: bool = False) -> None:
+    """A registered COCO-format dataset whose json lists what is on disk and what Detectron2 reads:
+    every image with its file present and its height and width, every annotation's category among its
+    categories; with ``masks`` (a mask head) a segmentation on every annotation that is not a crowd;
+    for ``training``, something to train on. DatasetError names the file and the first offending
+    entries (Detectron2 would fail on them in the middle of a run, or not at all)."""
     meta = MetadataCatalog.get(name)
     json_file, image_root = meta.get("json_file", None), meta.get("image_root", None)
     if not json_file or not image_root:
         return
     prepare_dataset(name)
     path = Path(json_file)
-    problem = _coco_problem(str(path), str(image_root), path.stat().st_mtime_ns, path.stat().st_size)
+    problem, unsegmented, trainable = _coco_problem(str(path), str(image_root), path.stat().st_mtime_ns, path.stat().st_size)
+    if not problem and masks and unsegmented:
+        problem = (f"{json_file} has {len(unsegmented)} annotation(s) without a 'segmentation', which the mask head "
+                   f"needs (crowd regions aside): ids {unsegmented[:3]}{' ...' if len(unsegmented) > 3 else ''}")
+    if not problem and training and not trainable:
+        problem = f"{json_file} has no annotations (crowd regions aside): nothing to train on"
     if problem:
         raise DatasetError(f"dataset {name!r}: {problem}")
 
 
+def _sized(image: dict) -> bool:
+    return all(isinstance(image.get(key), int) and not isinstance(image.get(key), bool) and image[key] > 0
+               for key in ("height", "width"))
+
+
 @functools.lru_cache(maxsize=None)
-def _coco_problem(json_file: str, image_root: str, mtime_ns: int, size: int) -> Optional[str]:
+def _coco_problem(json_file: str, image_root: str, mtime_ns: int, size: int) -> Tuple[Optional[str], List, bool]:
+    """(what is wrong whatever the config, the ids of the annotations without a segmentation that are
+    not crowds, whether any annotation is not a crowd), cached by the file's time and size: COCO's
+    train json takes seconds to read."""
     data = read_coco_json(json_file)
+    annotations = data.get("annotations", [])
+    objects = [a for a in annotations if not a.get("iscrowd", 0)]
+    unsegmented = [a.get("id") for a in objects if not a.get("segmentation")]
     categories = {c.get("id") for c in data.get("categories", [])}
-    strays = [a for a in data.get("annotations", []) if a.get("category_id") not in categories]
+    strays = [a for a in annotations if a.get("category_id") not in categories]
     if strays:
         shown = ", ".join(f"id {a.get('id')} (category_id {a.get('category_id')!r})" for a in strays[:3])
         return (f"{json_file} has {len(strays)} annotation(s) whose category_id is not among its categories "
-                f"{sorted(categories)[:12]}: {shown}")
+                f"{sorted(categories)[:12]}: {shown}"), unsegmented, bool(objects)
     images = data.get("images", [])
+    unsized = [i.get("file_name", i.get("id")) for i in images if not _sized(i)]
+    if unsized:
+        return (f"{len(unsized)} of the {len(images)} images that {json_file} lists have no 'height' and 'width' "
+                "(positive integers; Detectron2's loader reads them): " + ", ".join(map(str, unsized[:3]))
+                + (" ..." if len(unsized) > 3 else "")), unsegmented, bool(objects)
     missing = [i.get("file_name") for i in images if not os.path.isfile(os.path.join(image_root, str(i.get("file_name"))))]
     if missing:
         return (f"{len(missing)} of the {len(images)} images that {json_file} lists are not in {image_root}: "
-                + ", ".join(map(str, missing[:3])) + (" ..." if len(missing) > 3 else ""))
-    return None
+                + ", ".join(map(str, missing[:3])) + (" ..." if len(missing) > 3 else "")), unsegmented, bool(objects)
+    return None, unsegmented, bool(objects)
 
 
 def read_coco_json(json_file: str) -> dict:
@@ -195,10 +218,11 @@ def check_dataset_dicts(cfg, dataset_dicts: Sequence[dict], names: Sequence[str]
                     f"{record.get('file_name', 'an image')} of {list(names)} has an annotation of class "
                     f"{ann['category_id']}, outside MODEL.ROI_HEADS.NUM_CLASSES={num_classes}"
                 )
-            if cfg.MODEL.MASK_ON and "segmentation" in ann:
+            # crowd regions (COCO stores them as RLE) never reach the model: Detectron2's mapper drops them
+            if cfg.MODEL.MASK_ON and "segmentation" in ann and not ann.get("iscrowd", 0):
                 kinds.add("RLE" if isinstance(ann["segmentation"], dict) else "polygon")
     if cfg.MODEL.MASK_ON and cfg.INPUT.MASK_FORMAT == "polygon" and "RLE" in kinds:
         raise ConfigError(
-            f"INPUT.MASK_FORMAT='polygon', but {list(names)} has RLE masks, which only 'bitmask' can read: "
-            "set INPUT.MASK_FORMAT bitmask"
+            f"INPUT.MASK_FORMAT='polygon', but {list(names)} has RLE masks (of regions that are not crowds), which only "
+            "'bitmask' can read: set INPUT.MASK_FORMAT bitmask"
         )

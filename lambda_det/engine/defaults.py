@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import torch
+from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
@@ -174,6 +175,12 @@ def run_main(main: Callable[[], object], interrupt_line: bool = True) -> int:
             raise
         print("interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+    except SizeMismatchError as exc:
+        # Detectron2's loader finds it in the middle of a run (a data-loader worker's wraps it in its traceback)
+        found = re.search(r"Mismatched image shape.*", str(exc))
+        print(f"error: {found.group(0) if found else exc} (if it is a photo with an EXIF orientation: Detectron2 reads it "
+              "turned, so the annotation needs the turned picture's height and width)", file=sys.stderr)
+        return 2
     except OSError as exc:
         if exc.errno != errno.ENAMETOOLONG:
             raise

@@ -147,8 +147,9 @@ def lazy_preflight(cfg, args) -> None:
         LAZY_KEYS, output_dir, train.init_checkpoint, has_test=True, earlier=evaluation_files(output_dir, [test]),
         eval_only=args.eval_only, resume=args.resume, overwrite=args.overwrite, max_iter=train.max_iter,
     )
-    for name in datasets:
-        check_coco_files(name)
+    masks = OmegaConf.select(cfg, "model.roi_heads.mask_head", default=None) is not None
+    for i, name in enumerate(datasets):
+        check_coco_files(name, masks=masks, training=i < len(datasets) - 1)
     with explained_build_errors(cfg):
         model = instantiate(cfg.model)  # on the CPU: instantiate moves nothing
     checkpoints = None if args.eval_only else train.max_iter // train.checkpointer.period + 1

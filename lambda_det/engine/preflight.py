@@ -373,8 +373,8 @@ def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, wo
         YACS_KEYS, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, has_test=bool(cfg.DATASETS.TEST), earlier=earlier_evaluation(cfg),
         eval_only=eval_only, resume=resume, overwrite=overwrite, max_iter=cfg.SOLVER.MAX_ITER,
     )
-    for name in datasets:
-        check_coco_files(name)  # files present (the toy data is generated), and what the json lists
+    for i, name in enumerate(datasets):  # files present (the toy data is generated), and what the json lists
+        check_coco_files(name, masks=cfg.MODEL.MASK_ON, training=i < len(datasets) - len(cfg.DATASETS.TEST))
     checkpoints = None if eval_only else cfg.SOLVER.MAX_ITER // cfg.SOLVER.CHECKPOINT_PERIOD + 1
     check_model_and_output(YACS_KEYS, build_model_on_cpu(cfg), cfg.OUTPUT_DIR, strict_weights, checkpoints=checkpoints, fit_cfg=cfg)
 
