@@ -23,7 +23,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import cv2
 import numpy as np
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
@@ -190,10 +190,9 @@ MAX_PIXELS = 4096 * 4096
 
 
 def read_image_bgr(path: Path) -> np.ndarray:
-    """The image as Detectron2's ``read_image(path, "BGR")`` gives it (EXIF orientation applied).
-
-    PIL's 16-bit and float modes, which ``convert("RGB")`` would clip, are scaled to 8 bits.
-    """
+    """The image as Detectron2's ``read_image(path, "BGR")`` gives it (EXIF orientation applied), but for
+    PIL's 16-bit and float modes: scaled to 8 bits here, where Detectron2's ``convert("RGB")`` clips them
+    at 255 (so training and evaluation on such images see them mostly white)."""
     return read_image_within(path)[0]
 
 
@@ -242,6 +241,27 @@ def drawing_scale(shape: Tuple[int, int]) -> float:
     return max(1.0, MIN_DRAWN_SIDE / max(shape))
 
 
+def class_names(cfg) -> Tuple[object, Optional[str]]:
+    """(the metadata whose thing_classes label the detections, a note when the labels are class numbers
+    instead): DATASETS.TEST[0]'s, as Detectron2's demo takes them (else DATASETS.TRAIN[0]'s), when it is
+    registered here and names as many classes as the model predicts; names of another dataset (a model
+    trained on one's own data, drawn with the toy config's test set) would be wrong."""
+    names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+    numbers = MetadataCatalog.get("__unused")
+    if not names:
+        return numbers, "the config names no dataset (DATASETS.TEST): detections are labelled by class number"
+    name, count = names[0], cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if name not in DatasetCatalog.list():
+        return numbers, (f"the config's dataset {name!r} is not registered here: detections are labelled by class number "
+                         f"(--dataset {name} JSON IMAGES gives its class names)")
+    classes = MetadataCatalog.get(name).get("thing_classes", None)
+    if classes is None or len(classes) != count:
+        have = "no class names" if classes is None else f"{len(classes)} classes"
+        return numbers, (f"the config's dataset {name!r} has {have}, the model {count}: detections are labelled by class "
+                         f"number (name the model's dataset: --dataset NAME JSON IMAGES --opts DATASETS.TEST \"('NAME',)\")")
+    return MetadataCatalog.get(name), None
+
+
 class Demo:
     """A predictor whose weights must fit the config, plus Detectron2's Visualizer."""
 
@@ -257,8 +277,7 @@ class Demo:
             self.predictor = DefaultPredictor(unloaded)
         # the whole model must come from the file: a partial load would draw a half-random model's guesses
         Checkpointer(self.predictor.model, strict=True, cfg=cfg).load(cfg.MODEL.WEIGHTS)
-        names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
-        self.metadata = MetadataCatalog.get(names[0]) if names else MetadataCatalog.get("__unused")
+        self.metadata, self.label_note = class_names(cfg)
         self.threshold = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
 
     def check_size(self, bgr: np.ndarray) -> None:

@@ -801,6 +801,42 @@ def test_an_image_whose_size_differs_from_its_json_entry_is_one_line(capsys):
     assert "EXIF orientation" in lines[0]
 
 
+def test_demo_labels_come_from_the_models_dataset_or_are_class_numbers(tiny_weights, coco_like, tmp_path, capsys):
+    """A model trained on one's own data, drawn with the toy config, was labelled with the toy classes'
+    names (its DATASETS.TEST[0]); now with its own dataset's names (--dataset), or numbers and a note."""
+    from lambda_det.demo import class_names
+
+    image = tmp_path / "images" / "a.jpg"
+    renamed = coco_like("four_classes", lambda data: data.update(categories=[
+        {"id": i, "name": name} for i, name in enumerate(["ant", "bee", "cat", "dog"], 1)]))
+    assert class_names(load_config(str(TOY_CONFIG), TINY))[1] is None  # the toy model on the toy data: its names
+    cfg = load_config(str(TOY_CONFIG), [*TINY, "MODEL.ROI_HEADS.NUM_CLASSES", "2"])
+    metadata, note = class_names(cfg)
+    assert metadata.get("thing_classes", None) is None
+    assert "'toy_shapes_val' has 4 classes, the model 2: detections are labelled by class number" in note
+    metadata, note = class_names(load_config(str(TOY_CONFIG), [*TINY, "DATASETS.TEST", "('lambda_det_test_unknown',)"]))
+    assert metadata.get("thing_classes", None) is None and "'lambda_det_test_unknown' is not registered here" in note
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    try:  # the demo's --dataset registers it, as train_net's does
+        assert run_tool("demo.py", "--config-file", TOY_CONFIG, "--input", image, "--output", tmp_path / "drawn",
+                        "--confidence-threshold", "0", "--dataset", "lambda_det_test_flag", tmp_path / f"{renamed}.json",
+                        tmp_path / "images", "--opts", *TINY, "MODEL.WEIGHTS", tiny_weights,
+                        "DATASETS.TEST", "('lambda_det_test_flag',)") == 0
+    finally:
+        DatasetCatalog.remove("lambda_det_test_flag")
+        MetadataCatalog.remove("lambda_det_test_flag")
+    out, err = capsys.readouterr()
+    assert "note:" not in err and re.search(r"detections \((\d+ (ant|bee|cat|dog)(, )?)+\)", out), out
+    assert run_tool("demo.py", "--config-file", TOY_CONFIG, "--input", image, "--output", tmp_path / "numbers",
+                    "--confidence-threshold", "0", "--opts", *TINY, "MODEL.WEIGHTS", tiny_weights,
+                    "DATASETS.TEST", "('lambda_det_test_unknown',)") == 0
+    out, err = capsys.readouterr()
+    assert "note: the config's dataset 'lambda_det_test_unknown' is not registered" in err
+    assert re.search(r"detections \((\d+ \d(, )?)+\)", out), out
+
+
 def test_user_errors_are_value_errors_for_library_callers():
     assert issubclass(ConfigError, UserError) and issubclass(UserError, ValueError)
     assert issubclass(WeightsError, UserError) and issubclass(OutputError, UserError)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import lambda_det
 from lambda_det.demo import Demo, check_outputs, collect_inputs, plan_outputs, run_demo
-from lambda_det.engine import cpu_if_no_cuda, parse_args_with_overrides, probability, run_folder_lock, run_main, validate_config
+from lambda_det.engine import (add_dataset_argument, cpu_if_no_cuda, parse_args_with_overrides, probability, register_datasets,
+                               run_folder_lock, run_main, validate_config)
 from lambda_det.utils.file_safety import path_argument
 
 
@@ -27,8 +28,10 @@ def main() -> int:
     parser.add_argument("--output", required=True, type=path_argument, help="directory for the drawn images / videos")
     parser.add_argument("--confidence-threshold", type=probability, default=0.5, help="minimum score to draw, in [0, 1]")
     parser.add_argument("--overwrite", action="store_true", help="replace pictures an earlier run left in --output")
+    add_dataset_argument(parser)  # the class names of DATASETS.TEST[0], when it is one's own
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     args = parse_args_with_overrides(parser)
+    register_datasets(args)
     cfg = lambda_det.load_config(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cpu_if_no_cuda(cfg)
@@ -38,6 +41,8 @@ def main() -> int:
     inputs = collect_inputs([str(p) for p in args.input], exclude=output)
     check_outputs(inputs, plan_outputs(inputs, output), output, args.overwrite)  # before the model is loaded
     demo = Demo(cfg)
+    if demo.label_note:
+        print(f"note: {demo.label_note}", file=sys.stderr)
     with run_folder_lock(output, "--output"):  # a second demo into the same folder is refused
         processed = run_demo(demo, inputs, output, overwrite=args.overwrite)
     if processed == 0:
