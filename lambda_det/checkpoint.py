@@ -410,6 +410,33 @@ def check_resume(output_dir: str) -> Optional[Path]:
     raise WeightsError("\n".join(lines))
 
 
+def kept_final_name(final: Path, iteration: int) -> Path:
+    """The name a finished run's model_final.pth keeps when the run trains on: the periodic
+    checkpoints' name for its iteration (Detectron2's ``model_{iteration:07d}.pth``)."""
+    return Path(final).with_name(f"model_{iteration:07d}.pth")
+
+
+def keep_final_weights(output_dir: str, max_iter: int) -> Optional[Path]:
+    """Before --resume trains a finished run on to a longer ``max_iter``: its model_final.pth, which the
+    longer run's end replaces, also under ``kept_final_name`` (a hard link, no copy: checkpoints are
+    saved by renaming a new file over the old name, so the link keeps the old weights), unless a file
+    has that name. Returns the kept file, or None when there is nothing to keep."""
+    last = check_resume(output_dir)
+    if last is None or last.name != "model_final.pth":
+        return None
+    iteration = saved_iteration(last)
+    if iteration is None or iteration + 1 >= max_iter:
+        return None
+    kept = kept_final_name(last, iteration)
+    try:
+        os.link(last, kept)
+    except FileExistsError:
+        return None
+    except OSError:  # a file system without hard links: a copy, written whole or not at all
+        write_bytes(kept, last.read_bytes(), replace=False)
+    return kept
+
+
 def saved_iteration(path: Path) -> Optional[int]:
     """The iteration a checkpoint was saved at (Detectron2 stores it beside the weights), or None."""
     try:
@@ -435,6 +462,8 @@ __all__ = [
     "describe_load_error",
     "fit_report",
     "intact_checkpoints",
+    "keep_final_weights",
+    "kept_final_name",
     "read_timm_weights",
     "save_detectron2_weights",
     "saved_iteration",

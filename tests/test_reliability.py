@@ -729,6 +729,24 @@ def test_continuing_a_finished_run_to_more_iterations_keeps_its_evaluation_unles
     assert hashes(run) == before
 
 
+def test_a_finished_run_trained_longer_keeps_its_final_weights(small_val, tmp_path, capsys):
+    """The way on that the tools name (raise SOLVER.MAX_ITER, --overwrite for the evaluation) replaced
+    model_final.pth, which no message named; it now stays under its iteration's checkpoint name."""
+    run = tmp_path / "run"
+    assert train(run, small_val, "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100") == 0
+    final = hashes(run)["model_final.pth"]
+    assert train(run, small_val, "--resume", "SOLVER.MAX_ITER", "2") == 0
+    out = capsys.readouterr().out
+    assert ("to train longer, raise SOLVER.MAX_ITER and add --overwrite (the longer run's final evaluation replaces this "
+            "one); its model_final.pth stays as model_0000001.pth") in out
+    assert train(run, small_val, "--resume", "SOLVER.MAX_ITER", "3") == 2
+    assert "its model_final.pth would stay as model_0000001.pth" in capsys.readouterr().err
+    assert train(run, small_val, "--resume", "--overwrite", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "100") == 0
+    after = hashes(run)
+    assert after["model_0000001.pth"] == final != after["model_final.pth"]
+    assert torch.load(run / "model_final.pth", weights_only=False)["iteration"] == 2
+
+
 def test_demo_overwrite_replaces_only_its_own_pictures(tiny_weights, tmp_path, capsys):
     photo = image(tmp_path / "in" / "000001.png")
     mine = image(tmp_path / "results" / "000001.png", seed=9)  # the user's own picture of that name

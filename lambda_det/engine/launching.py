@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from detectron2.engine import launch
 
-from ..checkpoint import intact_checkpoints
+from ..checkpoint import intact_checkpoints, kept_final_name
 from .defaults import interrupted, run_folder_lock, run_main
 from .preflight import RunKeys
 
@@ -67,9 +67,13 @@ def should_resume_finished_run(keys: RunKeys, output_dir: str, finished: Tuple[P
     else:
         shown = [p for p in earlier if p.name == "ap_by_size.md"]
         state = f"Its evaluation: {', '.join(map(str, shown))}. " if shown else ""
+    longer = f"raise {keys.max_iter}" + (" and add --overwrite (the longer run's final evaluation replaces this one)"
+                                         if earlier else "")
+    if finished[0].name == "model_final.pth":
+        longer += f"; its {finished[0].name} stays as {kept_final_name(finished[0], finished[1] - 1).name}"
     print(f"{run}: nothing to train, and nothing was changed. {state}"
           f"To evaluate it again, add --overwrite (replaces the evaluation) or use --eval-only with "
-          f"{keys.setting(keys.weights, finished[0])} and another {keys.output_dir}; to train longer, raise {keys.max_iter}.")
+          f"{keys.setting(keys.weights, finished[0])} and another {keys.output_dir}; to train longer, {longer}.")
     return False
 
 

@@ -25,7 +25,7 @@ from detectron2.evaluation import COCOEvaluator, inference_on_dataset, print_csv
 from detectron2.utils import comm
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoint import Checkpointer
+from ..checkpoint import Checkpointer, keep_final_weights
 from ..data import check_coco_files, check_registered, prepare_dataset
 from ..errors import ConfigError, TrainingDiverged
 from ..evaluation import describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
@@ -264,6 +264,10 @@ def lazy_train(cfg, args):
         hooks.PeriodicWriter(default_writers(train.output_dir, train.max_iter), period=train.log_period) if main_process else None,
     ])
     resumed = args.resume and checkpointer.has_checkpoint()
+    if resumed and main_process:
+        kept = keep_final_weights(train.output_dir, train.max_iter)
+        if kept is not None:
+            logger.info("the finished run trains on to train.max_iter=%d: its model_final.pth stays as %s", train.max_iter, kept)
     checkpointer.strict = resumed  # the same run goes on; new weights (fine-tuning) may differ, with warnings
     checkpointer.resume_or_load(train.init_checkpoint, resume=args.resume)
     checkpointer.strict = False

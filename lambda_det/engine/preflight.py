@@ -27,7 +27,7 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 from fvcore.common.registry import Registry
 
-from ..checkpoint import Checkpointer, check_resume, is_local, saved_iteration, weights_problem
+from ..checkpoint import Checkpointer, check_resume, is_local, kept_final_name, saved_iteration, weights_problem
 from ..data import check_coco_files, check_datasets, lsj_problems
 from ..errors import ConfigError, OutputError, UserError, WeightsError
 from ..evaluation import INFERENCE_FOLDER, evaluation_folders
@@ -412,7 +412,8 @@ def check_output_and_weights(keys: RunKeys, output_dir: str, weights: str, *, ha
         if (resumed is not None and resumed.name == "model_final.pth" and earlier and not overwrite
                 and max_iter is not None and trained is not None and trained + 1 < max_iter):
             # the run had ended: going on to the new length evaluates it again at its new end
-            refuse_overwrite(earlier, f"--resume with {keys.max_iter}={max_iter} (the run ended at {trained + 1})",
+            refuse_overwrite(earlier, f"--resume with {keys.max_iter}={max_iter} (the run ended at {trained + 1}; its "
+                             f"model_final.pth would stay as {kept_final_name(resumed, trained).name})",
                              "of the finished run's evaluation")
         if resumed is not None:
             strict_weights = str(resumed)

@@ -17,7 +17,7 @@ from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import Checkpointer, intact_checkpoints
+from ..checkpoint import Checkpointer, intact_checkpoints, keep_final_weights
 from ..data import build_train_mapper, check_dataset_dicts, prepare_dataset
 from ..errors import TrainingDiverged
 from ..evaluation import INFERENCE_FOLDER, TTA_FOLDER, build_coco_evaluator, evaluation_provenance, write_ap_by_size
@@ -99,6 +99,11 @@ class Trainer(DefaultTrainer):
         """Detectron2's: a resumed run's checkpoint must fit the model exactly (the same run goes on);
         MODEL.WEIGHTS for a new run may differ (fine-tuning with new heads), with Detectron2's warnings."""
         self.checkpointer.strict = bool(resume and self.checkpointer.has_checkpoint())
+        if resume and comm.is_main_process():
+            kept = keep_final_weights(self.cfg.OUTPUT_DIR, self.cfg.SOLVER.MAX_ITER)
+            if kept is not None:
+                logger.info("the finished run trains on to SOLVER.MAX_ITER=%d: its model_final.pth stays as %s",
+                            self.cfg.SOLVER.MAX_ITER, kept)
         try:
             super().resume_or_load(resume=resume)
         finally:
