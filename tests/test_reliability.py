@@ -580,6 +580,13 @@ def test_dataset_stats_names_what_is_wrong_in_a_coco_json_and_counts_no_crowd_re
     status, captured = stats("string_ids", string_ids)
     assert status == 0 and "circle" in captured.out, captured.err
 
+    def same_names(data):  # two categories of one name are two classes to the model: counted apart
+        for c in data["categories"][:2]:
+            c["name"] = "thing"
+    status, captured = stats("same_names", same_names)
+    ids = [c["id"] for c in json.loads((own_dataset / "annotations/instances_val.json").read_text())["categories"][:2]]
+    assert status == 0 and all(f"thing (id {i}) " in captured.out for i in ids), captured.out
+
 
 def test_a_cache_variable_naming_a_file_is_one_line(tmp_path):
     from conftest import REPO

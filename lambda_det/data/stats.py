@@ -31,6 +31,9 @@ def dataset_statistics(name: str) -> Dict:
                         f"object sizes are COCO's areas), e.g. id {no_area[0].get('id')!r}")
     areas = [a["area"] for a in instances]
     names = {c["id"]: c["name"] for c in coco.get("categories", [])}
+    # categories that share a name stay apart (the model learns one class per id): told apart by id
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    names = {i: f"{n} (id {i})" if n in shared else n for i, n in names.items()}
     per_class: Dict[str, int] = {n: 0 for n in names.values()}
     for a in instances:
         label = names.get(a.get("category_id"), f"category_id {a.get('category_id')!r} (not among its categories)")
