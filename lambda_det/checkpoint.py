@@ -248,7 +248,10 @@ def fit_report(path: str, incompatible, cfg=None, limit: int = 4) -> str:
         shown = [f"{k} {tuple(a)} in the file, {tuple(b)} in the model" for k, a, b in incompatible.incorrect_shapes[:limit]]
         more = len(incompatible.incorrect_shapes) - limit
         lines.append(f"  other shapes ({len(incompatible.incorrect_shapes)}): " + "; ".join(shown) + (f"; ... {more} more" if more > 0 else ""))
-    for keys, what in ((incompatible.missing_keys, "in the model but not in the file"),
+    # fvcore counts a tensor of another shape as missing too (it is left out of the load): said once, above
+    other_shape = {k for k, _, _ in incompatible.incorrect_shapes}
+    missing = [k for k in incompatible.missing_keys if k not in other_shape]
+    for keys, what in ((missing, "in the model but not in the file"),
                        (incompatible.unexpected_keys, "in the file but not in the model")):
         if keys:
             lines.append(f"  {what} ({len(keys)} tensors): {_group(keys, limit)}")
