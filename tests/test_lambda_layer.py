@@ -1,6 +1,8 @@
 """The lambda layer against a slow reference written straight from the paper's definitions."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -342,16 +344,29 @@ def test_local_scope_accepts_any_size_and_stride_two_halves():
         (dict(in_channels=8, out_channels=8, norm="LayerNorm"), "norm='LayerNorm'"),
         (dict(in_channels=8, out_channels=8, stride=3), "stride=3"),
         (dict(in_channels=8, out_channels=8, dim_u=0), "dim_u=0"),
+        # bools and floats were accepted (stride=True ran as stride 1) or failed inside torch
+        (dict(in_channels=8, out_channels=8, scope=True), "scope=True"),
+        (dict(in_channels=8, out_channels=8, stride=True), "stride=True"),
+        (dict(in_channels=8, out_channels=8, stride=2.0), "stride=2.0"),
+        (dict(in_channels=8, out_channels=8, scope=None, global_max_size=8.5), "global_max_size=8.5"),
+        (dict(in_channels=8, out_channels=8, scope=None, global_max_size=(8, True)), "global_max_size=(8, True)"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         LambdaLayer(**kwargs)
 
 
 def test_group_norm_with_too_few_channels_is_explained():
     with pytest.raises(ValueError, match="norm='GN'.*16"):
         LambdaLayer(64, 64, heads=4, norm="GN")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_an_empty_batch_gives_an_empty_output(stride):
+    """As Detectron2's own layers do; the projections' reshape failed on it."""
+    layer = LambdaLayer(8, 8, heads=2, dim_k=4, scope=3, stride=stride).eval()
+    assert layer(torch.randn(0, 8, 7, 9)).shape == (0, *layer(torch.randn(1, 8, 7, 9)).shape[1:])
 
 
 def test_wrong_channel_count_at_forward():

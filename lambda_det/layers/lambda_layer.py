@@ -89,9 +89,9 @@ class LambdaLayer(nn.Module):
         _check_positive("dim_u", dim_u)
         if out_channels % heads != 0:
             raise ValueError(f"out_channels={out_channels} must be divisible by heads={heads}")
-        if scope is not None and (not isinstance(scope, int) or scope < 1 or scope % 2 == 0):
+        if scope is not None and (not _is_int(scope) or scope < 1 or scope % 2 == 0):
             raise ValueError(f"scope={scope!r} must be a positive odd integer, or None for global")
-        if stride not in (1, 2):
+        if not _is_int(stride) or stride not in (1, 2):
             raise ValueError(f"stride={stride!r} must be 1 or 2")
         if impl not in IMPL_CHOICES:
             raise ValueError(f"impl={impl!r} is not one of {list(IMPL_CHOICES)}")
@@ -101,10 +101,11 @@ class LambdaLayer(nn.Module):
             raise ValueError(f"norm={norm!r} is not one of {list(NORM_CHOICES)}")
         if pool not in POOLS:
             raise ValueError(f"pool={pool!r} is not one of {list(POOLS)}")
-        if isinstance(global_max_size, int):
+        if _is_int(global_max_size):
             global_max_size = (global_max_size, global_max_size)
-        if len(global_max_size) != 2 or min(global_max_size) < 1:
-            raise ValueError(f"global_max_size={global_max_size!r} must be a positive side or (height, width)")
+        if (not isinstance(global_max_size, (tuple, list)) or len(global_max_size) != 2
+                or not all(_is_int(side) and side >= 1 for side in global_max_size)):
+            raise ValueError(f"global_max_size={global_max_size!r} must be a positive integer side or (height, width)")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -205,6 +206,9 @@ class LambdaLayer(nn.Module):
                 raise ValueError(
                     f"LambdaLayer expects an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
                 )
+            if x.shape[0] == 0:  # an empty batch, as Detectron2's layers take it: an empty output
+                out = x.new_zeros(0, self.out_channels, x.shape[2], x.shape[3])
+                return self.pool(out) if self.pool is not None else out
         q, keys, values = self.qkv(x).split(self.split_sizes(), dim=1)  # (b, h k | k u | v u, H, W)
         if self.norm_q is not None and self.norm_v is not None:
             q, values = self.norm_q(q), self.norm_v(values)
@@ -323,8 +327,13 @@ def lambda_layer_num_params(layer: LambdaLayer) -> int:
     return layer.in_channels * (h * k + k * u + v * u) + norms + taps * k * u + (k if layer.position_bias is not None else 0)
 
 
+def _is_int(value) -> bool:
+    """An integer, not a bool (True would pass for 1) nor a float (2.0)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
