@@ -122,6 +122,11 @@ def test_analyze_model_takes_overrides_right_after_tasks_and_names_a_late_flag(t
         assert "--json comes after the config overrides" in err and not (tmp_path / "late.json").exists()
 
 
+def test_analyze_model_names_only_the_unknown_task_not_the_overrides_after_it(capsys):
+    assert run_tool("analyze_model.py", "--config-file", TOY_CONFIG, "--tasks", "nosuch", "MODEL.DEVICE", "cpu") == 2
+    assert "--tasks: ['nosuch'] not among" in capsys.readouterr().err
+
+
 def test_analyze_model_names_an_input_size_too_small_for_the_model(capsys):
     """With a channel per FPN group (the tiny test model) a 32 x 32 input leaves one value per group at
     the 1 x 1 top level: GroupNorm's ValueError was a traceback."""

@@ -839,6 +839,32 @@ def test_demo_labels_come_from_the_models_dataset_or_are_class_numbers(tiny_weig
     assert re.search(r"detections \((\d+ \d(, )?)+\)", out), out
 
 
+def test_messages_that_suggested_what_was_given_or_could_not_be_followed(tmp_path, tiny_weights, capsys):
+    """A json without categories was "0 classes (): set NUM_CLASSES 0", which is refused in turn;
+    --eval-only --resume without a checkpoint suggested --resume; an export of one's own model did
+    not say that --sample-image avoids the dataset; the LazyConfig trainer's --dataset named yacs keys."""
+    from lambda_det.data import register_coco_dataset
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "none.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    with pytest.raises(DatasetError, match="lists no categories, so there is nothing to detect"):
+        register_coco_dataset("lambda_det_test_no_categories", str(tmp_path / "none.json"), str(tmp_path / "images"))
+
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, "--eval-only", "--resume", *TINY,
+                    "OUTPUT_DIR", tmp_path / "empty") == 2
+    err = capsys.readouterr().err
+    assert "--eval-only needs weights" in err and "holds no checkpoint for --resume" in err and "or --resume to evaluate" not in err
+
+    assert run_tool("export_model.py", "--config-file", TOY_CONFIG, "--format", "torchscript", "--export-method", "tracing",
+                    "--output", tmp_path / "export", *TINY, "MODEL.WEIGHTS", tiny_weights,
+                    "DATASETS.TEST", "('lambda_det_test_unknown',)") == 2
+    assert "give one with --sample-image instead" in capsys.readouterr().err
+
+    assert run_tool("lazyconfig_train_net.py", "--help") == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "dataloader.train.dataset.names" in out and "model.roi_heads.num_classes must be" in out and "DATASETS.TRAIN" not in out
+
+
 def test_user_errors_are_value_errors_for_library_callers():
     assert issubclass(ConfigError, UserError) and issubclass(UserError, ValueError)
     assert issubclass(WeightsError, UserError) and issubclass(OutputError, UserError)

@@ -16,7 +16,7 @@ import sys
 
 import lambda_det
 from lambda_det.analysis import TASKS, analyze, worst_case
-from lambda_det.engine import cpu_if_no_cuda, parse_args_with_overrides, positive_int, run_main, validate_config
+from lambda_det.engine import CONFIG_KEY, cpu_if_no_cuda, parse_args_with_overrides, positive_int, run_main, validate_config
 from lambda_det.errors import UserError
 from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite, same_file, write_text
 
@@ -38,10 +38,9 @@ def main() -> int:
     args = parse_args_with_overrides(parser)
     # --tasks takes words until the next flag: trailing overrides right after it belong to opts
     tasks = list(args.tasks)
-    first_other = next((i for i, t in enumerate(tasks) if t not in TASKS), len(tasks))
-    if first_other < len(tasks) and "." in tasks[first_other]:  # a config key such as MODEL.DEVICE
-        args.opts[:0] = tasks[first_other:]
-        tasks = tasks[:first_other]
+    first_key = next((i for i, t in enumerate(tasks) if CONFIG_KEY.match(t)), len(tasks))  # such as MODEL.DEVICE
+    args.opts[:0] = tasks[first_key:]
+    tasks = tasks[:first_key]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         parser.error(f"--tasks: {unknown or args.tasks} not among {list(TASKS)}")

@@ -68,7 +68,11 @@ def main() -> int:
     if sample is None:
         if not cfg.DATASETS.TEST:
             raise UserError("--sample-image is needed: the config has no DATASETS.TEST to take a sample from")
-        prepare_dataset(cfg.DATASETS.TEST[0])
+        try:
+            prepare_dataset(cfg.DATASETS.TEST[0])
+        except UserError as exc:  # e.g. one's own dataset, registered by --dataset in training only
+            raise UserError(f"{exc} (the export takes its sample image from DATASETS.TEST[0]: give one with "
+                            "--sample-image instead)") from None
         sample = DatasetCatalog.get(cfg.DATASETS.TEST[0])[0]["file_name"]
     try:
         bgr = read_image_bgr(Path(sample))

@@ -95,6 +95,8 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
             return
         raise DatasetError(f"dataset {name!r} is already registered (with {meta.get('json_file')}); choose another name")
     data = read_coco_json(str(json_file))
+    if not data.get("categories"):
+        raise DatasetError(f"dataset {name!r}: {json_file} lists no categories, so there is nothing to detect")
     register_coco_instances(name, {}, str(json_file), str(image_root))
     meta.thing_classes = [c["name"] for c in sorted(data.get("categories", []), key=lambda c: c["id"])]
 

@@ -63,11 +63,14 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
+def add_dataset_argument(parser: argparse.ArgumentParser, keys: str = "DATASETS.TRAIN / DATASETS.TEST",
+                         classes: str = "MODEL.ROI_HEADS.NUM_CLASSES") -> None:
+    """--dataset NAME JSON IMAGES (repeatable); ``keys``, ``classes``: the config keys that name
+    datasets and the class count, as the tool's config spells them."""
     parser.add_argument(
         "--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGES"),
-        help="register a COCO-format dataset (annotation json, image folder) under NAME, for DATASETS.TRAIN / "
-        "DATASETS.TEST (MODEL.ROI_HEADS.NUM_CLASSES must be its number of categories); repeatable",
+        help=f"register a COCO-format dataset (annotation json, image folder) under NAME, for {keys} "
+        f"({classes} must be its number of categories); repeatable",
     )
 
 

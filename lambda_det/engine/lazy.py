@@ -65,7 +65,7 @@ train.output_dir/inference/<dataset>/ and refuses to replace an earlier evaluati
 def lazy_argument_parser() -> argparse.ArgumentParser:
     """Detectron2's ``default_argument_parser`` (as its lazyconfig_train_net.py) with --dataset and --overwrite."""
     parser = default_argument_parser(epilog=EPILOG)
-    add_dataset_argument(parser)
+    add_dataset_argument(parser, "dataloader.train.dataset.names / dataloader.test.dataset.names", "model.roi_heads.num_classes")
     parser.add_argument(
         "--overwrite", action="store_true",
         help="replace an earlier evaluation in train.output_dir/inference/<dataset>/: with --eval-only, or with "

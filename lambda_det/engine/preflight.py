@@ -399,8 +399,9 @@ def check_output_and_weights(keys: RunKeys, output_dir: str, weights: str, *, ha
         if resumed is None:
             if not weights:
                 raise WeightsError(
-                    f"--eval-only needs weights: pass {keys.setting(keys.weights, 'path/to/model.pth')}, or --resume to "
-                    f"evaluate the last checkpoint in {keys.output_dir}={output_dir}"
+                    f"--eval-only needs weights: pass {keys.setting(keys.weights, 'path/to/model.pth')}"
+                    + (f" ({keys.output_dir}={output_dir} holds no checkpoint for --resume)" if resume else
+                       f", or --resume to evaluate the last checkpoint in {keys.output_dir}={output_dir}")
                 )
             _check_weights_file(weights, keys.weights)
         strict_weights = str(resumed) if resumed is not None else weights
