@@ -621,6 +621,10 @@ def test_benchmark_checks_its_output_before_timing(tmp_path, capsys):
     ("demo.py", ["--config-file", TOY_CONFIG, "--input", "", "--output", "o"], "argument --input: an empty path is not allowed"),
     ("benchmark_lambda.py", ["--repeats", "0"], "argument --repeats: '0' is not allowed"),
     ("benchmark_lambda.py", ["--sides", "0"], "argument --sides: '0' is not allowed"),
+    # a flag another benchmark reads was ignored without a word
+    ("benchmark_lambda.py", ["--vs-conv", "--sizes", "100"], "--sizes does nothing for --vs-conv, which takes --batches"),
+    ("benchmark_lambda.py", ["--kernels", "--batch", "4"], "--batch does nothing for --kernels, which takes none of"),
+    ("benchmark_lambda.py", ["--scopes", "3"], "--scopes does nothing for the layer benchmark, which takes --sides"),
 ])
 def test_command_line_values_are_named_with_what_is_allowed(tool, argv, expected, capsys):
     assert run_tool(tool, *argv) == 2

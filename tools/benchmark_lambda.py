@@ -30,6 +30,14 @@ from lambda_det.engine import positive_int, run_folder_lock, run_main
 from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite
 
 
+# the flags each benchmark reads beyond --output, --overwrite, --device and --repeats
+MODE_FLAGS = {"vs_conv": ("batches",), "auto_rule": ("batches", "sides"), "scope_sweep": ("sides", "scopes", "batch"),
+              "vs_timm": ("sizes", "batch"), "kernels": (), "layer": ("sides", "memory_sides", "methods", "batch", "scope")}
+OPTIONAL_FLAGS = ("sizes", "sides", "memory_sides", "methods", "batch", "batches", "scope", "scopes")
+DEFAULTS = {"sizes": [512, 1024], "memory_sides": [32, 64, 128, 256], "batch": 2, "batches": [1, 2, 4, 8], "scope": 23,
+            "scopes": [3, 7, 11, 15, 23]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=path_argument, default=Path("output/benchmarks"), help="directory for JSON/markdown/PNG")
@@ -42,17 +50,27 @@ def main() -> int:
     what.add_argument("--vs-timm", action="store_true", help="timm's lambda_resnet50ts against this package's build, at --sizes")
     what.add_argument("--kernels", action="store_true", help="the Triton operator's kernels one by one, with tile variants "
                       "(CUDA; on a CPU only under TRITON_INTERPRET=1, at toy sizes)")
-    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[512, 1024], help="--vs-timm input sizes")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", help="--vs-timm input sizes (default: 512 1024)")
     parser.add_argument("--sides", type=positive_int, nargs="+", help="map sides (default: 32 64 128; --scope-sweep 8 16 32 64; "
                         "--auto-rule 16 32 64 128)")
-    parser.add_argument("--memory-sides", type=positive_int, nargs="+", default=[32, 64, 128, 256], help="map sides for peak memory")
+    parser.add_argument("--memory-sides", type=positive_int, nargs="+", help="map sides for peak memory (default: 32 64 128 256)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per cell (median and range reported)")
     parser.add_argument("--methods", nargs="+", help="subset of methods (default: all available)")
-    parser.add_argument("--batch", type=positive_int, default=2)
-    parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 2, 4, 8], help="--vs-conv / --auto-rule batches")
-    parser.add_argument("--scope", type=positive_int, default=23, help="odd r of the r x r scope")
-    parser.add_argument("--scopes", type=positive_int, nargs="+", default=[3, 7, 11, 15, 23])
+    parser.add_argument("--batch", type=positive_int, help="the layer benchmark's, --scope-sweep's and --vs-timm's batch (default: 2)")
+    parser.add_argument("--batches", type=positive_int, nargs="+", help="--vs-conv / --auto-rule batches (default: 1 2 4 8)")
+    parser.add_argument("--scope", type=positive_int, help="odd r of the r x r scope (default: 23)")
+    parser.add_argument("--scopes", type=positive_int, nargs="+", help="--scope-sweep's scopes (default: 3 7 11 15 23)")
     args = parser.parse_args()
+    mode = next((m for m in MODE_FLAGS if m != "layer" and getattr(args, m)), "layer")
+    unused = [flag for flag in OPTIONAL_FLAGS if getattr(args, flag) is not None and flag not in MODE_FLAGS[mode]]
+    if unused:  # (they were ignored without a word)
+        name = "the layer benchmark" if mode == "layer" else "--" + mode.replace("_", "-")
+        parser.error(f"--{unused[0].replace('_', '-')} does nothing for {name}, which takes "
+                     + (", ".join("--" + f.replace("_", "-") for f in MODE_FLAGS[mode]) or "none of " + ", ".join(
+                         "--" + f.replace("_", "-") for f in OPTIONAL_FLAGS)))
+    for flag, default in DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     even = [r for r in [args.scope, *args.scopes] if r % 2 == 0]
     if even:
         parser.error(f"--scope / --scopes: {even[0]} is even; a scope r x r needs an odd r")
