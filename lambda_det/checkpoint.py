@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import filecmp
 import io
 import logging
 import os
@@ -20,7 +21,7 @@ import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .errors import ConversionError, OutputError, WeightsError
-from .utils.file_safety import temporary_path, write_bytes, write_text
+from .utils.file_safety import no_hard_links, temporary_path, write_bytes, write_text
 
 logger = logging.getLogger("lambda_det")
 
@@ -415,8 +416,14 @@ def check_resume(output_dir: str) -> Optional[Path]:
 
 def kept_final_name(final: Path, iteration: int) -> Path:
     """The name a finished run's model_final.pth keeps when the run trains on: the periodic
-    checkpoints' name for its iteration (Detectron2's ``model_{iteration:07d}.pth``)."""
-    return Path(final).with_name(f"model_{iteration:07d}.pth")
+    checkpoints' name for its iteration (Detectron2's ``model_{iteration:07d}.pth``), which often holds
+    the same weights already; if a file of other content has it, ``model_{iteration:07d}.N.pth``."""
+    final = Path(final)
+    name, n = final.with_name(f"model_{iteration:07d}.pth"), 0
+    while name.exists() and not filecmp.cmp(name, final, shallow=False):
+        n += 1
+        name = final.with_name(f"model_{iteration:07d}.{n}.pth")
+    return name
 
 
 def keep_final_weights(output_dir: str, max_iter: int) -> Optional[Path]:
@@ -431,12 +438,14 @@ def keep_final_weights(output_dir: str, max_iter: int) -> Optional[Path]:
     if iteration is None or iteration + 1 >= max_iter:
         return None
     kept = kept_final_name(last, iteration)
+    if kept.exists():  # the same weights under that name already (a periodic checkpoint at the last iteration)
+        return None
     try:
         os.link(last, kept)
-    except FileExistsError:
-        return None
-    except OSError:  # a file system without hard links: a copy, written whole or not at all
-        write_bytes(kept, last.read_bytes(), replace=False)
+    except OSError as exc:
+        if not no_hard_links(exc):
+            raise OSError(exc.errno, exc.strerror, str(kept)) from None
+        write_bytes(kept, last.read_bytes(), replace=False)  # a copy, written whole or not at all
     return kept
 
 

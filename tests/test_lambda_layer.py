@@ -367,6 +367,15 @@ def test_an_empty_batch_gives_an_empty_output(stride):
     """As Detectron2's own layers do; the projections' reshape failed on it."""
     layer = LambdaLayer(8, 8, heads=2, dim_k=4, scope=3, stride=stride).eval()
     assert layer(torch.randn(0, 8, 7, 9)).shape == (0, *layer(torch.randn(1, 8, 7, 9)).shape[1:])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.randn(0, 8, 7, 9)).dtype == layer(torch.randn(1, 8, 7, 9)).dtype == torch.bfloat16
+
+
+def test_global_max_size_from_a_lazyconfig_list():
+    """instantiate() passes a LazyConfig's list as an OmegaConf ListConfig."""
+    from omegaconf import OmegaConf
+
+    assert LambdaLayer(8, 8, heads=2, dim_k=4, scope=None, global_max_size=OmegaConf.create([6, 9])).global_max_size == (6, 9)
 
 
 def test_wrong_channel_count_at_forward():

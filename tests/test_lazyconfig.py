@@ -186,6 +186,17 @@ def test_the_paper_schedule_file_is_table6s_recipe_and_reaches_every_row_by_over
         assert backbone_options(row) == backbone_options(model_zoo.get_config(f"new_baselines/mask_rcnn_{model}_FPN_100ep_LSJ.py"))
 
 
+def test_a_box_only_lazyconfig_model_has_no_mask_head_for_the_dataset_checks():
+    """StandardROIHeads predicts masks only with mask_in_features: box-only data must pass then."""
+    from lambda_det.engine.lazy import has_mask_head
+
+    path = "new_baselines/mask_rcnn_LambdaR_101_FPN_100ep_LSJ.py"
+    assert has_mask_head(model_zoo.get_config(path))
+    box_only = model_zoo.get_config(path, ["model.roi_heads.mask_in_features=null"])
+    assert box_only.model.roi_heads.mask_head is not None and not has_mask_head(box_only)
+    assert not instantiate(box_only.model.roi_heads).mask_on  # what Detectron2 builds from it
+
+
 def test_misspelt_overrides_and_files_that_are_no_lazyconfig_are_named(tmp_path):
     path = "new_baselines/mask_rcnn_LambdaR_101_FPN_100ep_LSJ.py"
     with pytest.raises(ConfigError, match=r"train\.max_iters is not a config key; did you mean train\.max_iter\?"):

@@ -767,7 +767,7 @@ def _drop_height(data):
 @pytest.mark.parametrize("change,training,expected", [
     (_drop_segmentation, False, r"1 annotation\(s\) without a 'segmentation', which the mask head needs .*ids \[2\]"),
     (_drop_height, False, r"1 of the 2 images that .* lists have no 'height' and 'width' .*: a.jpg"),
-    (lambda data: data.pop("annotations"), True, "has no annotations .*nothing to train on"),
+    (lambda data: data.pop("annotations"), True, "no annotations \\(crowd regions aside\\), nothing to train on"),
 ])
 def test_annotations_detectron2_would_fail_on_mid_run_are_named_before_the_run_folder(
         coco_like, tmp_path, capsys, change, training, expected):
@@ -782,26 +782,43 @@ def test_annotations_detectron2_would_fail_on_mid_run_are_named_before_the_run_f
 
 
 def test_a_box_only_model_trains_on_annotations_without_masks(coco_like):
-    from lambda_det.data import check_coco_files
+    from lambda_det.data import check_coco_files, check_trainable
 
     name = coco_like("boxes", _drop_segmentation)
-    check_coco_files(name, masks=False, training=True)
+    check_trainable([name], masks=False)
     with pytest.raises(DatasetError, match="without a 'segmentation'"):
-        check_coco_files(name, masks=True, training=True)
+        check_coco_files(name, masks=True)
+    # a set of negatives (images, no annotations) beside one with annotations: Detectron2 joins them
+    negatives = coco_like("negatives", lambda data: data.update(annotations=[]))
+    check_trainable([name, negatives], masks=False)
+    with pytest.raises(DatasetError, match="'lambda_det_test_negatives': no annotations"):
+        check_trainable([negatives], masks=False)
 
 
-def test_an_image_whose_size_differs_from_its_json_entry_is_one_line(capsys):
-    """Detectron2's loader finds it mid-run, in a data-loader worker that wraps it in its traceback."""
+def test_an_image_whose_size_differs_from_its_json_entry_is_one_line(coco_like, tmp_path, capsys):
+    """Detectron2's loader finds it mid-run (in a data-loader worker, wrapped in that worker's traceback)
+    and its training loop logs the traceback to the terminal: now one line, the traceback in log.txt."""
     from detectron2.data.detection_utils import SizeMismatchError
 
     from lambda_det.engine import run_main
 
-    def mid_run():
+    def taller(data):
+        for image in data["images"]:
+            image["height"] = 100  # the files are 96 high
+    name = coco_like("taller", taller)
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()",
+                    "MODEL.ROI_HEADS.NUM_CLASSES", "2", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", tmp_path / "run") == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err, out[-3000:]
+    assert err.strip().splitlines()[-1].startswith("error: Mismatched image shape for image ")
+    assert "Traceback" in (tmp_path / "run" / "log.txt").read_text()
+
+    def from_a_worker():
         raise SizeMismatchError("Caught SizeMismatchError in DataLoader worker process 0.\nOriginal Traceback ...\n"
                                 "detectron2.data.detection_utils.SizeMismatchError: Mismatched image shape for image "
                                 "/data/a.jpg, got (128, 96), expect (128, 100). Please check the width/height in your annotation.")
 
-    assert run_main(mid_run) == 2
+    assert run_main(from_a_worker) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: Mismatched image shape for image /data/a.jpg, got (128, 96)")
     assert "EXIF orientation" in lines[0]

@@ -124,6 +124,25 @@ def test_a_write_not_asked_to_replace_leaves_a_file_that_appeared_meanwhile(tmp_
                 write_text(staged.stage(tmp_path / "set" / name), "mine")
     assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["comparison.md"]
     assert (tmp_path / "set" / "comparison.md").read_text() == "another run's"
+    # a file of the set that another run (with --overwrite) replaced since it was placed is that run's: kept
+    import lambda_det.utils.file_safety as file_safety
+
+    put = file_safety._put
+
+    def theirs_replaces_the_first(tmp, path, replace):
+        put(tmp, path, replace)
+        if path.name == names[0]:
+            (tmp_path / "theirs.tmp").write_text("their json")
+            os.replace(tmp_path / "theirs.tmp", path)
+
+    monkeypatch.setattr(file_safety, "_put", theirs_replaces_the_first)
+    with pytest.raises(OutputError, match="comparison.md appeared while this ran"):
+        with StagedFiles(replace=False) as staged:
+            for name in names:
+                write_text(staged.stage(tmp_path / "set" / name), "mine")
+    assert (tmp_path / "set" / names[0]).read_text() == "their json"
+    (tmp_path / "set" / names[0]).unlink()
+    monkeypatch.setattr(file_safety, "_put", put)
     with StagedFiles() as staged:  # the default (asked to replace) replaces
         write_text(staged.stage(tmp_path / "set" / names[1]), "mine")
     assert (tmp_path / "set" / names[1]).read_text() == "mine"
@@ -752,6 +771,16 @@ def test_a_finished_run_trained_longer_keeps_its_final_weights(small_val, tmp_pa
     after = hashes(run)
     assert after["model_0000001.pth"] == final != after["model_final.pth"]
     assert torch.load(run / "model_final.pth", weights_only=False)["iteration"] == 2
+
+    # a file of other content under that name (the user's, an earlier try's) is not taken for it
+    from lambda_det.checkpoint import keep_final_weights, kept_final_name
+
+    (run / "model_0000002.pth").write_bytes(b"not these weights")
+    assert kept_final_name(run / "model_final.pth", 2).name == "model_0000002.1.pth"
+    assert keep_final_weights(str(run), 4) == run / "model_0000002.1.pth"
+    assert hashes(run)["model_0000002.1.pth"] == after["model_final.pth"]
+    assert (run / "model_0000002.pth").read_bytes() == b"not these weights"
+    assert keep_final_weights(str(run), 4) is None  # kept already
 
 
 def test_demo_overwrite_replaces_only_its_own_pictures(tiny_weights, tmp_path, capsys):

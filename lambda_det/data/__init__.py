@@ -1,6 +1,6 @@
 """Data: dataset registration (the embedded toy dataset, COCO checks) and mappers (large-scale jitter)."""
 from .datasets import (
-    TOY_DATASETS, check_coco_files, check_dataset_dicts, check_datasets, check_registered, prepare_dataset,
+    TOY_DATASETS, check_coco_files, check_dataset_dicts, check_datasets, check_registered, check_trainable, prepare_dataset,
     register_coco_dataset, register_toy_datasets,
 )
 from .mappers import build_lsj_augmentations, build_train_mapper, lsj_problems
@@ -15,6 +15,7 @@ __all__ = [
     "check_dataset_dicts",
     "check_datasets",
     "check_registered",
+    "check_trainable",
     "build_lsj_augmentations",
     "build_train_mapper",
     "generate_toy_dataset",

@@ -101,26 +101,35 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
     meta.thing_classes = [c["name"] for c in sorted(data.get("categories", []), key=lambda c: c["id"])]
 
 
-def check_coco_files(name: str, *, masks: bool = False, training: bool = False) -> None:
+def check_coco_files(name: str, *, masks: bool = False) -> Optional[bool]:
     """A registered COCO-format dataset whose json lists what is on disk and what Detectron2 reads:
     every image with its file present and its height and width, every annotation's category among its
-    categories; with ``masks`` (a mask head) a segmentation on every annotation that is not a crowd;
-    for ``training``, something to train on. DatasetError names the file and the first offending
-    entries (Detectron2 would fail on them in the middle of a run, or not at all)."""
+    categories; with ``masks`` (a mask head) a segmentation on every annotation that is not a crowd.
+    DatasetError names the file and the first offending entries (Detectron2 would fail on them in the
+    middle of a run, or not at all). Returns whether it has an annotation that is not a crowd (None:
+    not a json dataset), for ``check_trainable``."""
     meta = MetadataCatalog.get(name)
     json_file, image_root = meta.get("json_file", None), meta.get("image_root", None)
     if not json_file or not image_root:
-        return
+        return None
     prepare_dataset(name)
     path = Path(json_file)
     problem, unsegmented, trainable = _coco_problem(str(path), str(image_root), path.stat().st_mtime_ns, path.stat().st_size)
     if not problem and masks and unsegmented:
         problem = (f"{json_file} has {len(unsegmented)} annotation(s) without a 'segmentation', which the mask head "
                    f"needs (crowd regions aside): ids {unsegmented[:3]}{' ...' if len(unsegmented) > 3 else ''}")
-    if not problem and training and not trainable:
-        problem = f"{json_file} has no annotations (crowd regions aside): nothing to train on"
     if problem:
         raise DatasetError(f"dataset {name!r}: {problem}")
+    return trainable
+
+
+def check_trainable(names: Sequence[str], masks: bool) -> None:
+    """``check_coco_files`` of the training datasets, and something to train on among them together
+    (Detectron2 joins them, then drops the images without annotations)."""
+    found = [check_coco_files(name, masks=masks) for name in names]
+    if found and all(f is False for f in found):
+        raise DatasetError(f"{'dataset' if len(names) == 1 else 'datasets'} {', '.join(map(repr, names))}: no annotations "
+                           "(crowd regions aside), nothing to train on")
 
 
 def _sized(image: dict) -> bool:

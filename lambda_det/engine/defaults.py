@@ -332,10 +332,11 @@ def console_handlers(*loggers: str) -> List[logging.Handler]:
 
 
 def _known_failures_in_one_line(record: logging.LogRecord) -> bool:
-    """Detectron2 logs the traceback of any error that ends training; for bad input, divergence and
-    failed writes the tool prints one line that says it all, so the terminal gets no traceback."""
+    """Detectron2 logs the traceback of any error that ends training; for bad input, divergence,
+    failed writes and an image of another size than its annotation (``run_main``) the tool prints one
+    line that says it all, so the terminal gets no traceback (log.txt keeps it)."""
     error = record.exc_info[1] if record.exc_info else None
-    return not isinstance(error, (UserError, OSError))
+    return not isinstance(error, (UserError, OSError, SizeMismatchError))
 
 
 def _free_name(path: Path) -> Path:

@@ -26,7 +26,7 @@ from detectron2.utils import comm
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import Checkpointer, keep_final_weights
-from ..data import check_coco_files, check_registered, prepare_dataset
+from ..data import check_coco_files, check_registered, check_trainable, prepare_dataset
 from ..errors import ConfigError, TrainingDiverged
 from ..evaluation import describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
 from ..lazy_config import config_text, load_lazy_config
@@ -124,6 +124,15 @@ def _check_classes(cfg, names: List[str], key: str) -> None:
                               f"{len(classes)} classes: set model.roi_heads.num_classes={len(classes)}")
 
 
+def has_mask_head(cfg) -> bool:
+    """Whether the LazyConfig's model predicts masks: StandardROIHeads does when mask_in_features is
+    set (a mask_head alone is not used), Res5ROIHeads when mask_head is."""
+    heads = OmegaConf.select(cfg, "model.roi_heads", default=None)
+    if heads is None or OmegaConf.select(heads, "mask_head", default=None) is None:
+        return False
+    return "mask_in_features" not in heads or OmegaConf.select(heads, "mask_in_features", default=None) is not None
+
+
 def lazy_preflight(cfg, args) -> None:
     """Everything about a lazyconfig_train_net run that can be known to fail, checked before any
     process starts or file is written (the checks of train_net's ``preflight`` that apply)."""
@@ -147,9 +156,10 @@ def lazy_preflight(cfg, args) -> None:
         LAZY_KEYS, output_dir, train.init_checkpoint, has_test=True, earlier=evaluation_files(output_dir, [test]),
         eval_only=args.eval_only, resume=args.resume, overwrite=args.overwrite, max_iter=train.max_iter,
     )
-    masks = OmegaConf.select(cfg, "model.roi_heads.mask_head", default=None) is not None
-    for i, name in enumerate(datasets):
-        check_coco_files(name, masks=masks, training=i < len(datasets) - 1)
+    masks = has_mask_head(cfg)
+    if not args.eval_only:
+        check_trainable(datasets[:-1], masks=masks)
+    check_coco_files(test, masks=masks)
     with explained_build_errors(cfg):
         model = instantiate(cfg.model)  # on the CPU: instantiate moves nothing
     checkpoints = None if args.eval_only else train.max_iter // train.checkpointer.period + 1

@@ -28,7 +28,7 @@ from detectron2.solver import build_lr_scheduler
 from fvcore.common.registry import Registry
 
 from ..checkpoint import Checkpointer, check_resume, is_local, kept_final_name, saved_iteration, weights_problem
-from ..data import check_coco_files, check_datasets, lsj_problems
+from ..data import check_coco_files, check_datasets, check_trainable, lsj_problems
 from ..errors import ConfigError, OutputError, UserError, WeightsError
 from ..evaluation import INFERENCE_FOLDER, evaluation_folders
 from ..modeling import STAGE_NAMES, lambda_resnet_config_problems
@@ -365,7 +365,6 @@ def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, wo
     """Everything about a train_net run that can be known to fail, checked before any process
     starts or file is written: config values, datasets, OUTPUT_DIR, the model build and the weights."""
     validate_config(cfg, training=not eval_only, world_size=world_size)
-    datasets = ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST)
     if not eval_only:
         check_datasets(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     check_datasets(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
@@ -373,8 +372,11 @@ def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, wo
         YACS_KEYS, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, has_test=bool(cfg.DATASETS.TEST), earlier=earlier_evaluation(cfg),
         eval_only=eval_only, resume=resume, overwrite=overwrite, max_iter=cfg.SOLVER.MAX_ITER,
     )
-    for i, name in enumerate(datasets):  # files present (the toy data is generated), and what the json lists
-        check_coco_files(name, masks=cfg.MODEL.MASK_ON, training=i < len(datasets) - len(cfg.DATASETS.TEST))
+    # files present (the toy data is generated), and what the json lists
+    if not eval_only:
+        check_trainable(cfg.DATASETS.TRAIN, masks=cfg.MODEL.MASK_ON)
+    for name in cfg.DATASETS.TEST:
+        check_coco_files(name, masks=cfg.MODEL.MASK_ON)
     checkpoints = None if eval_only else cfg.SOLVER.MAX_ITER // cfg.SOLVER.CHECKPOINT_PERIOD + 1
     check_model_and_output(YACS_KEYS, build_model_on_cpu(cfg), cfg.OUTPUT_DIR, strict_weights, checkpoints=checkpoints, fit_cfg=cfg)
 

@@ -1,6 +1,7 @@
 """The lambda layer of LambdaNetworks (Bello, ICLR 2021), Sec. 3 and App. B-E, for NCHW maps."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -103,7 +104,7 @@ class LambdaLayer(nn.Module):
             raise ValueError(f"pool={pool!r} is not one of {list(POOLS)}")
         if _is_int(global_max_size):
             global_max_size = (global_max_size, global_max_size)
-        if (not isinstance(global_max_size, (tuple, list)) or len(global_max_size) != 2
+        if (not isinstance(global_max_size, Sequence) or isinstance(global_max_size, str) or len(global_max_size) != 2
                 or not all(_is_int(side) and side >= 1 for side in global_max_size)):
             raise ValueError(f"global_max_size={global_max_size!r} must be a positive integer side or (height, width)")
 
@@ -206,8 +207,11 @@ class LambdaLayer(nn.Module):
                 raise ValueError(
                     f"LambdaLayer expects an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
                 )
-            if x.shape[0] == 0:  # an empty batch, as Detectron2's layers take it: an empty output
-                out = x.new_zeros(0, self.out_channels, x.shape[2], x.shape[3])
+            if x.shape[0] == 0:  # an empty batch, as Detectron2's layers take it: an empty output (not linked to
+                # the parameters, as nothing flows back from no images), in the type a batch's output has
+                device = x.device.type
+                dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+                out = x.new_zeros(0, self.out_channels, x.shape[2], x.shape[3], dtype=dtype)
                 return self.pool(out) if self.pool is not None else out
         q, keys, values = self.qkv(x).split(self.split_sizes(), dim=1)  # (b, h k | k u | v u, H, W)
         if self.norm_q is not None and self.norm_v is not None:

@@ -22,7 +22,7 @@ import secrets
 import socket
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 from ..errors import OutputError
 
@@ -203,6 +203,12 @@ def _appeared(path: Path) -> OutputError:
                        "nothing was written: pass --overwrite to replace it, or choose another location")
 
 
+def no_hard_links(exc: OSError) -> bool:
+    """Whether a failed ``os.link`` says that the file system makes no hard links (FAT, some network
+    and FUSE file systems), rather than that something is wrong."""
+    return exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
+
+
 def _put(tmp: Path, path: Path, replace: bool) -> None:
     """Give the finished temporary file ``tmp`` the name ``path``. Without ``replace`` an existing ``path``
     stays: a hard link never replaces its target, where a rename would (the file system checks and links
@@ -216,7 +222,7 @@ def _put(tmp: Path, path: Path, replace: bool) -> None:
     except FileExistsError:
         raise _appeared(path) from None
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+        if not no_hard_links(exc):
             raise
         if os.path.lexists(path):
             raise _appeared(path) from None
@@ -289,7 +295,7 @@ class StagedFiles:
         that writes none of the set (``_put``)."""
         self.pending: Dict[Path, Path] = {}
         self.replace = replace
-        self.placed: List[Path] = []
+        self.placed: List[Tuple[Path, Tuple[int, int]]] = []  # and its (device, inode): only that file is removed
 
     def stage(self, path: Path) -> Path:
         tmp = temporary_path(Path(path))
@@ -305,8 +311,9 @@ class StagedFiles:
                 for path, tmp in self.pending.items():
                     check_written(tmp, "file")
                 for path, tmp in self.pending.items():
+                    identity = os.stat(tmp)
                     _put(tmp, path, self.replace)
-                    self.placed.append(path)
+                    self.placed.append((path, (identity.st_dev, identity.st_ino)))
                 return False
             except OSError as error:
                 self._discard(placed=not self.replace)
@@ -326,8 +333,12 @@ class StagedFiles:
     def _discard(self, placed: bool = False) -> None:
         """Remove the temporary files; with ``placed``, also the files of the set this commit already
         linked to their names (new files of its own: a set appears all or not at all)."""
-        for path in self.placed if placed else ():
-            path.unlink(missing_ok=True)
+        for path, identity in self.placed if placed else ():
+            try:
+                if (os.stat(path).st_dev, os.stat(path).st_ino) == identity:  # not a file another run put there since
+                    path.unlink()
+            except OSError:
+                pass
         for tmp in self.pending.values():
             Path(tmp).unlink(missing_ok=True)
 
@@ -343,6 +354,7 @@ __all__ = [
     "existing",
     "file_sha256",
     "imwrite",
+    "no_hard_links",
     "path_argument",
     "refuse_file",
     "refuse_overwrite",
