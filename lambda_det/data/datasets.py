@@ -155,8 +155,8 @@ def _coco_problem(json_file: str, image_root: str, mtime_ns: int, size: int) -> 
     images = data.get("images", [])
     unsized = [i.get("file_name", i.get("id")) for i in images if not _sized(i)]
     if unsized:
-        return (f"{len(unsized)} of the {len(images)} images that {json_file} lists have no 'height' and 'width' "
-                "(positive integers; Detectron2's loader reads them): " + ", ".join(map(str, unsized[:3]))
+        return (f"{len(unsized)} of the {len(images)} images that {json_file} lists lack a 'height' and 'width' of "
+                "positive integers (Detectron2's loader reads them): " + ", ".join(map(str, unsized[:3]))
                 + (" ..." if len(unsized) > 3 else "")), unsegmented, bool(objects)
     missing = [i.get("file_name") for i in images if not os.path.isfile(os.path.join(image_root, str(i.get("file_name"))))]
     if missing:
