@@ -767,6 +767,7 @@ def _drop_height(data):
 @pytest.mark.parametrize("change,training,expected", [
     (_drop_segmentation, False, r"1 annotation\(s\) without a 'segmentation', which the mask head needs .*ids \[2\]"),
     (_drop_height, False, r"1 of the 2 images that .* lists lack a 'height' and 'width' of positive integers .*: a.jpg"),
+    (lambda data: data["images"][1].pop("file_name"), False, r"1 of the 2 images that .* lists have no 'file_name' .*ids \[2\]"),
     (lambda data: data.pop("annotations"), True, "no annotations \\(crowd regions aside\\), nothing to train on"),
 ])
 def test_annotations_detectron2_would_fail_on_mid_run_are_named_before_the_run_folder(

@@ -188,6 +188,17 @@ def test_analyze_model_leaves_an_analysis_written_while_it_ran(tmp_path, monkeyp
     assert out.read_text() == "another run's analysis" and [p.name for p in tmp_path.iterdir()] == ["analysis.json"]
 
 
+def test_a_dangling_link_at_an_output_name_is_refused_at_start(tmp_path, capsys):
+    """It passed the check at start (Path.exists follows links) and was then reported as a file that
+    appeared while the tool ran."""
+    out = tmp_path / "analysis.json"
+    out.symlink_to(tmp_path / "elsewhere" / "analysis.json")
+    assert run_tool("analyze_model.py", "--config-file", TOY_CONFIG, "--tasks", "parameter", "--json", out, *TINY) == 2
+    err = capsys.readouterr().err
+    assert "would be overwritten" in err and "appeared while this ran" not in err
+    assert out.is_symlink() and not (tmp_path / "elsewhere").exists()
+
+
 def test_demo_folder_scan_skips_a_link_to_the_root_and_unreadable_entries_by_name(tiny_weights, tmp_path, capsys):
     photos = tmp_path / "photos"
     image(photos / "a.png")

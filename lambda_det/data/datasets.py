@@ -153,6 +153,10 @@ def _coco_problem(json_file: str, image_root: str, mtime_ns: int, size: int) -> 
         return (f"{json_file} has {len(strays)} annotation(s) whose category_id is not among its categories "
                 f"{sorted(categories)[:12]}: {shown}"), unsegmented, bool(objects)
     images = data.get("images", [])
+    unnamed = [i.get("id") for i in images if not isinstance(i.get("file_name"), str) or not i["file_name"]]
+    if unnamed:  # (LVIS's jsons name images by coco_url: Detectron2's LVIS loader reads those, its COCO loader not)
+        return (f"{len(unnamed)} of the {len(images)} images that {json_file} lists have no 'file_name' (Detectron2's "
+                f"COCO loader reads it): ids {unnamed[:3]}{' ...' if len(unnamed) > 3 else ''}"), unsegmented, bool(objects)
     unsized = [i.get("file_name", i.get("id")) for i in images if not _sized(i)]
     if unsized:
         return (f"{len(unsized)} of the {len(images)} images that {json_file} lists lack a 'height' and 'width' of "

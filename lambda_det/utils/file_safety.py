@@ -344,7 +344,8 @@ class StagedFiles:
 
 
 def existing(paths: Iterable[Path]) -> List[Path]:
-    return [Path(p) for p in paths if Path(p).exists()]
+    """The paths that name something, a dangling symbolic link included (writing there replaces it)."""
+    return [Path(p) for p in paths if os.path.lexists(p)]
 
 
 __all__ = [
