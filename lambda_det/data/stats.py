@@ -2,6 +2,7 @@
 instances in COCO's small / medium / large area ranges (the ranges AP by object size uses)."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Dict, List
 
 from detectron2.data import MetadataCatalog
@@ -32,7 +33,7 @@ def dataset_statistics(name: str) -> Dict:
     areas = [a["area"] for a in instances]
     names = {c["id"]: c["name"] for c in coco.get("categories", [])}
     # categories that share a name stay apart (the model learns one class per id): told apart by id
-    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    shared = {n for n, count in Counter(names.values()).items() if count > 1}
     names = {i: f"{n} (id {i})" if n in shared else n for i, n in names.items()}
     per_class: Dict[str, int] = {n: 0 for n in names.values()}
     for a in instances:

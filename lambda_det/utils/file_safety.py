@@ -335,7 +335,8 @@ class StagedFiles:
         linked to their names (new files of its own: a set appears all or not at all)."""
         for path, identity in self.placed if placed else ():
             try:
-                if (os.stat(path).st_dev, os.stat(path).st_ino) == identity:  # not a file another run put there since
+                now = os.stat(path)
+                if (now.st_dev, now.st_ino) == identity:  # not a file another run put there since
                     path.unlink()
             except OSError:
                 pass
