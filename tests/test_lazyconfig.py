@@ -336,7 +336,8 @@ def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_w
     assert run_tool("lazyconfig_train_net.py", *args, "train.amp.enabled=True") == 2
     assert "train.amp.enabled=True needs a CUDA device" in capsys.readouterr().err
     assert run_tool("lazyconfig_train_net.py", *args, "model.roi_heads.num_classes=80") == 2
-    assert "model.roi_heads.num_classes=80, but dataset 'toy_shapes_train'" in capsys.readouterr().err
+    assert ("model.roi_heads.num_classes=80, but dataset 'toy_shapes_train' (dataloader.train.dataset.names) has 4 classes "
+            "(circle, square, triangle, star): set model.roi_heads.num_classes=4") in capsys.readouterr().err
     assert run_tool("lazyconfig_train_net.py", "--config-file", REPO / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml") == 2
     assert "use tools/train_net.py" in capsys.readouterr().err
     assert not out.exists()

@@ -209,16 +209,19 @@ def check_registered(name: str, what: str) -> None:
         raise ConfigError(f"{what} names {name!r}, which is not a registered dataset{hint}")
 
 
-def check_datasets(cfg, names: Iterable[str], key: str) -> None:
-    """Registered, and with as many classes as the model predicts (when the metadata says)."""
+def check_datasets(names: Iterable[str], key: str, num_classes: Optional[int], num_classes_key: str,
+                   separator: str = " ") -> None:
+    """Registered, and with as many classes as the model predicts (when the metadata says and the
+    config sets ``num_classes``); ``num_classes_key`` and ``separator`` name the setting in the
+    config's own syntax (``MODEL.ROI_HEADS.NUM_CLASSES 3``, ``model.roi_heads.num_classes=3``)."""
     for name in names:
         check_registered(name, key)
         classes = MetadataCatalog.get(name).get("thing_classes", None)
-        if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        if num_classes is not None and classes is not None and len(classes) != num_classes:
             raise ConfigError(
-                f"MODEL.ROI_HEADS.NUM_CLASSES={cfg.MODEL.ROI_HEADS.NUM_CLASSES}, but dataset {name!r} ({key}) has "
-                f"{len(classes)} classes ({', '.join(classes[:6])}{' ...' if len(classes) > 6 else ''}): set "
-                f"MODEL.ROI_HEADS.NUM_CLASSES {len(classes)}"
+                f"{num_classes_key}={num_classes}, but dataset {name!r} ({key}) has {len(classes)} classes "
+                f"({', '.join(classes[:6])}{' ...' if len(classes) > 6 else ''}): set "
+                f"{num_classes_key}{separator}{len(classes)}"
             )
 
 

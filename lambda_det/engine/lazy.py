@@ -18,7 +18,6 @@ from typing import List, Optional
 
 import torch
 from detectron2.config import instantiate
-from detectron2.data import MetadataCatalog
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_argument_parser, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
@@ -26,7 +25,7 @@ from detectron2.utils import comm
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import Checkpointer, keep_final_weights
-from ..data import check_coco_files, check_registered, check_trainable, prepare_dataset
+from ..data import check_coco_files, check_datasets, check_trainable, prepare_dataset
 from ..errors import ConfigError, TrainingDiverged
 from ..evaluation import describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
 from ..lazy_config import config_text, load_lazy_config
@@ -39,7 +38,8 @@ from .trainer import dataset_size, iterations_trained
 logger = logging.getLogger("lambda_det")
 
 LAZY_KEYS = RunKeys(output_dir="train.output_dir", weights="train.init_checkpoint", test="dataloader.test.dataset.names",
-                    checkpoint_period="train.checkpointer.period", max_iter="train.max_iter", separator="=")
+                    checkpoint_period="train.checkpointer.period", max_iter="train.max_iter",
+                    num_classes="model.roi_heads.num_classes", separator="=")
 
 # what tools/lazyconfig_train_net.py reads (Detectron2's configs/common/train.py and the data / model nodes)
 REQUIRED_KEYS = ("model", "optimizer", "lr_multiplier", "dataloader.train", "dataloader.test", "dataloader.evaluator",
@@ -113,17 +113,6 @@ def test_dataset(cfg) -> str:
     return names[0]
 
 
-def _check_classes(cfg, names: List[str], key: str) -> None:
-    """The model predicts as many classes as each dataset has (when its metadata says)."""
-    num_classes = OmegaConf.select(cfg, "model.roi_heads.num_classes", default=None)
-    for name in names:
-        check_registered(name, key)
-        classes = MetadataCatalog.get(name).get("thing_classes", None)
-        if num_classes is not None and classes is not None and len(classes) != num_classes:
-            raise ConfigError(f"model.roi_heads.num_classes={num_classes}, but dataset {name!r} ({key}) has "
-                              f"{len(classes)} classes: set model.roi_heads.num_classes={len(classes)}")
-
-
 def has_mask_head(cfg) -> bool:
     """Whether the LazyConfig's model predicts masks: StandardROIHeads does when mask_in_features is
     set (a mask_head alone is not used), Res5ROIHeads when mask_head is."""
@@ -148,9 +137,10 @@ def lazy_preflight(cfg, args) -> None:
         raise ConfigError(f"dataloader.train.total_batch_size={batch} must be divisible by the number of processes ({world_size})")
     test = test_dataset(cfg)
     datasets = ([] if args.eval_only else _names(cfg.dataloader.train.dataset.names)) + [test]
+    num_classes = (OmegaConf.select(cfg, LAZY_KEYS.num_classes, default=None), LAZY_KEYS.num_classes, LAZY_KEYS.separator)
     if not args.eval_only:
-        _check_classes(cfg, datasets[:-1], "dataloader.train.dataset.names")
-    _check_classes(cfg, [test], LAZY_KEYS.test)
+        check_datasets(datasets[:-1], "dataloader.train.dataset.names", *num_classes)
+    check_datasets([test], LAZY_KEYS.test, *num_classes)
     output_dir = str(train.output_dir)
     strict_weights = check_output_and_weights(
         LAZY_KEYS, output_dir, train.init_checkpoint, has_test=True, earlier=evaluation_files(output_dir, [test]),

@@ -352,6 +352,7 @@ class RunKeys:
     test: str = "DATASETS.TEST"
     checkpoint_period: str = "SOLVER.CHECKPOINT_PERIOD"
     max_iter: str = "SOLVER.MAX_ITER"
+    num_classes: str = "MODEL.ROI_HEADS.NUM_CLASSES"
     separator: str = " "  # between a key and its value on the command line
 
     def setting(self, key: str, value: str) -> str:
@@ -365,9 +366,10 @@ def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, wo
     """Everything about a train_net run that can be known to fail, checked before any process
     starts or file is written: config values, datasets, OUTPUT_DIR, the model build and the weights."""
     validate_config(cfg, training=not eval_only, world_size=world_size)
+    num_classes = (cfg.MODEL.ROI_HEADS.NUM_CLASSES, YACS_KEYS.num_classes, YACS_KEYS.separator)
     if not eval_only:
-        check_datasets(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
-    check_datasets(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
+        check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN", *num_classes)
+    check_datasets(cfg.DATASETS.TEST, YACS_KEYS.test, *num_classes)
     strict_weights = check_output_and_weights(
         YACS_KEYS, cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS, has_test=bool(cfg.DATASETS.TEST), earlier=earlier_evaluation(cfg),
         eval_only=eval_only, resume=resume, overwrite=overwrite, max_iter=cfg.SOLVER.MAX_ITER,
