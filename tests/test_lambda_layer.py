@@ -264,6 +264,39 @@ def test_gradcheck_float64(impl, scope):
     assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("impl", HERE_IMPLS)
+def test_gradgradcheck_float64(impl):
+    """Second derivatives (a gradient penalty's create_graph): the fused operator's backward once
+    returned gradients autograd could not differentiate, so they came out wrong without an error."""
+    torch.manual_seed(0)
+    layer = LambdaLayer(3, 4, dim_k=2, heads=2, dim_u=2, scope=3, impl=impl, norm="").double()
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+
+    def f(inp, *_):
+        return layer(inp)
+
+    assert torch.autograd.gradgradcheck(f, (x, layer.rel_pos_emb), eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+@pytest.mark.parametrize("impl", HERE_IMPLS)
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_one_image_through_the_norms(impl, training):
+    """One image per batch (a process of a 2-process CPU run with 2 images): the fused operator's
+    query gradient and einsum's value gradient reach the norms channels-last with a batch stride other
+    than C*H*W, from which PyTorch's CPU batch-norm backward computed wrong input gradients."""
+    torch.manual_seed(0)
+    layer = LambdaLayer(6, 8, dim_k=4, heads=2, dim_u=2, scope=3, impl=impl, norm="BN").double().train(training)
+    _randomize_norms(layer, seed=1)
+    x = torch.randn(1, 6, 4, 5, dtype=torch.float64, requires_grad=True)
+    params = [layer.qkv.weight, layer.rel_pos_emb]
+
+    def f(inp, *_):
+        return layer(inp)
+
+    # fast mode (random projections of the Jacobian): the wrong gradients were off by far more than that tests
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-7, fast_mode=True)
+
+
 @pytest.mark.parametrize(
     "d,d_out,k,h,u,scope,norm",
     [(64, 64, 16, 4, 1, 23, "BN"), (128, 256, 16, 4, 4, 7, "GN"), (32, 32, 8, 8, 1, None, "")],

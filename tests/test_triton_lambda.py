@@ -55,7 +55,7 @@ GUARD_CHECKS = [f"guards:{name}" for name in W.SHAPES] + ["guards:basic@2"]
 # scope (two tap chunks, two x segments) and on k 17 / v 70 (k and v in blocks); the variants that
 # stack value rows (dV) or query rows (forward) on every other shape
 VARIANT_CHECKS = ["variants:global", "variants:blocks", "stacked_rows"]
-DEFAULT_CHECKS = GUARD_CHECKS + VARIANT_CHECKS + ["gradcheck:u2_global", "half", "library_op", "precision_switch", "layer",
+DEFAULT_CHECKS = GUARD_CHECKS + VARIANT_CHECKS + ["gradcheck:u2_global", "gradgradcheck", "half", "library_op", "precision_switch", "layer",
                                                   "layer_autocast", "kernel_benchmark"]
 
 
@@ -111,6 +111,11 @@ def test_interpreter_gradcheck_fast(interpreter_results):
 
 
 @needs_triton
+def test_interpreter_gradgradcheck(interpreter_results):
+    """Second derivatives (create_graph), which the backward takes from the lambda convolution."""
+    assert_passed(interpreter_results, "gradgradcheck")
+
+
 @pytest.mark.slow
 def test_interpreter_gradcheck_full_jacobian():
     """The whole Jacobian, element by element (about a minute in the interpreter)."""

@@ -237,6 +237,21 @@ def check_gradcheck(errors, name):
         errors.append(f"{name}: gradcheck returned False")
 
 
+def check_gradgradcheck(errors):
+    """Second derivatives through the operator (create_graph: gradient penalties), which its backward
+    takes from the lambda convolution's autograd: gradgradcheck in fast mode."""
+    from lambda_det.layers import triton_lambda as T
+
+    inputs = [t.requires_grad_() for t in make_inputs((1, 2, 3, 2, 2, 3, 4, 3, 5), seed=6)]
+    try:
+        ok = torch.autograd.gradgradcheck(T.lambda_output_triton, inputs, eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=True)
+    except Exception as exc:  # gradgradcheck raises with the mismatching Jacobian
+        errors.append(f"gradgradcheck failed: {str(exc)[:2000]}")
+        return
+    if not ok:
+        errors.append("gradgradcheck returned False")
+
+
 def check_half(errors):
     """float16 / bfloat16 through the kernels (bfloat16 dots run as float32 in the interpreter) and the
     autocast path of the wrapper: finite, and close to float32."""
@@ -464,6 +479,8 @@ def run(check: str):
                         check_guards(errors, name, variant=variant)
     elif kind == "gradcheck":
         check_gradcheck(errors, arg)
+    elif kind == "gradgradcheck":
+        check_gradgradcheck(errors)
     elif kind == "half":
         check_half(errors)
     elif kind == "library_op":

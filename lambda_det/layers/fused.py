@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch.autograd.function import once_differentiable
+
+from .position_lambdas import gradients_with_graph
 
 Tensor = torch.Tensor
 logger = logging.getLogger("lambda_det")
@@ -159,17 +160,19 @@ class _FusedLambda(torch.autograd.Function):
         r_a = _channels_last_padded(kernel, (1, 2, 0, 3), _padded(rw, dtype))  # (u, rh, k, RWP)
         c_v = _channels_last_padded(content, (0, 1, 2), vp)  # (b, k, VP)
         out = ext.forward(q_cl, v_cl, r_a, c_v, v, rw)  # (b, h v, H, W)
-        ctx.save_for_backward(q_cl, values, r_a, kernel, content)
+        ctx.save_for_backward(q, values, r_a, kernel, content)
         ctx.sizes = (b, heads, k, height, width, v, rw)
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: Tensor):
+        q, values, r_a, kernel, content = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the kernels below have no derivative of their own
+            return gradients_with_graph(grad, (q, values, kernel, content))
         ext = extension()
-        q_cl, values, r_a, kernel, content = ctx.saved_tensors
         b, heads, k, height, width, v, rw = ctx.sizes
-        dtype = q_cl.dtype
+        dtype = q.dtype
+        q_cl = q.permute(0, 3, 4, 1, 2).contiguous()  # (b, H, W, h, k), as the forward had it
         vp, kp = _padded(v, dtype), _padded(k, dtype)
         r_k = _channels_last_padded(kernel, (1, 2, 3, 0), kp)  # (u, rh, rw, KP)
         c_k = content.new_zeros((b, vp, kp))

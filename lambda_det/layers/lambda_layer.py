@@ -22,6 +22,26 @@ NORM_CHOICES = ("BN", "SyncBN", "FrozenBN", "GN", "")
 POOLS = ("avg3x3", "avg2x2")
 
 
+class ContiguousGradient(torch.autograd.Function):
+    """The identity, whose backward hands the gradient on contiguous.
+
+    For a one-image batch, the gradients of the queries and values can reach the norms channels-last
+    with a batch stride other than C*H*W (a view of the fused operator's permuted query gradient or of
+    einsum's value gradient gives the size-1 batch axis any stride), and PyTorch's CPU batch-norm
+    backward (BN, and SyncBN outside a process group) computes wrong input gradients from such a
+    tensor (torch 2.13; ``test_gradcheck_one_image_through_the_norms``). A copy of one image's
+    gradient is cheap beside the layer.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.contiguous()
+
+
 class LambdaLayer(nn.Module):
     """Multi-query lambda layer with content and relative position lambdas.
 
@@ -216,6 +236,9 @@ class LambdaLayer(nn.Module):
         q, keys, values = self.qkv(x).split(self.split_sizes(), dim=1)  # (b, h k | k u | v u, H, W)
         if self.norm_q is not None and self.norm_v is not None:
             q, values = self.norm_q(q), self.norm_v(values)
+            if not torch.jit.is_scripting():
+                if x.shape[0] == 1 and torch.is_grad_enabled() and not torch.jit.is_tracing():
+                    q, values = ContiguousGradient.apply(q), ContiguousGradient.apply(values)
         if torch.jit.is_scripting():  # TorchScript leaves autocast to the caller
             out = self._lambda_output(q, keys, values, x.dtype)
         else:

@@ -26,7 +26,7 @@ here is TorchScript-compatible (``torch.jit.script`` of the layer uses it as is)
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -143,6 +143,27 @@ def position_term(q: Tensor, values: Tensor, kernel: Tensor, impl: str) -> Tenso
     (b, u, v, H, W), kernel (k, u, rh, rw) -> (b, h, v, n)."""
     b, _, k, n = q.shape
     return apply_position_lambdas(q, position_lambdas(values, kernel, impl).reshape(b, k, values.shape[2], n))
+
+
+def differentiable_output(q: Tensor, values: Tensor, kernel: Tensor, content_lambda: Tensor) -> Tensor:
+    """The fused and Triton operators' function, (lambda^c + lambda^p_n)^T q_n for every position, in
+    PyTorch operators (the lambda convolution): q (b, h, k, H, W), values (b, u, v, H, W), kernel
+    (k, u, rh, rw), content_lambda (b, k, v) -> (b, h v, H, W). The operators' backward kernels have no
+    derivative of their own; this function's backward has one, for when a second is asked for."""
+    b, heads, k, height, width = q.shape
+    flat_q = q.reshape(b, heads, k, height * width)
+    out = torch.einsum("bkv,bhkn->bhvn", content_lambda, flat_q) + position_term(flat_q, values, kernel, "conv2d")
+    return out.reshape(b, -1, height, width)
+
+
+def gradients_with_graph(grad: Tensor, inputs: Tuple[Tensor, Tensor, Tensor, Tensor]) -> Tuple[Optional[Tensor], ...]:
+    """The gradients of ``differentiable_output(*inputs)`` for ``grad``, themselves differentiable: an
+    operator's backward when autograd records it (``create_graph=True``: gradient penalties, double
+    backward), None for an input that needs none."""
+    wanted = [t for t in inputs if t.requires_grad]
+    with torch.enable_grad():
+        found = iter(torch.autograd.grad(differentiable_output(*inputs), wanted, grad, create_graph=True) if wanted else ())
+    return tuple(next(found) if t.requires_grad else None for t in inputs)
 
 
 POSITION_LAMBDA_IMPLS: Dict[str, Callable[[Tensor, Tensor], Tensor]] = {

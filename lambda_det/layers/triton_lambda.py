@@ -54,6 +54,8 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from .position_lambdas import gradients_with_graph
+
 Tensor = torch.Tensor
 
 try:
@@ -894,6 +896,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     q, values, kernel, content = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: the backward kernels have no derivative of their own
+        return gradients_with_graph(grad, (q, values, kernel, content))
     dq, dv, dr, dc = _lambda_output_backward_op(grad, q, values, kernel, content)
     return dq, dv, dr, dc
 
