@@ -334,7 +334,15 @@ def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_w
     assert run_tool("lazyconfig_train_net.py", *args, "train.max_iters=3") == 2
     assert "did you mean train.max_iter?" in capsys.readouterr().err
     assert run_tool("lazyconfig_train_net.py", *args, "train.amp.enabled=True") == 2
-    assert "train.amp.enabled=True needs a CUDA device" in capsys.readouterr().err
+    assert "train.amp.enabled=True: needs a CUDA device" in capsys.readouterr().err
+    # values that failed only once the run had started (tracebacks, a half-made run folder), all named at once
+    assert run_tool("lazyconfig_train_net.py", *args, "optimizer.lr=-1", "train.checkpointer.period=0", "train.device=tpu",
+                    "dataloader.train.total_batch_size=0", "train.eval_period=abc") == 2
+    err = capsys.readouterr().err
+    for line in ("optimizer.lr=-1: must be a number in (0.0, inf]", "train.checkpointer.period=0: must be an integer >= 1",
+                 "train.device='tpu': must be 'cpu', 'cuda' or 'cuda:N'",
+                 "dataloader.train.total_batch_size=0: must be an integer >= 1", "train.eval_period='abc': must be an integer >= 0"):
+        assert line in err
     assert run_tool("lazyconfig_train_net.py", *args, "model.roi_heads.num_classes=80") == 2
     assert ("model.roi_heads.num_classes=80, but dataset 'toy_shapes_train' (dataloader.train.dataset.names) has 4 classes "
             "(circle, square, triangle, star): set model.roi_heads.num_classes=4") in capsys.readouterr().err

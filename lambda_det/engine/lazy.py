@@ -32,7 +32,7 @@ from ..lazy_config import config_text, load_lazy_config
 from ..utils.file_safety import normalized
 from ..modeling import build_lambda_resnet, lambda_resnet_config
 from .defaults import add_dataset_argument, check_launch_args, register_datasets, setup_process, share_cpu_cores
-from .preflight import RunKeys, check_model_and_output, check_output_and_weights, evaluation_files, explained_build_errors
+from .preflight import ConfigProblems, RunKeys, check_model_and_output, check_output_and_weights, evaluation_files, explained_build_errors
 from .trainer import dataset_size, iterations_trained
 
 logger = logging.getLogger("lambda_det")
@@ -122,19 +122,39 @@ def has_mask_head(cfg) -> bool:
     return "mask_in_features" not in heads or OmegaConf.select(heads, "mask_in_features", default=None) is not None
 
 
+def lazy_config_problems(cfg, *, training: bool, world_size: int = 1) -> List[str]:
+    """The values of the keys a run reads (train.*, the batch, the learning rate) that would fail late
+    or deep inside torch / Detectron2, one line each, as ``validate_config`` finds them in a yacs config;
+    the model's own arguments are checked when it is built (``explained_build_errors``)."""
+    p = ConfigProblems(cfg)
+    p.device("train.device")
+    if training:
+        p.integer("train.max_iter", 1)
+        p.integer("train.checkpointer.period", 1)
+        for key in ("train.eval_period", "train.log_period"):
+            if OmegaConf.select(cfg, key, default=None) is not None:
+                p.integer(key, 0 if key == "train.eval_period" else 1)
+        batch = OmegaConf.select(cfg, "dataloader.train.total_batch_size", default=None)
+        if batch is not None:
+            p.integer("dataloader.train.total_batch_size", 1)
+            if isinstance(batch, int) and batch >= 1 and batch % world_size:
+                p.add("dataloader.train.total_batch_size", f"must be divisible by the number of processes ({world_size})")
+        if OmegaConf.select(cfg, "optimizer.lr", default=None) is not None:
+            p.number("optimizer.lr", 0.0, low_open=True)
+    if OmegaConf.select(cfg, "train.amp.enabled", default=False) and not str(cfg.train.device).startswith("cuda"):
+        p.add("train.amp.enabled", f"needs a CUDA device (Detectron2's AMPTrainer); train.device is "
+                                   f"{cfg.train.device!r}: add train.amp.enabled=False")
+    return p.lines
+
+
 def lazy_preflight(cfg, args) -> None:
     """Everything about a lazyconfig_train_net run that can be known to fail, checked before any
     process starts or file is written (the checks of train_net's ``preflight`` that apply)."""
     train, world_size = cfg.train, args.num_gpus * args.num_machines
+    problems = lazy_config_problems(cfg, training=not args.eval_only, world_size=world_size)
+    if problems:
+        raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems))
     check_launch_args(args, train.device)
-    if train.amp.enabled and not str(train.device).startswith("cuda"):
-        raise ConfigError(f"train.amp.enabled=True needs a CUDA device (Detectron2's AMPTrainer); train.device is "
-                          f"{train.device!r}: add train.amp.enabled=False")
-    if not isinstance(train.max_iter, int) or train.max_iter < 1:
-        raise ConfigError(f"train.max_iter={train.max_iter!r} must be an integer >= 1")
-    batch = OmegaConf.select(cfg, "dataloader.train.total_batch_size", default=None)
-    if not args.eval_only and isinstance(batch, int) and batch % world_size:
-        raise ConfigError(f"dataloader.train.total_batch_size={batch} must be divisible by the number of processes ({world_size})")
     test = test_dataset(cfg)
     datasets = ([] if args.eval_only else _names(cfg.dataloader.train.dataset.names)) + [test]
     num_classes = (OmegaConf.select(cfg, LAZY_KEYS.num_classes, default=None), LAZY_KEYS.num_classes, LAZY_KEYS.separator)

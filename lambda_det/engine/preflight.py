@@ -45,7 +45,10 @@ def train_samplers() -> List[str]:
     return sorted(name for name in dir(samplers) if name.endswith("TrainingSampler"))
 
 
-class _Problems:
+class ConfigProblems:
+    """The problems of a config's values, one line each (``key=value: what is allowed``); keys are
+    dotted paths into a yacs CfgNode or a LazyConfig."""
+
     def __init__(self, cfg) -> None:
         self.cfg = cfg
         self.lines: List[str] = []
@@ -76,13 +79,17 @@ class _Problems:
         if self.get(key) not in choices:
             self.add(key, f"choose from {list(choices)}")
 
+    def device(self, key: str) -> None:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.get(key))):
+            self.add(key, "must be 'cpu', 'cuda' or 'cuda:N' (Detectron2's models run on those)")
+
 
 def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
     """Every value of ``cfg`` that would otherwise fail late or deep inside torch / Detectron2.
 
     Raises ConfigError listing all problems found (one per line).
     """
-    p = _Problems(cfg)
+    p = ConfigProblems(cfg)
     # the model
     p.integer("MODEL.ROI_HEADS.NUM_CLASSES", 1)
     for key in ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.NMS_THRESH",
@@ -101,7 +108,7 @@ def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
                 p.add(key, f"needs {channels} value(s), one per channel of INPUT.FORMAT={cfg.INPUT.FORMAT!r}")
     if any(not (isinstance(s, Real) and s > 0) for s in cfg.MODEL.PIXEL_STD):
         p.add("MODEL.PIXEL_STD", "every value must be > 0")
-    _check_device(p)
+    p.device("MODEL.DEVICE")
     _check_anchors(p)
     _check_fpn(p)
     _check_feature_names(p)
@@ -135,7 +142,7 @@ def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
         raise ConfigError("the config cannot work:\n  " + "\n  ".join(p.lines))
 
 
-def _check_solver(p: _Problems, world_size: int) -> None:
+def _check_solver(p: ConfigProblems, world_size: int) -> None:
     cfg = p.cfg
     p.integer("SOLVER.IMS_PER_BATCH", 1)
     if _is_int(cfg.SOLVER.IMS_PER_BATCH) and cfg.SOLVER.IMS_PER_BATCH % world_size:
@@ -168,7 +175,7 @@ def _check_solver(p: _Problems, world_size: int) -> None:
         p.add("DATASETS.TRAIN", "training needs at least one dataset")
 
 
-def _check_lr_scheduler(p: _Problems) -> None:
+def _check_lr_scheduler(p: ConfigProblems) -> None:
     """Detectron2's build_lr_scheduler decides which names it knows: ask it."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     try:
@@ -178,12 +185,7 @@ def _check_lr_scheduler(p: _Problems) -> None:
             p.add("SOLVER.LR_SCHEDULER_NAME", "is not a scheduler of Detectron2's build_lr_scheduler")
 
 
-def _check_device(p: _Problems) -> None:
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(p.cfg.MODEL.DEVICE)):
-        p.add("MODEL.DEVICE", "must be 'cpu', 'cuda' or 'cuda:N' (Detectron2's models run on those)")
-
-
-def _check_feature_names(p: _Problems) -> None:
+def _check_feature_names(p: ConfigProblems) -> None:
     """An FPN over a ResNet reads stages res2..res5 and makes levels p2..p6, which the heads read."""
     cfg = p.cfg
     if not str(cfg.MODEL.BACKBONE.NAME).endswith("resnet_fpn_backbone"):
@@ -201,7 +203,7 @@ def _check_feature_names(p: _Problems) -> None:
             p.add(key, f"asks for {missing}; the FPN makes {available}")
 
 
-def _check_anchors(p: _Problems) -> None:
+def _check_anchors(p: ConfigProblems) -> None:
     cfg = p.cfg
     levels = len(cfg.MODEL.RPN.IN_FEATURES)
     for key in ("MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"):
@@ -212,7 +214,7 @@ def _check_anchors(p: _Problems) -> None:
             p.add(key, "every value must be > 0")
 
 
-def _check_fpn(p: _Problems) -> None:
+def _check_fpn(p: ConfigProblems) -> None:
     cfg = p.cfg
     if "FPN" not in str(cfg.MODEL.BACKBONE.NAME).upper():
         return
