@@ -141,6 +141,8 @@ def export_onnx(model, image: torch.Tensor, path: Path, backbone_only: bool = Fa
         dynamic = {name: {2: f"{name}_height", 3: f"{name}_width"} for name in names}
     else:
         module = tracing_adapter(model, image)
+        with torch.no_grad():
+            module(image)  # the adapter learns its outputs' structure (their names) by running once
         names = output_names(module)
         dynamic = {name: {0: "detections"} for name in names if name != "image_size"}
     dynamic["image"] = {1: "height", 2: "width"}

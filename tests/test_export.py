@@ -208,6 +208,10 @@ def test_onnx_export_runs_in_onnxruntime_at_several_sizes(tmp_path, tiny_weights
     assert _export(tmp_path, tiny_weights, sample_image, *flags) == 0
     path = tmp_path / ("backbone.onnx" if backbone_only else "model.onnx")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # each output by its name, in the file and in export_info.json (the whole model's were once one "output")
+    names = ["p2", "p3", "p4", "p5", "p6"] if backbone_only else ["pred_boxes", "pred_classes", "pred_masks", "scores", "image_size"]
+    assert [o.name for o in session.get_outputs()] == names
+    assert json.loads((tmp_path / "export_info.json").read_text())["outputs"] == names
     model = _tiny_model(tiny_weights)
     for height, width in [(128, 128), (77, 140), (200, 61)]:
         image = torch.rand(3, height, width) * 255
