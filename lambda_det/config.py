@@ -104,6 +104,9 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     path = Path(normalized(config_file))
     if not path.is_file():
         raise ConfigError(f"config file {config_file} {not_a_file(path)}")
+    if path.suffix == ".py":
+        raise ConfigError(f"config file {config_file} is a LazyConfig (Python), and this tool reads yacs configs (.yaml): "
+                          "train and evaluate it with tools/lazyconfig_train_net.py")
     try:
         content = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:

@@ -26,6 +26,7 @@ from test_reliability import hashes
 from lambda_det import model_zoo  # importing lambda_det registers the backbones and the toy datasets
 from lambda_det.data import build_train_mapper
 from lambda_det.errors import ConfigError
+from lambda_det.config import load_config
 from lambda_det.lazy_config import config_text, load_lazy_config
 from lambda_det.modeling import lambda_resnet_config
 
@@ -216,6 +217,9 @@ def test_misspelt_overrides_and_files_that_are_no_lazyconfig_are_named(tmp_path)
     yacs = REPO / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml"
     with pytest.raises(ConfigError, match="It is a yacs config .*use tools/train_net.py"):
         load_lazy_config(str(yacs))
+    # and the other way round: the yacs tools (train_net, demo, export, analyze_model) name the lazy one
+    with pytest.raises(ConfigError, match=r"is a LazyConfig \(Python\), .*tools/lazyconfig_train_net.py"):
+        load_config(str(TOY_LSJ))
 
 
 # ---------------------------------------------------------------------------------------------
