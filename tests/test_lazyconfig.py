@@ -6,6 +6,7 @@ the same module tree, parameter count and, with the same weights, the same outpu
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -275,6 +276,8 @@ def test_lazyconfig_train_net_trains_evaluates_resumes_and_protects_the_run(tmp_
     record = report["provenance"]
     assert report["iterations_trained"] == record["iterations_trained"] == 2
     assert record["weights"] == str((run / "model_final.pth").resolve()) and record["initialized_from"] == "scratch"
+    # the hash of the weights evaluated, as --eval-only records it: the final checkpoint, saved before the evaluation
+    assert record["weights_sha256"] == hashlib.sha256((run / "model_final.pth").read_bytes()).hexdigest()[:16]
     assert record["config_file"] == str(TOY_LSJ.resolve()) and record["images"] == 6
     assert record["model"] == "LambdaResNet blocks [1, 1, 1, 1], custom C-C-L-L, width 32, GN, r=23"
     assert record["input_size_test"] == {"min": 128, "max": 128}

@@ -1,6 +1,7 @@
 """The main job, shortened: it must learn (an AP floor an untrained or broken model cannot reach)
 and leave the table, chart, checkpoints and demo pictures where it says. Slow: minutes on 2 cores."""
 import importlib.util
+import hashlib
 import json
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def test_short_main_job_learns_and_reports(tmp_path):
     assert all(ap[t][m] is not None for t in ("bbox", "segm") for m in ("APs", "APm", "APl"))
     assert ap["provenance"]["iterations_trained"] == 200
     assert ap["provenance"]["weights"] == str((out / "model_final.pth").resolve())
+    assert ap["provenance"]["weights_sha256"] == hashlib.sha256((out / "model_final.pth").read_bytes()).hexdigest()[:16]
     assert (report / "ap_by_size.md").read_text().startswith("# AP by object size")
     assert cv2.imread(str(report / "ap_by_size.png")) is not None
     assert (out / "model_final.pth").exists() and (out / "metrics.json").exists()

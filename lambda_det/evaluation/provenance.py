@@ -77,6 +77,8 @@ def provenance_record(
         final = Path(output_dir) / "model_final.pth"
         finished = iterations_trained is not None and iterations_trained >= max_iter and final.is_file()
         record["weights"] = str(final.resolve()) if finished else f"training state of {Path(output_dir).resolve()}"
+        if finished:  # the checkpoint of the last iteration, saved before the evaluation at its end
+            record["weights_sha256"] = file_sha256(final)
         record["initialized_from"] = initialized_from or "scratch"
     record["iterations_trained"] = iterations_trained
     record["model"] = model
