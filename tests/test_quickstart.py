@@ -1,7 +1,7 @@
 """The main job, shortened: it must learn (an AP floor an untrained or broken model cannot reach)
 and leave the table, chart, checkpoints and demo pictures where it says. Slow: minutes on 2 cores."""
-import importlib.util
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
