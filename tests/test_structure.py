@@ -124,6 +124,15 @@ def test_every_shipped_config_is_found_and_builds_its_config():
         model_zoo.get_config_file("Toy/mask_rcnn_LambdaR_26_FPN_tyo.yaml")
     with pytest.raises(ConfigError, match="no trained weights are published"):
         model_zoo.get("Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml", trained=True)
+    # Detectron2's get_config(config_path, trained=False), by keyword or in its place
+    assert model_zoo.get_config("Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml", False).MODEL.BACKBONE.NAME
+    for call in ({"trained": True}, {"opts": True}):
+        with pytest.raises(ConfigError, match="no trained weights are published"):
+            model_zoo.get_config("Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml", **call)
+    # a path that leaves the shipped configs is none of them
+    for outside in ("../../setup.py", "/etc/hostname", "../__init__.py"):
+        with pytest.raises(ConfigError, match="is not a config that ships with lambda_det"):
+            model_zoo.get_config_file(outside)
 
 
 def test_an_installed_wheel_works_without_the_checkout(tmp_path):

@@ -24,20 +24,32 @@ def list_configs() -> List[str]:
 
 def get_config_file(config_path: str) -> str:
     """The absolute path of a shipped config, e.g. "COCO-InstanceSegmentation/mask_rcnn_LambdaR_101_FPN_paper.yaml"."""
-    path = CONFIG_ROOT / config_path
-    if not path.is_file():
+    path = (CONFIG_ROOT / config_path).resolve()
+    if not path.is_file() or not path.is_relative_to(CONFIG_ROOT):  # "/etc/x.yaml", "../../setup.py" ship not
         close = difflib.get_close_matches(config_path, list_configs(), n=3)
         hint = f"; did you mean {close}?" if close else f"; shipped: {list_configs()}"
         raise ConfigError(f"{config_path!r} is not a config that ships with lambda_det{hint}")
     return str(path)
 
 
-def get_config(config_path: str, opts: Sequence[str] = ()):
+def get_config(config_path: str, opts: Sequence[str] = (), *, trained: bool = False):
     """A .yaml: the yacs config (Detectron2's defaults + lambda_det's keys + the file + KEY VALUE
-    ``opts``), not frozen. A .py: the LazyConfig (``LazyConfig.load``) with ``key=value`` ``opts``."""
+    ``opts``), not frozen. A .py: the LazyConfig (``LazyConfig.load``) with ``key=value`` ``opts``.
+
+    ``trained`` is Detectron2's argument (also taken in its place, ``get_config(path, True)``): True
+    raises, as in ``get``, since no trained weights are published."""
+    if isinstance(opts, bool):  # Detectron2's get_config(config_path, trained)
+        trained, opts = opts, ()
+    if trained:
+        raise ConfigError(no_trained_weights(config_path))
     if config_path.endswith(".py"):
         return load_lazy_config(get_config_file(config_path), opts)
     return load_config(get_config_file(config_path), opts)
+
+
+def no_trained_weights(config_path: str) -> str:
+    return (f"no trained weights are published for {config_path}: train one (tools/train_net.py) and load it with "
+            "MODEL.WEIGHTS, or ask with trained=False for the config (get_config) or a randomly initialized model (get)")
 
 
 def get(config_path: str, trained: bool = False, device: str = "cpu") -> torch.nn.Module:
@@ -47,10 +59,7 @@ def get(config_path: str, trained: bool = False, device: str = "cpu") -> torch.n
     COCO models were never released): it raises, rather than returning a random model as trained.
     """
     if trained:
-        raise ConfigError(
-            f"no trained weights are published for {config_path}: train one (tools/train_net.py) and load it "
-            "with MODEL.WEIGHTS, or call get(..., trained=False) for a randomly initialized model"
-        )
+        raise ConfigError(no_trained_weights(config_path))
     if config_path.endswith(".py"):
         return instantiate(get_config(config_path).model).to(device).eval()
     cfg = get_config(config_path, ["MODEL.DEVICE", device])
