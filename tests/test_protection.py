@@ -667,6 +667,27 @@ def test_config_values_that_cannot_work_stop_before_training(overrides, expected
     assert not (tmp_path / "run").exists()  # stopped before Detectron2 made OUTPUT_DIR
 
 
+@pytest.mark.parametrize("options,expected", [
+    # GroupNorm over the stem's convolutions: 16 or 24 channels of 32 groups failed inside the build
+    ({"norm": "GN", "stem_width": 32}, "STEM_WIDTH=32: with NORM='GN' (32 groups) each of the deep stem's convolutions needs "
+                                       "a multiple of 32 channels; they would have [16, 16, 32]"),
+    ({"norm": "GN", "stem": "tiered"}, "the tiered stem's convolutions needs a multiple of 32 channels; they would have [24, 32, 64]"),
+    ({"stem_width": 1}, "STEM_WIDTH=1: the deep stem's convolutions would have [0, 0, 1] channels; it must be at least 2"),
+    # a squeeze-excite of 0 channels built, then failed in the first forward
+    ({"variant": "conv", "se_stages": ["res2"], "se_ratio": 0.001},
+     "SE_RATIO=0.001: squeeze-excite in res2 would have round(256 x 0.001) = 0 channels"),
+])
+def test_widths_that_cannot_be_built_are_named_before_the_build(options, expected):
+    from lambda_det.modeling import build_lambda_resnet, lambda_resnet_config, lambda_resnet_config_problems
+
+    cfg = lambda_resnet_config(depth=50, **options)
+    cfg.MODEL.BACKBONE.NAME = "build_lambda_resnet_fpn_backbone"
+    problems = lambda_resnet_config_problems(cfg)
+    assert any(expected in line for line in problems), problems
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        build_lambda_resnet(depth=50, **options)
+
+
 def test_images_per_batch_must_split_over_the_processes():
     cfg = load_config(str(TOY_CONFIG), [*TINY, "SOLVER.IMS_PER_BATCH", "3"])
     with pytest.raises(ConfigError, match=r"SOLVER.IMS_PER_BATCH=3: must be divisible by the number of processes \(2\)"):

@@ -20,7 +20,7 @@ shortcuts, SiLU, and lambda layers with timm's position bias and 2x2 pooling.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -188,12 +188,28 @@ def check_lambda_resnet_keys(cfg) -> List[str]:
     return layouts
 
 
+def stem_widths(c) -> Tuple[int, int, int]:
+    """The deep stem's three 3x3 convolutions (ResNet-D, ResNet-RS; timm's tiered stem: 3/8, 1/2, 1)."""
+    w = c.STEM_WIDTH
+    return (3 * w // 8 if c.STEM == "tiered" else w // 2, w // 2, w)
+
+
 def lambda_width_problems(cfg, layouts: List[str]) -> List[str]:
-    """HEADS and GroupNorm against the widths of the stages with lambda blocks (keys that are each
-    fine alone but do not fit together), all of them."""
+    """HEADS, squeeze-excite and GroupNorm against the widths of the stem and the stages (keys that are
+    each fine alone but do not fit together), all of them."""
     c = cfg.MODEL.LAMBDA_RESNET
+    stem = stem_widths(c)
+    if min(stem) < 1:
+        return [f"MODEL.LAMBDA_RESNET.STEM_WIDTH={c.STEM_WIDTH}: the {c.STEM} stem's convolutions would have {list(stem)} "
+                f"channels; it must be at least {3 if c.STEM == 'tiered' else 2}"]
     widths = [(name, c.WIDTH_PER_GROUP * 2**i) for i, (name, letters) in enumerate(zip(STAGE_NAMES, layouts)) if "L" in letters]
     problems = [
+        f"MODEL.LAMBDA_RESNET.SE_RATIO={c.SE_RATIO}: squeeze-excite in {name} would have "
+        f"round({4 * c.WIDTH_PER_GROUP * 2**i} x {c.SE_RATIO}) = 0 channels; raise it or leave {name} out of SE_STAGES"
+        for i, (name, letters) in enumerate(zip(STAGE_NAMES, layouts))
+        if name in c.SE_STAGES and 0 < c.SE_RATIO and "C" in letters and round(4 * c.WIDTH_PER_GROUP * 2**i * c.SE_RATIO) < 1
+    ]
+    problems += [
         f"MODEL.LAMBDA_RESNET.HEADS={c.HEADS}: must divide the bottleneck width of every stage with lambda "
         f"blocks; {stage} has WIDTH_PER_GROUP x {width // c.WIDTH_PER_GROUP} = {width}"
         for stage, width in widths if width % c.HEADS
@@ -208,6 +224,9 @@ def lambda_width_problems(cfg, layouts: List[str]) -> List[str]:
                     )
         if c.WIDTH_PER_GROUP % 32:
             problems.append("MODEL.LAMBDA_RESNET.WIDTH_PER_GROUP must be a multiple of 32 with NORM='GN'")
+        if any(width % 32 for width in stem):
+            problems.append(f"MODEL.LAMBDA_RESNET.STEM_WIDTH={c.STEM_WIDTH}: with NORM='GN' (32 groups) each of the "
+                            f"{c.STEM} stem's convolutions needs a multiple of 32 channels; they would have {list(stem)}")
     return problems
 
 
@@ -263,9 +282,7 @@ def build_lambda_resnet_backbone(cfg, input_shape: ShapeSpec, num_classes: Optio
     if problems:
         raise ConfigError("\n".join(problems))
     c = cfg.MODEL.LAMBDA_RESNET
-    w, tiered = c.STEM_WIDTH, c.STEM == "tiered"
-    stem = DeepStem(input_shape.channels, (3 * w // 8 if tiered else w // 2, w // 2, w), norm=c.NORM,
-                    activation=c.ACTIVATION, max_pool=tiered)
+    stem = DeepStem(input_shape.channels, stem_widths(c), norm=c.NORM, activation=c.ACTIVATION, max_pool=c.STEM == "tiered")
     lambda_kwargs = dict(dim_k=c.DIM_K, heads=c.HEADS, dim_u=c.DIM_U, scope=c.SCOPE or None, impl=c.IMPL,
                          global_max_size=c.GLOBAL_MAX_SIZE, pool=c.LAMBDA_POOL, position_bias=c.POSITION_BIAS)
     stages, in_channels = [], stem.out_channels
