@@ -383,6 +383,7 @@ def test_local_scope_accepts_any_size_and_stride_two_halves():
         (dict(in_channels=8, out_channels=8, stride=2.0), "stride=2.0"),
         (dict(in_channels=8, out_channels=8, scope=None, global_max_size=8.5), "global_max_size=8.5"),
         (dict(in_channels=8, out_channels=8, scope=None, global_max_size=(8, True)), "global_max_size=(8, True)"),
+        (dict(in_channels=8, out_channels=8, position_bias="no"), "position_bias='no'"),  # it made the bias
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, message):

@@ -122,6 +122,8 @@ class LambdaLayer(nn.Module):
             raise ValueError(f"norm={norm!r} is not one of {list(NORM_CHOICES)}")
         if pool not in POOLS:
             raise ValueError(f"pool={pool!r} is not one of {list(POOLS)}")
+        if not isinstance(position_bias, bool):  # "no" or 0.0 would be read as a wish, or its opposite
+            raise ValueError(f"position_bias={position_bias!r} must be True or False")
         if _is_int(global_max_size):
             global_max_size = (global_max_size, global_max_size)
         if (not isinstance(global_max_size, Sequence) or isinstance(global_max_size, str) or len(global_max_size) != 2
