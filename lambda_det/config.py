@@ -144,17 +144,36 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     return cfg
 
 
+def set_checked(cfg: CN, key: str, value) -> None:
+    """``cfg[key] = value`` with the type check of a KEY VALUE override (yacs' own); ConfigError
+    "KEY takes an integer (its default is 50), not text" when the value has another type."""
+    try:
+        cfg.merge_from_list([key, value])
+    except ValueError as exc:
+        mismatch = _type_mismatch(str(exc.args[0]) if exc.args else str(exc))
+        raise ConfigError(f"{key} {mismatch[1]}" if mismatch else _explain(cfg, exc)) from None
+
+
+def _type_mismatch(text: str):
+    """(key, "takes ... (its default is ...), not ...", value) from yacs' type-mismatch message, or None."""
+    mismatch = re.search(r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) for config key: ([\w.]+)", text)
+    if not mismatch:
+        return None
+    wanted, given, default, value, key = mismatch.groups()
+    if (wanted, given) == ("float", "int"):
+        return key, f"takes a number with a decimal point, e.g. {value}.0 (its default is {default})", value
+    kinds = {"int": "an integer", "float": "a number", "str": "text", "bool": "True or False", "tuple": "a tuple",
+             "list": "a list"}
+    return key, f"takes {kinds.get(wanted, wanted)} (its default is {default}), not {kinds.get(given, given)}", value
+
+
 def _explain(cfg: CN, exc: Exception) -> str:
     """yacs' messages, with the closest existing key for a misspelt one."""
     text = str(exc.args[0]) if exc.args else str(exc)
-    mismatch = re.search(r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) for config key: ([\w.]+)", text)
+    mismatch = _type_mismatch(text)
     if mismatch:
-        wanted, given, default, value, key = mismatch.groups()
-        if (wanted, given) == ("float", "int"):
-            return f"{key} {value}: {key} takes a number with a decimal point, e.g. {value}.0 (its default is {default})"
-        kinds = {"int": "an integer", "float": "a number", "str": "text", "bool": "True or False", "tuple": "a tuple",
-                 "list": "a list"}
-        return f"{key} {value}: {key} takes {kinds.get(wanted, wanted)} (its default is {default}), not {kinds.get(given, given)}"
+        key, takes, value = mismatch
+        return f"{key} {value}: {key} {takes}"
     match = re.search(r"Non-existent (?:config )?key: ([\w.]+)", text)
     if not match:
         return text

@@ -346,6 +346,14 @@ def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_w
     assert run_tool("lazyconfig_train_net.py", *args, "optimizer.lr=-1", "train.checkpointer.period=0", "train.device=tpu",
                     "dataloader.train.total_batch_size=0", "train.eval_period=abc") == 2
     err = capsys.readouterr().err
+    # build_lambda_resnet's arguments: checked as the yacs keys they are read as, and named as the LazyConfig's keys
+    assert run_tool("lazyconfig_train_net.py", *args, "model.backbone.bottom_up.depth=abc") == 2  # once trained on
+    assert "error: model.backbone.bottom_up.depth takes an integer (its default is 50), not text" in capsys.readouterr().err
+    assert run_tool("lazyconfig_train_net.py", *args, "model.backbone.bottom_up.depht=50") == 2
+    assert "build_lambda_resnet() got 'depht', which is no MODEL.LAMBDA_RESNET key in lower case; did you mean 'depth'?" in (
+        capsys.readouterr().err)
+    assert run_tool("lazyconfig_train_net.py", *args, "model.backbone.bottom_up.freeze_at=9") == 2
+    assert "error: model.backbone.bottom_up.freeze_at=9 must be 0 (nothing) .. 5" in capsys.readouterr().err
     for line in ("optimizer.lr=-1: must be a number in (0.0, inf]", "train.checkpointer.period=0: must be an integer >= 1",
                  "train.device='tpu': must be 'cpu', 'cuda' or 'cuda:N'",
                  "dataloader.train.total_batch_size=0: must be an integer >= 1", "train.eval_period='abc': must be an integer >= 0"):

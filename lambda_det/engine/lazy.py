@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -26,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import Checkpointer, keep_final_weights
 from ..data import check_coco_files, check_datasets, check_trainable, prepare_dataset
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged, UserError
 from ..evaluation import describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
 from ..lazy_config import config_text, load_lazy_config
 from ..utils.file_safety import normalized
@@ -147,6 +149,35 @@ def lazy_config_problems(cfg, *, training: bool, world_size: int = 1) -> List[st
     return p.lines
 
 
+def lambda_resnet_node(cfg) -> Optional[str]:
+    """The key of the model's ``L(build_lambda_resnet)(...)`` node (model.backbone.bottom_up in ours), or None."""
+    def walk(node, key: str) -> Optional[str]:
+        if isinstance(node, DictConfig):
+            if node.get("_target_") is build_lambda_resnet:
+                return key
+            for child in node:
+                found = walk(node[child], f"{key}.{child}")
+                if found:
+                    return found
+        return None
+
+    return walk(OmegaConf.select(cfg, "model", default=None), "model")
+
+
+@contextmanager
+def lambda_resnet_keys_named_as_lazy(cfg):
+    """build_lambda_resnet reads its arguments as MODEL.LAMBDA_RESNET keys, and its errors name them so:
+    here they are named as the LazyConfig's keys (MODEL.LAMBDA_RESNET.DEPTH -> model.backbone.bottom_up.depth)."""
+    try:
+        yield
+    except UserError as exc:
+        node = lambda_resnet_node(cfg)
+        if node is None:
+            raise
+        text = re.sub(r"MODEL\.LAMBDA_RESNET\.([A-Z0-9_]+)", lambda m: f"{node}.{m[1].lower()}", str(exc))
+        raise type(exc)(text.replace("MODEL.BACKBONE.FREEZE_AT", f"{node}.freeze_at")) from None
+
+
 def lazy_preflight(cfg, args) -> None:
     """Everything about a lazyconfig_train_net run that can be known to fail, checked before any
     process starts or file is written (the checks of train_net's ``preflight`` that apply)."""
@@ -170,7 +201,7 @@ def lazy_preflight(cfg, args) -> None:
     if not args.eval_only:
         check_trainable(datasets[:-1], masks=masks)
     check_coco_files(test, masks=masks)
-    with explained_build_errors(cfg):
+    with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
         model = instantiate(cfg.model)  # on the CPU: instantiate moves nothing
     checkpoints = None if args.eval_only else train.max_iter // train.checkpointer.period + 1
     check_model_and_output(LAZY_KEYS, model, output_dir, strict_weights, checkpoints=checkpoints)

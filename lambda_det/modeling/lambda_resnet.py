@@ -20,6 +20,7 @@ shortcuts, SiLU, and lambda layers with timm's position bias and 2x2 pooling.
 """
 from __future__ import annotations
 
+import difflib
 from typing import List, Optional, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
@@ -31,7 +32,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, ResNet
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
-from ..config import add_lambda_config
+from ..config import add_lambda_config, set_checked
 from ..errors import ConfigError
 from ..layers import LambdaLayer
 from ..layers.lambda_layer import POOLS
@@ -314,10 +315,17 @@ def lambda_resnet_config(*, freeze_at: int = 0, **options):
     LazyConfig arrive as OmegaConf lists: they are stored as plain lists)."""
     cfg = add_lambda_config(get_cfg())
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
+    keys = cfg.MODEL.LAMBDA_RESNET
     for name, value in options.items():
-        if name.upper() not in cfg.MODEL.LAMBDA_RESNET:
-            raise TypeError(f"build_lambda_resnet() got {name!r}, which is no MODEL.LAMBDA_RESNET key in lower case")
-        cfg.MODEL.LAMBDA_RESNET[name.upper()] = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+        if name.upper() not in keys:
+            close = difflib.get_close_matches(name.lower(), [key.lower() for key in keys], n=1)
+            raise ConfigError(f"build_lambda_resnet() got {name!r}, which is no MODEL.LAMBDA_RESNET key in lower case"
+                              + (f"; did you mean {close[0]!r}?" if close else ""))
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            value = list(value)
+        elif isinstance(value, int) and not isinstance(value, bool) and isinstance(keys[name.upper()], float):
+            value = float(value)  # se_ratio=1 in Python, where yacs' own check wants 1.0
+        set_checked(cfg, f"MODEL.LAMBDA_RESNET.{name.upper()}", value)
     return cfg
 
 
