@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -63,10 +64,15 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         try:
             key = parser.parse_overrides([override])[0].key_or_group
         except HydraException as exc:
-            value = override.split("=", 1)[1].strip()
-            hint = ("" if value[:1] in "[{'\"" else
-                    "; a value with characters such as ( ) or ~, a path for one, needs quotes, in quotes for the "
-                    "shell: \"key='value'\"")
+            key_part, value = (part.strip() for part in override.split("=", 1))
+            if re.search(r"\[\d+\]", key_part):  # Python's indexing, where the key takes the index as a part
+                dotted = re.sub(r"\[(\d+)\]", r".\1", key_part)
+                hint = f"; an entry of a list is a key part by its index: {dotted}={value}"
+            elif value[:1] in "[{'\"":
+                hint = ""
+            else:
+                hint = ("; a value with characters such as ( ) or ~, a path for one, needs quotes, in quotes for the "
+                        "shell: \"key='value'\"")
             raise ConfigError(f"config override {override!r} cannot be parsed: {_parse_error(str(exc), override)}{hint}") from None
         problem = unknown_key(cfg, key)
         if problem:

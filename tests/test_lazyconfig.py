@@ -209,6 +209,12 @@ def test_misspelt_overrides_and_files_that_are_no_lazyconfig_are_named(tmp_path)
         model_zoo.get_config(path, ["model.proposal_generator.head.dpeth=3"])
     with pytest.raises(ConfigError, match="is not key=value"):
         model_zoo.get_config(path, ["train.max_iter", "10"])
+    # Python's indexing in a key: the advice was to quote the value
+    with pytest.raises(ConfigError, match=r"an entry of a list is a key part by its index: "
+                                          r"dataloader\.test\.mapper\.augmentations\.0\.short_edge_length=640$"):
+        model_zoo.get_config(path, ["dataloader.test.mapper.augmentations[0].short_edge_length=640"])
+    assert model_zoo.get_config(path, ["dataloader.test.mapper.augmentations.0.short_edge_length=640"]
+                                ).dataloader.test.mapper.augmentations[0].short_edge_length == 640
     # an argument its L(...) callable takes may be added (build_lambda_resnet takes MODEL.LAMBDA_RESNET keys)
     assert model_zoo.get_config(path, ["model.backbone.bottom_up.scope=7"]).model.backbone.bottom_up.scope == 7
     broken = tmp_path / "broken.py"
