@@ -147,6 +147,13 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
 def set_checked(cfg: CN, key: str, value) -> None:
     """``cfg[key] = value`` with the type check of a KEY VALUE override (yacs' own); ConfigError
     "KEY takes an integer (its default is 50), not text" when the value has another type."""
+    parent, _, leaf = key.rpartition(".")
+    owner = cfg
+    for part in parent.split(".") if parent else []:
+        owner = owner[part]
+    if isinstance(value, str) and isinstance(owner.get(leaf), str):
+        owner[leaf] = value  # text stays text (a KEY VALUE override's parsing would make "None" None, "101" 101)
+        return
     try:
         cfg.merge_from_list([key, value])
     except ValueError as exc:
@@ -156,7 +163,7 @@ def set_checked(cfg: CN, key: str, value) -> None:
 
 def _type_mismatch(text: str):
     """(key, "takes ... (its default is ...), not ...", value) from yacs' type-mismatch message, or None."""
-    mismatch = re.search(r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) for config key: ([\w.]+)", text)
+    mismatch = re.search(r"Type mismatch \(<class '([\w.]+)'> vs\. <class '([\w.]+)'>\) with values \((.*) vs\. (.*)\) for config key: ([\w.]+)", text)
     if not mismatch:
         return None
     wanted, given, default, value, key = mismatch.groups()

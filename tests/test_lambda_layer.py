@@ -279,6 +279,27 @@ def test_gradgradcheck_float64(impl):
 
 
 @pytest.mark.parametrize("impl", HERE_IMPLS)
+@pytest.mark.parametrize("out_channels,channels_last", [(4, False), (4, True), (2, False)])
+def test_gradients_with_create_graph_equal_plain_ones(impl, out_channels, channels_last):
+    """create_graph=True takes the operators' differentiable backward; its first-order gradients must be
+    the plain ones. The content lambda is computed from the same values the operator takes, so a
+    backward that differentiated through that dependency itself counted it twice (v 2 = 4 / 2 heads,
+    and v 1)."""
+    torch.manual_seed(0)
+    layer = LambdaLayer(3, out_channels, dim_k=2, heads=2, dim_u=2, scope=3, impl=impl).double()
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weights = torch.randn(2, out_channels, 4, 5, dtype=torch.float64)
+    wrt = (x, layer.qkv.weight, layer.rel_pos_emb)
+    plain = torch.autograd.grad((layer(x) * weights).sum(), wrt)
+    recorded = torch.autograd.grad((layer(x) * weights).sum(), wrt, create_graph=True)
+    for a, b in zip(recorded, plain):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", HERE_IMPLS)
 @pytest.mark.parametrize("training", [True, False])
 def test_gradcheck_one_image_through_the_norms(impl, training):
     """One image per batch (a process of a 2-process CPU run with 2 images): the fused operator's

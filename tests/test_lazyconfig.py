@@ -360,6 +360,9 @@ def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_w
         capsys.readouterr().err)
     assert run_tool("lazyconfig_train_net.py", *args, "model.backbone.bottom_up.freeze_at=9") == 2
     assert "error: model.backbone.bottom_up.freeze_at=9 must be 0 (nothing) .. 5" in capsys.readouterr().err
+    assert run_tool("lazyconfig_train_net.py", *args, "model.backbone.bottom_up.stem_width=48") == 2
+    assert ("error: model.backbone.bottom_up.stem_width=48: with norm='GN' (32 groups) each of the deep stem's convolutions "
+            "needs a multiple of 32 channels") in capsys.readouterr().err
     for line in ("optimizer.lr=-1: must be a number in (0.0, inf]", "train.checkpointer.period=0: must be an integer >= 1",
                  "train.device='tpu': must be 'cpu', 'cuda' or 'cuda:N'",
                  "dataloader.train.total_batch_size=0: must be an integer >= 1", "train.eval_period='abc': must be an integer >= 0"):

@@ -23,6 +23,7 @@ from lambda_det import load_config
 from lambda_det.checkpoint import Checkpointer, WeightsError, check_resume, weights_problem
 from lambda_det.engine import validate_config
 from lambda_det.errors import ConfigError, DatasetError, OutputError, UserError
+from lambda_det.modeling import build_lambda_resnet, lambda_resnet_config, lambda_resnet_config_problems
 
 
 def _hashes(folder: Path) -> dict:
@@ -678,8 +679,6 @@ def test_config_values_that_cannot_work_stop_before_training(overrides, expected
      "SE_RATIO=0.001: squeeze-excite in res2 would have round(256 x 0.001) = 0 channels"),
 ])
 def test_widths_that_cannot_be_built_are_named_before_the_build(options, expected):
-    from lambda_det.modeling import build_lambda_resnet, lambda_resnet_config, lambda_resnet_config_problems
-
     cfg = lambda_resnet_config(depth=50, **options)
     cfg.MODEL.BACKBONE.NAME = "build_lambda_resnet_fpn_backbone"
     problems = lambda_resnet_config_problems(cfg)

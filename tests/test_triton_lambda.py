@@ -112,10 +112,12 @@ def test_interpreter_gradcheck_fast(interpreter_results):
 
 @needs_triton
 def test_interpreter_gradgradcheck(interpreter_results):
-    """Second derivatives (create_graph), which the backward takes from the lambda convolution."""
+    """Second derivatives (create_graph), which the backward takes from the lambda convolution, and
+    first-order gradients under create_graph equal to the plain ones."""
     assert_passed(interpreter_results, "gradgradcheck")
 
 
+@needs_triton
 @pytest.mark.slow
 def test_interpreter_gradcheck_full_jacobian():
     """The whole Jacobian, element by element (about a minute in the interpreter)."""

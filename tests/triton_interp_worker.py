@@ -250,6 +250,23 @@ def check_gradgradcheck(errors):
         return
     if not ok:
         errors.append("gradgradcheck returned False")
+    # create_graph's first-order gradients are the plain ones, through the layer (which computes the content
+    # lambda from the values the operator takes), with inputs channels-last or v 1, where the operator's
+    # layouts copy nothing between the two
+    from lambda_det.layers import LambdaLayer
+
+    for out_channels, channels_last in ((4, True), (2, False)):
+        torch.manual_seed(0)
+        layer = LambdaLayer(3, out_channels, dim_k=2, heads=2, dim_u=1, scope=3, impl="triton").double()
+        x = torch.randn(1, 3, 3, 4, dtype=torch.float64)
+        x = (x.contiguous(memory_format=torch.channels_last) if channels_last else x).requires_grad_()
+        wrt = (x, layer.qkv.weight, layer.rel_pos_emb)
+        plain = torch.autograd.grad(layer(x).square().sum(), wrt)
+        recorded = torch.autograd.grad(layer(x).square().sum(), wrt, create_graph=True)
+        err = max(relative_error(a, b) for a, b in zip(recorded, plain))
+        if not err <= 1e-10:
+            errors.append(f"v {out_channels // 2}, channels_last {channels_last}: create_graph gradients differ from "
+                          f"the plain ones by {err:.3g} (relative)")
 
 
 def check_half(errors):

@@ -151,9 +151,11 @@ def lazy_config_problems(cfg, *, training: bool, world_size: int = 1) -> List[st
 
 def lambda_resnet_node(cfg) -> Optional[str]:
     """The key of the model's ``L(build_lambda_resnet)(...)`` node (model.backbone.bottom_up in ours), or None."""
+    by_name = f"{build_lambda_resnet.__module__}.{build_lambda_resnet.__qualname__}"  # a saved config.yaml's _target_
+
     def walk(node, key: str) -> Optional[str]:
         if isinstance(node, DictConfig):
-            if node.get("_target_") is build_lambda_resnet:
+            if node.get("_target_") in (build_lambda_resnet, by_name):
                 return key
             for child in node:
                 found = walk(node[child], f"{key}.{child}")
@@ -175,7 +177,11 @@ def lambda_resnet_keys_named_as_lazy(cfg):
         if node is None:
             raise
         text = re.sub(r"MODEL\.LAMBDA_RESNET\.([A-Z0-9_]+)", lambda m: f"{node}.{m[1].lower()}", str(exc))
-        raise type(exc)(text.replace("MODEL.BACKBONE.FREEZE_AT", f"{node}.freeze_at")) from None
+        text = text.replace("MODEL.BACKBONE.FREEZE_AT", f"{node}.freeze_at")
+        # a key named alone (with NORM='GN', leave res2 out of SE_STAGES): the argument's name
+        keys = set(lambda_resnet_config().MODEL.LAMBDA_RESNET)
+        text = re.sub(r"\b[A-Z][A-Z0-9_]*\b", lambda m: m[0].lower() if m[0] in keys else m[0], text)
+        raise type(exc)(text) from None
 
 
 def lazy_preflight(cfg, args) -> None:

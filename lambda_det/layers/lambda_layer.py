@@ -25,12 +25,13 @@ POOLS = ("avg3x3", "avg2x2")
 class ContiguousGradient(torch.autograd.Function):
     """The identity, whose backward hands the gradient on contiguous.
 
-    For a one-image batch, the gradients of the queries and values can reach the norms channels-last
-    with a batch stride other than C*H*W (a view of the fused operator's permuted query gradient or of
-    einsum's value gradient gives the size-1 batch axis any stride), and PyTorch's CPU batch-norm
-    backward (BN, and SyncBN outside a process group) computes wrong input gradients from such a
-    tensor (torch 2.13; ``test_gradcheck_one_image_through_the_norms``). A copy of one image's
-    gradient is cheap beside the layer.
+    For a one-image batch (or a map of one row or column), the gradients of the queries and values can
+    reach the norms channels-last with an odd stride on the size-1 axis (a view of the fused operator's
+    permuted query gradient or of einsum's value gradient gives a size-1 axis any stride), and PyTorch's
+    CPU batch-norm backward (BN, and SyncBN outside a process group) computes wrong input, weight and
+    bias gradients from such a tensor (torch 2.13; ``test_gradcheck_one_image_through_the_norms``).
+    Only those inputs take the copy. TorchScript cannot compile this function: a scripted layer with
+    ``impl="einsum"`` keeps the wrong gradients for one image (its other forms do not make them).
     """
 
     @staticmethod
@@ -239,7 +240,7 @@ class LambdaLayer(nn.Module):
         if self.norm_q is not None and self.norm_v is not None:
             q, values = self.norm_q(q), self.norm_v(values)
             if not torch.jit.is_scripting():
-                if x.shape[0] == 1 and torch.is_grad_enabled() and not torch.jit.is_tracing():
+                if min(x.shape[0], x.shape[2], x.shape[3]) == 1 and torch.is_grad_enabled() and not torch.jit.is_tracing():
                     q, values = ContiguousGradient.apply(q), ContiguousGradient.apply(values)
         if torch.jit.is_scripting():  # TorchScript leaves autocast to the caller
             out = self._lambda_output(q, keys, values, x.dtype)

@@ -160,9 +160,13 @@ def gradients_with_graph(grad: Tensor, inputs: Tuple[Tensor, Tensor, Tensor, Ten
     """The gradients of ``differentiable_output(*inputs)`` for ``grad``, themselves differentiable: an
     operator's backward when autograd records it (``create_graph=True``: gradient penalties, double
     backward), None for an input that needs none."""
-    wanted = [t for t in inputs if t.requires_grad]
     with torch.enable_grad():
-        found = iter(torch.autograd.grad(differentiable_output(*inputs), wanted, grad, create_graph=True) if wanted else ())
+        # each input through an alias of its own: the operator's gradient for one input is its partial
+        # derivative, where the inputs themselves may depend on each other (the layer computes the content
+        # lambda from the values), and autograd adds the paths between them after the operator
+        aliases = tuple(t.view_as(t) for t in inputs)
+        wanted = [a for a, t in zip(aliases, inputs) if t.requires_grad]
+        found = iter(torch.autograd.grad(differentiable_output(*aliases), wanted, grad, create_graph=True) if wanted else ())
     return tuple(next(found) if t.requires_grad else None for t in inputs)
 
 

@@ -40,11 +40,12 @@ def get_config(config_path: str, opts: Sequence[str] = (), *, trained: bool = Fa
     raises, as in ``get``, since no trained weights are published."""
     if isinstance(opts, bool):  # Detectron2's get_config(config_path, trained)
         trained, opts = opts, ()
+    path = get_config_file(config_path)
     if trained:
         raise ConfigError(no_trained_weights(config_path))
     if config_path.endswith(".py"):
-        return load_lazy_config(get_config_file(config_path), opts)
-    return load_config(get_config_file(config_path), opts)
+        return load_lazy_config(path, opts)
+    return load_config(path, opts)
 
 
 def no_trained_weights(config_path: str) -> str:
@@ -59,6 +60,7 @@ def get(config_path: str, trained: bool = False, device: str = "cpu") -> torch.n
     COCO models were never released): it raises, rather than returning a random model as trained.
     """
     if trained:
+        get_config_file(config_path)  # a path that is no shipped config is named as such first
         raise ConfigError(no_trained_weights(config_path))
     if config_path.endswith(".py"):
         return instantiate(get_config(config_path).model).to(device).eval()

@@ -21,6 +21,7 @@ shortcuts, SiLU, and lambda layers with timm's position bias and 2x2 pooling.
 from __future__ import annotations
 
 import difflib
+import numbers
 from typing import List, Optional, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
@@ -323,8 +324,10 @@ def lambda_resnet_config(*, freeze_at: int = 0, **options):
                               + (f"; did you mean {close[0]!r}?" if close else ""))
         if isinstance(value, Sequence) and not isinstance(value, str):
             value = list(value)
-        elif isinstance(value, int) and not isinstance(value, bool) and isinstance(keys[name.upper()], float):
-            value = float(value)  # se_ratio=1 in Python, where yacs' own check wants 1.0
+        elif isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy's too
+            value = float(value) if isinstance(keys[name.upper()], float) else int(value)  # se_ratio=1: yacs wants 1.0
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = float(value)
         set_checked(cfg, f"MODEL.LAMBDA_RESNET.{name.upper()}", value)
     return cfg
 
