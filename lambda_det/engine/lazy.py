@@ -180,7 +180,7 @@ def lambda_resnet_keys_named_as_lazy(cfg):
         text = text.replace("MODEL.BACKBONE.FREEZE_AT", f"{node}.freeze_at")
         # a key named alone (with NORM='GN', leave res2 out of SE_STAGES): the argument's name
         keys = set(lambda_resnet_config().MODEL.LAMBDA_RESNET)
-        text = re.sub(r"\b[A-Z][A-Z0-9_]*\b", lambda m: m[0].lower() if m[0] in keys else m[0], text)
+        text = re.sub(r"(?<![.\w])[A-Z][A-Z0-9_]*(?![.\w])", lambda m: m[0].lower() if m[0] in keys else m[0], text)
         raise type(exc)(text) from None
 
 
