@@ -304,12 +304,14 @@ def test_gradients_with_create_graph_equal_plain_ones(impl, out_channels, channe
 def test_gradcheck_one_image_through_the_norms(impl, training):
     """One image per batch (a process of a 2-process CPU run with 2 images): the fused operator's
     query gradient and einsum's value gradient reach the norms channels-last with a batch stride other
-    than C*H*W, from which PyTorch's CPU batch-norm backward computed wrong input gradients."""
+    than C*H*W, from which PyTorch's CPU batch-norm backward computed wrong input, weight and bias
+    gradients."""
     torch.manual_seed(0)
     layer = LambdaLayer(6, 8, dim_k=4, heads=2, dim_u=2, scope=3, impl=impl, norm="BN").double().train(training)
     _randomize_norms(layer, seed=1)
     x = torch.randn(1, 6, 4, 5, dtype=torch.float64, requires_grad=True)
-    params = [layer.qkv.weight, layer.rel_pos_emb]
+    norms = [p for norm in (layer.norm_q, layer.norm_v) for p in (norm.weight, norm.bias)]
+    params = [layer.qkv.weight, layer.rel_pos_emb, *norms]
 
     def f(inp, *_):
         return layer(inp)

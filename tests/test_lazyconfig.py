@@ -20,12 +20,14 @@ from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from detectron2.model_zoo import get_config as detectron2_config
 from detectron2.modeling import build_model
+from omegaconf import OmegaConf
 
 from conftest import REPO, run_tool
 from test_reliability import hashes
 
 from lambda_det import model_zoo  # importing lambda_det registers the backbones and the toy datasets
 from lambda_det.data import build_train_mapper
+from lambda_det.engine.lazy import lambda_resnet_keys_named_as_lazy
 from lambda_det.errors import ConfigError
 from lambda_det.config import load_config
 from lambda_det.lazy_config import config_text, load_lazy_config
@@ -386,6 +388,16 @@ def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_w
     assert run_tool("lazyconfig_train_net.py", "--config-file", TOY_LSJ, "model.backbone.bottom_up.stage_blocks=[1,1") == 2
     err = capsys.readouterr().err
     assert "cannot be parsed: no viable alternative at input '[1,1'" in err and "quotes" not in err
+
+
+def test_backbone_errors_are_named_by_lazy_keys_past_values_left_for_the_command_line():
+    """A saved config's string _target_, a '???' elsewhere in the model, a key ending a sentence."""
+    cfg = OmegaConf.create({"model": {"pixel_mean": "???", "backbone": {"bottom_up": {
+        "_target_": "lambda_det.modeling.lambda_resnet.build_lambda_resnet"}}}})
+    with pytest.raises(ConfigError) as raised, lambda_resnet_keys_named_as_lazy(cfg):
+        raise ConfigError("MODEL.LAMBDA_RESNET.SE_RATIO=0.001: round(256 x 0.001) = 0; leave res2 out of SE_STAGES.")
+    assert str(raised.value) == (
+        "model.backbone.bottom_up.se_ratio=0.001: round(256 x 0.001) = 0; leave res2 out of se_stages.")
 
 
 def test_the_documented_152_control_is_detectron2s_r101_file_with_depth_152():

@@ -687,6 +687,14 @@ def test_widths_that_cannot_be_built_are_named_before_the_build(options, expecte
         build_lambda_resnet(depth=50, **options)
 
 
+def test_a_stem_too_narrow_is_named_with_the_other_width_problems():
+    cfg = lambda_resnet_config(depth=50, stem_width=1, heads=3)
+    cfg.MODEL.BACKBONE.NAME = "build_lambda_resnet_fpn_backbone"
+    problems = "\n".join(lambda_resnet_config_problems(cfg))
+    assert "STEM_WIDTH=1: the deep stem's convolutions would have [0, 0, 1] channels" in problems, problems
+    assert "MODEL.LAMBDA_RESNET.HEADS=3: must divide the bottleneck width" in problems, problems
+
+
 def test_images_per_batch_must_split_over_the_processes():
     cfg = load_config(str(TOY_CONFIG), [*TINY, "SOLVER.IMS_PER_BATCH", "3"])
     with pytest.raises(ConfigError, match=r"SOLVER.IMS_PER_BATCH=3: must be divisible by the number of processes \(2\)"):

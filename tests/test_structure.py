@@ -126,11 +126,11 @@ def test_every_shipped_config_is_found_and_builds_its_config():
         model_zoo.get("Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml", trained=True)
     # Detectron2's get_config(config_path, trained=False), by keyword or in its place
     assert model_zoo.get_config("Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml", False).MODEL.BACKBONE.NAME
-    for call in ({"trained": True}, {"opts": True}):
+    for call in ({"trained": True}, {"opts": True}, {"opts": False, "trained": True}):
         with pytest.raises(ConfigError, match="no trained weights are published"):
             model_zoo.get_config("Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml", **call)
     # a path that leaves the shipped configs is none of them
-    for outside in ("../../setup.py", "/etc/hostname", "../__init__.py"):
+    for outside in ("../../../setup.py", "/etc/hostname", "../__init__.py"):
         with pytest.raises(ConfigError, match="is not a config that ships with lambda_det"):
             model_zoo.get_config_file(outside)
 

@@ -158,6 +158,8 @@ def lambda_resnet_node(cfg) -> Optional[str]:
             if node.get("_target_") in (build_lambda_resnet, by_name):
                 return key
             for child in node:
+                if OmegaConf.is_missing(node, child):  # a '???' left for the command line
+                    continue
                 found = walk(node[child], f"{key}.{child}")
                 if found:
                     return found
@@ -180,7 +182,7 @@ def lambda_resnet_keys_named_as_lazy(cfg):
         text = text.replace("MODEL.BACKBONE.FREEZE_AT", f"{node}.freeze_at")
         # a key named alone (with NORM='GN', leave res2 out of SE_STAGES): the argument's name
         keys = set(lambda_resnet_config().MODEL.LAMBDA_RESNET)
-        text = re.sub(r"(?<![.\w])[A-Z][A-Z0-9_]*(?![.\w])", lambda m: m[0].lower() if m[0] in keys else m[0], text)
+        text = re.sub(r"(?<![.\w])[A-Z][A-Z0-9_]*(?!\w|\.\w)", lambda m: m[0].lower() if m[0] in keys else m[0], text)
         raise type(exc)(text) from None
 
 

@@ -21,8 +21,9 @@ The forms differ only in speed and memory (Table 2):
               is why it wins for the paper's r = 23 on a CPU.
 
 ``position_term`` composes a named form with ``apply_position_lambdas``: (lambda^p_n)^T q_n for every
-position. Inputs are float32/float64; autocast is the caller's business (see LambdaLayer). Everything
-here is TorchScript-compatible (``torch.jit.script`` of the layer uses it as is).
+position. Inputs are float32/float64; autocast is the caller's business (see LambdaLayer). The forms and
+``position_term`` are TorchScript-compatible (``torch.jit.script`` of the layer uses them as is);
+``gradients_with_graph`` serves the operators' Python backward only.
 """
 from __future__ import annotations
 

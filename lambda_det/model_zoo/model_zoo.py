@@ -25,7 +25,7 @@ def list_configs() -> List[str]:
 def get_config_file(config_path: str) -> str:
     """The absolute path of a shipped config, e.g. "COCO-InstanceSegmentation/mask_rcnn_LambdaR_101_FPN_paper.yaml"."""
     path = (CONFIG_ROOT / config_path).resolve()
-    if not path.is_file() or not path.is_relative_to(CONFIG_ROOT):  # "/etc/x.yaml", "../../setup.py" ship not
+    if not path.is_file() or not path.is_relative_to(CONFIG_ROOT):  # "/etc/x.yaml", "../../../setup.py" ship not
         close = difflib.get_close_matches(config_path, list_configs(), n=3)
         hint = f"; did you mean {close}?" if close else f"; shipped: {list_configs()}"
         raise ConfigError(f"{config_path!r} is not a config that ships with lambda_det{hint}")
@@ -39,7 +39,7 @@ def get_config(config_path: str, opts: Sequence[str] = (), *, trained: bool = Fa
     ``trained`` is Detectron2's argument (also taken in its place, ``get_config(path, True)``): True
     raises, as in ``get``, since no trained weights are published."""
     if isinstance(opts, bool):  # Detectron2's get_config(config_path, trained)
-        trained, opts = opts, ()
+        trained, opts = trained or opts, ()
     path = get_config_file(config_path)
     if trained:
         raise ConfigError(no_trained_weights(config_path))

@@ -201,11 +201,12 @@ def lambda_width_problems(cfg, layouts: List[str]) -> List[str]:
     each fine alone but do not fit together), all of them."""
     c = cfg.MODEL.LAMBDA_RESNET
     stem = stem_widths(c)
-    if min(stem) < 1:
-        return [f"MODEL.LAMBDA_RESNET.STEM_WIDTH={c.STEM_WIDTH}: the {c.STEM} stem's convolutions would have {list(stem)} "
-                f"channels; it must be at least {3 if c.STEM == 'tiered' else 2}"]
-    widths = [(name, c.WIDTH_PER_GROUP * 2**i) for i, (name, letters) in enumerate(zip(STAGE_NAMES, layouts)) if "L" in letters]
     problems = [
+        f"MODEL.LAMBDA_RESNET.STEM_WIDTH={c.STEM_WIDTH}: the {c.STEM} stem's convolutions would have {list(stem)} "
+        f"channels; it must be at least {3 if c.STEM == 'tiered' else 2}"
+    ] if min(stem) < 1 else []
+    widths = [(name, c.WIDTH_PER_GROUP * 2**i) for i, (name, letters) in enumerate(zip(STAGE_NAMES, layouts)) if "L" in letters]
+    problems += [
         f"MODEL.LAMBDA_RESNET.SE_RATIO={c.SE_RATIO}: squeeze-excite in {name} would have "
         f"round({4 * c.WIDTH_PER_GROUP * 2**i} x {c.SE_RATIO}) = 0 channels; raise it or leave {name} out of SE_STAGES"
         for i, (name, letters) in enumerate(zip(STAGE_NAMES, layouts))
@@ -226,7 +227,7 @@ def lambda_width_problems(cfg, layouts: List[str]) -> List[str]:
                     )
         if c.WIDTH_PER_GROUP % 32:
             problems.append("MODEL.LAMBDA_RESNET.WIDTH_PER_GROUP must be a multiple of 32 with NORM='GN'")
-        if any(width % 32 for width in stem):
+        if min(stem) >= 1 and any(width % 32 for width in stem):
             problems.append(f"MODEL.LAMBDA_RESNET.STEM_WIDTH={c.STEM_WIDTH}: with NORM='GN' (32 groups) each of the "
                             f"{c.STEM} stem's convolutions needs a multiple of 32 channels; they would have {list(stem)}")
     return problems
