@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lambda_det.benchmark.kernels import ARITHMETIC, VARIANT_ARITHMETIC, variants
 from lambda_det.benchmark.numerics import operator_precision
 from lambda_det.layers import triton_lambda as T
 
@@ -52,9 +53,8 @@ def run_worker(*checks: str, timeout: int = 800) -> dict:
 # dq/dR program, so that a program adds to its partial dR sums (read, add, write) between rows
 GUARD_CHECKS = [f"guards:{name}" for name in W.SHAPES] + ["guards:basic@2"]
 # every tile variant the kernel benchmark may time (lambda_det.benchmark.kernels.variants), on a global
-# scope (two tap chunks, two x segments) and on k 17 / v 70 (k and v in blocks); the variants that
-# stack value rows (dV) or query rows (forward) on every other shape
-VARIANT_CHECKS = ["variants:global", "variants:blocks", "stacked_rows"]
+# scope (two tap chunks, two x segments) and on k 17 / v 70 (k and v in blocks)
+VARIANT_CHECKS = ["variants:global", "variants:blocks"]
 DEFAULT_CHECKS = GUARD_CHECKS + VARIANT_CHECKS + ["gradcheck:u2_global", "gradgradcheck", "half", "library_op", "precision_switch", "layer",
                                                   "layer_autocast", "kernel_benchmark"]
 
@@ -97,6 +97,14 @@ def test_interpreter_matches_float64_reference_inside_guards(interpreter_results
 @pytest.mark.parametrize("check", VARIANT_CHECKS)
 def test_interpreter_tile_variants_match_float64_reference_inside_guards(interpreter_results, check):
     assert_passed(interpreter_results, check)
+
+
+@needs_triton
+@pytest.mark.slow
+def test_interpreter_stacked_rows_on_every_shape():
+    """The variants that stack value rows (dV) or query rows (forward) on every other shape: rows past
+    the map, u > 1, two images, small k / v (about a minute in the interpreter)."""
+    assert_passed(run_worker("stacked_rows"), "stacked_rows")
 
 
 @needs_triton
@@ -472,18 +480,28 @@ def _assert_dry_run(proc, results, out, steps):
 
 @needs_triton
 def test_gpu_check_dry_run_on_cpu(tmp_path):
-    """The script end to end on the CPU but for the toy training (the slow test below runs that too):
-    wheel check, the CUDA-marked tests in the interpreter, the benchmark flags, the results tarball."""
-    steps = ["install", "tests", "bench_layer", "bench_kernels", "bench_detector"]
+    """The script end to end on the CPU but for the toy training and the kernel benchmark (the slow
+    test below runs all of it): wheel check, the CUDA-marked tests in the interpreter, the benchmark
+    flags, the results tarball."""
+    steps = ["install", "tests", "bench_layer", "bench_detector"]
     proc = _gpu_check("--dry-run", "--steps", " ".join(steps), results=tmp_path / "results", out=tmp_path / "out")
     _assert_dry_run(proc, tmp_path / "results", tmp_path / "out", steps)
     report = (tmp_path / "results" / "tests.xml").read_text()
     assert re.search(r'tests="(\d+)"', report) and 'failures="0"' in report and 'errors="0"' in report
+    assert not (tmp_path / "results" / "bench_kernels").exists()  # a step not asked for does not run
+
+
+@needs_triton
+@pytest.mark.slow
+def test_gpu_check_full_dry_run_on_cpu(tmp_path):
+    """Every step, as `make gpu-check` runs them, the toy training and the kernel benchmark included."""
+    steps = ["install", "tests", "train", "bench_layer", "bench_kernels", "bench_detector"]
+    proc = _gpu_check("--dry-run", results=tmp_path / "results", out=tmp_path / "out")
+    _assert_dry_run(proc, tmp_path / "results", tmp_path / "out", steps)
+    assert (tmp_path / "results" / "train" / "metrics.json").exists()
     # the kernel benchmark ran for real in the interpreter: every variant of every kernel, each
     # agreeing with the default tiles' result, timed
     kernels = json.loads((tmp_path / "results" / "bench_kernels" / "lambda_kernels_cpu.json").read_text())["records"]
-    from lambda_det.benchmark.kernels import ARITHMETIC, VARIANT_ARITHMETIC, variants
-
     expected = {(a.name, v.kernel, v.name) for a in ARITHMETIC for v in variants()
                 if v.name == "default" or a.name in VARIANT_ARITHMETIC}
     timed = {(r["arithmetic"], r["kernel"], r["variant"]) for r in kernels if r["kernel"] in ("forward", "dq/dR", "dV")}
@@ -497,15 +515,6 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     verdict = (tmp_path / "results" / "summary.md").read_text().split("**Fastest tiles per kernel**")[1]
     assert {tuple(line[2:].split(":")[0].split(", ")[1:]) for line in verdict.splitlines() if line.startswith("- ")} == {
         (a, kernel) for a in VARIANT_ARITHMETIC for kernel in ("forward", "dq/dR", "dV")}
-
-
-@needs_triton
-@pytest.mark.slow
-def test_gpu_check_full_dry_run_on_cpu(tmp_path):
-    steps = ["install", "tests", "train", "bench_layer", "bench_kernels", "bench_detector"]
-    proc = _gpu_check("--dry-run", results=tmp_path / "results", out=tmp_path / "out")
-    _assert_dry_run(proc, tmp_path / "results", tmp_path / "out", steps)
-    assert (tmp_path / "results" / "train" / "metrics.json").exists()
 
 
 def _fake_wheel(folder: Path, name: str, requires=(), tag="py3-none-any") -> Path:
