@@ -240,7 +240,8 @@ class LambdaLayer(nn.Module):
         if self.norm_q is not None and self.norm_v is not None:
             q, values = self.norm_q(q), self.norm_v(values)
             if not torch.jit.is_scripting():
-                if min(x.shape[0], x.shape[2], x.shape[3]) == 1 and torch.is_grad_enabled() and not torch.jit.is_tracing():
+                # tracing first: a traced shape is a tensor, and comparing it warns the exporting user
+                if not torch.jit.is_tracing() and torch.is_grad_enabled() and min(x.shape[0], x.shape[2], x.shape[3]) == 1:
                     q, values = ContiguousGradient.apply(q), ContiguousGradient.apply(values)
         if torch.jit.is_scripting():  # TorchScript leaves autocast to the caller
             out = self._lambda_output(q, keys, values, x.dtype)
