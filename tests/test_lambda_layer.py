@@ -217,6 +217,54 @@ def test_without_the_fused_operator_auto_uses_the_other_forms_and_fused_says_why
     assert "fused lambda operator is unavailable here: turned off by LAMBDA_DET_FUSED=0" in done.stdout
 
 
+def test_fused_operator_is_one_library_op_for_autograd_and_compile():
+    """torch.library's own checks of the operator and its backward (schema, fake tensors, which
+    torch.compile traces with, autograd registration), and a whole layer compiled with
+    fullgraph=True: one graph holding the operator, the same output and gradients as eager."""
+    from lambda_det.layers.fused import lambda_output_fused
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(2, 2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(3, 2, 5, 3, dtype=torch.float64, requires_grad=True)
+    content = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(torch.ops.lambda_det.lambda_output_fused.default, (q, values, kernel, content), test_utils=utils)
+    grad = torch.randn(2, 6, 5, 4, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.lambda_det.lambda_output_fused_backward.default,
+                          (grad, *(t.detach() for t in (q, values, kernel, content))), test_utils=utils)
+    assert lambda_output_fused(q, values, kernel, content).grad_fn is not None
+
+    graphs = []
+
+    def keep_graph(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    assert_compiled_layer_matches_eager(keep_graph)
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert len(graphs) == 1 and "lambda_det.lambda_output_fused.default" in targets, targets
+
+
+@pytest.mark.slow
+def test_fused_operator_under_inductor():
+    """Inductor generates the code around the operator from its fake implementation's layouts."""
+    assert_compiled_layer_matches_eager("inductor")
+
+
+def assert_compiled_layer_matches_eager(backend) -> None:
+    """A layer on the fused operator, compiled whole (fullgraph=True), gives eager's output and gradients."""
+    torch.manual_seed(0)
+    layer = LambdaLayer(6, 8, dim_k=4, heads=2, scope=5, stride=2, impl="fused").double()
+    x = torch.randn(2, 6, 7, 6, dtype=torch.float64, requires_grad=True)
+    out = torch.compile(layer, backend=backend, fullgraph=True)(x)
+    got = torch.autograd.grad(out.square().sum(), (x, *layer.parameters()))
+    expected = layer(x)
+    want = torch.autograd.grad(expected.square().sum(), (x, *layer.parameters()))
+    for a, b in [(out, expected), *zip(got, want)]:
+        assert (a - b).abs().max().item() <= 1e-12 * max(1.0, b.abs().max().item())
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_position_term_is_translation_equivariant(impl):
     """Values nonzero only on an interior patch: shifting them shifts the position lambdas exactly."""

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -122,6 +122,7 @@ def extension():
     return _module
 
 
+@torch.compiler.assume_constant_result  # a torch.compile trace asks once, outside the graph
 def available() -> bool:
     return extension() is not None
 
@@ -132,7 +133,7 @@ def unavailable_reason() -> Optional[str]:
 
 
 def _padded(size: int, dtype: torch.dtype) -> int:
-    lanes = VECTOR_BYTES // torch.empty((), dtype=dtype).element_size()
+    lanes = VECTOR_BYTES // dtype.itemsize
     return -(-size // lanes) * lanes
 
 
@@ -146,43 +147,73 @@ def _channels_last_padded(x: Tensor, dims, padded: int) -> Tensor:
     return out
 
 
-class _FusedLambda(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: Tensor, values: Tensor, kernel: Tensor, content: Tensor) -> Tensor:
-        ext = extension()
-        b, heads, k, height, width = q.shape
-        _, u, v, _, _ = values.shape
-        rw = kernel.shape[-1]
-        dtype = q.dtype
-        vp = _padded(v, dtype)
-        q_cl = q.permute(0, 3, 4, 1, 2).contiguous()  # (b, H, W, h, k)
-        v_cl = _channels_last_padded(values, (0, 1, 3, 4, 2), vp)  # (b, u, H, W, VP)
-        r_a = _channels_last_padded(kernel, (1, 2, 0, 3), _padded(rw, dtype))  # (u, rh, k, RWP)
-        c_v = _channels_last_padded(content, (0, 1, 2), vp)  # (b, k, VP)
-        out = ext.forward(q_cl, v_cl, r_a, c_v, v, rw)  # (b, h v, H, W)
-        ctx.save_for_backward(q, values, r_a, kernel, content)
-        ctx.sizes = (b, heads, k, height, width, v, rw)
-        return out
+# ------------------------------------------------------------------------------------------------
+# one operator to PyTorch (autograd and torch.compile see lambda_det::lambda_output_fused; the compiled
+# extension is called inside the operators, where a torch.compile trace does not look)
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op("lambda_det::lambda_output_fused", mutates_args=(), device_types="cpu")
+def _lambda_output_op(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor) -> Tensor:
+    v, rw, dtype = values.shape[2], kernel.shape[-1], q.dtype
+    vp = _padded(v, dtype)
+    q_cl = q.permute(0, 3, 4, 1, 2).contiguous()  # (b, H, W, h, k)
+    v_cl = _channels_last_padded(values, (0, 1, 3, 4, 2), vp)  # (b, u, H, W, VP)
+    c_v = _channels_last_padded(content, (0, 1, 2), vp)  # (b, k, VP)
+    return extension().forward(q_cl, v_cl, _kernel_by_logits(kernel), c_v, v, rw)  # (b, h v, H, W)
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        q, values, r_a, kernel, content = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: the kernels below have no derivative of their own
-            return gradients_with_graph(grad, (q, values, kernel, content))
-        ext = extension()
-        b, heads, k, height, width, v, rw = ctx.sizes
-        dtype = q.dtype
-        q_cl = q.permute(0, 3, 4, 1, 2).contiguous()  # (b, H, W, h, k), as the forward had it
-        vp, kp = _padded(v, dtype), _padded(k, dtype)
-        r_k = _channels_last_padded(kernel, (1, 2, 3, 0), kp)  # (u, rh, rw, KP)
-        c_k = content.new_zeros((b, vp, kp))
-        c_k[:, :v, :k] = content.transpose(1, 2)
-        v_px, wp = _values_padded_x(values, rw, dtype)
-        dq_cl, dv_cl, dr, dc = ext.backward(grad.contiguous(), q_cl, v_px, r_a, r_k, c_k, wp)
-        dq = dq_cl.permute(0, 3, 4, 1, 2)  # (b, h, k, H, W)
-        dv = dv_cl[..., :v].permute(0, 1, 4, 2, 3)  # (b, u, v, H, W)
-        dkernel = dr[..., :k].permute(3, 0, 1, 2)  # (k, u, rh, rw)
-        return dq, dv, dkernel, dc[..., :v]
+
+@_lambda_output_op.register_fake
+def _lambda_output_fake(q, values, kernel, content):
+    b, heads, _, height, width = q.shape
+    return q.new_empty((b, heads * values.shape[2], height, width))
+
+
+@torch.library.custom_op("lambda_det::lambda_output_fused_backward", mutates_args=(), device_types="cpu")
+def _lambda_output_backward_op(grad: Tensor, q: Tensor, values: Tensor, kernel: Tensor,
+                               content: Tensor) -> List[Tensor]:
+    """The gradients in the kernel's padded channels-last layouts (contiguous, which is what the fake
+    promises): dq (b, H, W, h, k), dv (b, u, H, W, VP), dR (u, rh, rw, KP), dc (b, k, VP)."""
+    b, _, k, _, _ = q.shape
+    v, rw, dtype = values.shape[2], kernel.shape[-1], q.dtype
+    vp, kp = _padded(v, dtype), _padded(k, dtype)
+    q_cl = q.permute(0, 3, 4, 1, 2).contiguous()  # (b, H, W, h, k), as the forward had it
+    r_k = _channels_last_padded(kernel, (1, 2, 3, 0), kp)  # (u, rh, rw, KP)
+    c_k = content.new_zeros((b, vp, kp))
+    c_k[:, :v, :k] = content.transpose(1, 2)
+    v_px, wp = _values_padded_x(values, rw, dtype)
+    return list(extension().backward(grad.contiguous(), q_cl, v_px, _kernel_by_logits(kernel), r_k, c_k, wp))
+
+
+@_lambda_output_backward_op.register_fake
+def _lambda_output_backward_fake(grad, q, values, kernel, content):
+    b, heads, k, height, width = q.shape
+    u, rh, rw = kernel.shape[1:]
+    vp, kp = _padded(values.shape[2], q.dtype), _padded(k, q.dtype)
+    return [q.new_empty((b, height, width, heads, k)), q.new_empty((b, u, height, width, vp)),
+            q.new_empty((u, rh, rw, kp)), q.new_empty((b, k, vp))]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad: Tensor):
+    q, values, kernel, content = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: the kernels have no derivative of their own
+        return gradients_with_graph(grad, (q, values, kernel, content))
+    k, v = q.shape[2], values.shape[2]
+    dq_cl, dv_cl, dr, dc = _lambda_output_backward_op(grad, q, values, kernel, content)
+    return (dq_cl.permute(0, 3, 4, 1, 2),  # (b, h, k, H, W)
+            dv_cl[..., :v].permute(0, 1, 4, 2, 3),  # (b, u, v, H, W)
+            dr[..., :k].permute(3, 0, 1, 2),  # (k, u, rh, rw)
+            dc[..., :v])  # (b, k, v)
+
+
+torch.library.register_autograd("lambda_det::lambda_output_fused", _backward, setup_context=_setup_context)
+
+
+def _kernel_by_logits(kernel: Tensor) -> Tensor:
+    """R (k, u, rh, rw) as the kernel reads it for the logits q . R: (u, rh, k, RWP)."""
+    return _channels_last_padded(kernel, (1, 2, 0, 3), _padded(kernel.shape[-1], kernel.dtype))
 
 
 def _values_padded_x(values: Tensor, rw: int, dtype: torch.dtype):
@@ -205,10 +236,10 @@ def lambda_output_fused(q: Tensor, values: Tensor, kernel: Tensor, content_lambd
     CPU, float32 / float64."""
     if q.device.type != "cpu":
         raise ValueError(f"impl='fused' runs on CPUs; this input is on {q.device}: use impl='auto'")
-    if extension() is None:
+    if not available():
         raise RuntimeError(f"the fused lambda operator is unavailable here: {unavailable_reason()}")
     q = q.reshape(*q.shape[:3], *values.shape[3:])
-    return _FusedLambda.apply(q.contiguous(), values.contiguous(), kernel.contiguous(), content_lambda.contiguous())
+    return _lambda_output_op(q.contiguous(), values.contiguous(), kernel.contiguous(), content_lambda.contiguous())
 
 
 __all__ = ["available", "build_directory", "extension", "lambda_output_fused", "unavailable_reason"]
