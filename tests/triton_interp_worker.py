@@ -299,8 +299,9 @@ def check_half(errors):
 
 
 def check_library_op(errors):
-    """One operator to PyTorch: torch.library's own checks (schema, fake tensor, autograd registration)
-    and a torch.compile trace that keeps it as one node, forward and backward."""
+    """One operator to PyTorch: torch.library's own checks (schema, fake tensor, autograd registration),
+    a torch.compile trace that keeps it as one node, forward and backward, and a whole layer compiled
+    with fullgraph=True."""
     from lambda_det.layers import triton_lambda as T
 
     inputs = [t.requires_grad_() for t in make_inputs((1, 2, 2, 1, 2, 3, 4, 3, 3), seed=2)]
@@ -328,6 +329,17 @@ def check_library_op(errors):
         errors.append(f"torch.compile graph has no lambda_det::lambda_output_triton node: {targets}")
     if any(relative_error(a, b) > 1e-12 for a, b in zip(grads, eager)):
         errors.append("torch.compile gradients differ from eager")
+    # the whole layer, as a model compiles it: one graph, the operator in it, eager's numbers
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_lambda_layer import compiled_layer_against_eager
+
+    try:
+        ops, differences = compiled_layer_against_eager("triton")
+    except Exception as exc:
+        errors.append(f"torch.compile of LambdaLayer(impl='triton'): {type(exc).__name__}: {str(exc)[:1500]}")
+        return
+    if ops != ["lambda_det.lambda_output_triton.default"] or max(differences) > 1e-12:
+        errors.append(f"torch.compile of LambdaLayer(impl='triton'): operators {ops}, differences {differences}")
 
 
 def check_precision_switch(errors):
