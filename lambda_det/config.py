@@ -59,7 +59,8 @@ def add_lambda_config(cfg: CN) -> CN:
     # Largest side of a map a global-scope (SCOPE 0) lambda layer accepts; sizes its embedding table.
     c.GLOBAL_MAX_SIZE = 64
     # Position-term implementation, one of lambda_det.layers.position_lambdas.IMPL_CHOICES (auto, conv, conv2d,
-    # conv3d, einsum, fft, fused): all the same function; "auto" picks the fastest for the shape and device.
+    # conv3d, einsum, fft, fused, triton): all the same function; "auto" picks the fastest for the shape and
+    # device (fused on CPUs, triton on CUDA).
     c.IMPL = "auto"
     # Features the backbone returns (the FPN reads MODEL.FPN.IN_FEATURES out of these).
     c.OUT_FEATURES = ["res2", "res3", "res4", "res5"]

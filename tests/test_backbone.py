@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
 import torch
 from conftest import small_cfg
@@ -15,6 +16,7 @@ import lambda_det
 from lambda_det.benchmark.detector import synthetic_batch
 from lambda_det.layers import LambdaLayer
 from lambda_det.modeling import LambdaBottleneck, build_lambda_resnet
+from lambda_det.modeling.lambda_resnet import lambda_resnet_config
 from lambda_det.modeling.layouts import PAPER_C4_LAMBDA_BLOCKS, STAGE_BLOCKS
 
 
@@ -229,6 +231,22 @@ def test_invalid_config_values_fail_at_build_naming_the_key(overrides, message):
     cfg = small_cfg(**overrides)
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
         build_model(cfg)
+
+
+def test_build_lambda_resnet_stores_numpy_values_as_plain_ones():
+    """numpy numbers and arrays, alone or inside lists, reach the config as yacs' own types: a config
+    holding numpy's could not be saved as YAML (Detectron2 writes config.yaml into every run)."""
+    plain = dict(stage_blocks=[1, 1, 2, 1], layout=["C", "C", "CL", "L"], se_ratio=1.0, scope=7, position_bias=True,
+                 out_features=["res4", "res5"])
+    given = dict(stage_blocks=[np.int64(1), 1, np.int32(2), 1], layout=np.array(["C", "C", "CL", "L"]), se_ratio=np.int32(1),
+                 scope=np.int64(7), position_bias=np.bool_(True), out_features=np.array(["res4", "res5"]))
+    expected = lambda_resnet_config(variant="custom", **plain)
+    got = lambda_resnet_config(variant="custom", **given)
+    assert got.dump() == expected.dump()
+    assert [type(n) for n in got.MODEL.LAMBDA_RESNET.STAGE_BLOCKS] == [int] * 4
+    assert type(got.MODEL.LAMBDA_RESNET.SE_RATIO) is float and type(got.MODEL.LAMBDA_RESNET.POSITION_BIAS) is bool
+    assert sum(p.numel() for p in build_lambda_resnet(variant="custom", **given).parameters()) == sum(
+        p.numel() for p in build_lambda_resnet(variant="custom", **plain).parameters())
 
 
 def test_config_function_only_adds_nodes():

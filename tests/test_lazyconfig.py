@@ -391,13 +391,18 @@ def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_w
 
 
 def test_backbone_errors_are_named_by_lazy_keys_past_values_left_for_the_command_line():
-    """A saved config's string _target_, a '???' elsewhere in the model, a key ending a sentence."""
+    """A saved config's string _target_, a '???' elsewhere in the model, a key ending a sentence, a
+    value that is a key's name."""
     cfg = OmegaConf.create({"model": {"pixel_mean": "???", "backbone": {"bottom_up": {
         "_target_": "lambda_det.modeling.lambda_resnet.build_lambda_resnet"}}}})
     with pytest.raises(ConfigError) as raised, lambda_resnet_keys_named_as_lazy(cfg):
         raise ConfigError("MODEL.LAMBDA_RESNET.SE_RATIO=0.001: round(256 x 0.001) = 0; leave res2 out of SE_STAGES.")
     assert str(raised.value) == (
         "model.backbone.bottom_up.se_ratio=0.001: round(256 x 0.001) = 0; leave res2 out of se_stages.")
+    with pytest.raises(ConfigError) as raised, lambda_resnet_keys_named_as_lazy(cfg):
+        raise ConfigError("MODEL.LAMBDA_RESNET.NORM='HEADS' is no norm; with NORM=\"DIM_K\" HEADS must divide it")
+    assert str(raised.value) == (
+        "model.backbone.bottom_up.norm='HEADS' is no norm; with norm=\"DIM_K\" heads must divide it")
 
 
 def test_the_documented_152_control_is_detectron2s_r101_file_with_depth_152():

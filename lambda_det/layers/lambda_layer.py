@@ -70,9 +70,9 @@ class LambdaLayer(nn.Module):
         stride: 1, or 2 for an average pool with stride 2 after the layer (``pool``).
         impl: how the position term is computed: "conv" / "conv2d", "conv3d", "einsum", "fft"
             (the position-lambda forms of ``lambda_det.layers.position_lambdas``), "fused" (the CPU
-            operator of ``lambda_det.layers.fused``), or "auto": the fastest for the shape, the
-            device and whether gradients are needed. All compute the same function from the same
-            parameters.
+            operator of ``lambda_det.layers.fused``), "triton" (the CUDA operator of
+            ``lambda_det.layers.triton_lambda``), or "auto": the fastest for the shape, the device and
+            whether gradients are needed. All compute the same function from the same parameters.
         norm: normalization of queries and values, by Detectron2's ``get_norm``: "BN", "SyncBN",
             "FrozenBN", "GN" or "" (none; an ablation that costs 2.2 points in App. A).
         global_max_size: (height, width) or side of the largest map a global layer accepts.

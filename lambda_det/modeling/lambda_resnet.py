@@ -323,14 +323,26 @@ def lambda_resnet_config(*, freeze_at: int = 0, **options):
             close = difflib.get_close_matches(name.lower(), [key.lower() for key in keys], n=1)
             raise ConfigError(f"build_lambda_resnet() got {name!r}, which is no MODEL.LAMBDA_RESNET key in lower case"
                               + (f"; did you mean {close[0]!r}?" if close else ""))
-        if isinstance(value, Sequence) and not isinstance(value, str):
-            value = list(value)
-        elif isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy's too
-            value = float(value) if isinstance(keys[name.upper()], float) else int(value)  # se_ratio=1: yacs wants 1.0
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-            value = float(value)
-        set_checked(cfg, f"MODEL.LAMBDA_RESNET.{name.upper()}", value)
+        set_checked(cfg, f"MODEL.LAMBDA_RESNET.{name.upper()}", as_yacs_value(value, keys[name.upper()]))
     return cfg
+
+
+def as_yacs_value(value, default):
+    """A Python or LazyConfig value as yacs keeps it, beside the key's default: sequences (OmegaConf lists,
+    tuples, numpy arrays) as lists, numbers as int or float (se_ratio=1: yacs wants 1.0), numpy's and
+    inside lists too (a config holding them could not be saved as YAML)."""
+    if isinstance(value, numbers.Number) and hasattr(value, "item"):  # a numpy scalar
+        value = value.item()
+    elif hasattr(value, "tolist") and not isinstance(value, Sequence):  # a numpy array
+        value = value.tolist()
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        inner = default[0] if isinstance(default, list) and default else None
+        return [as_yacs_value(item, inner) for item in value]
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return float(value) if isinstance(default, float) else int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def build_lambda_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
