@@ -1040,3 +1040,38 @@ def test_ctrl_c_in_a_tool_is_one_line_and_exit_status_130(capsys):
 
     assert run_main(interrupted) == 130
     assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+
+
+def test_file_names_that_look_like_config_keys_are_read_as_files():
+    """IMG_0001.JPG, a camera's name for a picture, has the shape of a yacs key (KEY.KEY): as a flag's
+    value it is a file, and the flags after it are flags; a flag after the real overrides is still named."""
+    import argparse
+
+    from lambda_det.engine import parse_args_with_overrides
+
+    positional = argparse.ArgumentParser()  # export_model.py's kind: the overrides trail the flags
+    positional.add_argument("--sample-image")
+    positional.add_argument("--output", required=True)
+    positional.add_argument("--input-size", nargs=2)
+    positional.add_argument("opts", nargs=argparse.REMAINDER, default=[])
+    args = parse_args_with_overrides(positional, ["--sample-image", "IMG_0001.JPG", "--input-size", "A.B", "C.D",
+                                                  "--output", "out", "MODEL.DEVICE", "cpu"])
+    assert (args.sample_image, args.output, args.opts) == ("IMG_0001.JPG", "out", ["MODEL.DEVICE", "cpu"])
+    with pytest.raises(SystemExit):
+        parse_args_with_overrides(positional, ["--sample-image", "IMG_0001.JPG", "MODEL.DEVICE", "cpu", "--output", "out"])
+
+    flagged = argparse.ArgumentParser()  # demo.py's kind: the overrides follow --opts
+    flagged.add_argument("--input", nargs="+")
+    flagged.add_argument("--output", required=True)
+    flagged.add_argument("--opts", nargs=argparse.REMAINDER, default=[])
+    args = parse_args_with_overrides(flagged, ["--input", "DCIM/IMG_0001.JPG", "IMG_0002.JPG", "--output", "out",
+                                               "--opts", "MODEL.DEVICE", "cpu"])
+    assert args.input == ["DCIM/IMG_0001.JPG", "IMG_0002.JPG"] and args.opts == ["MODEL.DEVICE", "cpu"]
+    with pytest.raises(SystemExit):
+        parse_args_with_overrides(flagged, ["--input", "IMG_0001.JPG", "--opts", "MODEL.DEVICE", "cpu", "--output", "out"])
+
+
+def test_a_late_flag_is_named_as_late(capsys):
+    assert run_tool("demo.py", "--config-file", TOY_CONFIG, "--input", "IMG_0001.JPG", "--opts", "MODEL.DEVICE", "cpu",
+                    "--output", "out") == 2
+    assert "--output comes after the config overrides (from MODEL.DEVICE on)" in capsys.readouterr().err

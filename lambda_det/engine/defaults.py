@@ -94,12 +94,35 @@ def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Se
     first: KEY VALUE, or LAZY_OVERRIDE's key=value) are argparse's REMAINDER: a flag after them
     would be handed over as a config key (or a required flag reported missing), so it is named instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    first = next((i for i, a in enumerate(argv) if override.match(a)), None)
+    first = _first_override(parser, argv, override)
     late = [a for a in argv[first:] if a.startswith("--")] if first is not None else []
     if late:
         parser.error(f"{late[0]} comes after the config overrides (from {argv[first]} on), where it would be read "
                      "as a config key; put flags before the trailing KEY VALUE overrides")
     return parser.parse_args(argv)
+
+
+def _first_override(parser: argparse.ArgumentParser, argv: List[str], override: re.Pattern) -> Optional[int]:
+    """Where the overrides begin: after the flag that takes them (--opts), or at the first word that
+    looks like one and is no flag's value (IMG_0001.JPG after --sample-image is a file, not a key;
+    the values of a flag taking any number of them cannot be told apart, and are read as argparse would
+    read a key among them)."""
+    flags = {option: action for action in parser._actions for option in action.option_strings}
+    by_flag = any(action.nargs == argparse.REMAINDER for action in flags.values())
+    values_owed = 0
+    for i, token in enumerate(argv):
+        if values_owed:
+            values_owed -= 1
+            continue
+        action = flags.get(token.split("=", 1)[0]) if token.startswith("-") else None
+        if action is not None:
+            if action.nargs == argparse.REMAINDER:
+                return i + 1 if i + 1 < len(argv) else None
+            if "=" not in token:
+                values_owed = 1 if action.nargs is None else action.nargs if isinstance(action.nargs, int) else 0
+        elif not by_flag and override.match(token):
+            return i
+    return None
 
 
 def positive_int(text: str) -> int:
