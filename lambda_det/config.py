@@ -10,6 +10,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .errors import ConfigError
+from .lazy_config import is_lazy_config
 from .utils.file_safety import normalized, not_a_file
 
 
@@ -105,9 +106,10 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     path = Path(normalized(config_file))
     if not path.is_file():
         raise ConfigError(f"config file {config_file} {not_a_file(path)}")
-    if path.suffix == ".py":
-        raise ConfigError(f"config file {config_file} is a LazyConfig (Python), and this tool reads yacs configs (.yaml): "
-                          "train and evaluate it with tools/lazyconfig_train_net.py")
+    if is_lazy_config(str(path)):
+        kind = "Python" if path.suffix == ".py" else "YAML with a LazyConfig's keys: model, dataloader, train"
+        raise ConfigError(f"config file {config_file} is a LazyConfig ({kind}), and this tool reads yacs configs "
+                          "(MODEL, SOLVER, ...): train and evaluate it with tools/lazyconfig_train_net.py")
     try:
         content = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:

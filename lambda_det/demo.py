@@ -22,17 +22,24 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import cv2
+import detectron2.data.transforms as T
 import numpy as np
+import torch
+from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
 from detectron2.engine import DefaultPredictor
+from detectron2.utils.registry import locate
 from detectron2.utils.visualizer import ColorMode, Visualizer
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .checkpoint import Checkpointer
+from .engine.lazy import LAZY_KEYS, dataset_names, lambda_resnet_keys_named_as_lazy
 from .engine.preflight import explained_build_errors
 from .errors import ConfigError, OutputError, WeightsError
+from .lazy_config import accepts_argument
 from .utils.file_safety import (
     ensure_writable_dir, file_sha256, imwrite, not_a_file, refuse_file, refuse_overwrite, same_file, temporary_path,
     write_text,
@@ -243,14 +250,22 @@ def drawing_scale(shape: Tuple[int, int]) -> float:
 
 def class_names(cfg) -> Tuple[object, Optional[str]]:
     """(the metadata whose thing_classes label the detections, a note when the labels are class numbers
-    instead): DATASETS.TEST[0]'s, as Detectron2's demo takes them (else DATASETS.TRAIN[0]'s), when it is
-    registered here and names as many classes as the model predicts; names of another dataset (a model
-    trained on one's own data, drawn with the toy config's test set) would be wrong."""
-    names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+    instead): the test dataset's, as Detectron2's demo takes them (DATASETS.TEST[0], else
+    DATASETS.TRAIN[0]; a LazyConfig's dataloader.test.dataset.names, else dataloader.train's), when it
+    is registered here and names as many classes as the model predicts; names of another dataset (a
+    model trained on one's own data, drawn with the toy config's test set) would be wrong."""
+    if isinstance(cfg, DictConfig):
+        names = [*dataset_names(OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)),
+                 *dataset_names(OmegaConf.select(cfg, "dataloader.train.dataset.names", default=None))]
+        count = OmegaConf.select(cfg, LAZY_KEYS.num_classes, default=None)
+        name_it = f"{LAZY_KEYS.test}=NAME"
+    else:
+        names, count = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        name_it = "--opts DATASETS.TEST \"('NAME',)\""
     numbers = MetadataCatalog.get("__unused")
     if not names:
         return numbers, "the config names no dataset (DATASETS.TEST): detections are labelled by class number"
-    name, count = names[0], cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    name = names[0]
     if name not in DatasetCatalog.list():
         return numbers, (f"the config's dataset {name!r} is not registered here: detections are labelled by class number "
                          f"(--dataset {name} JSON IMAGES gives its class names)")
@@ -258,14 +273,64 @@ def class_names(cfg) -> Tuple[object, Optional[str]]:
     if classes is None or len(classes) != count:
         have = "no class names" if classes is None else f"{len(classes)} classes"
         return numbers, (f"the config's dataset {name!r} has {have}, the model {count}: detections are labelled by class "
-                         f"number (name the model's dataset: --dataset NAME JSON IMAGES --opts DATASETS.TEST \"('NAME',)\")")
+                         f"number (name the model's dataset: --dataset NAME JSON IMAGES {name_it})")
     return MetadataCatalog.get(name), None
 
 
+class LazyPredictor:
+    """Detectron2's DefaultPredictor for a model built from a LazyConfig, which DefaultPredictor cannot
+    read: one BGR image in, turned into the model's input format and resized by dataloader.test's
+    augmentations (the test resize, as evaluation has it); the predictions for that image at its size."""
+
+    def __init__(self, model, augmentations: List[T.Augmentation], input_format: str) -> None:
+        self.model = model.eval()
+        self.aug = T.AugmentationList(augmentations)
+        self.input_format = input_format
+
+    def __call__(self, original_image: np.ndarray) -> dict:
+        with torch.no_grad():
+            if self.input_format == "RGB":
+                original_image = original_image[:, :, ::-1]
+            height, width = original_image.shape[:2]
+            resized = T.AugInput(original_image)
+            self.aug(resized)
+            image = torch.as_tensor(resized.image.astype("float32").transpose(2, 0, 1))
+            return self.model([{"image": image, "height": height, "width": width}])[0]
+
+
+def score_threshold_keys(cfg: DictConfig) -> List[str]:
+    """Where a LazyConfig's detector keeps the least score it reports (MODEL.ROI_HEADS.SCORE_THRESH_TEST of
+    a yacs config): its box predictor's test_score_thresh, each stage's for a cascade, RetinaNet's own."""
+    heads = OmegaConf.select(cfg, "model.roi_heads", default=None)
+    if isinstance(heads, DictConfig) and isinstance(heads.get("box_predictor"), DictConfig):
+        return ["model.roi_heads.box_predictor.test_score_thresh"]
+    if isinstance(heads, DictConfig) and heads.get("box_predictors") is not None:
+        return [f"model.roi_heads.box_predictors.{i}.test_score_thresh" for i in range(len(heads.box_predictors))]
+    target = cfg.model.get("_target_")
+    if isinstance(target, str):  # a saved config names its callables
+        try:
+            target = locate(target)
+        except ImportError:
+            target = None
+    if "test_score_thresh" in cfg.model or (callable(target) and accepts_argument(target, "test_score_thresh")):
+        return ["model.test_score_thresh"]
+    raise ConfigError("the config's model has no model.roi_heads.box_predictor (nor box_predictors, nor "
+                      "model.test_score_thresh), where the demo sets --confidence-threshold")
+
+
+def set_score_threshold(cfg: DictConfig, threshold: float) -> None:
+    for key in score_threshold_keys(cfg):
+        OmegaConf.update(cfg, key, threshold, merge=False)
+
+
 class Demo:
-    """A predictor whose weights must fit the config, plus Detectron2's Visualizer."""
+    """A predictor whose weights must fit the config (a yacs config or a LazyConfig), plus Detectron2's
+    Visualizer."""
 
     def __init__(self, cfg) -> None:
+        if isinstance(cfg, DictConfig):
+            self._build_lazy(cfg)
+            return
         if not cfg.MODEL.WEIGHTS:
             raise WeightsError("the demo needs trained weights: add `--opts MODEL.WEIGHTS path/to/model_final.pth`")
         if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
@@ -279,19 +344,38 @@ class Demo:
         Checkpointer(self.predictor.model, strict=True, cfg=cfg).load(cfg.MODEL.WEIGHTS)
         self.metadata, self.label_note = class_names(cfg)
         self.threshold = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+        self.resizes = [(self.predictor.aug, "INPUT.MIN_SIZE_TEST={short}, MAX_SIZE_TEST={longest}")]
+
+    def _build_lazy(self, cfg: DictConfig) -> None:
+        """The model of cfg.model on train.device, with the weights of train.init_checkpoint."""
+        weights = OmegaConf.select(cfg, LAZY_KEYS.weights, default=None)
+        if not weights:
+            raise WeightsError(f"the demo needs trained weights: add `--opts {LAZY_KEYS.weights}=path/to/model_final.pth`")
+        input_format = OmegaConf.select(cfg, "model.input_format", default="BGR")
+        if input_format not in ("BGR", "RGB"):
+            raise ConfigError(f"model.input_format={input_format!r}: the demo's predictor takes 'BGR' or 'RGB' models")
+        key = "dataloader.test.mapper.augmentations"
+        with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
+            model = instantiate(cfg.model).to(OmegaConf.select(cfg, "train.device", default="cpu"))
+            augmentations = list(instantiate(OmegaConf.select(cfg, key, default=None)) or [])
+        Checkpointer(model, strict=True).load(weights)
+        self.predictor = LazyPredictor(model, augmentations, input_format)
+        self.metadata, self.label_note = class_names(cfg)
+        self.threshold = OmegaConf.select(cfg, score_threshold_keys(cfg)[0], default=0.0)  # its callable's default
+        self.resizes = [(aug, f"{key}[{i}]: short_edge_length={{short}}, max_size={{longest}}")
+                        for i, aug in enumerate(augmentations) if isinstance(aug, T.ResizeShortestEdge)]
 
     def check_size(self, bgr: np.ndarray) -> None:
         """ValueError for an image the test-time resize would shrink to nothing (e.g. 2 x 3000 pixels)."""
-        import detectron2.data.transforms as T
-
         h, w = bgr.shape[:2]
-        short, longest = self.predictor.aug.short_edge_length[0], self.predictor.aug.max_size
-        if not short:  # 0: no resize at test time (Detectron2's convention)
-            return
-        new_h, new_w = T.ResizeShortestEdge.get_output_shape(h, w, short, longest)
-        if min(new_h, new_w) < 1:
-            raise ValueError(f"{w}x{h} pixels is too thin: the test-time resize (INPUT.MIN_SIZE_TEST={short}, "
-                             f"MAX_SIZE_TEST={longest}) leaves {new_w}x{new_h}")
+        for resize, keys in self.resizes:
+            short, longest = min(resize.short_edge_length), resize.max_size
+            if not short:  # 0: no resize at test time (Detectron2's convention)
+                continue
+            h, w = T.ResizeShortestEdge.get_output_shape(h, w, short, longest)
+            if min(h, w) < 1:
+                raise ValueError(f"{bgr.shape[1]}x{bgr.shape[0]} pixels is too thin: the test-time resize "
+                                 f"({keys.format(short=short, longest=longest)}) leaves {w}x{h}")
 
     def __call__(self, bgr: np.ndarray) -> Tuple[object, np.ndarray]:
         """(instances on the CPU, visualization as BGR uint8, enlarged when the image is small)."""

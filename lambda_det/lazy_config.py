@@ -24,6 +24,21 @@ from .utils.file_safety import normalized, not_a_file
 _MISSING = object()
 
 
+def is_lazy_config(config_file: str) -> bool:
+    """Whether a config file is a LazyConfig: Python, or the YAML that LazyConfig.save writes (its keys
+    are a LazyConfig's: model, dataloader, train, ...; a yacs config's are MODEL, SOLVER, ...)."""
+    path = Path(normalized(config_file))
+    if path.suffix == ".py":
+        return True
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return False
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # the yacs reader names what is wrong with it
+        return False
+    return isinstance(content, dict) and "model" in content
+
+
 def load_lazy_config(config_file: str, overrides: Sequence[str] = ()) -> DictConfig:
     """``LazyConfig.load`` of a .py (or saved .yaml) LazyConfig, then ``key=value`` overrides.
 
@@ -106,7 +121,7 @@ def unknown_key(cfg: DictConfig, key: str):
         return f"{key} is not a config key: {_first_missing(cfg, parent_key)}"
     if isinstance(parent, DictConfig):
         target = parent.get("_target_")
-        if callable(target) and _accepts(target, leaf):
+        if callable(target) and accepts_argument(target, leaf):
             return None
         takes = f" (and {_name(target)} takes no argument {leaf!r})" if callable(target) else ""
         close = difflib.get_close_matches(leaf, [str(k) for k in parent.keys() if k != "_target_"], n=1)
@@ -132,7 +147,8 @@ def _first_missing(cfg: DictConfig, key: str) -> str:
     return f"{key} cannot be read"
 
 
-def _accepts(target, name: str) -> bool:
+def accepts_argument(target, name: str) -> bool:
+    """Whether the callable of an L(...) node takes the argument ``name`` (or any keyword)."""
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):  # a builtin without a signature: let it say so when called
@@ -168,4 +184,4 @@ def config_text(cfg: DictConfig) -> str:
     return yaml.safe_dump(_plain(container), sort_keys=False, width=120)
 
 
-__all__ = ["apply_overrides", "config_text", "load_lazy_config", "unknown_key"]
+__all__ = ["accepts_argument", "apply_overrides", "config_text", "is_lazy_config", "load_lazy_config", "unknown_key"]

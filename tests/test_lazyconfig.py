@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 import yaml
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
@@ -226,9 +229,14 @@ def test_misspelt_overrides_and_files_that_are_no_lazyconfig_are_named(tmp_path)
     yacs = REPO / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy.yaml"
     with pytest.raises(ConfigError, match="It is a yacs config .*use tools/train_net.py"):
         load_lazy_config(str(yacs))
-    # and the other way round: the yacs tools (train_net, demo, export, analyze_model) name the lazy one
+    # and the other way round: the yacs tools (train_net, export, analyze_model) name the lazy one, also
+    # the config.yaml a LazyConfig run saved
     with pytest.raises(ConfigError, match=r"is a LazyConfig \(Python\), .*tools/lazyconfig_train_net.py"):
         load_config(str(TOY_LSJ))
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_text(load_lazy_config(str(TOY_LSJ))))
+    with pytest.raises(ConfigError, match=r"is a LazyConfig \(YAML with a LazyConfig's keys: model, .*tools/lazyconfig_train_net.py"):
+        load_config(str(saved))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,3 +421,41 @@ def test_the_documented_152_control_is_detectron2s_r101_file_with_depth_152():
                                ["model.backbone.bottom_up.stages.depth=152"])
     stages = instantiate(control.model.backbone.bottom_up.stages)
     assert [len(stage) for stage in stages] == [3, 8, 36, 3]
+
+
+def test_the_demo_draws_a_lazyconfig_model(tmp_path, tiny_weights, capsys):
+    """tools/demo.py takes a LazyConfig (the .py, or the config.yaml a run saves) with key=value overrides:
+    its model with train.init_checkpoint's weights, dataloader.test's resize, its test dataset's class
+    names and the --confidence-threshold in the model's box predictor."""
+    cfg = load_lazy_config(str(TOY_LSJ), LAZY_TINY)
+    run = tmp_path / "run"
+    run.mkdir()
+    DetectionCheckpointer(instantiate(cfg.model), save_dir=str(run)).save("model_final")
+    (run / "config.yaml").write_text(config_text(cfg))  # as lazyconfig_train_net.py saves it
+    weights = f"train.init_checkpoint={run / 'model_final.pth'}"
+    rng = np.random.default_rng(0)
+    (tmp_path / "DCIM").mkdir()
+    photo, thin = tmp_path / "DCIM" / "IMG_0001.JPG", tmp_path / "DCIM" / "thin.png"
+    cv2.imwrite(str(photo), rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    cv2.imwrite(str(thin), rng.integers(0, 256, (1, 900, 3), dtype=np.uint8))
+
+    assert run_tool("demo.py", "--config-file", TOY_LSJ, "--input", photo, thin, "--output", tmp_path / "drawn",
+                    "--confidence-threshold", "0", "--opts", *LAZY_TINY, weights) == 0
+    out = capsys.readouterr()
+    assert "note:" not in out.err  # toy_shapes_val names the model's 4 classes
+    assert re.search(r"IMG_0001.JPG: \d+ detections \(\d+ (circle|square|star|triangle)", out.out), out.out
+    assert ("thin.png: 900x1 pixels is too thin: the test-time resize (dataloader.test.mapper.augmentations[0]: "
+            "short_edge_length=128, max_size=128) leaves 128x0") in out.out
+    assert cv2.imread(str(tmp_path / "drawn" / "IMG_0001.png")) is not None
+    # the run's config.yaml; the threshold reaches the model (a random model scores about 1/5 per class)
+    assert run_tool("demo.py", "--config-file", run / "config.yaml", "--input", photo, "--output", tmp_path / "drawn_saved",
+                    "--confidence-threshold", "1", "--opts", weights) == 0
+    assert "IMG_0001.JPG: no detections above score 1.00" in capsys.readouterr().out
+
+    # no weights, or weights of another model: refused before anything is written
+    assert run_tool("demo.py", "--config-file", TOY_LSJ, "--input", photo, "--output", tmp_path / "refused") == 2
+    assert "add `--opts train.init_checkpoint=path/to/model_final.pth`" in capsys.readouterr().err
+    assert run_tool("demo.py", "--config-file", TOY_LSJ, "--input", photo, "--output", tmp_path / "refused",
+                    "--opts", *LAZY_TINY, f"train.init_checkpoint={tiny_weights}") == 2
+    assert f"weights {tiny_weights} do not fit the model" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()

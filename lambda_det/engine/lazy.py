@@ -90,9 +90,7 @@ def load_lazy_run_config(args) -> DictConfig:
     for key in ("output_dir", "init_checkpoint"):  # paths the checks must see as the run will use them
         if cfg.train.get(key):
             cfg.train[key] = normalized(cfg.train[key])
-    if str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: running on the CPU (train.device=cpu)")
-        cfg.train.device = "cpu"
+    cpu_if_no_cuda_lazy(cfg)
     evaluator = cfg.dataloader.evaluator
     if evaluator.get("_target_") is COCOEvaluator:
         # Detectron2's baselines write no evaluation files and use the fast evaluator of its compiled _C
@@ -103,13 +101,23 @@ def load_lazy_run_config(args) -> DictConfig:
     return cfg
 
 
-def _names(value) -> List[str]:
+def cpu_if_no_cuda_lazy(cfg: DictConfig) -> None:
+    """train.device cuda on a machine without CUDA runs on the CPU, with a warning."""
+    if str(OmegaConf.select(cfg, "train.device", default="cpu")).startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: running on the CPU (train.device=cpu)")
+        cfg.train.device = "cpu"
+
+
+def dataset_names(value) -> List[str]:
+    """A LazyConfig's dataset.names (one name or a list of them; None: none) as a list."""
+    if value is None:
+        return []
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
 def test_dataset(cfg) -> str:
     """The one dataset dataloader.test reads (Detectron2's evaluator takes one)."""
-    names = _names(cfg.dataloader.test.dataset.names)
+    names = dataset_names(cfg.dataloader.test.dataset.names)
     if len(names) != 1:
         raise ConfigError(f"dataloader.test.dataset.names={names}: name one dataset (its evaluator evaluates one)")
     return names[0]
@@ -196,7 +204,7 @@ def lazy_preflight(cfg, args) -> None:
         raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems))
     check_launch_args(args, train.device)
     test = test_dataset(cfg)
-    datasets = ([] if args.eval_only else _names(cfg.dataloader.train.dataset.names)) + [test]
+    datasets = ([] if args.eval_only else dataset_names(cfg.dataloader.train.dataset.names)) + [test]
     num_classes = (OmegaConf.select(cfg, LAZY_KEYS.num_classes, default=None), LAZY_KEYS.num_classes, LAZY_KEYS.separator)
     if not args.eval_only:
         check_datasets(datasets[:-1], "dataloader.train.dataset.names", *num_classes)
@@ -309,7 +317,7 @@ def lazy_train(cfg, args):
     cfg.optimizer.params.model = model  # Detectron2's way to hand the optimizer its parameters ...
     optimizer = instantiate(cfg.optimizer)
     cfg.optimizer.params.pop("model")  # ... taken back: the config stays what config.yaml and its hash record
-    for name in _names(cfg.dataloader.train.dataset.names):
+    for name in dataset_names(cfg.dataloader.train.dataset.names):
         prepare_dataset(name)
     loader = instantiate(cfg.dataloader.train)
     model = _ddp(cfg, model)
