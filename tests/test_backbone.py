@@ -239,12 +239,13 @@ def test_build_lambda_resnet_stores_numpy_values_as_plain_ones():
     plain = dict(stage_blocks=[1, 1, 2, 1], layout=["C", "C", "CL", "L"], se_ratio=1.0, scope=7, position_bias=True,
                  out_features=["res4", "res5"])
     given = dict(stage_blocks=[np.int64(1), 1, np.int32(2), 1], layout=np.array(["C", "C", "CL", "L"]), se_ratio=np.int32(1),
-                 scope=np.int64(7), position_bias=np.bool_(True), out_features=np.array(["res4", "res5"]))
+                 scope=np.int64(7), position_bias=np.bool_(True), out_features=list(np.array(["res4", "res5"])))
     expected = lambda_resnet_config(variant="custom", **plain)
     got = lambda_resnet_config(variant="custom", **given)
     assert got.dump() == expected.dump()
     assert [type(n) for n in got.MODEL.LAMBDA_RESNET.STAGE_BLOCKS] == [int] * 4
     assert type(got.MODEL.LAMBDA_RESNET.SE_RATIO) is float and type(got.MODEL.LAMBDA_RESNET.POSITION_BIAS) is bool
+    assert type(lambda_resnet_config(norm=np.str_("GN")).MODEL.LAMBDA_RESNET.NORM) is str
     assert sum(p.numel() for p in build_lambda_resnet(variant="custom", **given).parameters()) == sum(
         p.numel() for p in build_lambda_resnet(variant="custom", **plain).parameters())
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import re
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
 import torch
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 
 from lambda_det.layers import POSITION_LAMBDA_IMPLS, TERM_IMPLS, LambdaLayer, lambda_layer_num_params
 from lambda_det.layers.triton_lambda import available as triton_available
@@ -237,7 +239,8 @@ def test_fused_operator_is_one_library_op_for_autograd_and_compile():
     assert lambda_output_fused(q, values, kernel, content).grad_fn is not None
 
     ops, differences = compiled_layer_against_eager("fused")
-    assert ops == ["lambda_det.lambda_output_fused.default"]
+    assert ops == {"forward": ["lambda_det.lambda_output_fused.default"],
+                   "backward": ["lambda_det.lambda_output_fused_backward.default"]}, ops
     assert max(differences) <= 1e-12, differences
 
 
@@ -247,28 +250,33 @@ def test_fused_operator_under_inductor():
     assert max(compiled_layer_against_eager("fused", backend="inductor")[1]) <= 1e-12
 
 
-def compiled_layer_against_eager(impl: str, backend=None) -> Tuple[List[str], List[float]]:
+def compiled_layer_against_eager(impl: str, backend=None) -> Tuple[Dict[str, List[str]], List[float]]:
     """A float64 layer with this impl compiled whole (fullgraph=True) against eager: the lambda_det
-    operators in the one graph torch.compile traced (with backend=None), and the relative differences
-    of the output and of every gradient."""
-    graphs = []
+    operators in the forward and backward graphs AOT autograd traced from the fake implementations
+    (with backend=None: the graphs run as traced), and the relative differences of the output and of
+    every gradient."""
+    graphs = {"forward": [], "backward": []}
 
-    def keep_graph(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
+    def keeping(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind].append(gm)
+            return make_boxed_func(gm.forward)
+        return compiler
 
     torch.manual_seed(0)
     layer = LambdaLayer(6, 8, dim_k=4, heads=2, scope=5, stride=2, impl=impl).double()
     x = torch.randn(2, 6, 7, 6, dtype=torch.float64, requires_grad=True)
-    out = torch.compile(layer, backend=backend or keep_graph, fullgraph=True)(x)
+    backend = backend or aot_autograd(fw_compiler=keeping("forward"), bw_compiler=keeping("backward"))
+    out = torch.compile(layer, backend=backend, fullgraph=True)(x)
     got = torch.autograd.grad(out.square().sum(), (x, *layer.parameters()))
     expected = layer(x)
     want = torch.autograd.grad(expected.square().sum(), (x, *layer.parameters()))
     differences = [((a - b).abs().max() / b.abs().max().clamp(min=1.0)).item()
                    for a, b in [(out, expected), *zip(got, want)]]
-    ops = [str(n.target) for g in graphs for n in g.graph.nodes
-           if n.op == "call_function" and str(n.target).startswith("lambda_det.")]
-    return (ops if len(graphs) == 1 else [f"{len(graphs)} graphs"]), differences
+    ops = {kind: [str(n.target) for g in found for n in g.graph.nodes
+                  if n.op == "call_function" and str(n.target).startswith("lambda_det.")] + ([] if len(found) == 1 else [f"{len(found)} graphs"])
+           for kind, found in graphs.items()}
+    return ops, differences
 
 
 @pytest.mark.parametrize("impl", IMPLS)

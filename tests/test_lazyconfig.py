@@ -408,9 +408,9 @@ def test_backbone_errors_are_named_by_lazy_keys_past_values_left_for_the_command
     assert str(raised.value) == (
         "model.backbone.bottom_up.se_ratio=0.001: round(256 x 0.001) = 0; leave res2 out of se_stages.")
     with pytest.raises(ConfigError) as raised, lambda_resnet_keys_named_as_lazy(cfg):
-        raise ConfigError("MODEL.LAMBDA_RESNET.NORM='HEADS' is no norm; with NORM=\"DIM_K\" HEADS must divide it")
+        raise ConfigError("MODEL.LAMBDA_RESNET.NORM='GN HEADS' is no norm; with NORM=\"DIM_K\" HEADS must divide it")
     assert str(raised.value) == (
-        "model.backbone.bottom_up.norm='HEADS' is no norm; with norm=\"DIM_K\" heads must divide it")
+        "model.backbone.bottom_up.norm='GN HEADS' is no norm; with norm=\"DIM_K\" heads must divide it")
 
 
 def test_the_documented_152_control_is_detectron2s_r101_file_with_depth_152():

@@ -338,7 +338,8 @@ def check_library_op(errors):
     except Exception as exc:
         errors.append(f"torch.compile of LambdaLayer(impl='triton'): {type(exc).__name__}: {str(exc)[:1500]}")
         return
-    if ops != ["lambda_det.lambda_output_triton.default"] or max(differences) > 1e-12:
+    if ops != {"forward": ["lambda_det.lambda_output_triton.default"],
+               "backward": ["lambda_det.lambda_output_triton_backward.default"]} or max(differences) > 1e-12:
         errors.append(f"torch.compile of LambdaLayer(impl='triton'): operators {ops}, differences {differences}")
 
 

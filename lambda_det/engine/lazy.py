@@ -188,10 +188,13 @@ def lambda_resnet_keys_named_as_lazy(cfg):
             raise
         text = re.sub(r"MODEL\.LAMBDA_RESNET\.([A-Z0-9_]+)", lambda m: f"{node}.{m[1].lower()}", str(exc))
         text = text.replace("MODEL.BACKBONE.FREEZE_AT", f"{node}.freeze_at")
-        # a key named alone (with NORM='GN', leave res2 out of SE_STAGES): the argument's name; a quoted
-        # word is a value (norm='HEADS'), kept as it is
+        # a key named alone (with NORM='GN', leave res2 out of SE_STAGES): the argument's name; the messages
+        # quote values (norm='GN HEADS'), which are kept as they are
         keys = set(lambda_resnet_config().MODEL.LAMBDA_RESNET)
-        text = re.sub(r"(?<![.\w'\"])[A-Z][A-Z0-9_]*(?![\w'\"]|\.\w)", lambda m: m[0].lower() if m[0] in keys else m[0], text)
+        parts = re.split(r"('[^']*'|\"[^\"]*\")", text)  # odd places: the quoted values
+        text = "".join(part if i % 2 else re.sub(r"(?<![.\w])[A-Z][A-Z0-9_]*(?!\w|\.\w)",
+                                                 lambda m: m[0].lower() if m[0] in keys else m[0], part)
+                       for i, part in enumerate(parts))
         raise type(exc)(text) from None
 
 

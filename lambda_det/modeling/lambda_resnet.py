@@ -25,6 +25,7 @@ import numbers
 from typing import List, Optional, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
+import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
@@ -331,9 +332,7 @@ def as_yacs_value(value, default):
     """A Python or LazyConfig value as yacs keeps it, beside the key's default: sequences (OmegaConf lists,
     tuples, numpy arrays) as lists, numbers as int or float (se_ratio=1: yacs wants 1.0), numpy's and
     inside lists too (a config holding them could not be saved as YAML)."""
-    if isinstance(value, numbers.Number) and hasattr(value, "item"):  # a numpy scalar
-        value = value.item()
-    elif hasattr(value, "tolist") and not isinstance(value, Sequence):  # a numpy array
+    if isinstance(value, (np.generic, np.ndarray)):  # numpy's str_ is a str, and yaml cannot write it
         value = value.tolist()
     if isinstance(value, Sequence) and not isinstance(value, str):
         inner = default[0] if isinstance(default, list) and default else None
