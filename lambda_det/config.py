@@ -133,6 +133,10 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
         raise ConfigError(f"config file {config_file}: its _BASE_ chain comes back to a file it already named "
                           "(a file that is its own base, directly or through others)") from None
     opts = list(opts)
+    joined = next((o for o in opts[::2] if isinstance(o, str) and re.match(r"[A-Za-z_][\w.]*=", o)), None)
+    if joined is not None:
+        raise ConfigError(f"config overrides of a yacs config are KEY VALUE pairs (MODEL.WEIGHTS path/to/model.pth), "
+                          f"not KEY=VALUE as a LazyConfig's: {joined!r}")
     if len(opts) % 2:
         raise ConfigError(f"config overrides must be KEY VALUE pairs; {opts[-1]!r} has no value (overrides: {opts})")
     try:

@@ -14,6 +14,7 @@ import glob
 import json
 import logging
 import math
+import numbers
 import os
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpointer
 from .engine.lazy import LAZY_KEYS, dataset_names, lambda_resnet_keys_named_as_lazy
-from .engine.preflight import explained_build_errors
+from .engine.preflight import ConfigProblems, explained_build_errors
 from .errors import ConfigError, OutputError, WeightsError
 from .lazy_config import accepts_argument
 from .utils.file_safety import (
@@ -255,16 +256,17 @@ def class_names(cfg) -> Tuple[object, Optional[str]]:
     is registered here and names as many classes as the model predicts; names of another dataset (a
     model trained on one's own data, drawn with the toy config's test set) would be wrong."""
     if isinstance(cfg, DictConfig):
-        names = [*dataset_names(OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None)),
-                 *dataset_names(OmegaConf.select(cfg, "dataloader.train.dataset.names", default=None))]
-        count = OmegaConf.select(cfg, LAZY_KEYS.num_classes, default=None)
-        name_it = f"{LAZY_KEYS.test}=NAME"
+        names = (dataset_names(OmegaConf.select(cfg, LAZY_KEYS.test, default=None))
+                 or dataset_names(OmegaConf.select(cfg, "dataloader.train.dataset.names", default=None)))
+        # RetinaNet keeps its class count in the model itself
+        count = OmegaConf.select(cfg, LAZY_KEYS.num_classes, default=None) or OmegaConf.select(cfg, "model.num_classes", default=None)
+        test_key, name_it = LAZY_KEYS.test, f"--opts {LAZY_KEYS.test}=NAME"
     else:
         names, count = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        name_it = "--opts DATASETS.TEST \"('NAME',)\""
+        test_key, name_it = "DATASETS.TEST", "--opts DATASETS.TEST \"('NAME',)\""
     numbers = MetadataCatalog.get("__unused")
     if not names:
-        return numbers, "the config names no dataset (DATASETS.TEST): detections are labelled by class number"
+        return numbers, f"the config names no dataset ({test_key}): detections are labelled by class number"
     name = names[0]
     if name not in DatasetCatalog.list():
         return numbers, (f"the config's dataset {name!r} is not registered here: detections are labelled by class number "
@@ -325,7 +327,8 @@ def set_score_threshold(cfg: DictConfig, threshold: float) -> None:
 
 class Demo:
     """A predictor whose weights must fit the config (a yacs config or a LazyConfig), plus Detectron2's
-    Visualizer."""
+    Visualizer; ``notes``: what the user should know of how the pictures are made (class numbers for
+    labels, no test resize)."""
 
     def __init__(self, cfg) -> None:
         if isinstance(cfg, DictConfig):
@@ -342,28 +345,48 @@ class Demo:
             self.predictor = DefaultPredictor(unloaded)
         # the whole model must come from the file: a partial load would draw a half-random model's guesses
         Checkpointer(self.predictor.model, strict=True, cfg=cfg).load(cfg.MODEL.WEIGHTS)
-        self.metadata, self.label_note = class_names(cfg)
+        self.metadata, label_note = class_names(cfg)
+        self.notes = [label_note] if label_note else []
         self.threshold = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
         self.resizes = [(self.predictor.aug, "INPUT.MIN_SIZE_TEST={short}, MAX_SIZE_TEST={longest}")]
 
     def _build_lazy(self, cfg: DictConfig) -> None:
-        """The model of cfg.model on train.device, with the weights of train.init_checkpoint."""
+        """The model of cfg.model on train.device, with the weights of train.init_checkpoint; images as
+        evaluation reads them: dataloader.test's mapper's image format and augmentations."""
         weights = OmegaConf.select(cfg, LAZY_KEYS.weights, default=None)
         if not weights:
             raise WeightsError(f"the demo needs trained weights: add `--opts {LAZY_KEYS.weights}=path/to/model_final.pth`")
-        input_format = OmegaConf.select(cfg, "model.input_format", default="BGR")
-        if input_format not in ("BGR", "RGB"):
-            raise ConfigError(f"model.input_format={input_format!r}: the demo's predictor takes 'BGR' or 'RGB' models")
-        key = "dataloader.test.mapper.augmentations"
+        problems = ConfigProblems(cfg)
+        device = OmegaConf.select(cfg, "train.device", default="cpu")
+        if OmegaConf.select(cfg, "train.device", default=None) is not None:
+            problems.device("train.device")
+        mapper = "dataloader.test.mapper"
+        format_key = f"{mapper}.image_format" if OmegaConf.select(cfg, f"{mapper}.image_format", default=None) else "model.input_format"
+        if OmegaConf.select(cfg, format_key, default="BGR") not in ("BGR", "RGB"):
+            problems.add(format_key, "the demo's predictor takes 'BGR' or 'RGB' models")
         with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
-            model = instantiate(cfg.model).to(OmegaConf.select(cfg, "train.device", default="cpu"))
-            augmentations = list(instantiate(OmegaConf.select(cfg, key, default=None)) or [])
+            augmentations = list(instantiate(OmegaConf.select(cfg, f"{mapper}.augmentations", default=None)) or [])
+        self.resizes = []
+        for i, aug in enumerate(augmentations):
+            if isinstance(aug, T.ResizeShortestEdge):
+                sizes = (*aug.short_edge_length, aug.max_size)
+                if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0 for n in sizes):
+                    given = OmegaConf.select(cfg, f"{mapper}.augmentations.{i}.short_edge_length", default=aug.short_edge_length)
+                    problems.lines.append(f"{mapper}.augmentations.{i}: short_edge_length={given}, max_size={aug.max_size}: "
+                                          "must be integers >= 0 (0: no resize)")
+                self.resizes.append((aug, f"{mapper}.augmentations.{i}: short_edge_length={{short}}, max_size={{longest}}"))
+        if problems.lines:
+            raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems.lines))
+        with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
+            model = instantiate(cfg.model).to(device)
         Checkpointer(model, strict=True).load(weights)
-        self.predictor = LazyPredictor(model, augmentations, input_format)
-        self.metadata, self.label_note = class_names(cfg)
+        self.predictor = LazyPredictor(model, augmentations, OmegaConf.select(cfg, format_key, default="BGR"))
+        self.metadata, label_note = class_names(cfg)
+        self.notes = [label_note] if label_note else []
         self.threshold = OmegaConf.select(cfg, score_threshold_keys(cfg)[0], default=0.0)  # its callable's default
-        self.resizes = [(aug, f"{key}[{i}]: short_edge_length={{short}}, max_size={{longest}}")
-                        for i, aug in enumerate(augmentations) if isinstance(aug, T.ResizeShortestEdge)]
+        if not self.resizes:
+            self.notes.append(f"{mapper}.augmentations has no test resize (ResizeShortestEdge): images go to the model "
+                              "at their own size")
 
     def check_size(self, bgr: np.ndarray) -> None:
         """ValueError for an image the test-time resize would shrink to nothing (e.g. 2 x 3000 pixels)."""

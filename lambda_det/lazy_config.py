@@ -16,6 +16,7 @@ from typing import Sequence
 
 import yaml
 from detectron2.config import LazyConfig
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
@@ -120,7 +121,7 @@ def unknown_key(cfg: DictConfig, key: str):
     if parent is _MISSING:
         return f"{key} is not a config key: {_first_missing(cfg, parent_key)}"
     if isinstance(parent, DictConfig):
-        target = parent.get("_target_")
+        target = callable_target(parent)
         if callable(target) and accepts_argument(target, leaf):
             return None
         takes = f" (and {_name(target)} takes no argument {leaf!r})" if callable(target) else ""
@@ -145,6 +146,18 @@ def _first_missing(cfg: DictConfig, key: str) -> str:
             close = difflib.get_close_matches(part, choices, n=1)
             return f"{'.'.join(done + [part])} does not exist" + (f"; did you mean {'.'.join(done + close)}?" if close else "")
     return f"{key} cannot be read"
+
+
+def callable_target(node: DictConfig):
+    """The callable of an L(...) node: its _target_, which a saved config (config.yaml) names as text;
+    None where there is none or the name cannot be imported here."""
+    target = node.get("_target_")
+    if isinstance(target, str):
+        try:
+            return locate(target)
+        except ImportError:
+            return None
+    return target
 
 
 def accepts_argument(target, name: str) -> bool:
@@ -184,4 +197,4 @@ def config_text(cfg: DictConfig) -> str:
     return yaml.safe_dump(_plain(container), sort_keys=False, width=120)
 
 
-__all__ = ["accepts_argument", "apply_overrides", "config_text", "is_lazy_config", "load_lazy_config", "unknown_key"]
+__all__ = ["accepts_argument", "apply_overrides", "callable_target", "config_text", "is_lazy_config", "load_lazy_config", "unknown_key"]

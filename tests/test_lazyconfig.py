@@ -33,6 +33,7 @@ from lambda_det.data import build_train_mapper
 from lambda_det.engine.lazy import lambda_resnet_keys_named_as_lazy
 from lambda_det.errors import ConfigError
 from lambda_det.config import load_config
+from lambda_det.demo import Demo
 from lambda_det.lazy_config import config_text, load_lazy_config
 from lambda_det.modeling import lambda_resnet_config
 
@@ -444,7 +445,7 @@ def test_the_demo_draws_a_lazyconfig_model(tmp_path, tiny_weights, capsys):
     out = capsys.readouterr()
     assert "note:" not in out.err  # toy_shapes_val names the model's 4 classes
     assert re.search(r"IMG_0001.JPG: \d+ detections \(\d+ (circle|square|star|triangle)", out.out), out.out
-    assert ("thin.png: 900x1 pixels is too thin: the test-time resize (dataloader.test.mapper.augmentations[0]: "
+    assert ("thin.png: 900x1 pixels is too thin: the test-time resize (dataloader.test.mapper.augmentations.0: "
             "short_edge_length=128, max_size=128) leaves 128x0") in out.out
     assert cv2.imread(str(tmp_path / "drawn" / "IMG_0001.png")) is not None
     # the run's config.yaml; the threshold reaches the model (a random model scores about 1/5 per class)
@@ -458,4 +459,33 @@ def test_the_demo_draws_a_lazyconfig_model(tmp_path, tiny_weights, capsys):
     assert run_tool("demo.py", "--config-file", TOY_LSJ, "--input", photo, "--output", tmp_path / "refused",
                     "--opts", *LAZY_TINY, f"train.init_checkpoint={tiny_weights}") == 2
     assert f"weights {tiny_weights} do not fit the model" in capsys.readouterr().err
+    # overrides given without --opts would be skipped as missing inputs, and the model drawn without them
+    assert run_tool("demo.py", "--config-file", run / "config.yaml", "--output", tmp_path / "refused", "--input", photo,
+                    weights) == 2
+    assert f"--input {weights}: no such file, and it has the form of a config override" in capsys.readouterr().err
+    # a test resize that cannot work, named before the model is built
+    assert run_tool("demo.py", "--config-file", run / "config.yaml", "--input", photo, "--output", tmp_path / "refused",
+                    "--opts", weights, "dataloader.test.mapper.augmentations.0.short_edge_length=-5", "train.device=gpu") == 2
+    err = capsys.readouterr().err
+    assert "dataloader.test.mapper.augmentations.0: short_edge_length=-5, max_size=128: must be integers >= 0" in err
+    assert "train.device='gpu': must be 'cpu', 'cuda' or 'cuda:N'" in err
     assert not (tmp_path / "refused").exists()
+
+
+def test_the_demo_reads_a_lazyconfig_as_evaluation_does(tmp_path):
+    """The image format of dataloader.test's mapper (what evaluation feeds the model), the class count of a
+    RetinaNet (its own, not roi_heads'), an argument a saved config.yaml leaves at its default."""
+    from lambda_det.demo import class_names
+
+    cfg = load_lazy_config(str(TOY_LSJ), [*LAZY_TINY, "dataloader.train.mapper.image_format=RGB"])
+    assert cfg.dataloader.test.mapper.image_format == "RGB"  # Detectron2's test mapper follows the train one
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": instantiate(cfg.model).state_dict()}, weights)
+    cfg.train.init_checkpoint = str(weights)
+    demo = Demo(cfg)
+    assert demo.predictor.input_format == "RGB" and demo.notes == []
+    assert class_names(detectron2_config("COCO-Detection/retinanet_R_50_FPN_1x.py"))[1] is None  # 80 COCO classes
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_text(load_lazy_config(str(TOY_LSJ))))
+    loaded = load_lazy_config(str(saved), ["model.roi_heads.box_predictor.test_topk_per_image=10"])
+    assert loaded.model.roi_heads.box_predictor.test_topk_per_image == 10

@@ -1071,6 +1071,11 @@ def test_file_names_that_look_like_config_keys_are_read_as_files():
         parse_args_with_overrides(flagged, ["--input", "IMG_0001.JPG", "--opts", "MODEL.DEVICE", "cpu", "--output", "out"])
 
 
+def test_lazy_style_overrides_on_a_yacs_config_are_named():
+    with pytest.raises(ConfigError, match=r"KEY VALUE pairs \(MODEL.WEIGHTS path/to/model.pth\), not KEY=VALUE .*'MODEL.WEIGHTS=/x'"):
+        load_config(str(TOY_CONFIG), ["MODEL.WEIGHTS=/x", "MODEL.DEVICE=cpu"])
+
+
 def test_a_late_flag_is_named_as_late(capsys):
     assert run_tool("demo.py", "--config-file", TOY_CONFIG, "--input", "IMG_0001.JPG", "--opts", "MODEL.DEVICE", "cpu",
                     "--output", "out") == 2

@@ -16,6 +16,7 @@ The output folder is never scanned for inputs. Exit status: 0 done, 1 nothing co
 2 bad arguments, config, weights or output location. Logic: lambda_det/demo.py.
 """
 import argparse
+import glob
 import re
 import sys
 from pathlib import Path
@@ -58,14 +59,18 @@ def main() -> int:
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides: KEY VALUE ... (yacs), key=value ... (LazyConfig)")
     args = parse_args_with_overrides(parser, override=OVERRIDE)
+    forgotten = [p for p in map(str, args.input) if OVERRIDE.match(p) and not glob.has_magic(p) and not Path(p).exists()]
+    if forgotten:  # the overrides would be skipped as missing inputs, and the model drawn without them
+        parser.error(f"--input {forgotten[0]}: no such file, and it has the form of a config override: give overrides "
+                     "after --opts")
     register_datasets(args)
     cfg = load_demo_config(args)
     output = Path(args.output)
     inputs = collect_inputs([str(p) for p in args.input], exclude=output)
     check_outputs(inputs, plan_outputs(inputs, output), output, args.overwrite)  # before the model is loaded
     demo = Demo(cfg)
-    if demo.label_note:
-        print(f"note: {demo.label_note}", file=sys.stderr)
+    for note in demo.notes:
+        print(f"note: {note}", file=sys.stderr)
     with run_folder_lock(output, "--output"):  # a second demo into the same folder is refused
         processed = run_demo(demo, inputs, output, overwrite=args.overwrite)
     if processed == 0:

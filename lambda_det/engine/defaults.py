@@ -98,7 +98,7 @@ def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Se
     late = [a for a in argv[first:] if a.startswith("--")] if first is not None else []
     if late:
         parser.error(f"{late[0]} comes after the config overrides (from {argv[first]} on), where it would be read "
-                     "as a config key; put flags before the trailing KEY VALUE overrides")
+                     "as a config key; put flags before the trailing config overrides")
     return parser.parse_args(argv)
 
 
