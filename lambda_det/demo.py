@@ -364,8 +364,10 @@ class Demo:
         format_key = f"{mapper}.image_format" if OmegaConf.select(cfg, f"{mapper}.image_format", default=None) else "model.input_format"
         if OmegaConf.select(cfg, format_key, default="BGR") not in ("BGR", "RGB"):
             problems.add(format_key, "the demo's predictor takes 'BGR' or 'RGB' models")
-        with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
+        try:
             augmentations = list(instantiate(OmegaConf.select(cfg, f"{mapper}.augmentations", default=None)) or [])
+        except Exception as exc:  # Detectron2's instantiate names the failing node and callable in its message
+            raise ConfigError(f"{mapper}.augmentations cannot be built: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}") from None
         self.resizes = []
         for i, aug in enumerate(augmentations):
             if isinstance(aug, T.ResizeShortestEdge):

@@ -484,6 +484,9 @@ def test_the_demo_reads_a_lazyconfig_as_evaluation_does(tmp_path):
     cfg.train.init_checkpoint = str(weights)
     demo = Demo(cfg)
     assert demo.predictor.input_format == "RGB" and demo.notes == []
+    cfg.dataloader.test.mapper.augmentations[0]._target_ = "detectron2.data.transforms.NoSuchResize"
+    with pytest.raises(ConfigError, match="dataloader.test.mapper.augmentations cannot be built: ImportError: .*NoSuchResize"):
+        Demo(cfg)
     assert class_names(detectron2_config("COCO-Detection/retinanet_R_50_FPN_1x.py"))[1] is None  # 80 COCO classes
     saved = tmp_path / "config.yaml"
     saved.write_text(config_text(load_lazy_config(str(TOY_LSJ))))
