@@ -19,8 +19,10 @@ from urllib.parse import urlparse
 import torch
 import yaml
 from detectron2.checkpoint import DetectionCheckpointer
+from omegaconf import DictConfig
 
 from .errors import ConversionError, OutputError, WeightsError
+from .lazy_config import config_text
 from .utils.file_safety import no_hard_links, temporary_path, write_bytes, write_text
 
 logger = logging.getLogger("lambda_det")
@@ -278,17 +280,25 @@ def _group(keys: Sequence[str], limit: int) -> str:
 
 
 def config_differences(saved_config: Path, cfg, limit: int = 6) -> List[str]:
-    """MODEL.* values of a saved config.yaml that differ from ``cfg`` (weights and device aside)."""
+    """The model's values in a saved config.yaml that differ from ``cfg``: MODEL.* of a yacs config,
+    model.* of a LazyConfig (weights, device and test-time values aside: they do not shape the weights)."""
     try:
         saved = yaml.safe_load(saved_config.read_text())
     except (OSError, yaml.YAMLError):
         return []
-    if not isinstance(saved, dict) or not isinstance(saved.get("MODEL"), dict):
+    lazy = isinstance(cfg, DictConfig)
+    root = "model" if lazy else "MODEL"
+    if not isinstance(saved, dict) or not isinstance(saved.get(root), dict):
         return []
-    ours = _flatten(yaml.safe_load(cfg.dump())["MODEL"], "MODEL")
-    theirs = _flatten(saved["MODEL"], "MODEL")
+    ours = _flatten(yaml.safe_load(config_text(cfg) if lazy else cfg.dump())[root], root)
+    theirs = _flatten(saved[root], root)
     skip = {"MODEL.WEIGHTS", "MODEL.DEVICE"}
-    keys = [k for k in sorted(set(ours) | set(theirs)) if k not in skip and not k.endswith("_TEST") and ours.get(k) != theirs.get(k)]
+
+    def test_time(key: str) -> bool:
+        leaf = key.rpartition(".")[2]
+        return leaf.endswith("_TEST") or leaf.startswith("test_")
+
+    keys = [k for k in sorted(set(ours) | set(theirs)) if k not in skip and not test_time(k) and ours.get(k) != theirs.get(k)]
     shown = [f"{k} = {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in keys[:limit]]
     return shown + ([f"... {len(keys) - limit} more"] if len(keys) > limit else [])
 

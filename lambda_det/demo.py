@@ -381,7 +381,7 @@ class Demo:
             raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems.lines))
         with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
             model = instantiate(cfg.model).to(device)
-        Checkpointer(model, strict=True).load(weights)
+        Checkpointer(model, strict=True, cfg=cfg).load(weights)
         self.predictor = LazyPredictor(model, augmentations, OmegaConf.select(cfg, format_key, default="BGR"))
         self.metadata, label_note = class_names(cfg)
         self.notes = [label_note] if label_note else []

@@ -336,6 +336,7 @@ def test_lazyconfig_train_net_trains_evaluates_resumes_and_protects_the_run(tmp_
                       "model.backbone.bottom_up.width_per_group=64") == 2
     err = capsys.readouterr().err
     assert f"weights {run / 'model_final.pth'} do not fit the model" in err and "Traceback" not in err
+    assert f"the run that saved it used {run / 'config.yaml'}, which differs in: model.backbone.bottom_up.width_per_group = 32 there, 64 here" in err
     assert lazy_train(run, small_val, "--eval-only", "--resume", "--overwrite") == 0
     record = json.loads((run / "inference" / small_val / "ap_by_size.json").read_text())["provenance"]
     assert record["weights"] == str((run / "model_final.pth").resolve()) and record["iterations_trained"] == 3
@@ -459,6 +460,10 @@ def test_the_demo_draws_a_lazyconfig_model(tmp_path, tiny_weights, capsys):
     assert run_tool("demo.py", "--config-file", TOY_LSJ, "--input", photo, "--output", tmp_path / "refused",
                     "--opts", *LAZY_TINY, f"train.init_checkpoint={tiny_weights}") == 2
     assert f"weights {tiny_weights} do not fit the model" in capsys.readouterr().err
+    assert run_tool("demo.py", "--config-file", run / "config.yaml", "--input", photo, "--output", tmp_path / "refused",
+                    "--opts", weights, "model.backbone.out_channels=64", "model.roi_heads.box_predictor.test_score_thresh=0.3") == 2
+    assert ("which differs in: model.backbone.out_channels = 32 there, 64 here\n"  # not the test-time threshold
+            in capsys.readouterr().err)
     # overrides given without --opts would be skipped as missing inputs, and the model drawn without them
     assert run_tool("demo.py", "--config-file", run / "config.yaml", "--output", tmp_path / "refused", "--input", photo,
                     weights) == 2

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, TINY, TOY_CONFIG, run_tool, save_tiny_weights
+from detectron2.modeling import build_model
 from PIL import Image
 
 from lambda_det import load_config
@@ -258,8 +259,6 @@ def test_unreadable_weights_are_one_line_naming_the_file(broken_weights, kind, r
     path = broken_weights[kind]
     assert reason in weights_problem(str(path))
     cfg = load_config(str(TOY_CONFIG), [*TINY, "MODEL.WEIGHTS", str(path)])
-    from detectron2.modeling import build_model
-
     with pytest.raises(WeightsError, match=reason) as info:
         Checkpointer(build_model(cfg), strict=True).load(str(path))
     assert str(path) in str(info.value) and "weights_only" not in str(info.value)
@@ -983,8 +982,6 @@ def test_an_annotation_file_that_is_a_pipe_or_a_folder_is_named_before_anything_
 def test_weights_that_load_nothing_say_why_in_strict_and_fine_tuning_loads_alike(tmp_path):
     """Every tensor of the model left out: names that fit with other shapes get the shape report, a
     torchvision-like file gets no timm advice, a state dict with no tensors is named so."""
-    from detectron2.modeling import build_model
-
     cfg = load_config(str(TOY_CONFIG), list(TINY))
     model = build_model(cfg)
     resized = {k: torch.zeros(*(s + 1 for s in v.shape)) for k, v in model.state_dict().items() if v.dim() > 0}
@@ -1011,8 +1008,6 @@ def test_a_pipe_among_the_demo_inputs_is_skipped_as_what_it_is(tmp_path):
 def test_weights_with_detectrons_query_options_are_checked_as_the_file_they_name(tiny_weights):
     """Detectron2 reads options after '?' in MODEL.WEIGHTS (matching_heuristics); the file check must
     look at the file, not at the name with its query."""
-    from detectron2.modeling import build_model
-
     cfg = load_config(str(TOY_CONFIG), list(TINY))
     assert weights_problem(f"{tiny_weights}?matching_heuristics=True") is None
     Checkpointer(build_model(cfg), strict=True).load(f"{tiny_weights}?matching_heuristics=True")
@@ -1080,3 +1075,13 @@ def test_a_late_flag_is_named_as_late(capsys):
     assert run_tool("demo.py", "--config-file", TOY_CONFIG, "--input", "IMG_0001.JPG", "--opts", "MODEL.DEVICE", "cpu",
                     "--output", "out") == 2
     assert "--output comes after the config overrides (from MODEL.DEVICE on)" in capsys.readouterr().err
+
+
+def test_weights_that_do_not_fit_name_the_config_values_their_run_used(tiny_weights):
+    """The config.yaml beside the weights says which of the model's values differ (test-time ones,
+    which shape no weight, left out)."""
+    cfg = load_config(str(TOY_CONFIG), [*TINY, "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.3"])
+    with pytest.raises(WeightsError) as raised:
+        Checkpointer(build_model(cfg), strict=True, cfg=cfg).load(str(tiny_weights))
+    assert (f"the run that saved it used {tiny_weights.parent / 'config.yaml'}, which differs in: "
+            "MODEL.FPN.OUT_CHANNELS = 32 there, 64 here\n") in str(raised.value)

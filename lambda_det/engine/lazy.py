@@ -224,7 +224,7 @@ def lazy_preflight(cfg, args) -> None:
     with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
         model = instantiate(cfg.model)  # on the CPU: instantiate moves nothing
     checkpoints = None if args.eval_only else train.max_iter // train.checkpointer.period + 1
-    check_model_and_output(LAZY_KEYS, model, output_dir, strict_weights, checkpoints=checkpoints)
+    check_model_and_output(LAZY_KEYS, model, output_dir, strict_weights, checkpoints=checkpoints, fit_cfg=cfg)
 
 
 def setup_lazy_run(args) -> DictConfig:
@@ -305,7 +305,7 @@ def _ddp(cfg, model):
 def lazy_evaluate(cfg, args):
     """--eval-only: the run's last checkpoint (--resume) or train.init_checkpoint, which must fit exactly."""
     model = instantiate(cfg.model).to(cfg.train.device)
-    checkpointer = Checkpointer(model, save_dir=cfg.train.output_dir, strict=True)
+    checkpointer = Checkpointer(model, save_dir=cfg.train.output_dir, strict=True, cfg=cfg)
     weights = checkpointer.get_checkpoint_file() if args.resume and checkpointer.has_checkpoint() else cfg.train.init_checkpoint
     extra = checkpointer.load(weights)
     return lazy_test(cfg, _ddp(cfg, model), config_file=args.config_file, weights=weights, iteration=extra.get("iteration"))
