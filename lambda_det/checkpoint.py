@@ -284,7 +284,7 @@ def config_differences(saved_config: Path, cfg, limit: int = 6) -> List[str]:
     model.* of a LazyConfig (weights, device and test-time values aside: they do not shape the weights)."""
     try:
         saved = yaml.safe_load(saved_config.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return []
     lazy = isinstance(cfg, DictConfig)
     root = "model" if lazy else "MODEL"
@@ -299,11 +299,17 @@ def config_differences(saved_config: Path, cfg, limit: int = 6) -> List[str]:
         return leaf.endswith("_TEST") or leaf.startswith("test_")
 
     keys = [k for k in sorted(set(ours) | set(theirs)) if k not in skip and not test_time(k) and ours.get(k) != theirs.get(k)]
-    shown = [f"{k} = {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in keys[:limit]]
+    def value(side: Dict[str, object], key: str) -> str:  # a key one side leaves out is at its callable's default
+        return repr(side[key]) if key in side else "its default"
+
+    shown = [f"{k} = {value(theirs, k)} there, {value(ours, k)} here" for k in keys[:limit]]
     return shown + ([f"... {len(keys) - limit} more"] if len(keys) > limit else [])
 
 
 def _flatten(node, prefix: str) -> Dict[str, object]:
+    """{dotted key: value}; a list of nodes (a cascade's box predictors) by index, a list of values whole."""
+    if isinstance(node, list) and any(isinstance(item, dict) for item in node):
+        node = {str(i): item for i, item in enumerate(node)}
     if not isinstance(node, dict):
         return {prefix: node}
     out: Dict[str, object] = {}

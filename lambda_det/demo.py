@@ -30,7 +30,6 @@ from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
 from detectron2.engine import DefaultPredictor
-from detectron2.utils.registry import locate
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
@@ -40,7 +39,7 @@ from .checkpoint import Checkpointer
 from .engine.lazy import LAZY_KEYS, dataset_names, lambda_resnet_keys_named_as_lazy
 from .engine.preflight import ConfigProblems, explained_build_errors
 from .errors import ConfigError, OutputError, WeightsError
-from .lazy_config import accepts_argument
+from .lazy_config import accepts_argument, callable_target
 from .utils.file_safety import (
     ensure_writable_dir, file_sha256, imwrite, not_a_file, refuse_file, refuse_overwrite, same_file, temporary_path,
     write_text,
@@ -308,12 +307,7 @@ def score_threshold_keys(cfg: DictConfig) -> List[str]:
         return ["model.roi_heads.box_predictor.test_score_thresh"]
     if isinstance(heads, DictConfig) and heads.get("box_predictors") is not None:
         return [f"model.roi_heads.box_predictors.{i}.test_score_thresh" for i in range(len(heads.box_predictors))]
-    target = cfg.model.get("_target_")
-    if isinstance(target, str):  # a saved config names its callables
-        try:
-            target = locate(target)
-        except ImportError:
-            target = None
+    target = callable_target(cfg.model)
     if "test_score_thresh" in cfg.model or (callable(target) and accepts_argument(target, "test_score_thresh")):
         return ["model.test_score_thresh"]
     raise ConfigError("the config's model has no model.roi_heads.box_predictor (nor box_predictors, nor "

@@ -155,7 +155,7 @@ def callable_target(node: DictConfig):
     if isinstance(target, str):
         try:
             return locate(target)
-        except ImportError:
+        except Exception:  # ImportError, ValueError for a malformed name, pydoc's error of a module failing on import
             return None
     return target
 
@@ -170,11 +170,13 @@ def accepts_argument(target, name: str) -> bool:
 
 
 def _name(obj) -> str:
-    """A callable as a dotted name; a lambda by where it is written (its module name is random in a LazyConfig)."""
+    """A callable as a dotted name; a lambda, or a function written in the config file itself (no module
+    to import it from), by where it is written: its repr would carry an address that changes every run."""
     code = getattr(obj, "__code__", None)
-    if getattr(obj, "__name__", "") == "<lambda>" and code is not None:
-        return f"<lambda at {Path(code.co_filename).name}:{code.co_firstlineno}>"
     module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if code is not None and (getattr(obj, "__name__", "") == "<lambda>" or not module):
+        what = "lambda" if getattr(obj, "__name__", "") == "<lambda>" else qualname
+        return f"<{what} at {Path(code.co_filename).name}:{code.co_firstlineno}>"
     return f"{module}.{qualname}" if module and qualname else repr(obj)
 
 

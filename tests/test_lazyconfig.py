@@ -410,9 +410,10 @@ def test_backbone_errors_are_named_by_lazy_keys_past_values_left_for_the_command
     assert str(raised.value) == (
         "model.backbone.bottom_up.se_ratio=0.001: round(256 x 0.001) = 0; leave res2 out of se_stages.")
     with pytest.raises(ConfigError) as raised, lambda_resnet_keys_named_as_lazy(cfg):
-        raise ConfigError("MODEL.LAMBDA_RESNET.NORM='GN HEADS' is no norm; with NORM=\"DIM_K\" HEADS must divide it")
-    assert str(raised.value) == (
-        "model.backbone.bottom_up.norm='GN HEADS' is no norm; with norm=\"DIM_K\" heads must divide it")
+        raise ConfigError("MODEL.LAMBDA_RESNET.NORM='GN HEADS' is no norm; the stem's width with NORM=\"DIM_K\" "
+                          "(WIDTH_PER_GROUP x 4): HEADS must divide it")
+    assert str(raised.value) == ("model.backbone.bottom_up.norm='GN HEADS' is no norm; the stem's width with "
+                                 "norm=\"DIM_K\" (width_per_group x 4): heads must divide it")
 
 
 def test_the_documented_152_control_is_detectron2s_r101_file_with_depth_152():
@@ -441,9 +442,10 @@ def test_the_demo_draws_a_lazyconfig_model(tmp_path, tiny_weights, capsys):
     cv2.imwrite(str(photo), rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
     cv2.imwrite(str(thin), rng.integers(0, 256, (1, 900, 3), dtype=np.uint8))
 
-    assert run_tool("demo.py", "--config-file", TOY_LSJ, "--input", photo, thin, "--output", tmp_path / "drawn",
-                    "--confidence-threshold", "0", "--opts", *LAZY_TINY, weights) == 0
+    assert run_tool("demo.py", "--config-file", TOY_LSJ, "--input", photo, thin, tmp_path / "DCIM" / "IMG_0002.JPG",
+                    "--output", tmp_path / "drawn", "--confidence-threshold", "0", "--opts", *LAZY_TINY, weights) == 0
     out = capsys.readouterr()
+    assert "skipped " + str(tmp_path / "DCIM" / "IMG_0002.JPG") + ": no such file" in out.out  # a picture missing, not an override
     assert "note:" not in out.err  # toy_shapes_val names the model's 4 classes
     assert re.search(r"IMG_0001.JPG: \d+ detections \(\d+ (circle|square|star|triangle)", out.out), out.out
     assert ("thin.png: 900x1 pixels is too thin: the test-time resize (dataloader.test.mapper.augmentations.0: "
@@ -497,3 +499,11 @@ def test_the_demo_reads_a_lazyconfig_as_evaluation_does(tmp_path):
     saved.write_text(config_text(load_lazy_config(str(TOY_LSJ))))
     loaded = load_lazy_config(str(saved), ["model.roi_heads.box_predictor.test_topk_per_image=10"])
     assert loaded.model.roi_heads.box_predictor.test_topk_per_image == 10
+
+
+def test_a_function_written_in_the_config_file_is_saved_by_where_it_is_written(tmp_path):
+    """Its repr carries a memory address, which made config.yaml (and its hash) differ on every load."""
+    config = tmp_path / "mine.py"
+    config.write_text("from detectron2.config import LazyCall as L\n\n\ndef head(n=1):\n    return n\n\n\nmodel = L(head)(n=3)\n")
+    texts = {config_text(load_lazy_config(str(config))) for _ in range(2)}
+    assert texts == {"model:\n  n: 3\n  _target_: <head at mine.py:4>\n"}

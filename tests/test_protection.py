@@ -1085,3 +1085,21 @@ def test_weights_that_do_not_fit_name_the_config_values_their_run_used(tiny_weig
         Checkpointer(build_model(cfg), strict=True, cfg=cfg).load(str(tiny_weights))
     assert (f"the run that saved it used {tiny_weights.parent / 'config.yaml'}, which differs in: "
             "MODEL.FPN.OUT_CHANNELS = 32 there, 64 here\n") in str(raised.value)
+
+
+def test_config_differences_of_a_lazyconfig_go_inside_lists_of_nodes(tmp_path):
+    """A cascade's box predictors are a list of nodes: a test-time value in them is left out, a real
+    difference named by its index; a key one side leaves out is at its callable's default."""
+    from omegaconf import OmegaConf
+
+    from lambda_det.checkpoint import config_differences
+
+    def cascade(threshold, dims, **extra):
+        return OmegaConf.create({"model": {"roi_heads": {"box_predictors": [
+            {"test_score_thresh": threshold, "fc_dim": dims}, {"test_score_thresh": threshold, "fc_dim": 1024}], **extra}}})
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text(OmegaConf.to_yaml(cascade(0.05, 1024)))
+    assert config_differences(saved, cascade(0.5, 1024)) == []
+    assert config_differences(saved, cascade(0.5, 512, num_classes=3)) == [
+        "model.roi_heads.box_predictors.0.fc_dim = 1024 there, 512 here", "model.roi_heads.num_classes = its default there, 3 here"]

@@ -21,6 +21,8 @@ import re
 import sys
 from pathlib import Path
 
+from detectron2.config import CfgNode, get_cfg
+
 import lambda_det
 from lambda_det.demo import Demo, check_outputs, collect_inputs, plan_outputs, run_demo, set_score_threshold
 from lambda_det.engine import (CONFIG_KEY, LAZY_OVERRIDE, add_dataset_argument, cpu_if_no_cuda, parse_args_with_overrides,
@@ -31,6 +33,20 @@ from lambda_det.utils.file_safety import path_argument
 
 # the first override, either kind: a flag after it would be read as a config key
 OVERRIDE = re.compile(f"{CONFIG_KEY.pattern}|{LAZY_OVERRIDE.pattern}")
+
+
+def looks_like_override(word: str) -> bool:
+    """key=value (a LazyConfig's), or KEY.KEY naming a yacs key (MODEL.WEIGHTS; not IMG_0001.JPG, a camera's picture)."""
+    if LAZY_OVERRIDE.match(word):
+        return True
+    if not CONFIG_KEY.match(word):
+        return False
+    node = lambda_det.add_lambda_config(get_cfg())
+    for part in word.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def load_demo_config(args):
@@ -59,7 +75,7 @@ def main() -> int:
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides: KEY VALUE ... (yacs), key=value ... (LazyConfig)")
     args = parse_args_with_overrides(parser, override=OVERRIDE)
-    forgotten = [p for p in map(str, args.input) if OVERRIDE.match(p) and not glob.has_magic(p) and not Path(p).exists()]
+    forgotten = [p for p in map(str, args.input) if looks_like_override(p) and not glob.has_magic(p) and not Path(p).exists()]
     if forgotten:  # the overrides would be skipped as missing inputs, and the model drawn without them
         parser.error(f"--input {forgotten[0]}: no such file, and it has the form of a config override: give overrides "
                      "after --opts")

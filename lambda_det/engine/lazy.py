@@ -191,7 +191,8 @@ def lambda_resnet_keys_named_as_lazy(cfg):
         # a key named alone (with NORM='GN', leave res2 out of SE_STAGES): the argument's name; the messages
         # quote values (norm='GN HEADS'), which are kept as they are
         keys = set(lambda_resnet_config().MODEL.LAMBDA_RESNET)
-        parts = re.split(r"('[^']*'|\"[^\"]*\")", text)  # odd places: the quoted values
+        # odd places: the quoted values (a quote inside a word, the stem's, opens none)
+        parts = re.split(r"((?<!\w)'[^']*'(?!\w)|(?<!\w)\"[^\"]*\"(?!\w))", text)
         text = "".join(part if i % 2 else re.sub(r"(?<![.\w])[A-Z][A-Z0-9_]*(?!\w|\.\w)",
                                                  lambda m: m[0].lower() if m[0] in keys else m[0], part)
                        for i, part in enumerate(parts))
