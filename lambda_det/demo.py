@@ -41,7 +41,7 @@ from .engine.preflight import ConfigProblems, explained_build_errors
 from .errors import ConfigError, OutputError, WeightsError
 from .lazy_config import accepts_argument, callable_target
 from .utils.file_safety import (
-    ensure_writable_dir, file_sha256, imwrite, not_a_file, refuse_file, refuse_overwrite, same_file, temporary_path,
+    ensure_writable_dir, file_sha256, imwrite, normalized, not_a_file, refuse_file, refuse_overwrite, same_file, temporary_path,
     write_text,
 )
 
@@ -350,6 +350,7 @@ class Demo:
         weights = OmegaConf.select(cfg, LAZY_KEYS.weights, default=None)
         if not weights:
             raise WeightsError(f"the demo needs trained weights: add `--opts {LAZY_KEYS.weights}=path/to/model_final.pth`")
+        weights = normalized(weights)  # "~/x" in a config or quoted on the command line: no shell expands it
         problems = ConfigProblems(cfg)
         device = OmegaConf.select(cfg, "train.device", default="cpu")
         if OmegaConf.select(cfg, "train.device", default=None) is not None:

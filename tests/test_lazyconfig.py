@@ -479,16 +479,18 @@ def test_the_demo_draws_a_lazyconfig_model(tmp_path, tiny_weights, capsys):
     assert not (tmp_path / "refused").exists()
 
 
-def test_the_demo_reads_a_lazyconfig_as_evaluation_does(tmp_path):
-    """The image format of dataloader.test's mapper (what evaluation feeds the model), the class count of a
-    RetinaNet (its own, not roi_heads'), an argument a saved config.yaml leaves at its default."""
+def test_the_demo_reads_a_lazyconfig_as_evaluation_does(tmp_path, monkeypatch):
+    """The image format of dataloader.test's mapper (what evaluation feeds the model), weights at "~/...",
+    the class count of a RetinaNet (its own, not roi_heads'), an argument a saved config.yaml leaves at
+    its default."""
     from lambda_det.demo import class_names
 
     cfg = load_lazy_config(str(TOY_LSJ), [*LAZY_TINY, "dataloader.train.mapper.image_format=RGB"])
     assert cfg.dataloader.test.mapper.image_format == "RGB"  # Detectron2's test mapper follows the train one
     weights = tmp_path / "model_final.pth"
     torch.save({"model": instantiate(cfg.model).state_dict()}, weights)
-    cfg.train.init_checkpoint = str(weights)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg.train.init_checkpoint = "~/model_final.pth"  # no shell expands it in a config
     demo = Demo(cfg)
     assert demo.predictor.input_format == "RGB" and demo.notes == []
     cfg.dataloader.test.mapper.augmentations[0]._target_ = "detectron2.data.transforms.NoSuchResize"
