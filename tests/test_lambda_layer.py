@@ -11,6 +11,7 @@ from functorch.compile import make_boxed_func
 from torch._dynamo.backends.common import aot_autograd
 
 from lambda_det.layers import POSITION_LAMBDA_IMPLS, TERM_IMPLS, LambdaLayer, lambda_layer_num_params
+from lambda_det.layers.fused import lambda_output_fused
 from lambda_det.layers.triton_lambda import available as triton_available
 
 IMPLS = sorted(POSITION_LAMBDA_IMPLS)  # the position-lambda forms (values, kernel) -> lambdas
@@ -176,7 +177,6 @@ def test_timm_options_match_reference_float64(height, width, dim_u, scope, strid
 def test_fused_operator_in_float32_at_the_papers_shapes_matches_float64():
     """The paper's k = 16, h = 4, r = 23 in float32 (the vectorized kernels' float path, with paired
     positions) against the float64 reference form, forward and every gradient."""
-    from lambda_det.layers.fused import lambda_output_fused
     from lambda_det.layers.position_lambdas import apply_position_lambdas, position_lambdas_conv2d
 
     torch.manual_seed(0)
@@ -224,8 +224,6 @@ def test_fused_operator_is_one_library_op_for_autograd_and_compile():
     """torch.library's own checks of the operator and its backward (schema, fake tensors, which
     torch.compile traces with, autograd registration), and a whole layer compiled with
     fullgraph=True: one graph holding the operator, the same output and gradients as eager."""
-    from lambda_det.layers.fused import lambda_output_fused
-
     torch.manual_seed(0)
     q = torch.randn(2, 2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
     values = torch.randn(2, 2, 3, 5, 4, dtype=torch.float64, requires_grad=True)

@@ -33,7 +33,7 @@ from lambda_det.data import build_train_mapper
 from lambda_det.engine.lazy import lambda_resnet_keys_named_as_lazy
 from lambda_det.errors import ConfigError
 from lambda_det.config import load_config
-from lambda_det.demo import Demo
+from lambda_det.demo import Demo, class_names
 from lambda_det.lazy_config import config_text, load_lazy_config
 from lambda_det.modeling import lambda_resnet_config
 
@@ -483,8 +483,6 @@ def test_the_demo_reads_a_lazyconfig_as_evaluation_does(tmp_path, monkeypatch):
     """The image format of dataloader.test's mapper (what evaluation feeds the model), weights at "~/...",
     the class count of a RetinaNet (its own, not roi_heads'), an argument a saved config.yaml leaves at
     its default."""
-    from lambda_det.demo import class_names
-
     cfg = load_lazy_config(str(TOY_LSJ), [*LAZY_TINY, "dataloader.train.mapper.image_format=RGB"])
     assert cfg.dataloader.test.mapper.image_format == "RGB"  # Detectron2's test mapper follows the train one
     weights = tmp_path / "model_final.pth"

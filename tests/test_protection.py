@@ -6,6 +6,7 @@ what a user sees.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -18,11 +19,12 @@ import pytest
 import torch
 from conftest import REPO, TINY, TOY_CONFIG, run_tool, save_tiny_weights
 from detectron2.modeling import build_model
+from omegaconf import OmegaConf
 from PIL import Image
 
 from lambda_det import load_config
-from lambda_det.checkpoint import Checkpointer, WeightsError, check_resume, weights_problem
-from lambda_det.engine import validate_config
+from lambda_det.checkpoint import Checkpointer, WeightsError, check_resume, config_differences, weights_problem
+from lambda_det.engine import parse_args_with_overrides, validate_config
 from lambda_det.errors import ConfigError, DatasetError, OutputError, UserError
 from lambda_det.modeling import build_lambda_resnet, lambda_resnet_config, lambda_resnet_config_problems
 
@@ -1040,10 +1042,6 @@ def test_ctrl_c_in_a_tool_is_one_line_and_exit_status_130(capsys):
 def test_file_names_that_look_like_config_keys_are_read_as_files():
     """IMG_0001.JPG, a camera's name for a picture, has the shape of a yacs key (KEY.KEY): as a flag's
     value it is a file, and the flags after it are flags; a flag after the real overrides is still named."""
-    import argparse
-
-    from lambda_det.engine import parse_args_with_overrides
-
     positional = argparse.ArgumentParser()  # export_model.py's kind: the overrides trail the flags
     positional.add_argument("--sample-image")
     positional.add_argument("--output", required=True)
@@ -1090,10 +1088,6 @@ def test_weights_that_do_not_fit_name_the_config_values_their_run_used(tiny_weig
 def test_config_differences_of_a_lazyconfig_go_inside_lists_of_nodes(tmp_path):
     """A cascade's box predictors are a list of nodes: a test-time value in them is left out, a real
     difference named by its index; a key one side leaves out is at its callable's default."""
-    from omegaconf import OmegaConf
-
-    from lambda_det.checkpoint import config_differences
-
     def cascade(threshold, dims, **extra):
         return OmegaConf.create({"model": {"roi_heads": {"box_predictors": [
             {"test_score_thresh": threshold, "fc_dim": dims}, {"test_score_thresh": threshold, "fc_dim": 1024}], **extra}}})
