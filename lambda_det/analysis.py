@@ -4,10 +4,13 @@ the lambda layers counted by their definition (``lambda_det.layers.flops``). Use
 ``tools/analyze_model.py``.
 
 FLOPs and activations of a detector depend on the input: on its size, and on how many proposals
-and detections the heads process. Inputs come from ``DATASETS.TEST[0]`` as in Detectron2, or are
-synthetic images of a given size; ``worst_case`` makes the heads' work input-independent (every
-image gets the test-time maximum of proposals and detections), which is how the README's table is
-counted.
+and detections the heads process. Inputs come from ``DATASETS.TEST[0]`` as in Detectron2 (a
+LazyConfig's ``dataloader.test``), or are synthetic images of a given size; ``worst_case`` makes the
+heads' work input-independent (every image gets the test-time maximum of proposals and detections),
+which is how the README's table is counted.
+
+``cfg`` is a yacs config or a LazyConfig (a DictConfig: the model of ``model`` on ``train.device``,
+weights from ``train.init_checkpoint``), as in Detectron2's tool.
 """
 from __future__ import annotations
 
@@ -19,12 +22,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from detectron2.config import instantiate
+from detectron2.data import build_detection_test_loader
 from detectron2.structures import ImageList
+from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import Checkpointer
 from .data import prepare_dataset
-from .engine.preflight import build_model_on_cpu
+from .engine.lazy import LAZY_KEYS, box_predictor_keys, lambda_resnet_keys_named_as_lazy, test_dataset
+from .engine.preflight import build_model_on_cpu, explained_build_errors
 from .errors import UserError
+from .utils.file_safety import normalized
 
 logger = logging.getLogger("lambda_det")
 
@@ -33,18 +41,47 @@ TASKS = ("flop", "activation", "parameter", "structure")
 
 def worst_case(cfg) -> None:
     """Test-time settings under which every image yields POST_NMS_TOPK_TEST proposals and
-    DETECTIONS_PER_IMAGE detections, whatever the weights: no NMS, no score threshold."""
+    DETECTIONS_PER_IMAGE detections, whatever the weights: no NMS, no score threshold (a LazyConfig:
+    in its proposal generator and box predictors)."""
+    if isinstance(cfg, DictConfig):
+        if OmegaConf.select(cfg, "model.proposal_generator", default=None) is not None:
+            OmegaConf.update(cfg, "model.proposal_generator.nms_thresh", 1.0, merge=False)
+        for node in box_predictor_keys(cfg, "--worst-case sets the test-time thresholds"):
+            OmegaConf.update(cfg, f"{node}.test_nms_thresh", 1.0, merge=False)
+            OmegaConf.update(cfg, f"{node}.test_score_thresh", 0.0, merge=False)
+        return
     cfg.MODEL.RPN.NMS_THRESH = 1.0
     cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 1.0
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
 
 
+def detections_limit(cfg, model) -> Tuple[int, str]:
+    """(the most detections the model reports per image, the config key that sets it)."""
+    if not isinstance(cfg, DictConfig):
+        return cfg.TEST.DETECTIONS_PER_IMAGE, "TEST.DETECTIONS_PER_IMAGE"
+    heads = getattr(model, "roi_heads", None)
+    if heads is None:  # RetinaNet
+        return model.max_detections_per_image, "model.max_detections_per_image"
+    last = box_predictor_keys(cfg, "the detections are limited")[-1]  # a cascade reports its last stage's
+    predictor = heads.box_predictor[-1] if isinstance(heads.box_predictor, torch.nn.ModuleList) else heads.box_predictor
+    return predictor.test_topk_per_image, f"{last}.test_topk_per_image"
+
+
 def build_analysis_model(cfg) -> torch.nn.Module:
-    model = build_model_on_cpu(cfg).to(cfg.MODEL.DEVICE)
-    if cfg.MODEL.WEIGHTS:
+    """The config's model on its device, with its weights when it names any."""
+    if isinstance(cfg, DictConfig):
+        with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
+            model = instantiate(cfg.model)  # on the CPU: instantiate moves nothing
+        model.to(cfg.train.device)
+        weights = OmegaConf.select(cfg, LAZY_KEYS.weights, default=None)
+        weights = normalized(weights) if weights else None  # "~/x" in a config: no shell expands it
+    else:
+        model = build_model_on_cpu(cfg).to(cfg.MODEL.DEVICE)
+        weights = cfg.MODEL.WEIGHTS
+    if weights:
         # counts do not depend on the weights: a backbone-only file (the timm configs' converted
         # weights) is fine here, with Detectron2's warnings, as in Detectron2's analyze_model
-        Checkpointer(model, strict=False, cfg=cfg).load(cfg.MODEL.WEIGHTS)
+        Checkpointer(model, strict=False, cfg=cfg).load(weights)
     return model.eval()
 
 
@@ -57,14 +94,22 @@ def synthetic_inputs(num_inputs: int, height: int, width: int, seed: int = 0) ->
     ]
 
 
-def dataset_inputs(cfg, num_inputs: int) -> List[List[dict]]:
-    """The first ``num_inputs`` batches of Detectron2's test loader of DATASETS.TEST[0]."""
-    from detectron2.data import build_detection_test_loader
+def test_inputs_source(cfg) -> str:
+    """Where ``dataset_inputs`` reads images from, as a user writes it."""
+    return "dataloader.test" if isinstance(cfg, DictConfig) else "DATASETS.TEST[0]"
 
-    name = cfg.DATASETS.TEST[0]
-    prepare_dataset(name)
+
+def dataset_inputs(cfg, num_inputs: int) -> List[List[dict]]:
+    """The first ``num_inputs`` batches of Detectron2's test loader of DATASETS.TEST[0] (a LazyConfig's
+    dataloader.test, with its mapper and batch size)."""
+    if isinstance(cfg, DictConfig):
+        prepare_dataset(test_dataset(cfg))
+        loader = instantiate(cfg.dataloader.test)
+    else:
+        prepare_dataset(cfg.DATASETS.TEST[0])
+        loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
     inputs = []
-    for batch in build_detection_test_loader(cfg, name):
+    for batch in loader:
         inputs.append(batch)
         if len(inputs) == num_inputs:
             break
@@ -157,7 +202,7 @@ def detections_per_input(model, inputs: Sequence[List[dict]]) -> List[int]:
 
 
 @contextmanager
-def inputs_named_when_too_small(input_size: Optional[Tuple[int, int]]):
+def inputs_named_when_too_small(input_size: Optional[Tuple[int, int]], dataset_source: str):
     """A normalization (GroupNorm, BatchNorm) given one value per group, which inputs smaller than the
     deepest level's stride leave it (a 1x1 map with a channel per group), is the inputs' fault: named
     so, not a traceback."""
@@ -166,7 +211,7 @@ def inputs_named_when_too_small(input_size: Optional[Tuple[int, int]]):
     except ValueError as exc:
         if "more than 1 value per" not in str(exc):
             raise
-        source = f"--input-size {input_size[0]} {input_size[1]}" if input_size else "the DATASETS.TEST[0] images"
+        source = f"--input-size {input_size[0]} {input_size[1]}" if input_size else f"the images of {dataset_source}"
         raise UserError(f"{source}: too small for this model; a normalization of its deepest feature maps would get "
                         "one value per group (torch: \"Expected more than 1 value per channel\"); give larger inputs") from None
 
@@ -180,7 +225,7 @@ def analyze(cfg, tasks: Sequence[str], num_inputs: int, input_size: Optional[Tup
     Detectron2's own ResNets) the features can grow so large that the RPN proposes nothing."""
 
     model = build_analysis_model(cfg)
-    with inputs_named_when_too_small(input_size):
+    with inputs_named_when_too_small(input_size, test_inputs_source(cfg)):
         return _run_tasks(cfg, model, tasks, num_inputs, input_size, report, check_worst_case)
 
 
@@ -192,11 +237,13 @@ def _run_tasks(cfg, model, tasks, num_inputs, input_size, report, check_worst_ca
         inputs = synthetic_inputs(num_inputs, *input_size) if input_size else dataset_inputs(cfg, num_inputs)
         if check_worst_case:
             found = detections_per_input(model, inputs[:1])
-            if any(n != cfg.TEST.DETECTIONS_PER_IMAGE for n in found):
+            limit, limit_key = detections_limit(cfg, model)
+            weights_key = LAZY_KEYS.weights if isinstance(cfg, DictConfig) else "MODEL.WEIGHTS"
+            if any(n != limit for n in found):
                 raise UserError(
-                    f"--worst-case: the model gives {found} detection(s) instead of TEST.DETECTIONS_PER_IMAGE="
-                    f"{cfg.TEST.DETECTIONS_PER_IMAGE}, so the count would leave out the heads' work; with random "
-                    "weights this happens when the features grow too large (give trained MODEL.WEIGHTS)")
+                    f"--worst-case: the model gives {found} detection(s) instead of {limit_key}={limit}, so the count "
+                    "would leave out the heads' work; with random weights this happens when the features grow too "
+                    f"large (give trained weights: {weights_key})")
     for task in tasks:
         if task == "flop":
             flops = count_flops(model, inputs)
@@ -234,6 +281,8 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "dataset_inputs",
+    "detections_limit",
     "synthetic_inputs",
+    "test_inputs_source",
     "worst_case",
 ]

@@ -36,10 +36,9 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .checkpoint import Checkpointer
-from .engine.lazy import LAZY_KEYS, dataset_names, lambda_resnet_keys_named_as_lazy
+from .engine.lazy import LAZY_KEYS, box_predictor_keys, dataset_names, lambda_resnet_keys_named_as_lazy
 from .engine.preflight import ConfigProblems, explained_build_errors
 from .errors import ConfigError, OutputError, WeightsError
-from .lazy_config import accepts_argument, callable_target
 from .utils.file_safety import (
     ensure_writable_dir, file_sha256, imwrite, normalized, not_a_file, refuse_file, refuse_overwrite, same_file, temporary_path,
     write_text,
@@ -301,17 +300,8 @@ class LazyPredictor:
 
 def score_threshold_keys(cfg: DictConfig) -> List[str]:
     """Where a LazyConfig's detector keeps the least score it reports (MODEL.ROI_HEADS.SCORE_THRESH_TEST of
-    a yacs config): its box predictor's test_score_thresh, each stage's for a cascade, RetinaNet's own."""
-    heads = OmegaConf.select(cfg, "model.roi_heads", default=None)
-    if isinstance(heads, DictConfig) and isinstance(heads.get("box_predictor"), DictConfig):
-        return ["model.roi_heads.box_predictor.test_score_thresh"]
-    if isinstance(heads, DictConfig) and heads.get("box_predictors") is not None:
-        return [f"model.roi_heads.box_predictors.{i}.test_score_thresh" for i in range(len(heads.box_predictors))]
-    target = callable_target(cfg.model)
-    if "test_score_thresh" in cfg.model or (callable(target) and accepts_argument(target, "test_score_thresh")):
-        return ["model.test_score_thresh"]
-    raise ConfigError("the config's model has no model.roi_heads.box_predictor (nor box_predictors, nor "
-                      "model.test_score_thresh), where the demo sets --confidence-threshold")
+    a yacs config)."""
+    return [f"{node}.test_score_thresh" for node in box_predictor_keys(cfg, "the demo sets --confidence-threshold")]
 
 
 def set_score_threshold(cfg: DictConfig, threshold: float) -> None:

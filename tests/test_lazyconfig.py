@@ -25,10 +25,11 @@ from detectron2.model_zoo import get_config as detectron2_config
 from detectron2.modeling import build_model
 from omegaconf import OmegaConf
 
-from conftest import REPO, run_tool
+from conftest import REPO, TINY, TOY_CONFIG, run_tool
 from test_reliability import hashes
 
 from lambda_det import model_zoo  # importing lambda_det registers the backbones and the toy datasets
+from lambda_det.analysis import detections_limit, worst_case
 from lambda_det.data import build_train_mapper
 from lambda_det.engine.lazy import lambda_resnet_keys_named_as_lazy
 from lambda_det.errors import ConfigError
@@ -57,6 +58,14 @@ LAZY_TINY = [
     "dataloader.train.mapper.augmentations.0.target_width=128", "dataloader.train.mapper.augmentations.1.crop_size=[128,128]",
     "dataloader.test.mapper.augmentations.0.short_edge_length=128", "dataloader.test.mapper.augmentations.0.max_size=128",
     "dataloader.train.num_workers=0", "dataloader.test.num_workers=0", "dataloader.train.total_batch_size=2",
+]
+
+# the yacs toy model of TINY with the heads of LAZY_TINY's: one GN conv + one fc for boxes, one GN conv for
+# masks, the RPN head's two convs, adaptive ROIAlign sampling (the same module tree, checked below)
+YACS_TWIN_OF_LAZY_TINY = [
+    *TINY, "MODEL.ROI_BOX_HEAD.NUM_CONV", "1", "MODEL.ROI_BOX_HEAD.CONV_DIM", "32", "MODEL.ROI_BOX_HEAD.NUM_FC", "1",
+    "MODEL.ROI_BOX_HEAD.NORM", "GN", "MODEL.ROI_MASK_HEAD.NUM_CONV", "1", "MODEL.ROI_MASK_HEAD.NORM", "GN",
+    "MODEL.RPN.CONV_DIMS", "[-1,-1]", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "0", "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO", "0",
 ]
 
 
@@ -507,3 +516,61 @@ def test_a_function_written_in_the_config_file_is_saved_by_where_it_is_written(t
     config.write_text("from detectron2.config import LazyCall as L\n\n\ndef head(n=1):\n    return n\n\n\nmodel = L(head)(n=3)\n")
     texts = {config_text(load_lazy_config(str(config))) for _ in range(2)}
     assert texts == {"model:\n  n: 3\n  _target_: <head at mine.py:4>\n"}
+
+
+def test_analyze_model_counts_a_lazyconfig_model_as_its_yacs_twin(tmp_path, capsys):
+    """tools/analyze_model.py reads LazyConfigs, as Detectron2's does: the same Mask R-CNN counts the same
+    FLOPs, activations and parameters from either kind of config, on dataloader.test's images (DATASETS.TEST's)
+    and under --worst-case, whose thresholds a LazyConfig keeps in its RPN and box predictor: a score
+    threshold of 0.99 left in place would drop the detections, and the mask head's FLOPs with them."""
+    lazy_model = instantiate(load_lazy_config(str(TOY_LSJ), LAZY_TINY).model)
+    assert str(lazy_model) == str(build_model(load_config(str(TOY_CONFIG), YACS_TWIN_OF_LAZY_TINY)))
+    counts = {}
+    for kind, config, overrides in (
+        ("lazy", TOY_LSJ, [*LAZY_TINY, "model.roi_heads.box_predictor.test_score_thresh=0.99"]),
+        ("yacs", TOY_CONFIG, [*YACS_TWIN_OF_LAZY_TINY, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.99"]),
+    ):
+        out = tmp_path / f"{kind}.json"
+        assert run_tool("analyze_model.py", "--config-file", config, "--tasks", "flop", "activation", "parameter", "-n", "2",
+                        "--worst-case", "--json", out, *overrides) == 0
+        counts[kind] = {k: v for k, v in json.loads(out.read_text()).items() if isinstance(v, float)}
+    assert counts["lazy"] == pytest.approx(counts["yacs"], rel=1e-12)
+    assert counts["lazy"]["model_params_m"] == pytest.approx(sum(p.numel() for p in lazy_model.parameters()) / 1e6)
+    assert "position_term" in capsys.readouterr().out
+
+    # no images to count on, a wrong key: named by the LazyConfig's keys
+    assert run_tool("analyze_model.py", "--config-file", TOY_LSJ, "--tasks", "flop", *LAZY_TINY,
+                    "dataloader.test.dataset.names=[]") == 2
+    assert "--tasks flop/activation need inputs: dataloader.test, or --input-size H W" in capsys.readouterr().err
+    assert run_tool("analyze_model.py", "--config-file", TOY_LSJ, "--tasks", "parameter", "train.max_iters=5") == 2
+    assert "did you mean train.max_iter?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config, limit_key", [
+    ("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py", "model.roi_heads.box_predictor.test_topk_per_image"),
+    ("COCO-Detection/retinanet_R_50_FPN_1x.py", "model.max_detections_per_image"),
+])
+def test_worst_case_reaches_the_thresholds_of_a_lazyconfig_model(config, limit_key):
+    """No NMS and no score threshold in the model that is built: RPN and box predictor (each stage of a
+    cascade), or RetinaNet's own; the detection limit read from the model, named by its key."""
+    cfg = detectron2_config(config)
+    worst_case(cfg)
+    model = instantiate(cfg.model)
+    if hasattr(model, "roi_heads"):
+        assert model.proposal_generator.nms_thresh == 1.0
+        predictor = model.roi_heads.box_predictor
+        assert (predictor.test_nms_thresh, predictor.test_score_thresh) == (1.0, 0.0)
+    else:
+        assert (model.test_nms_thresh, model.test_score_thresh) == (1.0, 0.0)
+    assert detections_limit(cfg, model) == (100, limit_key)
+
+
+def test_worst_case_reaches_every_stage_of_a_cascade_and_names_a_model_without_thresholds():
+    cfg = detectron2_config("common/models/cascade_rcnn.py")
+    worst_case(cfg)
+    model = instantiate(cfg.model)
+    assert [(p.test_nms_thresh, p.test_score_thresh) for p in model.roi_heads.box_predictor] == [(1.0, 0.0)] * 3
+    assert detections_limit(cfg, model) == (100, "model.roi_heads.box_predictors.2.test_topk_per_image")
+    other = OmegaConf.create({"model": {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2}})
+    with pytest.raises(ConfigError, match=r"no model.roi_heads.box_predictor .*where --worst-case sets the test-time thresholds"):
+        worst_case(other)

@@ -5,25 +5,62 @@ conventions of Detectron2's tools/analyze_model.py; lambda layers are counted by
     python tools/analyze_model.py --config-file CONFIG --tasks flop parameter [-n 10] [KEY VALUE ...]
     python tools/analyze_model.py --config-file CONFIG --tasks flop --input-size 1024 1024 --worst-case
 
+A LazyConfig (a .py, or the config.yaml tools/lazyconfig_train_net.py saved) takes key=value overrides:
+
+    python tools/analyze_model.py --config-file configs/new_baselines/mask_rcnn_LambdaR_101_FPN_100ep_LSJ.py \
+        --tasks flop parameter --input-size 1024 1024 --worst-case train.device=cpu
+
 FLOPs and activations depend on the input: by default the first -n images of DATASETS.TEST[0]
-(as Detectron2); --input-size H W uses synthetic images of that size instead (no dataset needed);
---worst-case gives every image the test-time maximum of proposals and detections, so that the
-count does not depend on the weights. Logic: lambda_det/analysis.py.
+(as Detectron2; a LazyConfig's dataloader.test); --input-size H W uses synthetic images of that
+size instead (no dataset needed); --worst-case gives every image the test-time maximum of proposals
+and detections, so that the count does not depend on the weights. Logic: lambda_det/analysis.py.
 """
 import argparse
 import json
 import sys
 
+from omegaconf import OmegaConf
+
 import lambda_det
-from lambda_det.analysis import TASKS, analyze, worst_case
-from lambda_det.engine import CONFIG_KEY, cpu_if_no_cuda, parse_args_with_overrides, positive_int, run_main, validate_config
-from lambda_det.errors import UserError
+from lambda_det.analysis import TASKS, analyze, test_inputs_source, worst_case
+from lambda_det.engine import ANY_OVERRIDE, cpu_if_no_cuda, parse_args_with_overrides, positive_int, run_main, validate_config
+from lambda_det.engine.lazy import LAZY_KEYS, cpu_if_no_cuda_lazy, dataset_names
+from lambda_det.engine.preflight import ConfigProblems
+from lambda_det.errors import ConfigError, UserError
+from lambda_det.lazy_config import is_lazy_config, load_lazy_config
 from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite, same_file, write_text
+
+
+def load_analysis_config(args):
+    """The yacs config or LazyConfig of --config-file with the overrides, for inference on its device
+    (the CPU where CUDA is absent), with --worst-case's settings; whether it names test images."""
+    if is_lazy_config(args.config_file):
+        cfg = load_lazy_config(args.config_file, args.opts)
+        if OmegaConf.select(cfg, "dataloader.test.num_workers", default=None) is not None:
+            cfg.dataloader.test.num_workers = 0
+        if OmegaConf.select(cfg, "train.device", default=None) is None:
+            OmegaConf.update(cfg, "train.device", "cpu", merge=False)  # a config of only a model
+        cpu_if_no_cuda_lazy(cfg)
+        problems = ConfigProblems(cfg)
+        problems.device("train.device")
+        if problems.lines:
+            raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems.lines))
+        if args.worst_case:
+            worst_case(cfg)
+        return cfg, bool(dataset_names(OmegaConf.select(cfg, LAZY_KEYS.test, default=None)))
+    cfg = lambda_det.load_config(args.config_file, args.opts)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cpu_if_no_cuda(cfg)
+    if args.worst_case:
+        worst_case(cfg)
+    cfg.freeze()
+    validate_config(cfg, training=False)
+    return cfg, bool(cfg.DATASETS.TEST)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="a yacs config (.yaml) or a LazyConfig (.py)")
     parser.add_argument("--tasks", required=True, nargs="+", metavar="TASK", help=f"one or more of {', '.join(TASKS)}")
     parser.add_argument("-n", "--num-inputs", type=positive_int,
                         help="inputs to average FLOPs / activations over (they are data-dependent); default 100 "
@@ -34,11 +71,12 @@ def main() -> int:
                         help="count every image at the test-time maximum of proposals and detections")
     parser.add_argument("--json", type=path_argument, help="also write the totals to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
-    args = parse_args_with_overrides(parser)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides: KEY VALUE ... (yacs), key=value ... (LazyConfig)")
+    args = parse_args_with_overrides(parser, override=ANY_OVERRIDE)
     # --tasks takes words until the next flag: trailing overrides right after it belong to opts
     tasks = list(args.tasks)
-    first_key = next((i for i, t in enumerate(tasks) if CONFIG_KEY.match(t)), len(tasks))  # such as MODEL.DEVICE
+    first_key = next((i for i, t in enumerate(tasks) if ANY_OVERRIDE.match(t)), len(tasks))  # MODEL.DEVICE, train.device=cpu
     args.opts[:0] = tasks[first_key:]
     tasks = tasks[:first_key]
     unknown = [t for t in tasks if t not in TASKS]
@@ -47,13 +85,7 @@ def main() -> int:
     args.tasks = tasks
     if args.num_inputs is None:
         args.num_inputs = 1 if args.input_size else 100  # synthetic inputs of one size count (nearly) the same
-    cfg = lambda_det.load_config(args.config_file, args.opts)
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cpu_if_no_cuda(cfg)
-    if args.worst_case:
-        worst_case(cfg)
-    cfg.freeze()
-    validate_config(cfg, training=False)
+    cfg, names_test_images = load_analysis_config(args)
     if args.json:
         if args.json.is_dir():
             raise UserError(f"--json {args.json} is a directory; name a file")
@@ -62,8 +94,8 @@ def main() -> int:
         if not args.overwrite:
             refuse_overwrite(existing([args.json]), "--json", "of an earlier analysis")
         ensure_writable_dir(args.json.parent, "--json's folder")
-    if {"flop", "activation"} & set(args.tasks) and not args.input_size and not cfg.DATASETS.TEST:
-        raise UserError("--tasks flop/activation need inputs: DATASETS.TEST[0], or --input-size H W")
+    if {"flop", "activation"} & set(args.tasks) and not args.input_size and not names_test_images:
+        raise UserError(f"--tasks flop/activation need inputs: {test_inputs_source(cfg)}, or --input-size H W")
     summary = analyze(cfg, args.tasks, args.num_inputs, tuple(args.input_size) if args.input_size else None,
                       check_worst_case=args.worst_case)
     if args.json:

@@ -17,7 +17,6 @@ The output folder is never scanned for inputs. Exit status: 0 done, 1 nothing co
 """
 import argparse
 import glob
-import re
 import sys
 from pathlib import Path
 
@@ -25,15 +24,11 @@ from detectron2.config import CfgNode, get_cfg
 
 import lambda_det
 from lambda_det.demo import Demo, check_outputs, collect_inputs, plan_outputs, run_demo, set_score_threshold
-from lambda_det.engine import (CONFIG_KEY, LAZY_OVERRIDE, add_dataset_argument, cpu_if_no_cuda, parse_args_with_overrides,
+from lambda_det.engine import (ANY_OVERRIDE, CONFIG_KEY, LAZY_OVERRIDE, add_dataset_argument, cpu_if_no_cuda, parse_args_with_overrides,
                                probability, register_datasets, run_folder_lock, run_main, validate_config)
 from lambda_det.engine.lazy import cpu_if_no_cuda_lazy
 from lambda_det.lazy_config import is_lazy_config, load_lazy_config
 from lambda_det.utils.file_safety import path_argument
-
-# the first override, either kind: a flag after it would be read as a config key
-OVERRIDE = re.compile(f"{CONFIG_KEY.pattern}|{LAZY_OVERRIDE.pattern}")
-
 
 def looks_like_override(word: str) -> bool:
     """key=value (a LazyConfig's), or KEY.KEY naming a yacs key (MODEL.WEIGHTS; not IMG_0001.JPG, a camera's picture)."""
@@ -74,7 +69,7 @@ def main() -> int:
     add_dataset_argument(parser)  # the class names of the config's test dataset, when it is one's own
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides: KEY VALUE ... (yacs), key=value ... (LazyConfig)")
-    args = parse_args_with_overrides(parser, override=OVERRIDE)
+    args = parse_args_with_overrides(parser, override=ANY_OVERRIDE)
     forgotten = [p for p in map(str, args.input) if looks_like_override(p) and not glob.has_magic(p) and not Path(p).exists()]
     if forgotten:  # the overrides would be skipped as missing inputs, and the model drawn without them
         parser.error(f"--input {forgotten[0]}: no such file, and it has the form of a config override: give overrides "

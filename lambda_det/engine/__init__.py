@@ -1,7 +1,7 @@
 """Engine: the trainer, the checks before a run, and what the tools share (Detectron2's engine/defaults);
 lazy.py runs Detectron2's LazyConfigs with the same protections."""
 from .defaults import (
-    CONFIG_KEY, LAZY_OVERRIDE, add_dataset_argument, argument_parser, check_launch_args, console_handlers, cpu_if_no_cuda,
+    ANY_OVERRIDE, CONFIG_KEY, LAZY_OVERRIDE, add_dataset_argument, argument_parser, check_launch_args, console_handlers, cpu_if_no_cuda,
     interrupted, load_cfg, non_negative_int, parse_args_with_overrides, positive_int, probability, register_datasets,
     run_folder_lock, run_main, setup, setup_cfg, setup_process, share_cpu_cores,
 )
@@ -15,6 +15,7 @@ from .trainer import Trainer
 
 __all__ = [
     "CONFIG_KEY",
+    "ANY_OVERRIDE",
     "LAZY_OVERRIDE",
     "RunKeys",
     "Trainer",

@@ -86,6 +86,8 @@ def register_datasets(args: argparse.Namespace) -> None:
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 # a LazyConfig override: key=value, the key dotted and in lower case (train.max_iter=10)
 LAZY_OVERRIDE = re.compile(r"^[a-z_][a-z0-9_]*(\.[A-Za-z0-9_]+)*=")
+# the first override of a tool that reads both kinds of config
+ANY_OVERRIDE = re.compile(f"{CONFIG_KEY.pattern}|{LAZY_OVERRIDE.pattern}")
 
 
 def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,

@@ -30,7 +30,7 @@ from ..checkpoint import Checkpointer, keep_final_weights
 from ..data import check_coco_files, check_datasets, check_trainable, prepare_dataset
 from ..errors import ConfigError, TrainingDiverged, UserError
 from ..evaluation import describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
-from ..lazy_config import config_text, load_lazy_config
+from ..lazy_config import accepts_argument, callable_target, config_text, load_lazy_config
 from ..utils.file_safety import normalized
 from ..modeling import build_lambda_resnet, lambda_resnet_config
 from .defaults import add_dataset_argument, check_launch_args, register_datasets, setup_process, share_cpu_cores
@@ -130,6 +130,22 @@ def has_mask_head(cfg) -> bool:
     if heads is None or OmegaConf.select(heads, "mask_head", default=None) is None:
         return False
     return "mask_in_features" not in heads or OmegaConf.select(heads, "mask_in_features", default=None) is not None
+
+
+def box_predictor_keys(cfg, needed_for: str) -> List[str]:
+    """The nodes that turn a LazyConfig detector's scores into detections, which hold its test-time
+    thresholds (test_score_thresh, test_nms_thresh; MODEL.ROI_HEADS.*_TEST of a yacs config): the box
+    predictor, each stage's for a cascade, or the model itself for RetinaNet."""
+    heads = OmegaConf.select(cfg, "model.roi_heads", default=None)
+    if isinstance(heads, DictConfig) and isinstance(heads.get("box_predictor"), DictConfig):
+        return ["model.roi_heads.box_predictor"]
+    if isinstance(heads, DictConfig) and heads.get("box_predictors") is not None:
+        return [f"model.roi_heads.box_predictors.{i}" for i in range(len(heads.box_predictors))]
+    target = callable_target(cfg.model)
+    if "test_score_thresh" in cfg.model or (callable(target) and accepts_argument(target, "test_score_thresh")):
+        return ["model"]
+    raise ConfigError("the config's model has no model.roi_heads.box_predictor (nor box_predictors, nor "
+                      f"model.test_score_thresh), where {needed_for}")
 
 
 def lazy_config_problems(cfg, *, training: bool, world_size: int = 1) -> List[str]:
@@ -353,6 +369,6 @@ def lazy_train(cfg, args):
 
 
 __all__ = [
-    "LAZY_KEYS", "describe_lazy_model", "lazy_argument_parser", "lazy_evaluate", "lazy_preflight", "lazy_test",
+    "LAZY_KEYS", "box_predictor_keys", "describe_lazy_model", "lazy_argument_parser", "lazy_evaluate", "lazy_preflight", "lazy_test",
     "lazy_train", "load_lazy_run_config", "setup_lazy_run", "test_dataset", "test_size",
 ]
