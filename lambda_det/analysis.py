@@ -29,9 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import Checkpointer
 from .data import prepare_dataset
-from .engine.lazy import LAZY_KEYS, box_predictor_keys, lambda_resnet_keys_named_as_lazy, test_dataset
-from .engine.preflight import build_model_on_cpu, explained_build_errors
-from .errors import UserError
+from .engine.lazy import LAZY_KEYS, box_predictor_keys, build_lazy_model, test_augmentations, test_dataset, test_resize_problems
+from .engine.preflight import build_model_on_cpu
+from .errors import ConfigError, UserError
 from .utils.file_safety import normalized
 
 logger = logging.getLogger("lambda_det")
@@ -56,23 +56,29 @@ def worst_case(cfg) -> None:
 
 
 def detections_limit(cfg, model) -> Tuple[int, str]:
-    """(the most detections the model reports per image, the config key that sets it)."""
-    if not isinstance(cfg, DictConfig):
-        return cfg.TEST.DETECTIONS_PER_IMAGE, "TEST.DETECTIONS_PER_IMAGE"
-    heads = getattr(model, "roi_heads", None)
-    if heads is None:  # RetinaNet
-        return model.max_detections_per_image, "model.max_detections_per_image"
-    last = box_predictor_keys(cfg, "the detections are limited")[-1]  # a cascade reports its last stage's
+    """(the detections per image under ``worst_case``, what sets that number, by its config keys): the
+    detection limit, or, for R-CNN heads, the proposals times the classes when that is fewer (or the
+    limit is -1: none)."""
+    lazy = isinstance(cfg, DictConfig)
+    heads, proposals = getattr(model, "roi_heads", None), getattr(model, "proposal_generator", None)
+    if heads is None or proposals is None:  # RetinaNet, FCOS
+        return model.max_detections_per_image, f"model.max_detections_per_image={model.max_detections_per_image}"
     predictor = heads.box_predictor[-1] if isinstance(heads.box_predictor, torch.nn.ModuleList) else heads.box_predictor
-    return predictor.test_topk_per_image, f"{last}.test_topk_per_image"
+    limit = predictor.test_topk_per_image  # a cascade reports its last stage's
+    limit_key = (f"{box_predictor_keys(cfg, 'the detections are limited')[-1]}.test_topk_per_image" if lazy
+                 else "TEST.DETECTIONS_PER_IMAGE")
+    candidates = proposals.post_nms_topk[False] * predictor.num_classes  # every class of every proposal
+    if 0 <= limit <= candidates:
+        return limit, f"{limit_key}={limit}"
+    proposals_key = "model.proposal_generator.post_nms_topk" if lazy else "MODEL.RPN.POST_NMS_TOPK_TEST"
+    return candidates, (f"{proposals.post_nms_topk[False]} proposals ({proposals_key}) x {predictor.num_classes} classes, "
+                        f"{'no limit' if limit < 0 else 'fewer than'} {limit_key}{'' if limit < 0 else f'={limit}'}")
 
 
 def build_analysis_model(cfg) -> torch.nn.Module:
     """The config's model on its device, with its weights when it names any."""
     if isinstance(cfg, DictConfig):
-        with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
-            model = instantiate(cfg.model)  # on the CPU: instantiate moves nothing
-        model.to(cfg.train.device)
+        model = build_lazy_model(cfg).to(cfg.train.device)
         weights = OmegaConf.select(cfg, LAZY_KEYS.weights, default=None)
         weights = normalized(weights) if weights else None  # "~/x" in a config: no shell expands it
     else:
@@ -100,20 +106,31 @@ def test_inputs_source(cfg) -> str:
 
 
 def dataset_inputs(cfg, num_inputs: int) -> List[List[dict]]:
-    """The first ``num_inputs`` batches of Detectron2's test loader of DATASETS.TEST[0] (a LazyConfig's
-    dataloader.test, with its mapper and batch size)."""
+    """The first ``num_inputs`` images of Detectron2's test loader of DATASETS.TEST[0] (a LazyConfig's
+    dataloader.test, with its mapper), one per input: counts are per image whatever the loader's batch."""
     if isinstance(cfg, DictConfig):
         prepare_dataset(test_dataset(cfg))
-        loader = instantiate(cfg.dataloader.test)
+        problems = test_resize_problems(cfg, test_augmentations(cfg))
+        if problems:
+            raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems))
     else:
         prepare_dataset(cfg.DATASETS.TEST[0])
-        loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
-    inputs = []
-    for batch in loader:
-        inputs.append(batch)
-        if len(inputs) == num_inputs:
-            break
-    return inputs
+    inputs: List[List[dict]] = []
+    try:
+        loader = instantiate(cfg.dataloader.test) if isinstance(cfg, DictConfig) else build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
+        for batch in loader:
+            inputs.extend([image] for image in batch)
+            if len(inputs) >= num_inputs:
+                break
+    except UserError:
+        raise
+    except Exception as exc:  # the mapper reading an image in a way the config asks for and cannot work (a format)
+        source = test_inputs_source(cfg)
+        raise ConfigError(f"{source} cannot give the images: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}") from None
+    if len(inputs) < num_inputs:
+        logger.warning("%d inputs asked for (-n), and %s has %d image(s): all of them are counted", num_inputs,
+                       test_inputs_source(cfg), len(inputs))
+    return inputs[:num_inputs]
 
 
 def backbone_images(model, batch: Sequence[dict]) -> torch.Tensor:
@@ -230,20 +247,21 @@ def analyze(cfg, tasks: Sequence[str], num_inputs: int, input_size: Optional[Tup
 
 
 def _run_tasks(cfg, model, tasks, num_inputs, input_size, report, check_worst_case) -> Dict[str, float]:
-    summary: Dict[str, float] = {}
+    summary: Dict[str, float] = {}  # and num_inputs: the inputs counted, where the tasks need any
     needs_inputs = {"flop", "activation"} & set(tasks)
     inputs = []
     if needs_inputs:
         inputs = synthetic_inputs(num_inputs, *input_size) if input_size else dataset_inputs(cfg, num_inputs)
+        summary["num_inputs"] = len(inputs)
         if check_worst_case:
             found = detections_per_input(model, inputs[:1])
-            limit, limit_key = detections_limit(cfg, model)
+            expected, reason = detections_limit(cfg, model)
             weights_key = LAZY_KEYS.weights if isinstance(cfg, DictConfig) else "MODEL.WEIGHTS"
-            if any(n != limit for n in found):
+            if any(n != expected for n in found):
                 raise UserError(
-                    f"--worst-case: the model gives {found} detection(s) instead of {limit_key}={limit}, so the count "
-                    "would leave out the heads' work; with random weights this happens when the features grow too "
-                    f"large (give trained weights: {weights_key})")
+                    f"--worst-case: the model gives {found} detection(s) instead of {reason}, so the count would leave "
+                    "out part of the heads' work. With random weights this happens when the features grow too large "
+                    f"(give trained weights: {weights_key}); or the heads cannot reach that many on these inputs")
     for task in tasks:
         if task == "flop":
             flops = count_flops(model, inputs)

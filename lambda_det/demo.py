@@ -14,7 +14,6 @@ import glob
 import json
 import logging
 import math
-import numbers
 import os
 import sys
 import tempfile
@@ -26,7 +25,6 @@ import cv2
 import detectron2.data.transforms as T
 import numpy as np
 import torch
-from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import _apply_exif_orientation, convert_PIL_to_numpy
 from detectron2.engine import DefaultPredictor
@@ -36,7 +34,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .checkpoint import Checkpointer
-from .engine.lazy import LAZY_KEYS, box_predictor_keys, dataset_names, lambda_resnet_keys_named_as_lazy
+from .engine.lazy import (LAZY_KEYS, TEST_MAPPER, box_predictor_keys, build_lazy_model, dataset_names, test_augmentations,
+                          test_resize_problems)
 from .engine.preflight import ConfigProblems, explained_build_errors
 from .errors import ConfigError, OutputError, WeightsError
 from .utils.file_safety import (
@@ -345,34 +344,24 @@ class Demo:
         device = OmegaConf.select(cfg, "train.device", default="cpu")
         if OmegaConf.select(cfg, "train.device", default=None) is not None:
             problems.device("train.device")
-        mapper = "dataloader.test.mapper"
-        format_key = f"{mapper}.image_format" if OmegaConf.select(cfg, f"{mapper}.image_format", default=None) else "model.input_format"
+        format_key = (f"{TEST_MAPPER}.image_format" if OmegaConf.select(cfg, f"{TEST_MAPPER}.image_format", default=None)
+                      else "model.input_format")
         if OmegaConf.select(cfg, format_key, default="BGR") not in ("BGR", "RGB"):
             problems.add(format_key, "the demo's predictor takes 'BGR' or 'RGB' models")
-        try:
-            augmentations = list(instantiate(OmegaConf.select(cfg, f"{mapper}.augmentations", default=None)) or [])
-        except Exception as exc:  # Detectron2's instantiate names the failing node and callable in its message
-            raise ConfigError(f"{mapper}.augmentations cannot be built: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}") from None
-        self.resizes = []
-        for i, aug in enumerate(augmentations):
-            if isinstance(aug, T.ResizeShortestEdge):
-                sizes = (*aug.short_edge_length, aug.max_size)
-                if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0 for n in sizes):
-                    given = OmegaConf.select(cfg, f"{mapper}.augmentations.{i}.short_edge_length", default=aug.short_edge_length)
-                    problems.lines.append(f"{mapper}.augmentations.{i}: short_edge_length={given}, max_size={aug.max_size}: "
-                                          "must be integers >= 0 (0: no resize)")
-                self.resizes.append((aug, f"{mapper}.augmentations.{i}: short_edge_length={{short}}, max_size={{longest}}"))
+        augmentations = test_augmentations(cfg)
+        problems.lines += test_resize_problems(cfg, augmentations)
+        self.resizes = [(aug, f"{TEST_MAPPER}.augmentations.{i}: short_edge_length={{short}}, max_size={{longest}}")
+                        for i, aug in enumerate(augmentations) if isinstance(aug, T.ResizeShortestEdge)]
         if problems.lines:
             raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems.lines))
-        with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
-            model = instantiate(cfg.model).to(device)
+        model = build_lazy_model(cfg).to(device)
         Checkpointer(model, strict=True, cfg=cfg).load(weights)
         self.predictor = LazyPredictor(model, augmentations, OmegaConf.select(cfg, format_key, default="BGR"))
         self.metadata, label_note = class_names(cfg)
         self.notes = [label_note] if label_note else []
         self.threshold = OmegaConf.select(cfg, score_threshold_keys(cfg)[0], default=0.0)  # its callable's default
         if not self.resizes:
-            self.notes.append(f"{mapper}.augmentations has no test resize (ResizeShortestEdge): images go to the model "
+            self.notes.append(f"{TEST_MAPPER}.augmentations has no test resize (ResizeShortestEdge): images go to the model "
                               "at their own size")
 
     def check_size(self, bgr: np.ndarray) -> None:

@@ -40,10 +40,19 @@ def is_lazy_config(config_file: str) -> bool:
     return isinstance(content, dict) and "model" in content
 
 
-def load_lazy_config(config_file: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """``LazyConfig.load`` of a .py (or saved .yaml) LazyConfig, then ``key=value`` overrides.
+# how ``config_text`` writes a function it cannot name for import: a lambda, or one defined in the config file
+_WRITTEN_FUNCTION = re.compile(r"^<[^<>]+ at [^<>]+:\d+>$")
+# what inference reads of ``train`` (Detectron2's common/train.py defaults), for a config of only a model
+INFERENCE_TRAIN_KEYS = {"device": "cuda", "init_checkpoint": ""}
 
-    Raises ConfigError naming the file (missing, not a LazyConfig, failing while it runs) or the override.
+
+def load_lazy_config(config_file: str, overrides: Sequence[str] = (), *, for_inference: bool = False) -> DictConfig:
+    """``LazyConfig.load`` of a .py (or saved .yaml) LazyConfig, then ``key=value`` overrides.
+    ``for_inference``: a config of only a model (Detectron2's common/models/*.py) gets the ``train``
+    keys that building and loading it read (INFERENCE_TRAIN_KEYS), so that they can be overridden.
+
+    Raises ConfigError naming the file (missing, not a LazyConfig, failing while it runs), the override,
+    or the functions of the model that a saved config.yaml cannot hold.
     """
     path = Path(normalized(config_file))
     if not path.is_file():
@@ -62,8 +71,32 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = ()) -> DictCon
                 if any(str(k).isupper() for k in cfg) else "")
         raise ConfigError(f"config file {config_file} defines no `model`, which a LazyConfig of a detector needs "
                           f"(it defines {sorted(map(str, cfg))}).{hint}")
+    if for_inference and "train" not in cfg:
+        cfg.train = dict(INFERENCE_TRAIN_KEYS)
     apply_overrides(cfg, overrides)
+    if not isinstance(cfg.model, DictConfig):
+        raise ConfigError(f"model={cfg.model!r} in {config_file} (with the overrides): a LazyConfig's model is a node, "
+                          "L(SomeModel)(...)")
+    written = [f"{key} = {value}" for key, value in _leaves(OmegaConf.to_container(cfg.model, resolve=False), "model")
+               if isinstance(value, str) and _WRITTEN_FUNCTION.match(value)]
+    if written:
+        raise ConfigError(
+            f"config file {config_file} holds {', '.join(written)}: a function written in a config file (Detectron2's LSJ "
+            "heads' norm is a lambda), which YAML cannot hold, so the saved text only names where it was written. Give "
+            "the .py config the run was made from, with the run's overrides (or override these keys)")
     return cfg
+
+
+def _leaves(value, key: str):
+    """(dotted key, value) of every leaf of plain nested dicts and lists."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{key}.{i}")
+    else:
+        yield key, value
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:

@@ -31,7 +31,7 @@ from test_reliability import hashes
 from lambda_det import model_zoo  # importing lambda_det registers the backbones and the toy datasets
 from lambda_det.analysis import detections_limit, worst_case
 from lambda_det.data import build_train_mapper
-from lambda_det.engine.lazy import lambda_resnet_keys_named_as_lazy
+from lambda_det.engine.lazy import build_lazy_model, lambda_resnet_keys_named_as_lazy
 from lambda_det.errors import ConfigError
 from lambda_det.config import load_config
 from lambda_det.demo import Demo, class_names
@@ -526,8 +526,8 @@ def test_analyze_model_counts_a_lazyconfig_model_as_its_yacs_twin(tmp_path, caps
     lazy_model = instantiate(load_lazy_config(str(TOY_LSJ), LAZY_TINY).model)
     assert str(lazy_model) == str(build_model(load_config(str(TOY_CONFIG), YACS_TWIN_OF_LAZY_TINY)))
     counts = {}
-    for kind, config, overrides in (
-        ("lazy", TOY_LSJ, [*LAZY_TINY, "model.roi_heads.box_predictor.test_score_thresh=0.99"]),
+    for kind, config, overrides in (  # the lazy loader in batches of 2: counts are per image still
+        ("lazy", TOY_LSJ, [*LAZY_TINY, "model.roi_heads.box_predictor.test_score_thresh=0.99", "dataloader.test.batch_size=2"]),
         ("yacs", TOY_CONFIG, [*YACS_TWIN_OF_LAZY_TINY, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.99"]),
     ):
         out = tmp_path / f"{kind}.json"
@@ -538,17 +538,52 @@ def test_analyze_model_counts_a_lazyconfig_model_as_its_yacs_twin(tmp_path, caps
     assert counts["lazy"]["model_params_m"] == pytest.approx(sum(p.numel() for p in lazy_model.parameters()) / 1e6)
     assert "position_term" in capsys.readouterr().out
 
-    # no images to count on, a wrong key: named by the LazyConfig's keys
-    assert run_tool("analyze_model.py", "--config-file", TOY_LSJ, "--tasks", "flop", *LAZY_TINY,
-                    "dataloader.test.dataset.names=[]") == 2
-    assert "--tasks flop/activation need inputs: dataloader.test, or --input-size H W" in capsys.readouterr().err
-    assert run_tool("analyze_model.py", "--config-file", TOY_LSJ, "--tasks", "parameter", "train.max_iters=5") == 2
-    assert "did you mean train.max_iter?" in capsys.readouterr().err
+    # what cannot work is named by the LazyConfig's keys, in one line, before anything is counted
+    refused = {
+        "dataloader.test.dataset.names=[]": "--tasks flop/activation need inputs: dataloader.test, or --input-size H W",
+        "train.max_iters=5": "did you mean train.max_iter?",
+        "dataloader.test.mapper.augmentations.0.short_edge_length=-5":
+            "dataloader.test.mapper.augmentations.0: short_edge_length=-5, max_size=128: must be integers >= 0",
+        "dataloader.test.mapper.image_format=XYZ": "dataloader.test cannot give the images: ValueError: image has wrong mode",
+        "model.backbone.bottom_up._target_=no_such_module.build": "cannot be built: ImportError: Error loading 'no_such_module.build'",
+        "--worst_case": "is no flag of this tool; did you mean --worst-case?",
+        "-n": "-n comes after the config overrides",
+    }
+    for override, message in refused.items():
+        assert run_tool("analyze_model.py", "--config-file", TOY_LSJ, "--tasks", "flop", *LAZY_TINY, override) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def test_a_saved_config_yaml_names_the_functions_it_cannot_hold_and_models_that_cannot_build_are_named(tmp_path):
+    """Detectron2's LSJ heads' norm is a lambda, which config.yaml can only name by where it was written:
+    loading the run's config.yaml failed inside the model's build with a KeyError of that text. A config
+    of only a model takes train.* overrides for inference; a model that is no module is named."""
+    saved = tmp_path / "config.yaml"
+    saved.write_text(config_text(load_lazy_config(str(NEW_BASELINES / "mask_rcnn_LambdaR_101_FPN_100ep_LSJ.py"))))
+    with pytest.raises(ConfigError, match=r"holds model.roi_heads.box_head.conv_norm = <lambda at mask_rcnn_R_50_FPN_100ep_LSJ.py:\d+>, "
+                                          r"model.roi_heads.mask_head.conv_norm = .*Give the .py config the run was made from"):
+        load_lazy_config(str(saved))
+    norms = ["model.roi_heads.box_head.conv_norm=SyncBN", "model.roi_heads.mask_head.conv_norm=SyncBN"]
+    assert load_lazy_config(str(saved), norms).model.roi_heads.box_head.conv_norm == "SyncBN"
+    only_a_model = tmp_path / "model.py"
+    only_a_model.write_text("model = dict(a=1)\n")
+    cfg = load_lazy_config(str(only_a_model), ["train.device=cpu"], for_inference=True)  # no train node of its own
+    assert (cfg.train.device, cfg.train.init_checkpoint) == ("cpu", "")
+    with pytest.raises(ConfigError, match="train.device is not a config key"):
+        load_lazy_config(str(only_a_model), ["train.device=cpu"])
+    with pytest.raises(ConfigError, match="model builds .*, not a torch module"):
+        build_lazy_model(cfg)
+    with pytest.raises(ConfigError, match=r"model=1 in .*: a LazyConfig's model is a node"):
+        load_lazy_config(str(TOY_LSJ), ["model=1"])
+    # the backbone's own error handler read the config resolved, and failed on what the build failed on
+    with pytest.raises(ConfigError, match="cannot be built: InterpolationResolutionError: .*backbone.out_channels"):
+        build_lazy_model(load_lazy_config(str(TOY_LSJ), ["model.backbone=null"]))
 
 
 @pytest.mark.parametrize("config, limit_key", [
-    ("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py", "model.roi_heads.box_predictor.test_topk_per_image"),
-    ("COCO-Detection/retinanet_R_50_FPN_1x.py", "model.max_detections_per_image"),
+    ("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py", "model.roi_heads.box_predictor.test_topk_per_image=100"),
+    ("COCO-Detection/retinanet_R_50_FPN_1x.py", "model.max_detections_per_image=100"),
 ])
 def test_worst_case_reaches_the_thresholds_of_a_lazyconfig_model(config, limit_key):
     """No NMS and no score threshold in the model that is built: RPN and box predictor (each stage of a
@@ -570,7 +605,13 @@ def test_worst_case_reaches_every_stage_of_a_cascade_and_names_a_model_without_t
     worst_case(cfg)
     model = instantiate(cfg.model)
     assert [(p.test_nms_thresh, p.test_score_thresh) for p in model.roi_heads.box_predictor] == [(1.0, 0.0)] * 3
-    assert detections_limit(cfg, model) == (100, "model.roi_heads.box_predictors.2.test_topk_per_image")
+    assert detections_limit(cfg, model) == (100, "model.roi_heads.box_predictors.2.test_topk_per_image=100")
+    # fewer proposals x classes than the limit, or no limit (-1): every class of every proposal
+    cfg.model.proposal_generator.post_nms_topk = [1, 1]
+    assert detections_limit(cfg, instantiate(cfg.model)) == (80, "1 proposals (model.proposal_generator.post_nms_topk) x 80 "
+                                                             "classes, fewer than model.roi_heads.box_predictors.2.test_topk_per_image=100")
+    cfg.model.roi_heads.box_predictors[2].test_topk_per_image = -1
+    assert detections_limit(cfg, instantiate(cfg.model))[0] == 80
     other = OmegaConf.create({"model": {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2}})
     with pytest.raises(ConfigError, match=r"no model.roi_heads.box_predictor .*where --worst-case sets the test-time thresholds"):
         worst_case(other)

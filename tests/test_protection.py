@@ -27,6 +27,7 @@ from lambda_det.checkpoint import Checkpointer, WeightsError, check_resume, conf
 from lambda_det.engine import parse_args_with_overrides, validate_config
 from lambda_det.errors import ConfigError, DatasetError, OutputError, UserError
 from lambda_det.modeling import build_lambda_resnet, lambda_resnet_config, lambda_resnet_config_problems
+from lambda_det.utils.file_safety import write_text
 
 
 def _hashes(folder: Path) -> dict:
@@ -966,6 +967,30 @@ def test_a_pipe_given_as_a_config_file_is_named_as_such(tmp_path):
         load_lazy_config(str(pipe))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_only_a_regular_file_is_ever_replaced_by_a_write(tmp_path, tiny_weights, capsys):
+    """--json X --overwrite replaced a pipe, a device or a link to one with a regular file (as root, /dev/null
+    itself); nor may the weights the analysis loads be written over, nor a new folder be taken for a file
+    name when a trailing '/' names it."""
+    pipe, folder, link = tmp_path / "pipe", tmp_path / "folder", tmp_path / "stdout"
+    os.mkfifo(pipe)
+    folder.mkdir()
+    link.symlink_to(pipe)
+    for target in (pipe, folder, link):  # not /dev/null: a broken check would replace it, as root
+        with pytest.raises(OutputError, match=f"could not write {re.escape(str(target))}: it is (a directory|not a regular file)"):
+            write_text(target, "{}")
+    assert pipe.is_fifo() and link.is_symlink() and not list(folder.iterdir())
+    analyze = ["analyze_model.py", "--config-file", TOY_CONFIG, "--tasks", "parameter", "--overwrite", "--json"]
+    assert run_tool(*analyze, link, *TINY) == 2
+    assert "is not a regular file (a pipe, socket or device); name a file" in capsys.readouterr().err
+    before = tiny_weights.read_bytes()
+    assert run_tool(*analyze, tiny_weights, *TINY, "MODEL.WEIGHTS", tiny_weights) == 2
+    assert f"--json {tiny_weights} is the weights file; name a new file" in capsys.readouterr().err
+    assert tiny_weights.read_bytes() == before
+    assert run_tool(*analyze, f"{tmp_path}/new/", *TINY) == 2
+    assert "ends in '/', which names a folder: name a file" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_an_annotation_file_that_is_a_pipe_or_a_folder_is_named_before_anything_reads_it(tmp_path):

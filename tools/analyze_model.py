@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""FLOPs, parameters, activations and structure of a (LambdaResNet) Detectron2 model, in the
+r"""FLOPs, parameters, activations and structure of a (LambdaResNet) Detectron2 model, in the
 conventions of Detectron2's tools/analyze_model.py; lambda layers are counted by their definition.
 
     python tools/analyze_model.py --config-file CONFIG --tasks flop parameter [-n 10] [KEY VALUE ...]
@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 import lambda_det
 from lambda_det.analysis import TASKS, analyze, test_inputs_source, worst_case
@@ -28,18 +28,17 @@ from lambda_det.engine.lazy import LAZY_KEYS, cpu_if_no_cuda_lazy, dataset_names
 from lambda_det.engine.preflight import ConfigProblems
 from lambda_det.errors import ConfigError, UserError
 from lambda_det.lazy_config import is_lazy_config, load_lazy_config
-from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite, same_file, write_text
+from lambda_det.utils.file_safety import (ensure_writable_dir, existing, file_path_argument, normalized, not_a_file, refuse_overwrite,
+                                         same_file, write_text)
 
 
 def load_analysis_config(args):
     """The yacs config or LazyConfig of --config-file with the overrides, for inference on its device
     (the CPU where CUDA is absent), with --worst-case's settings; whether it names test images."""
     if is_lazy_config(args.config_file):
-        cfg = load_lazy_config(args.config_file, args.opts)
+        cfg = load_lazy_config(args.config_file, args.opts, for_inference=True)
         if OmegaConf.select(cfg, "dataloader.test.num_workers", default=None) is not None:
             cfg.dataloader.test.num_workers = 0
-        if OmegaConf.select(cfg, "train.device", default=None) is None:
-            OmegaConf.update(cfg, "train.device", "cpu", merge=False)  # a config of only a model
         cpu_if_no_cuda_lazy(cfg)
         problems = ConfigProblems(cfg)
         problems.device("train.device")
@@ -69,7 +68,7 @@ def main() -> int:
                         help="synthetic images of this size instead of DATASETS.TEST[0]")
     parser.add_argument("--worst-case", action="store_true",
                         help="count every image at the test-time maximum of proposals and detections")
-    parser.add_argument("--json", type=path_argument, help="also write the totals to this JSON file")
+    parser.add_argument("--json", type=file_path_argument, help="also write the totals to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides: KEY VALUE ... (yacs), key=value ... (LazyConfig)")
@@ -87,10 +86,12 @@ def main() -> int:
         args.num_inputs = 1 if args.input_size else 100  # synthetic inputs of one size count (nearly) the same
     cfg, names_test_images = load_analysis_config(args)
     if args.json:
-        if args.json.is_dir():
-            raise UserError(f"--json {args.json} is a directory; name a file")
-        if same_file(args.json, args.config_file):
-            raise UserError(f"--json {args.json} is the config file; name a new file")
+        if args.json.exists() and not args.json.is_file():
+            raise UserError(f"--json {args.json} {not_a_file(args.json)}; name a file")
+        weights = OmegaConf.select(cfg, LAZY_KEYS.weights, default=None) if isinstance(cfg, DictConfig) else cfg.MODEL.WEIGHTS
+        for source, what in ((args.config_file, "the config file"), (weights, "the weights file")):
+            if source and same_file(args.json, normalized(source)):
+                raise UserError(f"--json {args.json} is {what}; name a new file")
         if not args.overwrite:
             refuse_overwrite(existing([args.json]), "--json", "of an earlier analysis")
         ensure_writable_dir(args.json.parent, "--json's folder")

@@ -17,7 +17,7 @@ from lambda_det.checkpoint import read_timm_weights, save_detectron2_weights
 from lambda_det.engine import run_main
 from lambda_det.errors import ConversionError, UserError
 from lambda_det.modeling.timm_lambda import TIMM_MODELS, convert_state_dict
-from lambda_det.utils.file_safety import ensure_writable_dir, path_argument, refuse_file, refuse_overwrite, same_file
+from lambda_det.utils.file_safety import ensure_writable_dir, file_path_argument, not_a_file, path_argument, refuse_file, refuse_overwrite, same_file
 
 
 def main() -> int:
@@ -26,11 +26,11 @@ def main() -> int:
     source.add_argument("input", nargs="?", type=path_argument, help="timm checkpoint file")
     source.add_argument("--pretrained", choices=sorted(TIMM_MODELS), help="download this model's weights through timm")
     parser.add_argument("--model", choices=sorted(TIMM_MODELS), help="the architecture (default: recognized from the file)")
-    parser.add_argument("--output", required=True, type=path_argument, help="the Detectron2 checkpoint to write (.pth)")
+    parser.add_argument("--output", required=True, type=file_path_argument, help="the Detectron2 checkpoint to write (.pth)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     args = parser.parse_args()
-    if args.output.exists() and args.output.is_dir():
-        raise UserError(f"--output {args.output} is a directory; name the .pth file to write")
+    if args.output.exists() and not args.output.is_file():
+        raise UserError(f"--output {args.output} {not_a_file(args.output)}; name the .pth file to write")
     if args.input is not None and same_file(args.input, args.output):
         raise UserError(f"--output {args.output} is the input checkpoint; name a new file")
     if args.output.suffix in (".pkl", ".pyth"):

@@ -47,7 +47,7 @@ def looks_like_override(word: str) -> bool:
 def load_demo_config(args):
     """The yacs config or LazyConfig of --config-file with --opts, the score threshold and device set."""
     if is_lazy_config(args.config_file):
-        cfg = load_lazy_config(args.config_file, args.opts)
+        cfg = load_lazy_config(args.config_file, args.opts, for_inference=True)
         set_score_threshold(cfg, args.confidence_threshold)
         cpu_if_no_cuda_lazy(cfg)
         return cfg

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import errno
 import fcntl
 import logging
@@ -97,8 +98,14 @@ def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Se
     would be handed over as a config key (or a required flag reported missing), so it is named instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     first = _first_override(parser, argv, override)
-    late = [a for a in argv[first:] if a.startswith("--")] if first is not None else []
+    flags = [option for action in parser._actions for option in action.option_strings]
+    late = [a for a in argv[first:] if a.startswith("--") or a in flags] if first is not None else []
     if late:
+        name = late[0].split("=", 1)[0]
+        if name not in flags:
+            close = difflib.get_close_matches(name, flags, n=1)
+            parser.error(f"{late[0]}, after the config overrides (from {argv[first]} on), is no flag of this tool"
+                         + (f"; did you mean {close[0]}?" if close else ""))
         parser.error(f"{late[0]} comes after the config overrides (from {argv[first]} on), where it would be read "
                      "as a config key; put flags before the trailing config overrides")
     return parser.parse_args(argv)

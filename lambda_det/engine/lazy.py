@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import numbers
 import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
+import detectron2.data.transforms as T
 import torch
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_argument_parser, default_writers, hooks
@@ -148,6 +150,31 @@ def box_predictor_keys(cfg, needed_for: str) -> List[str]:
                       f"model.test_score_thresh), where {needed_for}")
 
 
+TEST_MAPPER = "dataloader.test.mapper"
+
+
+def test_augmentations(cfg) -> List[T.Augmentation]:
+    """dataloader.test's mapper's augmentations (the test resize), built; ConfigError when they cannot be."""
+    try:
+        return list(instantiate(OmegaConf.select(cfg, f"{TEST_MAPPER}.augmentations", default=None)) or [])
+    except Exception as exc:  # Detectron2's instantiate names the failing node and callable in its message
+        raise ConfigError(f"{TEST_MAPPER}.augmentations cannot be built: {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:400]}") from None
+
+
+def test_resize_problems(cfg, augmentations: List[T.Augmentation]) -> List[str]:
+    """The test resizes (ResizeShortestEdge) whose sizes cannot work, one line each, by their keys."""
+    lines = []
+    for i, aug in enumerate(augmentations):
+        if isinstance(aug, T.ResizeShortestEdge):
+            sizes = (*aug.short_edge_length, aug.max_size)
+            if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0 for n in sizes):
+                given = OmegaConf.select(cfg, f"{TEST_MAPPER}.augmentations.{i}.short_edge_length", default=aug.short_edge_length)
+                lines.append(f"{TEST_MAPPER}.augmentations.{i}: short_edge_length={given}, max_size={aug.max_size}: "
+                             "must be integers >= 0 (0: no resize)")
+    return lines
+
+
 def lazy_config_problems(cfg, *, training: bool, world_size: int = 1) -> List[str]:
     """The values of the keys a run reads (train.*, the batch, the learning rate) that would fail late
     or deep inside torch / Detectron2, one line each, as ``validate_config`` finds them in a yacs config;
@@ -178,18 +205,19 @@ def lambda_resnet_node(cfg) -> Optional[str]:
     by_name = f"{build_lambda_resnet.__module__}.{build_lambda_resnet.__qualname__}"  # a saved config.yaml's _target_
 
     def walk(node, key: str) -> Optional[str]:
-        if isinstance(node, DictConfig):
+        if isinstance(node, dict):
             if node.get("_target_") in (build_lambda_resnet, by_name):
                 return key
-            for child in node:
-                if OmegaConf.is_missing(node, child):  # a '???' left for the command line
-                    continue
-                found = walk(node[child], f"{key}.{child}")
+            for child, value in node.items():
+                found = walk(value, f"{key}.{child}")
                 if found:
                     return found
         return None
 
-    return walk(OmegaConf.select(cfg, "model", default=None), "model")
+    model = OmegaConf.select(cfg, "model", default=None)
+    # unresolved: an interpolation that cannot resolve (${..backbone.out_channels} once backbone is null) is the
+    # build's error to name, and '???' left for the command line is no node
+    return walk(OmegaConf.to_container(model, resolve=False), "model") if isinstance(model, DictConfig) else None
 
 
 @contextmanager
@@ -215,6 +243,16 @@ def lambda_resnet_keys_named_as_lazy(cfg):
         raise type(exc)(text) from None
 
 
+def build_lazy_model(cfg) -> torch.nn.Module:
+    """``instantiate(cfg.model)`` on the CPU, its failures named by the LazyConfig's keys (ConfigError)."""
+    with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
+        model = instantiate(cfg.model)  # instantiate moves nothing
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model builds {type(model).__name__}, not a torch module: a LazyConfig's model is an "
+                          "L(SomeModel)(...) node whose _target_ is a model class or a function returning a model")
+    return model
+
+
 def lazy_preflight(cfg, args) -> None:
     """Everything about a lazyconfig_train_net run that can be known to fail, checked before any
     process starts or file is written (the checks of train_net's ``preflight`` that apply)."""
@@ -238,8 +276,7 @@ def lazy_preflight(cfg, args) -> None:
     if not args.eval_only:
         check_trainable(datasets[:-1], masks=masks)
     check_coco_files(test, masks=masks)
-    with lambda_resnet_keys_named_as_lazy(cfg), explained_build_errors(cfg):
-        model = instantiate(cfg.model)  # on the CPU: instantiate moves nothing
+    model = build_lazy_model(cfg)
     checkpoints = None if args.eval_only else train.max_iter // train.checkpointer.period + 1
     check_model_and_output(LAZY_KEYS, model, output_dir, strict_weights, checkpoints=checkpoints, fit_cfg=cfg)
 
@@ -369,6 +406,6 @@ def lazy_train(cfg, args):
 
 
 __all__ = [
-    "LAZY_KEYS", "box_predictor_keys", "describe_lazy_model", "lazy_argument_parser", "lazy_evaluate", "lazy_preflight", "lazy_test",
-    "lazy_train", "load_lazy_run_config", "setup_lazy_run", "test_dataset", "test_size",
+    "LAZY_KEYS", "TEST_MAPPER", "box_predictor_keys", "build_lazy_model", "describe_lazy_model", "lazy_argument_parser", "lazy_evaluate", "lazy_preflight", "lazy_test",
+    "lazy_train", "load_lazy_run_config", "setup_lazy_run", "test_augmentations", "test_dataset", "test_resize_problems", "test_size",
 ]

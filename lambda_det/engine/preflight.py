@@ -302,7 +302,8 @@ def explained_build_errors(cfg):
         yield
     except UserError:
         raise
-    except (KeyError, ValueError, AssertionError, RuntimeError, TypeError, IndexError) as exc:
+    except (KeyError, ValueError, AssertionError, RuntimeError, TypeError, IndexError, ImportError) as exc:
+        # ImportError: a LazyConfig's _target_ that cannot be located
         raise ConfigError(explain_build_error(cfg, exc)) from None
 
 
@@ -321,8 +322,10 @@ def explain_build_error(cfg, exc: Exception) -> str:
         close = difflib.get_close_matches(miss["value"], names, n=1)
         where = f"{keys[0]}={miss['value']!r}" if keys else repr(miss["value"])
         return f"{where}: is not registered in Detectron2's {miss['registry']}" + (f"; did you mean {close[0]!r}?" if close else "")
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"the config's model cannot be built: {type(exc).__name__}: {first}"
+    lines = text.strip().splitlines()
+    # Detectron2's own messages say it on their first line; an ImportError's reason follows on the next
+    said = " ".join(lines[:2]) if isinstance(exc, ImportError) else lines[0] if lines else ""
+    return f"the config's model cannot be built: {type(exc).__name__}: {said}"
 
 
 def _registries() -> dict:

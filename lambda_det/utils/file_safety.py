@@ -53,6 +53,13 @@ def path_argument(text: str) -> Path:
     return Path(normalized(text))
 
 
+def file_path_argument(text: str) -> Path:
+    """argparse type for a file to write (--json FILE): a path ending in a separator names a folder."""
+    if text.rstrip().endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text!r} ends in {text.rstrip()[-1]!r}, which names a folder: name a file")
+    return path_argument(text)
+
+
 def refuse_file(path: Path, flag: str) -> None:
     """An output directory must be a directory or not exist yet (nor lie under a file, nor be a dangling link)."""
     path = Path(path)
@@ -233,8 +240,11 @@ def _put(tmp: Path, path: Path, replace: bool) -> None:
 
 def write_bytes(path: Path, data: bytes, replace: bool = True) -> Path:
     """Write through a temporary file and rename; errors name the path and the reason. With
-    ``replace=False`` a file that is at ``path`` by then stays, and the write is an error (``_put``)."""
+    ``replace=False`` a file that is at ``path`` by then stays, and the write is an error (``_put``).
+    Only a regular file is ever replaced: a folder, pipe or device there (also behind a link) is named."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise OutputError(f"could not write {path}: it {not_a_file(path)}; name a file (nothing was written)")
     tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
@@ -354,6 +364,7 @@ __all__ = [
     "check_written",
     "ensure_writable_dir",
     "existing",
+    "file_path_argument",
     "file_sha256",
     "imwrite",
     "no_hard_links",
