@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import Checkpointer
 from .data import prepare_dataset
-from .engine.lazy import LAZY_KEYS, box_predictor_keys, build_lazy_model, test_augmentations, test_dataset, test_resize_problems
+from .engine.lazy import LAZY_KEYS, box_predictor_keys, build_lazy_model, dataset_names, test_augmentations, test_resize_problems
 from .engine.preflight import build_model_on_cpu
 from .errors import ConfigError, UserError
 from .utils.file_safety import normalized
@@ -53,6 +53,8 @@ def worst_case(cfg) -> None:
     cfg.MODEL.RPN.NMS_THRESH = 1.0
     cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 1.0
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    cfg.MODEL.RETINANET.NMS_THRESH_TEST = 1.0  # read only by a RetinaNet
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
 
 
 def detections_limit(cfg, model) -> Tuple[int, str]:
@@ -62,7 +64,8 @@ def detections_limit(cfg, model) -> Tuple[int, str]:
     lazy = isinstance(cfg, DictConfig)
     heads, proposals = getattr(model, "roi_heads", None), getattr(model, "proposal_generator", None)
     if heads is None or proposals is None:  # RetinaNet, FCOS
-        return model.max_detections_per_image, f"model.max_detections_per_image={model.max_detections_per_image}"
+        key = "model.max_detections_per_image" if lazy else "TEST.DETECTIONS_PER_IMAGE"
+        return model.max_detections_per_image, f"{key}={model.max_detections_per_image}"
     predictor = heads.box_predictor[-1] if isinstance(heads.box_predictor, torch.nn.ModuleList) else heads.box_predictor
     limit = predictor.test_topk_per_image  # a cascade reports its last stage's
     limit_key = (f"{box_predictor_keys(cfg, 'the detections are limited')[-1]}.test_topk_per_image" if lazy
@@ -109,10 +112,9 @@ def dataset_inputs(cfg, num_inputs: int) -> List[List[dict]]:
     """The first ``num_inputs`` images of Detectron2's test loader of DATASETS.TEST[0] (a LazyConfig's
     dataloader.test, with its mapper), one per input: counts are per image whatever the loader's batch."""
     if isinstance(cfg, DictConfig):
-        prepare_dataset(test_dataset(cfg))
-        problems = test_resize_problems(cfg, test_augmentations(cfg))
-        if problems:
-            raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems))
+        for name in dataset_names(OmegaConf.select(cfg, LAZY_KEYS.test, default=None)):
+            prepare_dataset(name)
+        ConfigError.check(test_resize_problems(cfg, test_augmentations(cfg)))
     else:
         prepare_dataset(cfg.DATASETS.TEST[0])
     inputs: List[List[dict]] = []

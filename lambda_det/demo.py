@@ -352,8 +352,7 @@ class Demo:
         problems.lines += test_resize_problems(cfg, augmentations)
         self.resizes = [(aug, f"{TEST_MAPPER}.augmentations.{i}: short_edge_length={{short}}, max_size={{longest}}")
                         for i, aug in enumerate(augmentations) if isinstance(aug, T.ResizeShortestEdge)]
-        if problems.lines:
-            raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems.lines))
+        ConfigError.check(problems.lines)
         model = build_lazy_model(cfg).to(device)
         Checkpointer(model, strict=True, cfg=cfg).load(weights)
         self.predictor = LazyPredictor(model, augmentations, OmegaConf.select(cfg, format_key, default="BGR"))

@@ -13,6 +13,12 @@ class UserError(ValueError):
 class ConfigError(UserError):
     """A config value that cannot work."""
 
+    @classmethod
+    def check(cls, problems) -> None:
+        """Raise one ConfigError listing every problem found (one line each), if there is any."""
+        if problems:
+            raise cls("the config cannot work:\n  " + "\n  ".join(problems))
+
 
 class OutputError(UserError):
     """An output location that would lose or hide data, or a write that failed."""

@@ -41,15 +41,16 @@ def is_lazy_config(config_file: str) -> bool:
 
 
 # how ``config_text`` writes a function it cannot name for import: a lambda, or one defined in the config file
-_WRITTEN_FUNCTION = re.compile(r"^<[^<>]+ at [^<>]+:\d+>$")
+_WRITTEN_FUNCTION = re.compile(r"^<.+ at [^<>]+:\d+>$")  # the name may hold <locals> (a function defined in one)
 # what inference reads of ``train`` (Detectron2's common/train.py defaults), for a config of only a model
 INFERENCE_TRAIN_KEYS = {"device": "cuda", "init_checkpoint": ""}
 
 
 def load_lazy_config(config_file: str, overrides: Sequence[str] = (), *, for_inference: bool = False) -> DictConfig:
     """``LazyConfig.load`` of a .py (or saved .yaml) LazyConfig, then ``key=value`` overrides.
-    ``for_inference``: a config of only a model (Detectron2's common/models/*.py) gets the ``train``
-    keys that building and loading it read (INFERENCE_TRAIN_KEYS), so that they can be overridden.
+    ``for_inference``: the ``train`` keys that building and loading the model read (INFERENCE_TRAIN_KEYS)
+    are added where the config has none (a config of only a model: Detectron2's common/models/*.py), so
+    that they have Detectron2's defaults and can be overridden.
 
     Raises ConfigError naming the file (missing, not a LazyConfig, failing while it runs), the override,
     or the functions of the model that a saved config.yaml cannot hold.
@@ -71,13 +72,17 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = (), *, for_inf
                 if any(str(k).isupper() for k in cfg) else "")
         raise ConfigError(f"config file {config_file} defines no `model`, which a LazyConfig of a detector needs "
                           f"(it defines {sorted(map(str, cfg))}).{hint}")
-    if for_inference and "train" not in cfg:
-        cfg.train = dict(INFERENCE_TRAIN_KEYS)
+    if for_inference:
+        if "train" not in cfg:
+            cfg.train = {}
+        for key, value in INFERENCE_TRAIN_KEYS.items():
+            if isinstance(cfg.train, DictConfig) and key not in cfg.train:
+                cfg.train[key] = value
     apply_overrides(cfg, overrides)
     if not isinstance(cfg.model, DictConfig):
         raise ConfigError(f"model={cfg.model!r} in {config_file} (with the overrides): a LazyConfig's model is a node, "
                           "L(SomeModel)(...)")
-    written = [f"{key} = {value}" for key, value in _leaves(OmegaConf.to_container(cfg.model, resolve=False), "model")
+    written = [f"{key} = {value}" for key, value in leaves(OmegaConf.to_container(cfg.model, resolve=False), "model")
                if isinstance(value, str) and _WRITTEN_FUNCTION.match(value)]
     if written:
         raise ConfigError(
@@ -87,16 +92,17 @@ def load_lazy_config(config_file: str, overrides: Sequence[str] = (), *, for_inf
     return cfg
 
 
-def _leaves(value, key: str):
-    """(dotted key, value) of every leaf of plain nested dicts and lists."""
+def leaves(value, prefix: str = ""):
+    """(dotted key, value) of every leaf of nested dicts and lists (a list's entries by index)."""
     if isinstance(value, dict):
-        for k, v in value.items():
-            yield from _leaves(v, f"{key}.{k}")
+        items = value.items()
     elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from _leaves(v, f"{key}.{i}")
+        items = enumerate(value)
     else:
-        yield key, value
+        yield prefix, value
+        return
+    for key, child in items:
+        yield from leaves(child, f"{prefix}.{key}" if prefix else str(key))
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -232,4 +238,5 @@ def config_text(cfg: DictConfig) -> str:
     return yaml.safe_dump(_plain(container), sort_keys=False, width=120)
 
 
-__all__ = ["accepts_argument", "apply_overrides", "callable_target", "config_text", "is_lazy_config", "load_lazy_config", "unknown_key"]
+__all__ = ["accepts_argument", "apply_overrides", "callable_target", "config_text", "is_lazy_config", "leaves", "load_lazy_config",
+           "unknown_key"]

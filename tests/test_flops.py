@@ -113,7 +113,9 @@ def test_analyze_model_takes_overrides_right_after_tasks_and_names_a_late_flag(t
     from lambda_det import load_config
 
     tiny = build_model(load_config(str(TOY_CONFIG), TINY))
-    assert json.loads(out.read_text())["model_params_m"] == pytest.approx(sum(p.numel() for p in tiny.parameters()) / 1e6)
+    record = json.loads(out.read_text())
+    assert record["model_params_m"] == pytest.approx(sum(p.numel() for p in tiny.parameters()) / 1e6)
+    assert record["num_inputs"] is None  # no image was counted
     capsys.readouterr()
     # argparse's REMAINDER would hand a flag after the overrides over as a config key
     for before in (["--tasks", "parameter"], ["--tasks", "parameter", "-n", "1"]):

@@ -545,8 +545,10 @@ def test_analyze_model_counts_a_lazyconfig_model_as_its_yacs_twin(tmp_path, caps
         "dataloader.test.mapper.augmentations.0.short_edge_length=-5":
             "dataloader.test.mapper.augmentations.0: short_edge_length=-5, max_size=128: must be integers >= 0",
         "dataloader.test.mapper.image_format=XYZ": "dataloader.test cannot give the images: ValueError: image has wrong mode",
-        "model.backbone.bottom_up._target_=no_such_module.build": "cannot be built: ImportError: Error loading 'no_such_module.build'",
+        "model.backbone.bottom_up._target_=no_such_module.build":
+            "model.backbone.bottom_up._target_='no_such_module.build': cannot be imported: ModuleNotFoundError",
         "--worst_case": "is no flag of this tool; did you mean --worst-case?",
+        "--worst": "--worst comes after the config overrides",  # argparse takes a flag's unique abbreviation
         "-n": "-n comes after the config overrides",
     }
     for override, message in refused.items():
@@ -572,6 +574,16 @@ def test_a_saved_config_yaml_names_the_functions_it_cannot_hold_and_models_that_
     assert (cfg.train.device, cfg.train.init_checkpoint) == ("cpu", "")
     with pytest.raises(ConfigError, match="train.device is not a config key"):
         load_lazy_config(str(only_a_model), ["train.device=cpu"])
+    (tmp_path / "no_device.py").write_text("model = dict(a=1)\ntrain = dict(init_checkpoint='w.pth')\n")
+    cfg_without_device = load_lazy_config(str(tmp_path / "no_device.py"), for_inference=True)
+    assert (cfg_without_device.train.device, cfg_without_device.train.init_checkpoint) == ("cuda", "w.pth")  # Detectron2's default
+    nested = tmp_path / "nested.py"  # a function defined inside another: its name holds <locals>
+    nested.write_text("from detectron2.config import LazyCall as L\nimport torch\n\n\ndef make():\n    def norm(c):\n"
+                      "        return c\n    return norm\n\n\nmodel = L(torch.nn.Linear)(in_features=2, out_features=2)\n"
+                      "model.norm = make()\n")
+    (tmp_path / "nested.yaml").write_text(config_text(load_lazy_config(str(nested))))
+    with pytest.raises(ConfigError, match=r"holds model.norm = <make.<locals>.norm at nested.py:6>: a function"):
+        load_lazy_config(str(tmp_path / "nested.yaml"))
     with pytest.raises(ConfigError, match="model builds .*, not a torch module"):
         build_lazy_model(cfg)
     with pytest.raises(ConfigError, match=r"model=1 in .*: a LazyConfig's model is a node"):
@@ -598,6 +610,15 @@ def test_worst_case_reaches_the_thresholds_of_a_lazyconfig_model(config, limit_k
     else:
         assert (model.test_nms_thresh, model.test_score_thresh) == (1.0, 0.0)
     assert detections_limit(cfg, model) == (100, limit_key)
+
+
+def test_worst_case_of_a_yacs_retinanet_is_named_by_yacs_keys():
+    cfg = detectron2_config("COCO-Detection/retinanet_R_50_FPN_1x.yaml")  # a yacs CfgNode
+    cfg.MODEL.DEVICE = "cpu"
+    worst_case(cfg)
+    model = build_model(cfg)
+    assert (model.test_nms_thresh, model.test_score_thresh) == (1.0, 0.0)
+    assert detections_limit(cfg, model) == (100, "TEST.DETECTIONS_PER_IMAGE=100")
 
 
 def test_worst_case_reaches_every_stage_of_a_cascade_and_names_a_model_without_thresholds():

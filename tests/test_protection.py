@@ -27,7 +27,7 @@ from lambda_det.checkpoint import Checkpointer, WeightsError, check_resume, conf
 from lambda_det.engine import parse_args_with_overrides, validate_config
 from lambda_det.errors import ConfigError, DatasetError, OutputError, UserError
 from lambda_det.modeling import build_lambda_resnet, lambda_resnet_config, lambda_resnet_config_problems
-from lambda_det.utils.file_safety import write_text
+from lambda_det.utils.file_safety import StagedFiles, write_text
 
 
 def _hashes(folder: Path) -> dict:
@@ -980,6 +980,11 @@ def test_only_a_regular_file_is_ever_replaced_by_a_write(tmp_path, tiny_weights,
     for target in (pipe, folder, link):  # not /dev/null: a broken check would replace it, as root
         with pytest.raises(OutputError, match=f"could not write {re.escape(str(target))}: it is (a directory|not a regular file)"):
             write_text(target, "{}")
+        with pytest.raises(OutputError, match="is (a directory|not a regular file)"):  # a set of files (reports, exports)
+            with StagedFiles() as staged:
+                write_text(staged.stage(tmp_path / "report.md"), "#")
+                write_text(staged.stage(target), "{}")
+    assert not (tmp_path / "report.md").exists()
     assert pipe.is_fifo() and link.is_symlink() and not list(folder.iterdir())
     analyze = ["analyze_model.py", "--config-file", TOY_CONFIG, "--tasks", "parameter", "--overwrite", "--json"]
     assert run_tool(*analyze, link, *TINY) == 2

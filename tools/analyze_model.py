@@ -42,8 +42,7 @@ def load_analysis_config(args):
         cpu_if_no_cuda_lazy(cfg)
         problems = ConfigProblems(cfg)
         problems.device("train.device")
-        if problems.lines:
-            raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems.lines))
+        ConfigError.check(problems.lines)
         if args.worst_case:
             worst_case(cfg)
         return cfg, bool(dataset_names(OmegaConf.select(cfg, LAZY_KEYS.test, default=None)))
@@ -65,7 +64,7 @@ def main() -> int:
                         help="inputs to average FLOPs / activations over (they are data-dependent); default 100 "
                         "as Detectron2, or 1 with --input-size (synthetic inputs of one size count nearly the same)")
     parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"),
-                        help="synthetic images of this size instead of DATASETS.TEST[0]")
+                        help="synthetic images of this size instead of DATASETS.TEST[0] (a LazyConfig's dataloader.test)")
     parser.add_argument("--worst-case", action="store_true",
                         help="count every image at the test-time maximum of proposals and detections")
     parser.add_argument("--json", type=file_path_argument, help="also write the totals to this JSON file")
@@ -101,7 +100,7 @@ def main() -> int:
                       check_worst_case=args.worst_case)
     if args.json:
         record = {"config_file": args.config_file, "opts": args.opts, "input_size": args.input_size,
-                  "worst_case": args.worst_case, "num_inputs": args.num_inputs, **summary}
+                  "worst_case": args.worst_case, "num_inputs": summary.pop("num_inputs", None), **summary}  # counted
         write_text(args.json, json.dumps(record, indent=2), replace=args.overwrite)  # nor one written meanwhile
     return 0
 

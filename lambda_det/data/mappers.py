@@ -29,9 +29,7 @@ def lsj_problems(cfg) -> List[str]:
 def build_lsj_augmentations(cfg) -> List[T.Augmentation]:
     """Large-scale jitter (Ghiasi et al. 2021): random scale in [MIN_SCALE, MAX_SCALE] of an
     IMAGE_SIZE square fit, IMAGE_SIZE x IMAGE_SIZE crop (padded), horizontal flip."""
-    problems = lsj_problems(cfg)
-    if problems:
-        raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems))
+    ConfigError.check(lsj_problems(cfg))
     size = cfg.INPUT.LSJ.IMAGE_SIZE
     lsj = cfg.INPUT.LSJ
     augs: List[T.Augmentation] = [

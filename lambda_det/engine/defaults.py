@@ -102,7 +102,8 @@ def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Se
     late = [a for a in argv[first:] if a.startswith("--") or a in flags] if first is not None else []
     if late:
         name = late[0].split("=", 1)[0]
-        if name not in flags:
+        abbreviates = [flag for flag in flags if flag.startswith("--") and flag.startswith(name)]  # argparse's allow_abbrev
+        if name not in flags and len(abbreviates) != 1:
             close = difflib.get_close_matches(name, flags, n=1)
             parser.error(f"{late[0]}, after the config overrides (from {argv[first]} on), is no flag of this tool"
                          + (f"; did you mean {close[0]}?" if close else ""))

@@ -257,9 +257,7 @@ def lazy_preflight(cfg, args) -> None:
     """Everything about a lazyconfig_train_net run that can be known to fail, checked before any
     process starts or file is written (the checks of train_net's ``preflight`` that apply)."""
     train, world_size = cfg.train, args.num_gpus * args.num_machines
-    problems = lazy_config_problems(cfg, training=not args.eval_only, world_size=world_size)
-    if problems:
-        raise ConfigError("the config cannot work:\n  " + "\n  ".join(problems))
+    ConfigError.check(lazy_config_problems(cfg, training=not args.eval_only, world_size=world_size))
     check_launch_args(args, train.device)
     test = test_dataset(cfg)
     datasets = ([] if args.eval_only else dataset_names(cfg.dataloader.train.dataset.names)) + [test]

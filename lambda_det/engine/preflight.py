@@ -26,11 +26,13 @@ from detectron2.data import samplers
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 from fvcore.common.registry import Registry
+from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import Checkpointer, check_resume, is_local, kept_final_name, saved_iteration, weights_problem
 from ..data import check_coco_files, check_datasets, check_trainable, lsj_problems
 from ..errors import ConfigError, OutputError, UserError, WeightsError
 from ..evaluation import INFERENCE_FOLDER, evaluation_folders
+from ..lazy_config import leaves
 from ..modeling import STAGE_NAMES, lambda_resnet_config_problems
 from ..utils.file_safety import ensure_writable_dir, refuse_file, refuse_overwrite
 
@@ -138,8 +140,7 @@ def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
         _check_solver(p, world_size)
     if not p.lines:  # the backbone's checks assume the basic types above are right
         p.lines += lambda_resnet_config_problems(cfg)
-    if p.lines:
-        raise ConfigError("the config cannot work:\n  " + "\n  ".join(p.lines))
+    ConfigError.check(p.lines)
 
 
 def _check_solver(p: ConfigProblems, world_size: int) -> None:
@@ -308,6 +309,8 @@ def explained_build_errors(cfg):
 
 
 REGISTRY_MISS = re.compile(r"No object named '(?P<value>[^']*)' found in '(?P<registry>[^']*)' registry")
+# detectron2.utils.registry.locate's, for a LazyConfig _target_ that cannot be imported
+UNLOCATED_TARGET = re.compile(r"Error loading '(?P<value>[^']*)'")
 
 
 def explain_build_error(cfg, exc: Exception) -> str:
@@ -318,14 +321,21 @@ def explain_build_error(cfg, exc: Exception) -> str:
     if miss:
         registry = _registries().get(miss["registry"])
         names = sorted(name for name, _ in registry) if registry is not None else []
-        keys = [key for key, value in _flatten(cfg) if value == miss["value"]]
         close = difflib.get_close_matches(miss["value"], names, n=1)
-        where = f"{keys[0]}={miss['value']!r}" if keys else repr(miss["value"])
-        return f"{where}: is not registered in Detectron2's {miss['registry']}" + (f"; did you mean {close[0]!r}?" if close else "")
+        return (f"{_where(cfg, miss['value'])}: is not registered in Detectron2's {miss['registry']}"
+                + (f"; did you mean {close[0]!r}?" if close else ""))
     lines = text.strip().splitlines()
-    # Detectron2's own messages say it on their first line; an ImportError's reason follows on the next
-    said = " ".join(lines[:2]) if isinstance(exc, ImportError) else lines[0] if lines else ""
-    return f"the config's model cannot be built: {type(exc).__name__}: {said}"
+    unlocated = UNLOCATED_TARGET.search(text) if isinstance(exc, ImportError) else None
+    if unlocated:  # the reason (no such module) follows on the next line
+        return f"{_where(cfg, unlocated['value'])}: cannot be imported: {' '.join(lines[1:2])}"
+    return f"the config's model cannot be built: {type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+def _where(cfg, value: str) -> str:
+    """``key='value'`` for the first config key holding ``value``, or the value alone."""
+    plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+    keys = [key for key, leaf in leaves(plain) if leaf == value]
+    return f"{keys[0]}={value!r}" if keys else repr(value)
 
 
 def _registries() -> dict:
@@ -336,15 +346,6 @@ def _registries() -> dict:
             if isinstance(value, Registry):
                 found.setdefault(value._name, value)
     return found
-
-
-def _flatten(node, prefix: str = ""):
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from _flatten(value, name + ".")
-        else:
-            yield name, value
 
 
 @dataclass(frozen=True)

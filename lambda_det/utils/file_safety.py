@@ -238,13 +238,19 @@ def _put(tmp: Path, path: Path, replace: bool) -> None:
     os.unlink(tmp)
 
 
+def _refuse_non_regular(path: Path) -> None:
+    """A write renames its finished file over ``path``: over a folder, pipe or device (or a link to one) that
+    would replace what is there (as root, /dev/null itself), never write into it."""
+    if path.exists() and not path.is_file():
+        raise OutputError(f"could not write {path}: it {not_a_file(path)}; name a file (nothing was written)")
+
+
 def write_bytes(path: Path, data: bytes, replace: bool = True) -> Path:
     """Write through a temporary file and rename; errors name the path and the reason. With
     ``replace=False`` a file that is at ``path`` by then stays, and the write is an error (``_put``).
     Only a regular file is ever replaced: a folder, pipe or device there (also behind a link) is named."""
     path = Path(path)
-    if path.exists() and not path.is_file():
-        raise OutputError(f"could not write {path}: it {not_a_file(path)}; name a file (nothing was written)")
+    _refuse_non_regular(path)
     tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
@@ -308,6 +314,7 @@ class StagedFiles:
         self.placed: List[Tuple[Path, Tuple[int, int]]] = []  # and its (device, inode): only that file is removed
 
     def stage(self, path: Path) -> Path:
+        _refuse_non_regular(Path(path))
         tmp = temporary_path(Path(path))
         self.pending[Path(path)] = tmp
         return tmp
