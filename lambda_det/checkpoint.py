@@ -154,10 +154,13 @@ class Checkpointer(DetectionCheckpointer):
             os.replace(partial, target)
         except BaseException as exc:
             partial.unlink(missing_ok=True)
-            if _interrupted(exc):  # Ctrl-C mid-save: torch's zip writer then fails in its cleanup, which
-                raise KeyboardInterrupt from None  # would hide the interrupt behind a RuntimeError
-            if isinstance(exc, OSError):
-                raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from None
+            # torch's zip writer fails in its cleanup after a Ctrl-C or a full disk mid-save: its RuntimeError
+            # ("unexpected pos") would hide the interrupt, or the OSError that says what happened
+            if _raised_while_handling(exc, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            failed = _raised_while_handling(exc, OSError)
+            if failed is not None:
+                raise OSError(failed.errno, failed.strerror or str(failed), str(target)) from None
             raise
         self.tag_last_checkpoint(target.name)
 
@@ -233,15 +236,15 @@ def nothing_fits(path: str, names: Sequence[str]) -> str:
     return text
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """Whether ``exc`` is, or was raised while handling, a KeyboardInterrupt."""
+def _raised_while_handling(exc: BaseException, kind: type) -> Optional[BaseException]:
+    """The first exception of ``kind`` in ``exc``'s chain (itself, or one it was raised while handling)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
+        if isinstance(exc, kind):
+            return exc
         seen.add(id(exc))
         exc = exc.__context__
-    return False
+    return None
 
 
 def fit_report(path: str, incompatible, cfg=None, limit: int = 4) -> str:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -24,7 +25,7 @@ from PIL import Image
 
 from lambda_det import load_config
 from lambda_det.checkpoint import Checkpointer, WeightsError, check_resume, config_differences, weights_problem
-from lambda_det.engine import parse_args_with_overrides, validate_config
+from lambda_det.engine import parse_args_with_overrides, run_folder_lock, validate_config
 from lambda_det.errors import ConfigError, DatasetError, OutputError, UserError
 from lambda_det.modeling import build_lambda_resnet, lambda_resnet_config, lambda_resnet_config_problems
 from lambda_det.utils.file_safety import StagedFiles, write_text
@@ -996,6 +997,51 @@ def test_only_a_regular_file_is_ever_replaced_by_a_write(tmp_path, tiny_weights,
     assert run_tool(*analyze, f"{tmp_path}/new/", *TINY) == 2
     assert "ends in '/', which names a folder: name a file" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_no_tool_writes_through_a_link_or_over_an_input_it_names(tmp_path, tiny_weights, capsys):
+    """A user's trial: the lock file's pid replaced the file a .lambda_det.lock link pointed to (every tool,
+    no --overwrite needed); --eval-only appended its log to the config a log.txt link pointed to; a folder
+    with only a test-time-augmentation evaluation was trained into; analyze_model --json --overwrite replaced
+    a _BASE_ config or annotations, compare_runs --overwrite one of the runs it compared."""
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(b"\x89PNG not really")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / ".lambda_det.lock").symlink_to(picture)
+    with pytest.raises(OutputError, match="is a symbolic link .*where the run's lock file goes"):
+        with run_folder_lock(str(locked)):
+            pass
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputError, match="cannot write there"):
+        with run_folder_lock(str(tmp_path / "a_file" / "run")):
+            pass
+    config = tmp_path / "toy.yaml"
+    config.write_text(f"_BASE_: {Path(TOY_CONFIG).resolve()}\n")
+    logged = tmp_path / "logged"
+    logged.mkdir()
+    (logged / "log.txt").symlink_to(config)
+    assert run_tool("train_net.py", "--config-file", config, "--eval-only", *TINY, "MODEL.WEIGHTS", tiny_weights,
+                    "OUTPUT_DIR", logged) == 2
+    assert "log.txt is a symbolic link, where the run's log goes" in capsys.readouterr().err
+    tta = tmp_path / "tta" / "inference_TTA" / "toy_shapes_val"
+    tta.mkdir(parents=True)
+    (tta / "ap_by_size.json").write_text('{"bbox": {"AP": 50.0}}')
+    assert run_tool("train_net.py", "--config-file", TOY_CONFIG, *TINY, "OUTPUT_DIR", tmp_path / "tta") == 2
+    assert "inference_TTA" in capsys.readouterr().err
+    before = {p: p.read_bytes() for p in (picture, config, tta / "ap_by_size.json")}
+    assert run_tool("analyze_model.py", "--config-file", config, "--tasks", "parameter", "--json", config.with_name("base.json"),
+                    *TINY) == 0
+    assert run_tool("analyze_model.py", "--config-file", config, "--tasks", "parameter", "--overwrite", "--json",
+                    tta / "ap_by_size.json", *TINY) == 2
+    assert "is no analysis this tool wrote, which is all --overwrite replaces" in capsys.readouterr().err
+    assert run_tool("analyze_model.py", "--config-file", config, "--tasks", "parameter", "--overwrite", "--json",
+                    config.with_name("base.json"), *TINY) == 0  # its own earlier record is replaced
+    shutil.copy(tta / "ap_by_size.json", tmp_path / "comparison.json")
+    assert run_tool("compare_runs.py", tmp_path / "comparison.json", tta / "ap_by_size.json", "--output", tmp_path,
+                    "--overwrite") == 2
+    assert "comparison.json is the input" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
 
 
 def test_an_annotation_file_that_is_a_pipe_or_a_folder_is_named_before_anything_reads_it(tmp_path):

@@ -3,6 +3,7 @@ still see: each test here failed before the fix it names, and compares the sha25
 involved before and after where files are involved."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,8 @@ import pytest
 import torch
 from conftest import TINY, TOY_CONFIG, run_tool
 from PIL import Image
+
+from lambda_det.checkpoint import Checkpointer
 
 
 def hashes(folder: Path) -> dict:
@@ -421,7 +424,6 @@ def test_ctrl_c_during_a_checkpoint_save_stays_an_interrupt_and_leaves_no_partia
     from detectron2.modeling import build_model
 
     from lambda_det import load_config
-    from lambda_det.checkpoint import Checkpointer
 
     checkpointer = Checkpointer(build_model(load_config(TOY_CONFIG, list(TINY))), save_dir=str(tmp_path))
     checkpointer.save("model_0000009")
@@ -659,6 +661,22 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_it_and_leaves_
     assert f"newest: {out / 'model_0000001.pth'}" in done.stderr
     assert sorted(p.name for p in out.iterdir() if "model_" in p.name) == ["model_0000001.pth"]  # no partial file
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+
+
+def test_a_full_disk_inside_torchs_zip_writer_is_named_by_its_oserror(tmp_path, monkeypatch):
+    """On a real full disk torch's zip writer fails again in its cleanup: a RuntimeError ("unexpected pos")
+    raised while handling the OSError, which was a 45-line traceback instead of the one line above."""
+    def full(obj, f, *args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError) as info:
+        Checkpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path)).save("model_0000001")
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "model_0000001.pth"))
+    assert list(tmp_path.iterdir()) == []  # no partial file
 
 
 def test_an_integer_for_a_float_key_says_how_to_write_it(tmp_path, capsys):

@@ -32,6 +32,15 @@ from lambda_det.utils.file_safety import (ensure_writable_dir, existing, file_pa
                                          same_file, write_text)
 
 
+def is_analysis_record(path) -> bool:
+    """Whether ``path`` holds the JSON record this tool writes with --json."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(record, dict) and {"config_file", "opts", "worst_case", "num_inputs"} <= set(record)
+
+
 def load_analysis_config(args):
     """The yacs config or LazyConfig of --config-file with the overrides, for inference on its device
     (the CPU where CUDA is absent), with --worst-case's settings; whether it names test images."""
@@ -93,6 +102,9 @@ def main() -> int:
                 raise UserError(f"--json {args.json} is {what}; name a new file")
         if not args.overwrite:
             refuse_overwrite(existing([args.json]), "--json", "of an earlier analysis")
+        elif args.json.is_file() and not is_analysis_record(args.json):  # a _BASE_ config, annotations, ...
+            raise UserError(f"--json {args.json} is no analysis this tool wrote, which is all --overwrite replaces; "
+                            "name a new file")
         ensure_writable_dir(args.json.parent, "--json's folder")
     if {"flop", "activation"} & set(args.tasks) and not args.input_size and not names_test_images:
         raise UserError(f"--tasks flop/activation need inputs: {test_inputs_source(cfg)}, or --input-size H W")

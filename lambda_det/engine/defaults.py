@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shlex
+import stat
 import sys
 import urllib.parse
 import warnings
@@ -240,8 +241,20 @@ def run_folder_lock(output_dir: str, flag: str = "OUTPUT_DIR"):
     releases it): a second run into the same folder is refused, naming the process that holds it.
     The unfinished files a killed run left there (a checkpoint's can be gigabytes) are removed."""
     folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = folder / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # never through a link: the pid written below would replace the file it points to
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputError(f"{flag} {output_dir}: {lock} is a symbolic link (to {os.readlink(lock)}), where the run's "
+                              "lock file goes; it was left as it is and nothing was written: remove the link") from None
+        raise OutputError(f"{flag} {output_dir}: cannot write there ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"{flag} {output_dir}: {lock}, where the run's lock file goes, is not a regular file; "
+                          "nothing was written: remove it")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -322,6 +335,11 @@ def setup_process(output_dir: Path, args, *, config_text: str, config_targets: S
     rank = comm.get_rank()
     if comm.is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
+    log_file = Path(output_dir) / ("log.txt" if rank == 0 else f"log.txt.rank{rank}")  # Detectron2's setup_logger's name
+    if log_file.is_symlink() or (log_file.exists() and not log_file.is_file()):
+        # the log is appended to: through a link it would grow the file the link points to
+        raise OutputError(f"{log_file} is {'a symbolic link' if log_file.is_symlink() else 'not a regular file'}, where the "
+                          "run's log goes; it was left as it is: remove it or choose another output folder")
     setup_logger(str(output_dir), distributed_rank=rank, name="fvcore")
     log = setup_logger(str(output_dir), distributed_rank=rank)
     setup_logger(str(output_dir), distributed_rank=rank, name="lambda_det")

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..checkpoint import Checkpointer, check_resume, is_local, kept_final_name, saved_iteration, weights_problem
 from ..data import check_coco_files, check_datasets, check_trainable, lsj_problems
 from ..errors import ConfigError, OutputError, UserError, WeightsError
-from ..evaluation import INFERENCE_FOLDER, evaluation_folders
+from ..evaluation import INFERENCE_FOLDER, TTA_FOLDER, evaluation_folders
 from ..lazy_config import leaves
 from ..modeling import STAGE_NAMES, lambda_resnet_config_problems
 from ..utils.file_safety import ensure_writable_dir, refuse_file, refuse_overwrite
@@ -39,7 +39,7 @@ from ..utils.file_safety import ensure_writable_dir, refuse_file, refuse_overwri
 INPUT_FORMATS = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}
 
 # what marks an OUTPUT_DIR as holding a run (or anything Detectron2 would write or append to)
-RUN_MARKERS = ("last_checkpoint", "metrics.json", "config.yaml", "log.txt", "inference")
+RUN_MARKERS = ("last_checkpoint", "metrics.json", "config.yaml", "log.txt", INFERENCE_FOLDER, TTA_FOLDER)
 
 
 def train_samplers() -> List[str]:

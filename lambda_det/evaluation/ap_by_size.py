@@ -8,7 +8,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import OutputError, ResultFileError
 from ..utils import markdown
-from ..utils.file_safety import StagedFiles, ensure_writable_dir, existing, refuse_overwrite, write_text
+from ..utils.file_safety import StagedFiles, ensure_writable_dir, existing, refuse_overwrite, same_file, write_text
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASKS = (("bbox", "box"), ("segm", "mask"))
@@ -226,6 +226,10 @@ def compare(
         raise ResultFileError(f"the same evaluation is given twice: {repeated}")
     out_dir = Path(out_dir)
     paths = {"md": out_dir / "comparison.md", "png": out_dir / "comparison.png", "json": out_dir / "comparison.json"}
+    for run_path in run_paths:  # --overwrite replaces an earlier comparison, never one of the runs compared
+        for out in paths.values():
+            if same_file(out, run_path):
+                raise ResultFileError(f"--output {out_dir}: {out} is the input {run_path}; choose another --output")
     if not overwrite:
         refuse_overwrite(existing(paths.values()), "--output", "from an earlier comparison")
     rows: List[Tuple[str, Summary]] = [(label, summary) for label, (_, summary, _) in zip(labels, runs)]
