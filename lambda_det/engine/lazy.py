@@ -404,6 +404,7 @@ def lazy_train(cfg, args):
 
 
 __all__ = [
-    "LAZY_KEYS", "TEST_MAPPER", "box_predictor_keys", "build_lazy_model", "describe_lazy_model", "lazy_argument_parser", "lazy_evaluate", "lazy_preflight", "lazy_test",
-    "lazy_train", "load_lazy_run_config", "setup_lazy_run", "test_augmentations", "test_dataset", "test_resize_problems", "test_size",
+    "LAZY_KEYS", "TEST_MAPPER", "box_predictor_keys", "build_lazy_model", "describe_lazy_model", "lazy_argument_parser",
+    "lazy_evaluate", "lazy_preflight", "lazy_test", "lazy_train", "load_lazy_run_config", "setup_lazy_run",
+    "test_augmentations", "test_dataset", "test_resize_problems", "test_size",
 ]
