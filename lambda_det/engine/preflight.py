@@ -446,13 +446,14 @@ def check_output_and_weights(keys: RunKeys, output_dir: str, weights: str, *, ha
 def check_model_and_output(keys: RunKeys, model, output_dir: str, strict_weights: Optional[str], *,
                            checkpoints: Optional[int], fit_cfg=None) -> None:
     """The rest of a preflight, on the model built on the CPU: the weights that must fit do (before
-    anything of the run, its config.yaml, is touched), the ``checkpoints`` a training run will write
-    fit on the disk (a warning), and the run folder can be written."""
+    anything of the run, its config.yaml, is touched), the run folder can be written, and the
+    ``checkpoints`` a training run will write fit on the disk (a warning)."""
     if strict_weights:
         Checkpointer(model, strict=True, cfg=fit_cfg).load(strict_weights)
+    ensure_writable_dir(Path(output_dir), keys.output_dir)
+    # after the folder is proven writable: a folder that cannot hold the run is an error, not a warning
     if checkpoints is not None:
         _warn_about_disk_space(keys, model, output_dir, checkpoints)
-    ensure_writable_dir(Path(output_dir), keys.output_dir)
 
 
 def _warn_about_disk_space(keys: RunKeys, model, output_dir: str, count: int) -> None:
