@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .checkpoint import Checkpointer
+from .data import model_num_classes
 from .engine.lazy import (LAZY_KEYS, TEST_MAPPER, box_predictor_keys, build_lazy_model, dataset_names, test_augmentations,
                           test_resize_problems)
 from .engine.preflight import ConfigProblems, explained_build_errors
@@ -259,7 +260,7 @@ def class_names(cfg) -> Tuple[object, Optional[str]]:
         count = OmegaConf.select(cfg, LAZY_KEYS.num_classes, default=None) or OmegaConf.select(cfg, "model.num_classes", default=None)
         test_key, name_it = LAZY_KEYS.test, f"--opts {LAZY_KEYS.test}=NAME"
     else:
-        names, count = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN), cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        names, count = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN), model_num_classes(cfg)[0]
         test_key, name_it = "DATASETS.TEST", "--opts DATASETS.TEST \"('NAME',)\""
     numbers = MetadataCatalog.get("__unused")
     if not names:

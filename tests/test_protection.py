@@ -19,12 +19,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, TINY, TOY_CONFIG, run_tool, save_tiny_weights
+from detectron2 import model_zoo as detectron2_model_zoo
+from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from omegaconf import OmegaConf
 from PIL import Image
 
 from lambda_det import load_config
 from lambda_det.checkpoint import Checkpointer, WeightsError, check_resume, config_differences, weights_problem
+from lambda_det.config import add_lambda_config
 from lambda_det.engine import parse_args_with_overrides, run_folder_lock, validate_config
 from lambda_det.errors import ConfigError, DatasetError, OutputError, UserError
 from lambda_det.modeling import build_lambda_resnet, lambda_resnet_config, lambda_resnet_config_problems
@@ -661,6 +664,18 @@ def test_command_line_values_are_named_with_what_is_allowed(tool, argv, expected
     (["MODEL.ROI_HEADS.IN_FEATURES", "['p9']"], "asks for ['p9']; the FPN makes ['p2', 'p3', 'p4', 'p5', 'p6']"),
     (["MODEL.DEVICE", "mps"], "MODEL.DEVICE='mps': must be 'cpu', 'cuda' or 'cuda:N'"),
     (["INPUT.MIN_SIZE_TRAIN_SAMPLING", "range", "INPUT.MIN_SIZE_TRAIN", "(200, 100)"], "needs 2 values low < high"),
+    # Detectron2's ResizeShortestEdge / RandomCrop decide: a style it asserts against failed in the data loader
+    (["INPUT.MIN_SIZE_TRAIN_SAMPLING", "range_by_clip"],
+     "INPUT.MIN_SIZE_TRAIN_SAMPLING='range_by_clip': is no sample_style of Detectron2's ResizeShortestEdge"),
+    (["INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolut"], "INPUT.CROP.TYPE='absolut': is no crop_type of Detectron2's RandomCrop"),
+    # a RetinaNet reads its own features, anchors and class count
+    (["MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.RETINANET.IN_FEATURES", "['p3','p7']"],
+     "MODEL.RETINANET.IN_FEATURES=['p3', 'p7']: asks for ['p7']; the FPN makes ['p2', 'p3', 'p4', 'p5', 'p6']"),
+    (["MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.RETINANET.IN_FEATURES", "['p3','p4']"],
+     "needs 1 entry or one per MODEL.RETINANET.IN_FEATURES level (2)"),
+    (["MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.RETINANET.IN_FEATURES", "['p2','p3','p4','p5','p6']",
+      "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()"],  # short, were it not refused
+     "MODEL.RETINANET.NUM_CLASSES=80, but dataset 'toy_shapes_train'"),
     (["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION", "-1"], "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION=-1: must be an integer >= 1"),
     (["MODEL.FPN.IN_FEATURES", "['res2', 'res9']"], "MODEL.FPN.IN_FEATURES=['res2', 'res9']: must name ResNet stages"),
 ])
@@ -697,6 +712,20 @@ def test_a_stem_too_narrow_is_named_with_the_other_width_problems():
     problems = "\n".join(lambda_resnet_config_problems(cfg))
     assert "STEM_WIDTH=1: the deep stem's convolutions would have [0, 0, 1] channels" in problems, problems
     assert "MODEL.LAMBDA_RESNET.HEADS=3: must divide the bottleneck width" in problems, problems
+
+
+@pytest.mark.parametrize("config", [
+    "COCO-Detection/retinanet_R_50_FPN_1x.yaml", "COCO-Detection/rpn_R_50_FPN_1x.yaml", "COCO-Detection/fast_rcnn_R_50_FPN_1x.yaml",
+    "COCO-PanopticSegmentation/panoptic_fpn_R_50_3x.yaml", "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml",
+    "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml",
+])
+def test_detectron2s_own_configs_of_every_meta_architecture_pass_the_config_checks(config):
+    """The checks ask what each meta-architecture's heads read: a RetinaNet's RPN keys (res4 by default)
+    and its FPN's p7 were refused."""
+    cfg = add_lambda_config(get_cfg())
+    cfg.merge_from_file(detectron2_model_zoo.get_config_file(config))
+    cfg.MODEL.DEVICE = "cpu"
+    validate_config(cfg, training=True)
 
 
 def test_images_per_batch_must_split_over_the_processes():

@@ -225,16 +225,23 @@ def check_datasets(names: Iterable[str], key: str, num_classes: Optional[int], n
             )
 
 
+def model_num_classes(cfg) -> Tuple[int, str]:
+    """The number of classes a yacs config's model predicts, and its key: RetinaNet keeps its own."""
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return cfg.MODEL.RETINANET.NUM_CLASSES, "MODEL.RETINANET.NUM_CLASSES"
+    return cfg.MODEL.ROI_HEADS.NUM_CLASSES, "MODEL.ROI_HEADS.NUM_CLASSES"
+
+
 def check_dataset_dicts(cfg, dataset_dicts: Sequence[dict], names: Sequence[str]) -> None:
     """What the loaded annotations need from the config: class ids in range, a usable mask format."""
-    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    num_classes, key = model_num_classes(cfg)
     kinds = set()
     for record in dataset_dicts:
         for ann in record.get("annotations", ()):
             if not 0 <= ann["category_id"] < num_classes:
                 raise ConfigError(
                     f"{record.get('file_name', 'an image')} of {list(names)} has an annotation of class "
-                    f"{ann['category_id']}, outside MODEL.ROI_HEADS.NUM_CLASSES={num_classes}"
+                    f"{ann['category_id']}, outside {key}={num_classes}"
                 )
             # crowd regions (COCO stores them as RLE) never reach the model: Detectron2's mapper drops them
             if cfg.MODEL.MASK_ON and "segmentation" in ann and not ann.get("iscrowd", 0):

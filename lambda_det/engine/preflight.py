@@ -23,13 +23,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.data import samplers
+from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 from fvcore.common.registry import Registry
 from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import Checkpointer, check_resume, is_local, kept_final_name, saved_iteration, weights_problem
-from ..data import check_coco_files, check_datasets, check_trainable, lsj_problems
+from ..data import check_coco_files, check_datasets, check_trainable, lsj_problems, model_num_classes
 from ..errors import ConfigError, OutputError, UserError, WeightsError
 from ..evaluation import INFERENCE_FOLDER, TTA_FOLDER, evaluation_folders
 from ..lazy_config import leaves
@@ -93,7 +94,7 @@ def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
     """
     p = ConfigProblems(cfg)
     # the model
-    p.integer("MODEL.ROI_HEADS.NUM_CLASSES", 1)
+    p.integer(model_num_classes(cfg)[1], 1)
     for key in ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST", "MODEL.RPN.NMS_THRESH",
                 "MODEL.ROI_HEADS.POSITIVE_FRACTION", "MODEL.RPN.POSITIVE_FRACTION"):
         p.number(key, 0.0, 1.0)
@@ -123,7 +124,8 @@ def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
     sizes = sizes if isinstance(sizes, (list, tuple)) else [sizes]
     if not sizes or any(not _is_int(s) or s < 1 for s in sizes):
         p.add("INPUT.MIN_SIZE_TRAIN", "must be one or more integers >= 1")
-    p.choice("INPUT.MIN_SIZE_TRAIN_SAMPLING", ["choice", "range", "range_by_clip", "choice_by_clip"])
+    if not _accepted_by(lambda: T.ResizeShortestEdge([1, 2], 2, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)):
+        p.add("INPUT.MIN_SIZE_TRAIN_SAMPLING", "is no sample_style of Detectron2's ResizeShortestEdge ('choice', 'range')")
     if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range" and (len(sizes) != 2 or sizes[0] >= sizes[1]):
         p.add("INPUT.MIN_SIZE_TRAIN", "needs 2 values low < high with INPUT.MIN_SIZE_TRAIN_SAMPLING='range'")
     p.integer("INPUT.MAX_SIZE_TRAIN", 1)
@@ -132,7 +134,8 @@ def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
     p.choice("INPUT.MASK_FORMAT", ["polygon", "bitmask"])
     p.choice("INPUT.RANDOM_FLIP", ["none", "horizontal", "vertical"])
     if cfg.INPUT.CROP.ENABLED:
-        p.choice("INPUT.CROP.TYPE", ["relative_range", "relative", "absolute", "absolute_range"])
+        if not _accepted_by(lambda: T.RandomCrop(cfg.INPUT.CROP.TYPE, (1, 1))):
+            p.add("INPUT.CROP.TYPE", "is no crop_type of Detectron2's RandomCrop")
     p.lines += lsj_problems(cfg)
     p.integer("DATALOADER.NUM_WORKERS", 0)
 
@@ -186,10 +189,35 @@ def _check_lr_scheduler(p: ConfigProblems) -> None:
             p.add("SOLVER.LR_SCHEDULER_NAME", "is not a scheduler of Detectron2's build_lr_scheduler")
 
 
+def _accepted_by(build) -> bool:
+    """Whether a Detectron2 constructor takes a value: its own assert decides what it knows."""
+    try:
+        build()
+    except AssertionError:
+        return False
+    return True
+
+
+def _head_feature_keys(cfg) -> List[str]:
+    """The keys naming the backbone features that the heads of Detectron2's meta-architectures read;
+    the first is the head that builds the anchors (RPN, RetinaNet), where there is one."""
+    architecture = cfg.MODEL.META_ARCHITECTURE
+    if architecture == "RetinaNet":
+        return ["MODEL.RETINANET.IN_FEATURES"]
+    keys = []
+    if architecture in ("GeneralizedRCNN", "ProposalNetwork", "PanopticFPN") and cfg.MODEL.PROPOSAL_GENERATOR.NAME in ("RPN", "RRPN"):
+        keys.append("MODEL.RPN.IN_FEATURES")
+    if architecture in ("GeneralizedRCNN", "PanopticFPN"):
+        keys.append("MODEL.ROI_HEADS.IN_FEATURES")
+    return keys
+
+
 def _check_feature_names(p: ConfigProblems) -> None:
-    """An FPN over a ResNet reads stages res2..res5 and makes levels p2..p6, which the heads read."""
+    """An FPN over a ResNet reads stages res2..res5 and makes levels p2..p6 (p2..p7 for RetinaNet's
+    backbone, whose top block makes two levels), which the heads read."""
     cfg = p.cfg
-    if not str(cfg.MODEL.BACKBONE.NAME).endswith("resnet_fpn_backbone"):
+    name = str(cfg.MODEL.BACKBONE.NAME)
+    if not name.endswith("resnet_fpn_backbone"):
         return
     stages = list(STAGE_NAMES)
     unknown = [f for f in cfg.MODEL.FPN.IN_FEATURES if f not in stages]
@@ -197,20 +225,23 @@ def _check_feature_names(p: ConfigProblems) -> None:
         p.add("MODEL.FPN.IN_FEATURES", f"must name ResNet stages from {stages}" + (f"; {unknown} are not" if unknown else ""))
         return
     levels = [int(f[-1]) for f in cfg.MODEL.FPN.IN_FEATURES]
-    available = [f"p{level}" for level in levels] + [f"p{max(levels) + 1}"]  # + the max-pooled top level
-    for key in ("MODEL.RPN.IN_FEATURES", "MODEL.ROI_HEADS.IN_FEATURES"):
+    top_levels = 2 if name.endswith("retinanet_resnet_fpn_backbone") else 1  # LastLevelP6P7, else LastLevelMaxPool
+    available = [f"p{level}" for level in levels] + [f"p{max(levels) + i}" for i in range(1, top_levels + 1)]
+    for key in _head_feature_keys(cfg):
         missing = [f for f in p.get(key) if f not in available]
         if missing:
             p.add(key, f"asks for {missing}; the FPN makes {available}")
 
 
 def _check_anchors(p: ConfigProblems) -> None:
-    cfg = p.cfg
-    levels = len(cfg.MODEL.RPN.IN_FEATURES)
+    heads = _head_feature_keys(p.cfg)
+    if not heads or heads[0] == "MODEL.ROI_HEADS.IN_FEATURES":  # no head builds anchors
+        return
+    levels = len(p.get(heads[0]))
     for key in ("MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"):
         value = p.get(key)
         if len(value) not in (1, levels):
-            p.add(key, f"needs 1 entry or one per MODEL.RPN.IN_FEATURES level ({levels})")
+            p.add(key, f"needs 1 entry or one per {heads[0]} level ({levels})")
         elif any(not _is_number(x) or x <= 0 for entry in value for x in (entry if isinstance(entry, (list, tuple)) else [entry])):
             p.add(key, "every value must be > 0")
 
@@ -372,7 +403,7 @@ def preflight(cfg, *, eval_only: bool, resume: bool, overwrite: bool = False, wo
     """Everything about a train_net run that can be known to fail, checked before any process
     starts or file is written: config values, datasets, OUTPUT_DIR, the model build and the weights."""
     validate_config(cfg, training=not eval_only, world_size=world_size)
-    num_classes = (cfg.MODEL.ROI_HEADS.NUM_CLASSES, YACS_KEYS.num_classes, YACS_KEYS.separator)
+    num_classes = (*model_num_classes(cfg), YACS_KEYS.separator)
     if not eval_only:
         check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN", *num_classes)
     check_datasets(cfg.DATASETS.TEST, YACS_KEYS.test, *num_classes)
