@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -124,6 +125,10 @@ def test_every_shipped_config_is_found_and_builds_its_config():
         model_zoo.get_config_file("Toy/mask_rcnn_LambdaR_26_FPN_tyo.yaml")
     with pytest.raises(ConfigError, match="no trained weights are published"):
         model_zoo.get("Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml", trained=True)
+    # as Detectron2's model_zoo.get: in training mode, on CUDA where there is one
+    for name in ("Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml", "Toy/mask_rcnn_LambdaR_26_FPN_toy_LSJ.py"):
+        model = model_zoo.get(name)
+        assert model.training and next(model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     # Detectron2's get_config(config_path, trained=False), by keyword or in its place
     assert model_zoo.get_config("Toy/mask_rcnn_LambdaR_26_FPN_toy.yaml", False).MODEL.BACKBONE.NAME
     for call in ({"trained": True}, {"opts": True}, {"opts": False, "trained": True}):

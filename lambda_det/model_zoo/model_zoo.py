@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from detectron2.config import instantiate
@@ -53,16 +53,19 @@ def no_trained_weights(config_path: str) -> str:
             "MODEL.WEIGHTS, or ask with trained=False for the config (get_config) or a randomly initialized model (get)")
 
 
-def get(config_path: str, trained: bool = False, device: str = "cpu") -> torch.nn.Module:
-    """The model a shipped config builds, in evaluation mode, on ``device``.
+def get(config_path: str, trained: bool = False, device: Optional[str] = None) -> torch.nn.Module:
+    """The model a shipped config builds, randomly initialized, on ``device`` (None: CUDA where
+    there is one, else the CPU), in training mode: Detectron2's ``model_zoo.get``, less the weights.
 
     ``trained=True`` would load trained weights, which lambda_det does not publish (the paper's
     COCO models were never released): it raises, rather than returning a random model as trained.
+    The initial weights a config names (``MODEL.WEIGHTS``: timm's converted ImageNet weights, a
+    file made on your machine) are left to the training tools, which check them.
     """
     if trained:
         get_config_file(config_path)  # a path that is no shipped config is named as such first
         raise ConfigError(no_trained_weights(config_path))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if config_path.endswith(".py"):
-        return instantiate(get_config(config_path).model).to(device).eval()
-    cfg = get_config(config_path, ["MODEL.DEVICE", device])
-    return build_model(cfg).eval()
+        return instantiate(get_config(config_path).model).to(device)
+    return build_model(get_config(config_path, ["MODEL.DEVICE", device]))
