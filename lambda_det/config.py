@@ -40,7 +40,8 @@ def add_lambda_config(cfg: CN) -> CN:
     c.LAYOUT = []
     # Bottleneck width of res2; stages double it; block output = 4 x width.
     c.WIDTH_PER_GROUP = 64
-    # Norm of the whole backbone, lambda layers' query/value norms included: BN, SyncBN, FrozenBN, GN.
+    # Norm of the whole backbone, lambda layers' query/value norms included: a name of Detectron2's
+    # get_norm (BN, SyncBN, FrozenBN, GN, ...).
     c.NORM = "BN"
     # Squeeze-excite on the conv blocks of SE_STAGES; hidden = SE_RATIO x block output channels.
     c.SE_RATIO = 0.25

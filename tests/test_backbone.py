@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import small_cfg
-from detectron2.layers import FrozenBatchNorm2d
+from detectron2.layers import FrozenBatchNorm2d, get_norm
 from detectron2.structures import ImageList
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from detectron2.utils.events import EventStorage
@@ -194,6 +194,18 @@ def test_syncbn_from_config_and_by_conversion():
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
+@pytest.mark.parametrize("norm", ["LN", "naiveSyncBN"])
+def test_every_norm_of_detectron2_builds_and_trains(norm):
+    """NORM takes what Detectron2's get_norm knows, as its ResNet does: a training step runs with it,
+    the lambda layers' query/value norms included."""
+    backbone = build_backbone(small_cfg(NORM=norm)).train()
+    lambda_norms = [m.norm_q for m in backbone.modules() if isinstance(m, LambdaLayer)]
+    assert lambda_norms and all(type(n) is type(get_norm(norm, 8)) for n in lambda_norms)
+    out = backbone(torch.randn(2, 3, 64, 64))
+    sum(v.square().mean() for v in out.values()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for n in lambda_norms for p in n.parameters())
+
+
 def test_trace_gives_eager_outputs():
     cfg = small_cfg(NORM="BN", SCOPE=23)
     cfg.MODEL.BACKBONE.NAME = "build_lambda_resnet_backbone"
@@ -214,7 +226,8 @@ def test_trace_gives_eager_outputs():
         (dict(VARIANT="lamda", LAYOUT=[]), "MODEL.LAMBDA_RESNET.VARIANT='lamda'"),
         (dict(STAGE_BLOCKS=[], DEPTH=34, VARIANT="lambda", LAYOUT=[]), "MODEL.LAMBDA_RESNET.DEPTH=34"),
         (dict(SCOPE=4), "MODEL.LAMBDA_RESNET.SCOPE=4"),
-        (dict(NORM="LN"), "MODEL.LAMBDA_RESNET.NORM='LN'"),
+        (dict(NORM="LayerNorm"), "MODEL.LAMBDA_RESNET.NORM='LayerNorm' is no norm of Detectron2's get_norm"),
+        (dict(NORM=""), "MODEL.LAMBDA_RESNET.NORM='' is no norm"),
         (dict(IMPL="cuda"), "MODEL.LAMBDA_RESNET.IMPL='cuda'"),
         (dict(LAYOUT=["C", "C", "L"]), "MODEL.LAMBDA_RESNET.LAYOUT"),
         (dict(LAYOUT=["C", "C", "LL", "L"]), "for res4 has 2 letters; the stage has 1 blocks"),

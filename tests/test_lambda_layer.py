@@ -382,13 +382,15 @@ def test_gradcheck_one_image_through_the_norms(impl, training):
 
 @pytest.mark.parametrize(
     "d,d_out,k,h,u,scope,norm",
-    [(64, 64, 16, 4, 1, 23, "BN"), (128, 256, 16, 4, 4, 7, "GN"), (32, 32, 8, 8, 1, None, "")],
+    [(64, 64, 16, 4, 1, 23, "BN"), (128, 256, 16, 4, 4, 7, "GN"), (32, 32, 8, 8, 1, None, ""),
+     (32, 32, 8, 4, 1, 3, "LN"), (32, 32, 8, 4, 1, 3, "naiveSyncBN"), (32, 32, 8, 4, 1, 3, "FrozenBN")],
 )
 def test_parameter_count_closed_form(d, d_out, k, h, u, scope, norm):
+    """Every norm of Detectron2's get_norm is taken (it decides which names exist); FrozenBN has no parameters."""
     layer = LambdaLayer(d, d_out, dim_k=k, heads=h, dim_u=u, scope=scope, norm=norm, global_max_size=12)
     v = d_out // h
     taps = scope * scope if scope else (2 * 12 - 1) ** 2
-    by_hand = d * h * k + d * k * u + d * v * u + (2 * (h * k + v * u) if norm else 0) + taps * k * u
+    by_hand = d * h * k + d * k * u + d * v * u + (2 * (h * k + v * u) if norm not in ("", "FrozenBN") else 0) + taps * k * u
     assert sum(p.numel() for p in layer.parameters()) == by_hand
     assert lambda_layer_num_params(layer) == by_hand
 
@@ -457,7 +459,8 @@ def test_local_scope_accepts_any_size_and_stride_two_halves():
         (dict(in_channels=8, out_channels=8, scope=0), "scope=0"),
         (dict(in_channels=8, out_channels=8, dim_k=0), "dim_k=0"),
         (dict(in_channels=8, out_channels=8, impl="fast"), "impl='fast'"),
-        (dict(in_channels=8, out_channels=8, norm="LayerNorm"), "norm='LayerNorm'"),
+        (dict(in_channels=8, out_channels=8, norm="LayerNorm"), "norm='LayerNorm' is no norm of Detectron2's get_norm"),
+        (dict(in_channels=8, out_channels=8, norm=3), "norm=3 is no norm"),
         (dict(in_channels=8, out_channels=8, stride=3), "stride=3"),
         (dict(in_channels=8, out_channels=8, dim_u=0), "dim_u=0"),
         # bools and floats were accepted (stride=True ran as stride 1) or failed inside torch

@@ -17,7 +17,6 @@ from .triton_lambda import choose_triton, lambda_output_triton
 
 Tensor = torch.Tensor
 
-NORM_CHOICES = ("BN", "SyncBN", "FrozenBN", "GN", "")
 # the pooling after a stride-2 layer: the paper's 3x3 average with stride 2 (App. D), or timm's 2x2
 POOLS = ("avg3x3", "avg2x2")
 
@@ -119,8 +118,8 @@ class LambdaLayer(nn.Module):
             raise ValueError(f"impl={impl!r} is not one of {list(IMPL_CHOICES)}")
         if norm is None:
             norm = ""
-        if norm not in NORM_CHOICES:
-            raise ValueError(f"norm={norm!r} is not one of {list(NORM_CHOICES)}")
+        if norm and not is_norm_name(norm):
+            raise ValueError(f"norm={norm!r} is no norm of Detectron2's get_norm (BN, SyncBN, FrozenBN, GN, ...; '' for none)")
         if pool not in POOLS:
             raise ValueError(f"pool={pool!r} is not one of {list(POOLS)}")
         if not isinstance(position_bias, bool):  # "no" or 0.0 would be read as a wish, or its opposite
@@ -352,10 +351,21 @@ OUTPUT_BY_IMPL: Dict[str, Callable[..., Tensor]] = {
 def lambda_layer_num_params(layer: LambdaLayer) -> int:
     """Closed-form parameter count: projections + norm affine parameters + embeddings (+ bias)."""
     h, k, u, v = layer.heads, layer.dim_k, layer.dim_u, layer.dim_v
-    norms = 2 * (h * k + v * u) if layer.norm in ("BN", "SyncBN", "GN") else 0
+    norms = 2 * (h * k + v * u) if layer.norm not in ("", "FrozenBN") else 0  # FrozenBN keeps buffers
     gh, gw = layer.global_max_size
     taps = (2 * gh - 1) * (2 * gw - 1) if layer.scope is None else layer.scope * layer.scope
     return layer.in_channels * (h * k + k * u + v * u) + norms + taps * k * u + (k if layer.position_bias is not None else 0)
+
+
+def is_norm_name(norm) -> bool:
+    """Whether Detectron2's get_norm builds a norm of this name: it decides which names it knows."""
+    if not isinstance(norm, str) or not norm:
+        return False
+    try:
+        get_norm(norm, 32)
+    except KeyError:
+        return False
+    return True
 
 
 def _is_int(value) -> bool:
@@ -379,5 +389,5 @@ def _make_norm(norm: str, channels: int) -> Optional[nn.Module]:
     return get_norm(norm, channels)
 
 
-__all__ = ["OUTPUT_BY_IMPL", "LambdaLayer", "NORM_CHOICES", "POOLS", "content_output", "lambda_layer_num_params",
+__all__ = ["OUTPUT_BY_IMPL", "LambdaLayer", "POOLS", "content_output", "is_norm_name", "lambda_layer_num_params",
            "lambda_output"]

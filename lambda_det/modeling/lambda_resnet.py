@@ -36,14 +36,13 @@ from torch import nn
 
 from ..config import add_lambda_config, set_checked
 from ..errors import ConfigError
-from ..layers import LambdaLayer
+from ..layers import LambdaLayer, is_norm_name
 from ..layers.lambda_layer import POOLS
 from ..layers.position_lambdas import IMPL_CHOICES
 from .layouts import STAGE_NAMES, stage_layouts
 
 # MODEL.LAMBDA_RESNET keys with a fixed set of values (VARIANT and DEPTH: stage_layouts)
 CHOICES = {
-    "NORM": ("BN", "SyncBN", "FrozenBN", "GN"),
     "IMPL": IMPL_CHOICES,
     "STEM": ("deep", "tiered"),
     "SHORTCUT": ("avg", "conv"),
@@ -172,6 +171,8 @@ def check_lambda_resnet_keys(cfg) -> List[str]:
     for key, choices in CHOICES.items():
         if c[key] not in choices:
             raise ConfigError(f"MODEL.LAMBDA_RESNET.{key}={c[key]!r} is not allowed; choose from {list(choices)}")
+    if not is_norm_name(c.NORM):  # the stem and the blocks need one
+        raise ConfigError(f"MODEL.LAMBDA_RESNET.NORM={c.NORM!r} is no norm of Detectron2's get_norm (BN, SyncBN, FrozenBN, GN, ...)")
     for key in POSITIVE_INTEGERS:
         if not isinstance(c[key], int) or c[key] < 1:
             raise ConfigError(f"MODEL.LAMBDA_RESNET.{key}={c[key]!r} must be a positive integer")
