@@ -29,7 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import Checkpointer
 from .data import prepare_dataset
-from .engine.lazy import LAZY_KEYS, box_predictor_keys, build_lazy_model, dataset_names, test_augmentations, test_resize_problems
+from .engine.lazy import (
+    LAZY_KEYS, box_predictor_keys, build_lazy_model, dataset_names, inference_augmentations, inference_resize_problems,
+)
 from .engine.preflight import build_model_on_cpu
 from .errors import ConfigError, UserError
 from .utils.file_safety import normalized
@@ -103,7 +105,7 @@ def synthetic_inputs(num_inputs: int, height: int, width: int, seed: int = 0) ->
     ]
 
 
-def test_inputs_source(cfg) -> str:
+def inference_inputs_source(cfg) -> str:
     """Where ``dataset_inputs`` reads images from, as a user writes it."""
     return "dataloader.test" if isinstance(cfg, DictConfig) else "DATASETS.TEST[0]"
 
@@ -114,7 +116,7 @@ def dataset_inputs(cfg, num_inputs: int) -> List[List[dict]]:
     if isinstance(cfg, DictConfig):
         for name in dataset_names(OmegaConf.select(cfg, LAZY_KEYS.test, default=None)):
             prepare_dataset(name)
-        ConfigError.check(test_resize_problems(cfg, test_augmentations(cfg)))
+        ConfigError.check(inference_resize_problems(cfg, inference_augmentations(cfg)))
     else:
         prepare_dataset(cfg.DATASETS.TEST[0])
     inputs: List[List[dict]] = []
@@ -127,11 +129,11 @@ def dataset_inputs(cfg, num_inputs: int) -> List[List[dict]]:
     except UserError:
         raise
     except Exception as exc:  # the mapper reading an image in a way the config asks for and cannot work (a format)
-        source = test_inputs_source(cfg)
+        source = inference_inputs_source(cfg)
         raise ConfigError(f"{source} cannot give the images: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}") from None
     if len(inputs) < num_inputs:
         logger.warning("%d inputs asked for (-n), and %s has %d image(s): all of them are counted", num_inputs,
-                       test_inputs_source(cfg), len(inputs))
+                       inference_inputs_source(cfg), len(inputs))
     return inputs[:num_inputs]
 
 
@@ -244,7 +246,7 @@ def analyze(cfg, tasks: Sequence[str], num_inputs: int, input_size: Optional[Tup
     Detectron2's own ResNets) the features can grow so large that the RPN proposes nothing."""
 
     model = build_analysis_model(cfg)
-    with inputs_named_when_too_small(input_size, test_inputs_source(cfg)):
+    with inputs_named_when_too_small(input_size, inference_inputs_source(cfg)):
         return _run_tasks(cfg, model, tasks, num_inputs, input_size, report, check_worst_case)
 
 
@@ -302,7 +304,7 @@ __all__ = [
     "count_parameters",
     "dataset_inputs",
     "detections_limit",
+    "inference_inputs_source",
     "synthetic_inputs",
-    "test_inputs_source",
     "worst_case",
 ]

@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpointer
 from .data import model_num_classes
-from .engine.lazy import (LAZY_KEYS, TEST_MAPPER, box_predictor_keys, build_lazy_model, dataset_names, test_augmentations,
-                          test_resize_problems)
+from .engine.lazy import (LAZY_KEYS, TEST_MAPPER, box_predictor_keys, build_lazy_model, dataset_names, inference_augmentations,
+                          inference_resize_problems)
 from .engine.preflight import ConfigProblems, explained_build_errors
 from .errors import ConfigError, OutputError, WeightsError
 from .utils.file_safety import (
@@ -190,8 +190,8 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported image shape {image.shape}")
 
 
-# The demo draws each picture at its own size, and drawing costs about 100x the decoded bytes: larger
-# images are scaled down to this many pixels first (detections come from the test-time resize anyway).
+# The demo draws each picture at its own size, and drawing takes many times the decoded bytes in memory:
+# larger images are scaled down to this many pixels first (detections come from the test-time resize anyway).
 MAX_PIXELS = 4096 * 4096
 
 
@@ -349,8 +349,8 @@ class Demo:
                       else "model.input_format")
         if OmegaConf.select(cfg, format_key, default="BGR") not in ("BGR", "RGB"):
             problems.add(format_key, "the demo's predictor takes 'BGR' or 'RGB' models")
-        augmentations = test_augmentations(cfg)
-        problems.lines += test_resize_problems(cfg, augmentations)
+        augmentations = inference_augmentations(cfg)
+        problems.lines += inference_resize_problems(cfg, augmentations)
         self.resizes = [(aug, f"{TEST_MAPPER}.augmentations.{i}: short_edge_length={{short}}, max_size={{longest}}")
                         for i, aug in enumerate(augmentations) if isinstance(aug, T.ResizeShortestEdge)]
         ConfigError.check(problems.lines)

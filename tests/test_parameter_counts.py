@@ -1,7 +1,8 @@
-"""The paper's parameter table (paper_notes §2) from our architecture, within 1%.
+"""The parameter counts LambdaNetworks reports for its ImageNet models (App. D's architectures), from
+our architecture, within 1%.
 
 Counts are of the ImageNet form: backbone + global pool + 1000-way FC, as the paper reports them.
-Two rows need facts the paper does not state, found by recomputing its counts (paper_notes §2):
+Two rows need facts the paper does not state, found by recomputing its counts in closed form:
 - the LambdaResNet-101/152 counts (and their -C4 forms) are reached only when the conv blocks of
   c2 and c3 carry SE and those of c4 do not; without SE they come out 0.6M / 1.2M low
   (checked below, so a change in SE placement cannot pass silently);

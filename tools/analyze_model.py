@@ -22,7 +22,7 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 import lambda_det
-from lambda_det.analysis import TASKS, analyze, test_inputs_source, worst_case
+from lambda_det.analysis import TASKS, analyze, inference_inputs_source, worst_case
 from lambda_det.engine import ANY_OVERRIDE, cpu_if_no_cuda, parse_args_with_overrides, positive_int, run_main, validate_config
 from lambda_det.engine.lazy import LAZY_KEYS, cpu_if_no_cuda_lazy, dataset_names
 from lambda_det.engine.preflight import ConfigProblems
@@ -107,7 +107,7 @@ def main() -> int:
                             "name a new file")
         ensure_writable_dir(args.json.parent, "--json's folder")
     if {"flop", "activation"} & set(args.tasks) and not args.input_size and not names_test_images:
-        raise UserError(f"--tasks flop/activation need inputs: {test_inputs_source(cfg)}, or --input-size H W")
+        raise UserError(f"--tasks flop/activation need inputs: {inference_inputs_source(cfg)}, or --input-size H W")
     summary = analyze(cfg, args.tasks, args.num_inputs, tuple(args.input_size) if args.input_size else None,
                       check_worst_case=args.worst_case)
     if args.json:

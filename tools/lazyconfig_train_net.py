@@ -21,7 +21,7 @@ from lambda_det.engine import (
 )
 from lambda_det.engine.lazy import (
     LAZY_KEYS, lazy_argument_parser, lazy_evaluate, lazy_preflight, lazy_train, load_lazy_run_config, setup_lazy_run,
-    test_dataset,
+    evaluation_dataset,
 )
 
 
@@ -40,8 +40,8 @@ def lazyconfig_train_net(argv=None) -> int:
     output_dir, max_iter = str(cfg.train.output_dir), cfg.train.max_iter
     finished = finished_run_at(output_dir, max_iter) if args.resume and not args.eval_only else None
     if finished and not args.overwrite and not should_resume_finished_run(
-            LAZY_KEYS, output_dir, finished, max_iter, evaluation_files(output_dir, [test_dataset(cfg)]),
-            evaluation_reports(output_dir, [test_dataset(cfg)])):
+            LAZY_KEYS, output_dir, finished, max_iter, evaluation_files(output_dir, [evaluation_dataset(cfg)]),
+            evaluation_reports(output_dir, [evaluation_dataset(cfg)])):
         return 0
     return launch_in_run_folder(main, args, output_dir)
 

@@ -73,9 +73,9 @@ def variants() -> List[Variant]:
         Variant("forward", "positions innermost", None, operator_layouts=False),
         Variant("forward", "2 stages", f._replace(num_stages=2)),
         Variant("forward", "4 warps", f._replace(num_warps=4)),
-        # a value row loaded once for the 2 query rows whose scopes reach it (the L2 traffic the
-        # estimate says bounds the forward falls by 38%), their logits in one product twice as wide
-        # (4 rows: 1.8x the multiply-adds, worse on paper, not timed)
+        # a value row loaded once for the 2 query rows whose scopes reach it (less of the L2 traffic
+        # the estimate says bounds the forward), their logits in one product twice as wide (4 rows
+        # add more padded multiply-adds than they save traffic, on paper: not timed)
         Variant("forward", "2 query rows", f._replace(qrows=2)),
         Variant("dq/dR", "default", None),
         Variant("dq/dR", "as first measured", q._replace(flat=False, num_stages=2), operator_layouts=False),
@@ -123,7 +123,7 @@ def value_rows_reached(side: int, r: int, qrows: int) -> int:
     return sum(min(y0 + qrows + r - 1 - c, side) - max(y0 - c, 0) for y0 in range(0, side, qrows))
 
 
-def executed_flop(kernel: str, shape: dict, tiles: T.Tiles, rows: int = 1) -> float:
+def executed_flop(kernel: str, shape: dict, tiles: T.Tiles) -> float:
     """Multiply-adds x 2 of one launch of ``kernel`` as its tiles execute them (padding included)."""
     b, heads, k, u, v, side, r = (shape[n] for n in ("b", "heads", "k", "u", "v", "side", "r"))
     t = tiles
@@ -198,7 +198,7 @@ class _Case:
             self.launch = T.v_grad_launch(grad, q, kernel, self.dv, arithmetic.precision, tiles=tiles)
             self.tiles = tiles or T.v_grad_tiles(q.dtype, arithmetic.precision)
             self.rows = 1
-        self.flop = executed_flop(variant.kernel, shape, self.tiles, self.rows)
+        self.flop = executed_flop(variant.kernel, shape, self.tiles)  # the same whichever rows a program takes
 
     def result(self) -> List[torch.Tensor]:
         """Run once from a clean state and return what the kernel computed (float32)."""

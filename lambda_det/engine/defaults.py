@@ -33,6 +33,7 @@ from ..config import load_config
 from ..data import register_coco_dataset
 from ..checkpoint import intact_checkpoints
 from ..errors import OutputError, UserError
+from ..evaluation import INFERENCE_FOLDER
 from ..utils.file_safety import remove_abandoned_partials, write_text
 
 logger = logging.getLogger("lambda_det")
@@ -317,7 +318,7 @@ def setup(cfg, args, *, eval_only: bool = False, console_filter: Optional[Callab
     """Detectron2's default_setup for a yacs config (see ``setup_process``)."""
     output_dir = Path(cfg.OUTPUT_DIR)
     if eval_only:
-        targets = [output_dir / "inference" / name / "config.yaml" for name in cfg.DATASETS.TEST]
+        targets = [output_dir / INFERENCE_FOLDER / name / "config.yaml" for name in cfg.DATASETS.TEST]
     else:
         targets = [output_dir / "config.yaml"]
     setup_process(output_dir, args, config_text=cfg.dump(), config_targets=targets, seed=cfg.SEED,
@@ -398,7 +399,7 @@ def _free_name(path: Path) -> Path:
 
 
 def share_cpu_cores(cfg, processes_per_machine: int, device: Optional[str] = None) -> None:
-    """N training processes on CPUs: each gets its share of the cores (all of them each is ~10x slower).
+    """N training processes on CPUs: each gets its share of the cores (each taking all of them, they fight over the cores and all run slower).
     ``device``: where the model runs, when ``cfg`` is no yacs config (a LazyConfig's train.device).
 
     An explicit OMP_NUM_THREADS is the user's choice and is kept.

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..checkpoint import Checkpointer, keep_final_weights
 from ..data import check_coco_files, check_datasets, check_trainable, prepare_dataset
 from ..errors import ConfigError, TrainingDiverged, UserError
-from ..evaluation import describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
+from ..evaluation import INFERENCE_FOLDER, describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
 from ..lazy_config import accepts_argument, callable_target, config_text, load_lazy_config
 from ..utils.file_safety import normalized
 from ..modeling import build_lambda_resnet, lambda_resnet_config
@@ -97,7 +97,7 @@ def load_lazy_run_config(args) -> DictConfig:
     if evaluator.get("_target_") is COCOEvaluator:
         # Detectron2's baselines write no evaluation files and use the fast evaluator of its compiled _C
         if evaluator.get("output_dir") is None:
-            evaluator.output_dir = str(Path(cfg.train.output_dir) / "inference" / test_dataset(cfg))
+            evaluator.output_dir = str(Path(cfg.train.output_dir) / INFERENCE_FOLDER / evaluation_dataset(cfg))
         if "use_fast_impl" not in evaluator:
             evaluator.use_fast_impl = has_detectron2_ops()
     return cfg
@@ -117,7 +117,7 @@ def dataset_names(value) -> List[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
-def test_dataset(cfg) -> str:
+def evaluation_dataset(cfg) -> str:
     """The one dataset dataloader.test reads (Detectron2's evaluator takes one)."""
     names = dataset_names(cfg.dataloader.test.dataset.names)
     if len(names) != 1:
@@ -153,7 +153,7 @@ def box_predictor_keys(cfg, needed_for: str) -> List[str]:
 TEST_MAPPER = "dataloader.test.mapper"
 
 
-def test_augmentations(cfg) -> List[T.Augmentation]:
+def inference_augmentations(cfg) -> List[T.Augmentation]:
     """dataloader.test's mapper's augmentations (the test resize), built; ConfigError when they cannot be."""
     try:
         return list(instantiate(OmegaConf.select(cfg, f"{TEST_MAPPER}.augmentations", default=None)) or [])
@@ -162,7 +162,7 @@ def test_augmentations(cfg) -> List[T.Augmentation]:
                           f"{' '.join(str(exc).split())[:400]}") from None
 
 
-def test_resize_problems(cfg, augmentations: List[T.Augmentation]) -> List[str]:
+def inference_resize_problems(cfg, augmentations: List[T.Augmentation]) -> List[str]:
     """The test resizes (ResizeShortestEdge) whose sizes cannot work, one line each, by their keys."""
     lines = []
     for i, aug in enumerate(augmentations):
@@ -259,7 +259,7 @@ def lazy_preflight(cfg, args) -> None:
     train, world_size = cfg.train, args.num_gpus * args.num_machines
     ConfigError.check(lazy_config_problems(cfg, training=not args.eval_only, world_size=world_size))
     check_launch_args(args, train.device)
-    test = test_dataset(cfg)
+    test = evaluation_dataset(cfg)
     datasets = ([] if args.eval_only else dataset_names(cfg.dataloader.train.dataset.names)) + [test]
     num_classes = (OmegaConf.select(cfg, LAZY_KEYS.num_classes, default=None), LAZY_KEYS.num_classes, LAZY_KEYS.separator)
     if not args.eval_only:
@@ -287,7 +287,7 @@ def setup_lazy_run(args) -> DictConfig:
     share_cpu_cores(cfg, args.num_gpus, device=cfg.train.device)
     output_dir = Path(cfg.train.output_dir)
     if args.eval_only:
-        targets = [output_dir / "inference" / test_dataset(cfg) / "config.yaml"]
+        targets = [output_dir / INFERENCE_FOLDER / evaluation_dataset(cfg) / "config.yaml"]
     else:
         targets = [output_dir / "config.yaml"]
     setup_process(output_dir, args, config_text=config_text(cfg), config_targets=targets, seed=cfg.train.get("seed", -1),
@@ -313,7 +313,7 @@ def describe_lazy_model(cfg) -> str:
     return f"{name}" + (f" (depth {depth})" if depth else "")
 
 
-def test_size(cfg) -> dict:
+def inference_input_size(cfg) -> dict:
     """The test resize of dataloader.test (Detectron2's ResizeShortestEdge), for the provenance."""
     for aug in OmegaConf.select(cfg, "dataloader.test.mapper.augmentations", default=None) or []:
         if isinstance(aug, DictConfig) and "short_edge_length" in aug:
@@ -324,7 +324,7 @@ def test_size(cfg) -> dict:
 def lazy_test(cfg, model, *, config_file: str, weights: Optional[str] = None, iteration: Optional[int] = None):
     """Detectron2's do_test (inference_on_dataset with dataloader.test and dataloader.evaluator), then
     ap_by_size.{json,md,png} with what produced them in train.output_dir/inference/<dataset>/."""
-    name = test_dataset(cfg)
+    name = evaluation_dataset(cfg)
     prepare_dataset(name)
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
     if not comm.is_main_process() or not results:
@@ -335,10 +335,10 @@ def lazy_test(cfg, model, *, config_file: str, weights: Optional[str] = None, it
         trained = iteration + 1
     provenance = provenance_record(
         name, output_dir=cfg.train.output_dir, max_iter=cfg.train.max_iter, initialized_from=cfg.train.init_checkpoint,
-        model=describe_lazy_model(cfg), input_size_test=test_size(cfg), config_text=config_text(cfg), weights=weights,
+        model=describe_lazy_model(cfg), input_size_test=inference_input_size(cfg), config_text=config_text(cfg), weights=weights,
         iterations_trained=trained, config_file=config_file, num_images=dataset_size(name),
     )
-    out = Path(cfg.train.output_dir) / "inference" / name
+    out = Path(cfg.train.output_dir) / INFERENCE_FOLDER / name
     paths = write_ap_by_size(results, out, Path(cfg.train.output_dir).name, provenance=provenance,
                              extra={"dataset": name, "iterations_trained": trained})
     logger.info("AP by object size for %s: %s", name, ", ".join(str(p) for p in paths.values()))
@@ -404,7 +404,7 @@ def lazy_train(cfg, args):
 
 
 __all__ = [
-    "LAZY_KEYS", "TEST_MAPPER", "box_predictor_keys", "build_lazy_model", "describe_lazy_model", "lazy_argument_parser",
+    "LAZY_KEYS", "TEST_MAPPER", "box_predictor_keys", "build_lazy_model", "describe_lazy_model", "evaluation_dataset",
+    "inference_augmentations", "inference_input_size", "inference_resize_problems", "lazy_argument_parser",
     "lazy_evaluate", "lazy_preflight", "lazy_test", "lazy_train", "load_lazy_run_config", "setup_lazy_run",
-    "test_augmentations", "test_dataset", "test_resize_problems", "test_size",
 ]

@@ -136,11 +136,11 @@ def provenance_table(rows: Sequence[Tuple[str, Optional[dict]]]) -> str:
         config = str(p.get("config_file") or "-")
         if p.get("config_sha256"):
             config += f" (sha256 {str(p['config_sha256'])[:8]})"
-        cells.append([name, dataset, weights, p.get("iterations_trained", "-"), test_size(size), p.get("model", "-"), config])
+        cells.append([name, dataset, weights, p.get("iterations_trained", "-"), input_size_text(size), p.get("model", "-"), config])
     return markdown.markdown_table(head, cells)
 
 
-def test_size(size: dict) -> str:
+def input_size_text(size: dict) -> str:
     """"256/256" (short side / longest side); test-time augmentation as "TTA 256,320/512 + flip"."""
     shortest = size.get("min", "-")
     if isinstance(shortest, (list, tuple)):

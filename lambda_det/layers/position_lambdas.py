@@ -197,11 +197,10 @@ def choose_impl(height: int, width: int, rh: int, rw: int, needs_grad: bool, fus
     is recorded for a backward pass (training), or not (evaluation).
 
     Both operators work in the relative-logits order, which needs fewer multiply-adds per tap than
-    any lambda form and never materializes the lambdas, so each is chosen wherever it runs (on GPUs
-    a choice on paper until measured: docs/gpu.md). Without them (TorchScript, no compiler): the direct
-    convolution for evaluation and for small kernels or maps, the FFT for training with larger ones
-    (its cost does not grow with the scope). The measurements behind the rule are in
-    docs/benchmarks/auto_rule_cpu.md (CPU only so far).
+    any lambda form and never materializes the lambdas, so each is chosen wherever it runs (what is
+    measured on GPUs: docs/gpu.md). Without them (TorchScript, no compiler): the direct convolution
+    for evaluation and for small kernels or maps, the FFT for training with larger ones (its cost does
+    not grow with the scope). The measurements behind the rule: docs/benchmarks/auto_rule_*.md.
     """
     if triton_ok:
         return "triton"  # literals: TorchScript compiles this function and reads no str globals

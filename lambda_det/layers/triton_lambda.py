@@ -48,6 +48,7 @@ turns the operator off.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Dict, List, NamedTuple, Optional, Tuple
@@ -725,8 +726,6 @@ def _check(q: Tensor, values: Tensor, kernel: Tensor, content: Tensor) -> None:
 def _device_context(t: Tensor):
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
-    import contextlib
-
     return contextlib.nullcontext()
 
 
