@@ -32,7 +32,6 @@ setup(
         "numpy<2",  # detectron2 0.7's pin
         "Pillow>=9",
         "tensorboard",
-        "tabulate",
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources, removed in setuptools 81
         "ninja",  # builds the fused CPU position-term operator (lambda_det/layers/fused.py) on first use
     ],
