@@ -31,7 +31,7 @@ from test_reliability import hashes
 from lambda_det import model_zoo  # importing lambda_det registers the backbones and the toy datasets
 from lambda_det.analysis import detections_limit, worst_case
 from lambda_det.data import build_train_mapper
-from lambda_det.engine.lazy import build_lazy_model, lambda_resnet_keys_named_as_lazy
+from lambda_det.engine.lazy import build_lazy_model, describe_lazy_model, lambda_resnet_keys_named_as_lazy
 from lambda_det.errors import ConfigError
 from lambda_det.config import load_config
 from lambda_det.demo import Demo, class_names
@@ -508,6 +508,9 @@ def test_the_demo_reads_a_lazyconfig_as_evaluation_does(tmp_path, monkeypatch):
     saved.write_text(config_text(load_lazy_config(str(TOY_LSJ))))
     loaded = load_lazy_config(str(saved), ["model.roi_heads.box_predictor.test_topk_per_image=10"])
     assert loaded.model.roi_heads.box_predictor.test_topk_per_image == 10
+    # the evaluation record's model: the layout, whether the backbone is the callable or its saved name
+    described = describe_lazy_model(load_lazy_config(str(TOY_LSJ)))
+    assert "C-C-L-L" in described and describe_lazy_model(loaded) == described
 
 
 def test_a_function_written_in_the_config_file_is_saved_by_where_it_is_written(tmp_path):

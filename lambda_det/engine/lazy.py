@@ -300,14 +300,16 @@ def setup_lazy_run(args) -> DictConfig:
 # --------------------------------------------------------------------------------------------
 def describe_lazy_model(cfg) -> str:
     """The model in words, as ``describe_model`` writes it for yacs configs: a LambdaResNet's
-    layout from its ``build_lambda_resnet`` arguments, another backbone by its callable."""
-    bottom_up = OmegaConf.select(cfg, "model.backbone.bottom_up", default=None)
-    target = bottom_up.get("_target_") if isinstance(bottom_up, DictConfig) else None
-    if target is build_lambda_resnet:
-        options = {k: v for k, v in bottom_up.items() if k not in ("_target_", "in_channels", "num_classes")}
+    layout from its ``build_lambda_resnet`` arguments (the callable itself, or its name in a saved
+    config.yaml), another backbone by its callable."""
+    node = lambda_resnet_node(cfg)
+    if node is not None:
+        options = {k: v for k, v in OmegaConf.select(cfg, node).items() if k not in ("_target_", "in_channels", "num_classes")}
         yacs = lambda_resnet_config(**options)
         yacs.MODEL.BACKBONE.NAME = "build_lambda_resnet_fpn_backbone"
         return describe_model(yacs)
+    bottom_up = OmegaConf.select(cfg, "model.backbone.bottom_up", default=None)
+    target = bottom_up.get("_target_") if isinstance(bottom_up, DictConfig) else None
     name = getattr(target, "__qualname__", str(target))
     depth = OmegaConf.select(cfg, "model.backbone.bottom_up.stages.depth", default=None)
     return f"{name}" + (f" (depth {depth})" if depth else "")
