@@ -388,6 +388,14 @@ def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_w
                  "train.device='tpu': must be 'cpu', 'cuda' or 'cuda:N'",
                  "dataloader.train.total_batch_size=0: must be an integer >= 1", "train.eval_period='abc': must be an integer >= 0"):
         assert line in err
+    # a global scope's table against the images the loaders give (train_net checks it on INPUT.*): it failed in a layer
+    assert run_tool("lazyconfig_train_net.py", *args, "model.backbone.bottom_up.scope=0", "model.backbone.bottom_up.global_max_size=8") == 2
+    assert ("model.backbone.bottom_up.global_max_size=8: dataloader.train.mapper.augmentations (images of up to 256 pixels a "
+            "side) gives lambda-layer maps of up to 32x32 (stride 8); raise global_max_size to >= 32") in capsys.readouterr().err
+    assert run_tool("lazyconfig_train_net.py", *args, "model.backbone.bottom_up.scope=0",
+                    "dataloader.test.mapper.augmentations.0.short_edge_length=0") == 2
+    assert ("dataloader.test.mapper.augmentations cannot be bounded for a global-scope lambda layer "
+            "(model.backbone.bottom_up.scope=0)") in capsys.readouterr().err
     assert run_tool("lazyconfig_train_net.py", *args, "model.roi_heads.num_classes=80") == 2
     assert ("model.roi_heads.num_classes=80, but dataset 'toy_shapes_train' (dataloader.train.dataset.names) has 4 classes "
             "(circle, square, triangle, star): set model.roi_heads.num_classes=4") in capsys.readouterr().err

@@ -653,6 +653,9 @@ def test_command_line_values_are_named_with_what_is_allowed(tool, argv, expected
     (["MODEL.LAMBDA_RESNET.HEADS", "3"], "MODEL.LAMBDA_RESNET.HEADS=3: must divide the bottleneck width"),
     (["MODEL.LAMBDA_RESNET.SCOPE", "0", "MODEL.LAMBDA_RESNET.GLOBAL_MAX_SIZE", "4"],
      "GLOBAL_MAX_SIZE=4: INPUT.MAX_SIZE_TRAIN=128 gives lambda-layer maps of up to 16x16 (stride 8)"),
+    (["MODEL.LAMBDA_RESNET.SCOPE", "0", "INPUT.MIN_SIZE_TEST", "0"],
+     "INPUT.MIN_SIZE_TEST=0 (test images are not resized: set INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) cannot be bounded for a "
+     "global-scope lambda layer (MODEL.LAMBDA_RESNET.SCOPE=0)"),
     (["MODEL.FPN.OUT_CHANNELS", "48"], "MODEL.FPN.OUT_CHANNELS=48: must be a multiple of 32"),
     (["MODEL.ROI_HEADS.NUM_CLASSES", "3"], "MODEL.ROI_HEADS.NUM_CLASSES=3, but dataset 'toy_shapes_train'"),
     (["DATASETS.TRAIN", "('toy_shapes_trian',)"], "did you mean ['toy_shapes_train'"),

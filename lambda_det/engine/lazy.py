@@ -15,9 +15,10 @@ import argparse
 import logging
 import numbers
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import detectron2.data.transforms as T
 import torch
@@ -34,7 +35,8 @@ from ..errors import ConfigError, TrainingDiverged, UserError
 from ..evaluation import INFERENCE_FOLDER, describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
 from ..lazy_config import accepts_argument, callable_target, config_text, load_lazy_config
 from ..utils.file_safety import normalized
-from ..modeling import build_lambda_resnet, lambda_resnet_config
+from ..modeling import build_lambda_resnet, lambda_resnet_config, largest_map_problems
+from ..modeling.layouts import stage_layouts
 from .defaults import add_dataset_argument, check_launch_args, register_datasets, setup_process, share_cpu_cores
 from .preflight import ConfigProblems, RunKeys, check_model_and_output, check_output_and_weights, evaluation_files, explained_build_errors
 from .trainer import dataset_size, iterations_trained
@@ -220,6 +222,51 @@ def lambda_resnet_node(cfg) -> Optional[str]:
     return walk(OmegaConf.to_container(model, resolve=False), "model") if isinstance(model, DictConfig) else None
 
 
+def lambda_resnet_options(cfg) -> Optional[dict]:
+    """The MODEL.LAMBDA_RESNET values (lower case) the model's ``build_lambda_resnet`` node is given, or None."""
+    node = lambda_resnet_node(cfg)
+    if node is None:
+        return None
+    return {k: v for k, v in OmegaConf.select(cfg, node).items() if k not in ("_target_", "in_channels", "num_classes")}
+
+
+def largest_image_sides(cfg) -> List[Tuple[str, Optional[int]]]:
+    """The largest image side each data loader's augmentations let through (a FixedSizeCrop's crop,
+    which it pads to, ResizeScale's largest scale or ResizeShortestEdge's max_size, whichever comes
+    last), with their key in words; None where nothing bounds it. Loaders whose augmentations cannot
+    be built are left to the build of the loader to name."""
+    sides = []
+    for split in ("train", "test"):
+        key = f"dataloader.{split}.mapper.augmentations"
+        try:
+            augmentations = instantiate(OmegaConf.select(cfg, key, default=None))
+        except Exception:
+            continue
+        if augmentations is None:
+            continue
+        side = None
+        for aug in augmentations:
+            if isinstance(aug, T.FixedSizeCrop):
+                side = max(aug.crop_size)
+            elif isinstance(aug, T.ResizeScale):
+                side = int(max(aug.target_height, aug.target_width) * aug.max_scale)
+            elif isinstance(aug, T.ResizeShortestEdge):  # a short side of 0 leaves the image as it is
+                side = aug.max_size if aug.max_size < sys.maxsize and 0 not in aug.short_edge_length else None
+        sides.append((key if side is None else f"{key} (images of up to {side} pixels a side)", side))
+    return sides
+
+
+def global_scope_problems(cfg) -> List[str]:
+    """A global-scope LambdaResNet's tables against the largest maps the data loaders give it, named by
+    the LazyConfig's keys (the rule of ``largest_map_problems``, as train_net applies it to INPUT.*)."""
+    options = lambda_resnet_options(cfg)
+    if options is None:
+        return []
+    c = lambda_resnet_config(**options).MODEL.LAMBDA_RESNET
+    problems = largest_map_problems(c, stage_layouts(c), largest_image_sides(cfg))
+    return [named_as_lazy(line, lambda_resnet_node(cfg)) for line in problems]
+
+
 @contextmanager
 def lambda_resnet_keys_named_as_lazy(cfg):
     """build_lambda_resnet reads its arguments as MODEL.LAMBDA_RESNET keys, and its errors name them so:
@@ -230,17 +277,22 @@ def lambda_resnet_keys_named_as_lazy(cfg):
         node = lambda_resnet_node(cfg)
         if node is None:
             raise
-        text = re.sub(r"MODEL\.LAMBDA_RESNET\.([A-Z0-9_]+)", lambda m: f"{node}.{m[1].lower()}", str(exc))
-        text = text.replace("MODEL.BACKBONE.FREEZE_AT", f"{node}.freeze_at")
-        # a key named alone (with NORM='GN', leave res2 out of SE_STAGES): the argument's name; the messages
-        # quote values (norm='GN HEADS'), which are kept as they are
-        keys = set(lambda_resnet_config().MODEL.LAMBDA_RESNET)
-        # odd places: the quoted values (a quote inside a word, the stem's, opens none)
-        parts = re.split(r"((?<!\w)'[^']*'(?!\w)|(?<!\w)\"[^\"]*\"(?!\w))", text)
-        text = "".join(part if i % 2 else re.sub(r"(?<![.\w])[A-Z][A-Z0-9_]*(?!\w|\.\w)",
-                                                 lambda m: m[0].lower() if m[0] in keys else m[0], part)
-                       for i, part in enumerate(parts))
-        raise type(exc)(text) from None
+        raise type(exc)(named_as_lazy(str(exc), node)) from None
+
+
+def named_as_lazy(text: str, node: str) -> str:
+    """A message of the backbone's reader with its MODEL.LAMBDA_RESNET keys named as the arguments of
+    the LazyConfig's ``node`` (MODEL.LAMBDA_RESNET.DEPTH -> model.backbone.bottom_up.depth)."""
+    text = re.sub(r"MODEL\.LAMBDA_RESNET\.([A-Z0-9_]+)", lambda m: f"{node}.{m[1].lower()}", text)
+    text = text.replace("MODEL.BACKBONE.FREEZE_AT", f"{node}.freeze_at")
+    # a key named alone (with NORM='GN', leave res2 out of SE_STAGES): the argument's name; the messages
+    # quote values (norm='GN HEADS'), which are kept as they are
+    keys = set(lambda_resnet_config().MODEL.LAMBDA_RESNET)
+    # odd places: the quoted values (a quote inside a word, the stem's, opens none)
+    parts = re.split(r"((?<!\w)'[^']*'(?!\w)|(?<!\w)\"[^\"]*\"(?!\w))", text)
+    return "".join(part if i % 2 else re.sub(r"(?<![.\w])[A-Z][A-Z0-9_]*(?!\w|\.\w)",
+                                             lambda m: m[0].lower() if m[0] in keys else m[0], part)
+                   for i, part in enumerate(parts))
 
 
 def build_lazy_model(cfg) -> torch.nn.Module:
@@ -274,7 +326,8 @@ def lazy_preflight(cfg, args) -> None:
     if not args.eval_only:
         check_trainable(datasets[:-1], masks=masks)
     check_coco_files(test, masks=masks)
-    model = build_lazy_model(cfg)
+    model = build_lazy_model(cfg)  # names the backbone's arguments that cannot work, before their sizes are checked
+    ConfigError.check(global_scope_problems(cfg))
     checkpoints = None if args.eval_only else train.max_iter // train.checkpointer.period + 1
     check_model_and_output(LAZY_KEYS, model, output_dir, strict_weights, checkpoints=checkpoints, fit_cfg=cfg)
 
@@ -302,9 +355,8 @@ def describe_lazy_model(cfg) -> str:
     """The model in words, as ``describe_model`` writes it for yacs configs: a LambdaResNet's
     layout from its ``build_lambda_resnet`` arguments (the callable itself, or its name in a saved
     config.yaml), another backbone by its callable."""
-    node = lambda_resnet_node(cfg)
-    if node is not None:
-        options = {k: v for k, v in OmegaConf.select(cfg, node).items() if k not in ("_target_", "in_channels", "num_classes")}
+    options = lambda_resnet_options(cfg)
+    if options is not None:
         yacs = lambda_resnet_config(**options)
         yacs.MODEL.BACKBONE.NAME = "build_lambda_resnet_fpn_backbone"
         return describe_model(yacs)

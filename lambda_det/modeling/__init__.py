@@ -9,6 +9,7 @@ from .lambda_resnet import (
     imagenet_num_params,
     lambda_resnet_config,
     lambda_resnet_config_problems,
+    largest_map_problems,
     register_backbones,
 )
 from .layouts import PAPER_C4_LAMBDA_BLOCKS, STAGE_BLOCKS, STAGE_NAMES
@@ -25,6 +26,7 @@ __all__ = [
     "imagenet_num_params",
     "lambda_resnet_config",
     "lambda_resnet_config_problems",
+    "largest_map_problems",
     "register_backbones",
     "PAPER_C4_LAMBDA_BLOCKS",
     "STAGE_BLOCKS",

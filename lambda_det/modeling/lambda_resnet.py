@@ -236,30 +236,37 @@ def lambda_width_problems(cfg, layouts: List[str]) -> List[str]:
 
 
 def global_scope_problems(cfg, layouts: List[str]) -> List[str]:
-    """A global-scope layer has a table for maps up to GLOBAL_MAX_SIZE: check the largest map it will see."""
+    """A global-scope layer has a table for maps up to GLOBAL_MAX_SIZE: check the largest map it will
+    see, from the largest image sides the INPUT keys give."""
+    if "LSJ" in cfg.INPUT and cfg.INPUT.LSJ.ENABLED:
+        sides = [(f"INPUT.LSJ.IMAGE_SIZE={cfg.INPUT.LSJ.IMAGE_SIZE}", cfg.INPUT.LSJ.IMAGE_SIZE)]
+    else:
+        sides = [(f"INPUT.MAX_SIZE_TRAIN={cfg.INPUT.MAX_SIZE_TRAIN}", cfg.INPUT.MAX_SIZE_TRAIN)]
+    sides.append(("INPUT.MIN_SIZE_TEST=0 (test images are not resized: set INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST)", None)
+                 if cfg.INPUT.MIN_SIZE_TEST == 0 else (f"INPUT.MAX_SIZE_TEST={cfg.INPUT.MAX_SIZE_TEST}", cfg.INPUT.MAX_SIZE_TEST))
+    return largest_map_problems(cfg.MODEL.LAMBDA_RESNET, layouts, sides)
+
+
+def largest_map_problems(c, layouts: List[str], sides: List[Tuple[str, Optional[int]]]) -> List[str]:
+    """The global-scope problems of the MODEL.LAMBDA_RESNET node ``c``, given the largest image sides
+    the inputs have: (what gives it, in words with its key; the side, or None where nothing bounds it)."""
     # a downsampling block's layer runs at the previous stage's resolution, then pools
     strides = [4 * 2**i // (2 if b == 0 and i > 0 else 1) for i, letters in enumerate(layouts) for b, letter in enumerate(letters)
                if letter == "L"]
-    if cfg.MODEL.LAMBDA_RESNET.SCOPE != 0 or not strides:
+    if c.SCOPE != 0 or not strides:
         return []
-    limit = cfg.MODEL.LAMBDA_RESNET.GLOBAL_MAX_SIZE
-    if "LSJ" in cfg.INPUT and cfg.INPUT.LSJ.ENABLED:
-        sources = [("INPUT.LSJ.IMAGE_SIZE", cfg.INPUT.LSJ.IMAGE_SIZE)]
-    else:
-        sources = [("INPUT.MAX_SIZE_TRAIN", cfg.INPUT.MAX_SIZE_TRAIN)]
-    if cfg.INPUT.MIN_SIZE_TEST == 0:
-        return [
-            "INPUT.MIN_SIZE_TEST=0 (test images are not resized) cannot be bounded for a global-scope lambda layer "
-            "(MODEL.LAMBDA_RESNET.SCOPE=0): set INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST or use a local SCOPE"
-        ]
-    sources.append(("INPUT.MAX_SIZE_TEST", cfg.INPUT.MAX_SIZE_TEST))
+    limit = c.GLOBAL_MAX_SIZE
+    unbounded = [what for what, side in sides if side is None]
+    if unbounded:
+        return [f"{what} cannot be bounded for a global-scope lambda layer (MODEL.LAMBDA_RESNET.SCOPE=0): bound the "
+                "image size or use a local SCOPE" for what in unbounded]
     problems = []
-    for key, side in sources:
+    for what, side in sides:
         padded = -(-side // 32) * 32  # images are padded to the FPN's size divisibility
         largest_map = -(-padded // min(strides))
         if largest_map > limit:
             problems.append(
-                f"MODEL.LAMBDA_RESNET.GLOBAL_MAX_SIZE={limit}: {key}={side} gives lambda-layer maps of up to "
+                f"MODEL.LAMBDA_RESNET.GLOBAL_MAX_SIZE={limit}: {what} gives lambda-layer maps of up to "
                 f"{largest_map}x{largest_map} (stride {min(strides)}); raise GLOBAL_MAX_SIZE to >= {largest_map}, "
                 "lower the input size, or use a local SCOPE"
             )
