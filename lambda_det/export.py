@@ -232,7 +232,7 @@ def tied_at_the_cut(expected: Sequence[torch.Tensor], names: Sequence[str], limi
     return tied if 1 < int(tied.sum()) < scores.numel() else None
 
 
-def detections_limit(model) -> Optional[int]:
+def box_predictor_topk(model) -> Optional[int]:
     """TEST.DETECTIONS_PER_IMAGE as the model's box predictor holds it (None for other heads)."""
     predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
     return getattr(predictor, "test_topk_per_image", None)
@@ -290,7 +290,7 @@ def export_and_check(model, image: torch.Tensor, fmt: str, method: str, output_d
             info = export_torchscript(model, image, method, staged_model)
         else:
             info = export_onnx(model, image, staged_model, backbone_only=backbone_only)
-        checks, problems, ties, limit = {}, [], 0, detections_limit(model)
+        checks, problems, ties, limit = {}, [], 0, box_predictor_topk(model)
         for label, tensor in (("sample", image), ("other_size", other_size(image))):
             expected, names = named_reference_outputs(model, tensor, backbone_only=backbone_only)
             got = run_exported(staged_model, tensor, fmt, method)
@@ -321,7 +321,7 @@ __all__ = [
     "ExportError",
     "FORMATS",
     "METHODS",
-    "detections_limit",
+    "box_predictor_topk",
     "export_and_check",
     "export_onnx",
     "export_torchscript",

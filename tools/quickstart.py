@@ -26,7 +26,7 @@ from lambda_det.engine import (
     parse_args_with_overrides, positive_int, preflight, run_folder_lock, run_main, setup,
 )
 from lambda_det.errors import OutputError
-from lambda_det.evaluation import TTA_FOLDER, evaluation_folders, load_ap_by_size, markdown_table
+from lambda_det.evaluation import TTA_FOLDER, ap_table, evaluation_folders, load_ap_by_size
 from lambda_det.model_zoo import get_config_file
 from lambda_det.utils.file_safety import path_argument, refuse_file, write_text
 
@@ -148,7 +148,7 @@ def summarize(out: Path, report_dirs: List[Path], train_minutes, demo_images, de
     print()
     if train_minutes is not None:
         print(f"Trained and evaluated on {device} in {train_minutes:.1f} min; demo on {demo_images} validation images.")
-    print(markdown_table(rows))
+    print(ap_table(rows))
     for report_dir in report_dirs:
         print(f"AP by size (table, chart, JSON): {report_dir}/ap_by_size.md, ap_by_size.png, ap_by_size.json")
     print(f"Checkpoints and logs:           {out}/model_final.pth, metrics.json, log.txt, TensorBoard events")

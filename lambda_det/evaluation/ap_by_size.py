@@ -49,7 +49,7 @@ def _clean(value) -> Optional[float]:
     return float(value)
 
 
-def markdown_table(rows: Sequence[Tuple[str, Summary]]) -> str:
+def ap_table(rows: Sequence[Tuple[str, Summary]]) -> str:
     """| run | AP bb | AP50 | AP75 | APs | APm | APl | AP mask | ... |: one row per run."""
     head = ["run"] + [f"{m} {label}" for _, label in TASKS for m in METRICS]
     return markdown.markdown_table(head, [
@@ -110,7 +110,7 @@ def write_ap_by_size(
     payload = {"run": run_name, **(extra or {}), **summary}
     if provenance:
         payload["provenance"] = provenance
-    md = f"# AP by object size: {run_name}\n\n" + markdown_table([(run_name, summary)])
+    md = f"# AP by object size: {run_name}\n\n" + ap_table([(run_name, summary)])
     if provenance:
         md += "\n" + provenance_table([(run_name, provenance)])
     with StagedFiles() as staged:  # the three appear together or not at all
@@ -237,7 +237,7 @@ def compare(
     records = [{"run": n, **s, "provenance": p} for (n, s), (_, p) in zip(rows, provenance)]
     rows += [(f"paper: {r}", {t: {m: PAPER_TABLE6[r][t].get(m) for m in METRICS} for t in PAPER_TABLE6[r]}) for r in paper_rows]
     records += [{"run": n, **s, "provenance": None} for n, s in rows[len(runs):]]
-    text = "# AP by object size, side by side\n\n" + markdown_table(rows)
+    text = "# AP by object size, side by side\n\n" + ap_table(rows)
     text += "\n## What produced each run\n\n" + provenance_table(provenance)
     ensure_writable_dir(out_dir, "--output")
     with StagedFiles(replace=overwrite) as staged:  # nor a comparison another run wrote meanwhile
