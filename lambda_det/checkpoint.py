@@ -21,7 +21,7 @@ import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 from omegaconf import DictConfig
 
-from .errors import ConversionError, OutputError, WeightsError
+from .errors import ConversionError, OutputError, WeightsError, raised_while_handling
 from .lazy_config import config_text
 from .utils.file_safety import no_hard_links, temporary_path, write_bytes, write_text
 
@@ -156,9 +156,9 @@ class Checkpointer(DetectionCheckpointer):
             partial.unlink(missing_ok=True)
             # torch's zip writer fails in its cleanup after a Ctrl-C or a full disk mid-save: its RuntimeError
             # ("unexpected pos") would hide the interrupt, or the OSError that says what happened
-            if _raised_while_handling(exc, KeyboardInterrupt):
+            if raised_while_handling(exc, KeyboardInterrupt):
                 raise KeyboardInterrupt from None
-            failed = _raised_while_handling(exc, OSError)
+            failed = raised_while_handling(exc, OSError)
             if failed is not None:
                 raise OSError(failed.errno, failed.strerror or str(failed), str(target)) from None
             raise
@@ -234,17 +234,6 @@ def nothing_fits(path: str, names: Sequence[str]) -> str:
         text += (f"; it looks like a timm state dict: convert it first with "
                  f"python tools/convert_timm_to_d2.py {path} --output <new file>.pth, and load that")
     return text
-
-
-def _raised_while_handling(exc: BaseException, kind: type) -> Optional[BaseException]:
-    """The first exception of ``kind`` in ``exc``'s chain (itself, or one it was raised while handling)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__context__
-    return None
 
 
 def fit_report(path: str, incompatible, cfg=None, limit: int = 4) -> str:

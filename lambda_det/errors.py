@@ -46,3 +46,16 @@ class ConversionError(UserError):
 
 class TrainingDiverged(UserError):
     """A training run whose loss became non-finite or exploded: its settings cannot train this model."""
+
+
+def raised_while_handling(exc: BaseException, kind: type):
+    """The first exception of ``kind`` in ``exc``'s chain (itself, or one it was raised while handling),
+    or None: torch's zip writer fails again in its cleanup after a full disk or a Ctrl-C, and its
+    RuntimeError ("unexpected pos") would hide what happened."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None

@@ -365,6 +365,9 @@ def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_w
     args = ["--config-file", TOY_LSJ, f"train.output_dir={out}"]
     assert run_tool("lazyconfig_train_net.py", *args, "--resume") == 2
     assert "--resume comes after the config overrides" in capsys.readouterr().err
+    for flag in ("--num-gpus", "--num-machines"):  # a ZeroDivisionError when the batch was split over 0 processes
+        assert run_tool("lazyconfig_train_net.py", flag, "0", *args) == 2
+        assert f"{flag} 0: give 1 or more" in capsys.readouterr().err
     assert run_tool("lazyconfig_train_net.py", *args, "train.max_iters=3") == 2
     assert "did you mean train.max_iter?" in capsys.readouterr().err
     assert run_tool("lazyconfig_train_net.py", *args, "train.amp.enabled=True") == 2

@@ -15,13 +15,21 @@ import time
 from pathlib import Path
 
 import cv2
+import matplotlib.figure
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TOY_CONFIG, run_tool
+from conftest import REPO, TINY, TOY_CONFIG, run_tool
+from detectron2.engine import HookBase, TrainerBase
 from PIL import Image
 
 from lambda_det.checkpoint import Checkpointer
+from lambda_det.config import load_config
+from lambda_det.data import prepare_dataset
+from lambda_det.engine import evaluation_files, interrupted, run_folder_lock
+from lambda_det.engine.trainer import EvalHook
+from lambda_det.errors import OutputError
+from lambda_det.evaluation import build_coco_evaluator, write_ap_by_size
 
 
 def hashes(folder: Path) -> dict:
@@ -398,6 +406,10 @@ def test_a_second_run_into_a_folder_in_use_is_refused_with_the_holders_pid(tmp_p
         before = hashes(out)
         assert train(out, small_val, "--resume") == 2
         assert f"is in use by another run (pid {holder.pid})" in capsys.readouterr().err
+        # named by the key of the tool's own config
+        lazy = REPO / "configs" / "Toy" / "mask_rcnn_LambdaR_26_FPN_toy_LSJ.py"
+        assert run_tool("lazyconfig_train_net.py", "--config-file", lazy, f"train.output_dir={out}") == 2
+        assert f"train.output_dir {out} is in use by another run (pid {holder.pid})" in capsys.readouterr().err
         assert hashes(out) == before
     finally:
         holder.kill()
@@ -677,6 +689,97 @@ def test_a_full_disk_inside_torchs_zip_writer_is_named_by_its_oserror(tmp_path, 
         Checkpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path)).save("model_0000001")
     assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "model_0000001.pth"))
     assert list(tmp_path.iterdir()) == []  # no partial file
+
+
+def _zip_writer_on_a_full_disk(obj, f, *args, **kwargs):
+    """torch.save as it fails on a full disk: part of the file written, then its cleanup's RuntimeError."""
+    f.write(b"PK\x03\x04 part of a zip")
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+
+def test_a_full_disk_in_the_evaluators_files_leaves_no_half_file_and_names_it(tmp_path, monkeypatch):
+    """Detectron2's COCOEvaluator writes instances_predictions.pth under its own name: a full disk left a
+    damaged file there (which the next evaluation had to be told to replace) and a traceback."""
+    prepare_dataset("toy_shapes_val")
+    cfg = load_config(str(TOY_CONFIG), ["MODEL.DEVICE", "cpu"])
+    evaluator = build_coco_evaluator(cfg, "toy_shapes_val", str(tmp_path))
+    evaluator.reset()
+    evaluator._predictions = [{"image_id": 1, "instances": []}]
+    monkeypatch.setattr(torch, "save", _zip_writer_on_a_full_disk)
+    with pytest.raises(OSError) as info:
+        evaluator.evaluate()
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "instances_predictions.pth"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_a_report_is_written_names_the_report_not_its_temporary_file(tmp_path, monkeypatch):
+    """The plot's writer named the file it was handed, the set's temporary name (.ap_by_size.<...>.partial.png)."""
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    results = {task: {m: 50.0 for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")} for task in ("bbox", "segm")}
+    with pytest.raises(OutputError) as info:
+        write_ap_by_size(results, tmp_path, "run")
+    assert str(info.value).startswith(f"could not write {tmp_path / 'ap_by_size.png'}: "), info.value
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_whose_last_step_failed_is_not_evaluated(tmp_path):
+    """Detectron2 runs after_train in a finally: its EvalHook evaluated the weights a failed final
+    checkpoint never saved, and that evaluation's own error (the same full disk) hid the first."""
+    class FullDiskAtTheEnd(HookBase):
+        def after_step(self):
+            if self.trainer.iter + 1 == self.trainer.max_iter:
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "model_final.pth"))
+
+    class Steps(TrainerBase):
+        def run_step(self):
+            pass
+
+    for fails, expected in ((True, []), (False, ["evaluated"])):
+        evaluated, trainer = [], Steps()
+        trainer.register_hooks([FullDiskAtTheEnd() if fails else None, EvalHook(0, lambda: evaluated.append("evaluated"))])
+        if fails:
+            with pytest.raises(OSError, match="No space left on device"):
+                trainer.train(0, 3)
+        else:
+            trainer.train(0, 3)
+        assert evaluated == expected
+
+
+def test_a_full_disk_when_the_lock_is_taken_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    write = os.write
+
+    def full(fd, data):
+        if data == str(os.getpid()).encode():  # the lock's pid; not pytest's own writes
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OutputError, match=r"--output .*out: cannot write there \(No space left on device\)"):
+        with run_folder_lock(str(tmp_path / "out"), "--output"):
+            pass
+    monkeypatch.undo()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_evaluation_interrupted_before_its_results_is_said_so_and_does_not_block_the_next(tmp_path):
+    folder = tmp_path / "inference" / "val"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("model: {}\n")  # written first, at the start of an evaluation
+    assert evaluation_files(str(tmp_path), ["val"]) == []
+    (folder / "instances_predictions.pth").write_bytes(b"results")
+    assert sorted(p.name for p in evaluation_files(str(tmp_path), ["val"])) == ["config.yaml", "instances_predictions.pth"]
+    message = interrupted(str(tmp_path), ["python", "tools/lazyconfig_train_net.py", "--eval-only"], "train.output_dir", eval_only=True)
+    assert message.startswith(f"interrupted before the evaluation finished (train.output_dir {tmp_path})")
+    assert "checkpoint" not in message
+    fresh = interrupted(str(tmp_path / "new"), ["python", "tools/train_net.py", "--resume"])
+    assert fresh.startswith(f"interrupted before the first checkpoint was written (OUTPUT_DIR {tmp_path / 'new'}); start again "
+                            "with:\n  python tools/train_net.py --resume")
 
 
 def test_an_integer_for_a_float_key_says_how_to_write_it(tmp_path, capsys):

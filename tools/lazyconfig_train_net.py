@@ -43,7 +43,7 @@ def lazyconfig_train_net(argv=None) -> int:
             LAZY_KEYS, output_dir, finished, max_iter, evaluation_files(output_dir, [evaluation_dataset(cfg)]),
             evaluation_reports(output_dir, [evaluation_dataset(cfg)])):
         return 0
-    return launch_in_run_folder(main, args, output_dir)
+    return launch_in_run_folder(main, args, output_dir, flag=LAZY_KEYS.output_dir)
 
 
 if __name__ == "__main__":

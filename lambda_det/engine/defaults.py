@@ -263,8 +263,12 @@ def run_folder_lock(output_dir: str, flag: str = "OUTPUT_DIR"):
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             raise OutputError(f"{flag} {output_dir} is in use by another run (pid {holder}); nothing was written. "
                               f"Wait for it to end, or use another {flag}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as exc:  # a full disk: the lock (ours, held) goes, and nothing else was written
+            lock.unlink(missing_ok=True)
+            raise OutputError(f"{flag} {output_dir}: cannot write there ({exc.strerror or exc})") from None
         abandoned = remove_abandoned_partials(folder)
         if abandoned:
             print(f"warning: removed {len(abandoned)} unfinished file(s) a killed process left in {folder}: "
@@ -274,11 +278,16 @@ def run_folder_lock(output_dir: str, flag: str = "OUTPUT_DIR"):
         os.close(fd)  # closing the file releases the lock
 
 
-def interrupted(output_dir: str, command: Sequence[str]) -> str:
-    """The message for Ctrl-C during a run: where the last checkpoint is, and the command that goes on."""
+def interrupted(output_dir: str, command: Sequence[str], flag: str = "OUTPUT_DIR", *, eval_only: bool = False) -> str:
+    """The message for Ctrl-C during a run: where the last checkpoint is, and the command that goes on
+    (``flag``: the config key of the run folder, as the tool's config spells it)."""
+    if eval_only:
+        return (f"interrupted before the evaluation finished ({flag} {output_dir}): run the same command again "
+                "(it says so if results of this one are left to replace)")
     intact = intact_checkpoints(Path(output_dir)) if Path(output_dir).is_dir() else []
     if not intact:
-        return f"interrupted before the first checkpoint was written (OUTPUT_DIR {output_dir})"
+        return (f"interrupted before the first checkpoint was written ({flag} {output_dir}); start again with:\n  "
+                f"{' '.join(shlex.quote(str(w)) for w in command)}")
     path, iteration = intact[0]
     at = f" (iteration {iteration})" if iteration is not None else ""
     return f"interrupted; the last checkpoint is {path}{at}. Continue with:\n  {' '.join(shlex.quote(str(w)) for w in command)}"

@@ -86,13 +86,14 @@ def _main_in_worker(main: Callable, args) -> None:
         sys.exit(status)
 
 
-def launch_in_run_folder(main: Callable, args, output_dir: str, argv: Optional[Sequence[str]] = None) -> int:
-    """Detectron2's ``launch(main, ...)`` with the run folder locked for it: the tool's exit status
-    (0; 2 a worker's error about the user's input, already printed; 130 Ctrl-C, with the command
-    that goes on; 1 a failed write, naming the file, with the last intact checkpoint)."""
+def launch_in_run_folder(main: Callable, args, output_dir: str, argv: Optional[Sequence[str]] = None,
+                         flag: str = "OUTPUT_DIR") -> int:
+    """Detectron2's ``launch(main, ...)`` with the run folder (``flag``: its key) locked for it: the
+    tool's exit status (0; 2 a worker's error about the user's input, already printed; 130 Ctrl-C, with
+    the command that goes on; 1 a failed write, naming the file, with the last intact checkpoint)."""
     argv = list(sys.argv if argv is None else argv)
     processes = args.num_gpus * args.num_machines
-    with run_folder_lock(output_dir):
+    with run_folder_lock(output_dir, flag):
         try:
             launch(functools.partial(_main_in_worker, main) if processes > 1 else main, args.num_gpus,
                    num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
@@ -101,8 +102,8 @@ def launch_in_run_folder(main: Callable, args, output_dir: str, argv: Optional[S
                 return 2
             raise
         except KeyboardInterrupt:
-            command = ["python", *argv] if args.resume else ["python", argv[0], "--resume", *argv[1:]]
-            print(f"error: {interrupted(output_dir, command)}", file=sys.stderr)
+            command = ["python", *argv] if args.resume or args.eval_only else ["python", argv[0], "--resume", *argv[1:]]
+            print(f"error: {interrupted(output_dir, command, flag, eval_only=args.eval_only)}", file=sys.stderr)
             return 130
         except OSError as exc:
             where = exc.filename or output_dir

@@ -32,14 +32,14 @@ from omegaconf import DictConfig, OmegaConf
 from ..checkpoint import Checkpointer, keep_final_weights
 from ..data import check_coco_files, check_datasets, check_trainable, prepare_dataset
 from ..errors import ConfigError, TrainingDiverged, UserError
-from ..evaluation import INFERENCE_FOLDER, describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
+from ..evaluation import INFERENCE_FOLDER, WholeFilesCOCOEvaluator, describe_model, has_detectron2_ops, provenance_record, write_ap_by_size
 from ..lazy_config import accepts_argument, callable_target, config_text, load_lazy_config
 from ..utils.file_safety import normalized
 from ..modeling import build_lambda_resnet, lambda_resnet_config, largest_map_problems
 from ..modeling.layouts import stage_layouts
 from .defaults import add_dataset_argument, check_launch_args, register_datasets, setup_process, share_cpu_cores
 from .preflight import ConfigProblems, RunKeys, check_model_and_output, check_output_and_weights, evaluation_files, explained_build_errors
-from .trainer import dataset_size, iterations_trained
+from .trainer import EvalHook, dataset_size, iterations_trained
 
 logger = logging.getLogger("lambda_det")
 
@@ -309,8 +309,8 @@ def lazy_preflight(cfg, args) -> None:
     """Everything about a lazyconfig_train_net run that can be known to fail, checked before any
     process starts or file is written (the checks of train_net's ``preflight`` that apply)."""
     train, world_size = cfg.train, args.num_gpus * args.num_machines
+    check_launch_args(args, str(train.device))  # the process counts first: the batch is split over them
     ConfigError.check(lazy_config_problems(cfg, training=not args.eval_only, world_size=world_size))
-    check_launch_args(args, train.device)
     test = evaluation_dataset(cfg)
     datasets = ([] if args.eval_only else dataset_names(cfg.dataloader.train.dataset.names)) + [test]
     num_classes = (OmegaConf.select(cfg, LAZY_KEYS.num_classes, default=None), LAZY_KEYS.num_classes, LAZY_KEYS.separator)
@@ -380,7 +380,10 @@ def lazy_test(cfg, model, *, config_file: str, weights: Optional[str] = None, it
     ap_by_size.{json,md,png} with what produced them in train.output_dir/inference/<dataset>/."""
     name = evaluation_dataset(cfg)
     prepare_dataset(name)
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    if type(evaluator) is COCOEvaluator:  # the same evaluator, its files whole or absent (not in config.yaml)
+        evaluator.__class__ = WholeFilesCOCOEvaluator
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
     if not comm.is_main_process() or not results:
         return results
     print_csv_format(results)
@@ -437,7 +440,7 @@ def lazy_train(cfg, args):
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **train.checkpointer) if main_process else None,
-        hooks.EvalHook(train.eval_period, lambda: lazy_test(cfg, model, config_file=args.config_file)),
+        EvalHook(train.eval_period, lambda: lazy_test(cfg, model, config_file=args.config_file)),
         hooks.PeriodicWriter(default_writers(train.output_dir, train.max_iter), period=train.log_period) if main_process else None,
     ])
     resumed = args.resume and checkpointer.has_checkpoint()

@@ -282,9 +282,12 @@ def earlier_evaluation(cfg) -> List[Path]:
 
 
 def evaluation_files(output_dir: str, dataset_names: Sequence[str], kinds: Sequence[str] = (INFERENCE_FOLDER,)) -> List[Path]:
-    """The files an evaluation of ``dataset_names`` into ``output_dir`` (its ``kinds`` of folder) would replace."""
+    """The files an evaluation of ``dataset_names`` into ``output_dir`` (its ``kinds`` of folder) would
+    replace; a config.yaml alone is an evaluation's that was interrupted before any result (it is
+    written first): replaced with no question, as it holds nothing to lose."""
     folders = [Path(output_dir) / kind / name for kind in kinds for name in dataset_names]
-    return [folder / name for folder in folders for name in EVALUATION_FILES if (folder / name).exists()]
+    found = [[folder / name for name in EVALUATION_FILES if (folder / name).exists()] for folder in folders]
+    return [path for files in found if [p.name for p in files] != ["config.yaml"] for path in files]
 
 
 def evaluation_reports(output_dir: str, dataset_names: Sequence[str], kinds: Sequence[str] = (INFERENCE_FOLDER,)) -> List[Path]:

@@ -25,6 +25,17 @@ from ..evaluation import INFERENCE_FOLDER, TTA_FOLDER, build_coco_evaluator, eva
 logger = logging.getLogger("lambda_det")
 
 
+class EvalHook(hooks.EvalHook):
+    """Detectron2's EvalHook, whose evaluation after the last iteration runs only when the iterations
+    completed: Detectron2 calls ``after_train`` in a ``finally``, so a run stopped by an error in its
+    last step (a final checkpoint that could not be written) evaluated weights it never saved, and an
+    error of that evaluation (the same full disk) hid the first."""
+
+    def after_train(self):
+        if self.trainer.iter >= self.trainer.max_iter:  # the loop's end; an error leaves it at max_iter - 1
+            super().after_train()
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer with lambda_det's data, evaluation and CPU-aware distributed training."""
 
@@ -57,9 +68,9 @@ class Trainer(DefaultTrainer):
         built = super().build_hooks()
         for i, hook in enumerate(built):
             if isinstance(hook, hooks.EvalHook):
-                built[i] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
+                built[i] = EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
         if self.cfg.TEST.AUG.ENABLED:  # as Detectron2's train_net: once more after training, augmented
-            built.append(hooks.EvalHook(0, self._evaluate_with_tta))
+            built.append(EvalHook(0, self._evaluate_with_tta))
         return built
 
     def _evaluate(self):

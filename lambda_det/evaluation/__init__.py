@@ -10,7 +10,7 @@ from .ap_by_size import (
     summarize,
     write_ap_by_size,
 )
-from .coco import INFERENCE_FOLDER, TTA_FOLDER, build_coco_evaluator, evaluation_folders, has_detectron2_ops
+from .coco import INFERENCE_FOLDER, TTA_FOLDER, WholeFilesCOCOEvaluator, build_coco_evaluator, evaluation_folders, has_detectron2_ops
 from .provenance import describe_model, evaluation_provenance, provenance_record
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "PAPER_TABLE6",
     "ResultFileError",
     "TTA_FOLDER",
+    "WholeFilesCOCOEvaluator",
     "ap_table",
     "build_coco_evaluator",
     "compare",

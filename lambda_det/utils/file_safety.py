@@ -339,6 +339,12 @@ class StagedFiles:
                 self._discard(placed=not self.replace)
                 raise
         self._discard()
+        if isinstance(exc, OutputError):  # a writer's own message names the file it was given: the temporary one
+            text = str(exc)
+            for path, tmp in self.pending.items():
+                text = text.replace(str(tmp), str(path))
+            if text != str(exc):
+                raise OutputError(text) from None
         if isinstance(exc, OSError):
             # named by the file it was to become (a temporary name means nothing to the user)
             name = getattr(exc, "filename", None)
