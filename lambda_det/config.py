@@ -110,7 +110,8 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     if is_lazy_config(str(path)):
         kind = "Python" if path.suffix == ".py" else "YAML with a LazyConfig's keys: model, dataloader, train"
         raise ConfigError(f"config file {config_file} is a LazyConfig ({kind}), and this tool reads yacs configs "
-                          "(MODEL, SOLVER, ...): train and evaluate it with tools/lazyconfig_train_net.py")
+                          "(MODEL, SOLVER, ...): train and evaluate it with tools/lazyconfig_train_net.py (the demo and "
+                          "analyze_model read both kinds; export_model and benchmark_detector, as Detectron2's export, yacs only)")
     try:
         content = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:

@@ -200,12 +200,28 @@ def callable_target(node: DictConfig):
 
 
 def accepts_argument(target, name: str) -> bool:
-    """Whether the callable of an L(...) node takes the argument ``name`` (or any keyword)."""
-    try:
-        parameters = inspect.signature(target).parameters
-    except (TypeError, ValueError):  # a builtin without a signature: let it say so when called
-        return True
-    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    """Whether the callable of an L(...) node takes the argument ``name`` (or any keyword). A class
+    whose __init__ takes ``**kwargs`` hands them to its base's (Detectron2's StandardROIHeads to
+    ROIHeads): the keyword is taken where a base class along the way names it or takes any."""
+    for init in _inits(target):
+        try:
+            parameters = inspect.signature(init).parameters
+        except (TypeError, ValueError):  # a builtin without a signature: let it say so when called
+            return True
+        if name in parameters:
+            return True
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return False
+    return True
+
+
+def _inits(target) -> list:
+    """What a call of ``target`` runs, in the order its keywords are handed on: a function itself; for
+    a class, the __init__ of each class along its MRO that defines one (up to object's, which takes none)."""
+    if not inspect.isclass(target):
+        return [target]
+    inits = [vars(cls)["__init__"] for cls in target.__mro__ if "__init__" in vars(cls) and cls is not object]
+    return inits or [target]
 
 
 def _name(obj) -> str:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import TINY, TOY_CONFIG, run_tool, small_cfg
 
+from lambda_det.data import generate_toy_dataset
 from lambda_det.layers import IMPL_CHOICES, LambdaLayer, lambda_layer_flops
 from lambda_det.layers.flops import taps_inside
 
@@ -122,6 +123,22 @@ def test_analyze_model_takes_overrides_right_after_tasks_and_names_a_late_flag(t
         assert run_tool("analyze_model.py", "--config-file", TOY_CONFIG, *before, *TINY, "--json", tmp_path / "late.json") == 2
         err = capsys.readouterr().err
         assert "--json comes after the config overrides" in err and not (tmp_path / "late.json").exists()
+
+
+def test_analyze_model_counts_ones_own_dataset_and_names_an_unknown_flag(tmp_path, capsys):
+    """--dataset registers a COCO-format dataset, as in train_net; an unknown flag before the overrides was
+    reported as the required flags after it missing."""
+    root = generate_toy_dataset(tmp_path / "mine", splits={"val": 2}, seed=3)
+    out = tmp_path / "analysis.json"
+    assert run_tool("analyze_model.py", "--config-file", TOY_CONFIG, "--dataset", "mine", root / "annotations" / "instances_val.json",
+                    root / "val", "--tasks", "flop", "--json", out, *TINY, "DATASETS.TEST", "('mine',)") == 0
+    assert json.loads(out.read_text())["num_inputs"] == 2  # its two images
+    capsys.readouterr()
+    assert run_tool("analyze_model.py", "--foo", "1", "--config-file", TOY_CONFIG, "--tasks", "parameter") == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --foo" in err and "required" not in err
+    assert run_tool("analyze_model.py", "--tasks", "parameter", "--json-file", out, "--config-file", TOY_CONFIG) == 2
+    assert "unrecognized arguments: --json-file; did you mean --json?" in capsys.readouterr().err
 
 
 def test_analyze_model_names_only_the_unknown_task_not_the_overrides_after_it(capsys):

@@ -370,6 +370,10 @@ def test_lazyconfig_train_net_names_bad_flags_and_overrides_before_anything_is_w
         assert f"{flag} 0: give 1 or more" in capsys.readouterr().err
     assert run_tool("lazyconfig_train_net.py", *args, "train.max_iters=3") == 2
     assert "did you mean train.max_iter?" in capsys.readouterr().err
+    # a class taking **kwargs hands them to its base (StandardROIHeads to ROIHeads), which does not take this one
+    assert run_tool("lazyconfig_train_net.py", *args, "model.roi_heads.num_clases=3") == 2
+    assert "model.roi_heads.num_clases is not a config key" in (err := capsys.readouterr().err), err
+    assert "did you mean model.roi_heads.num_classes?" in err
     assert run_tool("lazyconfig_train_net.py", *args, "train.amp.enabled=True") == 2
     assert "train.amp.enabled=True: needs a CUDA device" in capsys.readouterr().err
     # values that failed only once the run had started (tracebacks, a half-made run folder), all named at once

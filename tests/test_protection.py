@@ -633,6 +633,10 @@ def test_benchmark_checks_its_output_before_timing(tmp_path, capsys):
     ("benchmark_lambda.py", ["--vs-conv", "--sizes", "100"], "--sizes does nothing for --vs-conv, which takes --batches"),
     ("benchmark_lambda.py", ["--kernels", "--batch", "4"], "--batch does nothing for --kernels, which takes none of"),
     ("benchmark_lambda.py", ["--scopes", "3"], "--scopes does nothing for the layer benchmark, which takes --sides"),
+    ("benchmark_detector.py", ["--quick", "--sizes", "1024"], "--sizes does nothing with --quick, which runs its toy models at 128"),
+    ("benchmark_detector.py", ["--quick", "--repeats", "3"], "--repeats does nothing with --quick"),
+    ("analyze_model.py", ["--foo", "1", "--config-file", "x.yaml", "--tasks", "flop"], "unrecognized arguments: --foo"),
+    ("export_model.py", ["--frmat", "onnx", "--config-file", "x.yaml"], "unrecognized arguments: --frmat; did you mean --format?"),
 ])
 def test_command_line_values_are_named_with_what_is_allowed(tool, argv, expected, capsys):
     assert run_tool(tool, *argv) == 2

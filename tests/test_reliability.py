@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -623,6 +624,8 @@ def test_dataset_stats_names_what_is_wrong_in_a_coco_json_and_counts_no_crowd_re
             a["category_id"] = str(a["category_id"])
     status, captured = stats("string_ids", string_ids)
     assert status == 0 and "circle" in captured.out, captured.err
+    status, captured = stats("empty", lambda d: d.update(annotations=[]))  # no instances: no shares (was Python's None)
+    assert status == 0 and re.search(r"\| empty \| \d+ \| 0 \| - \| - \| - \|", captured.out), captured.out
 
     def same_names(data):  # two categories of one name are two classes to the model: counted apart
         for c in data["categories"][:2]:

@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import lambda_det
 from lambda_det.analysis import TASKS, analyze, inference_inputs_source, worst_case
-from lambda_det.engine import ANY_OVERRIDE, cpu_if_no_cuda, parse_args_with_overrides, positive_int, run_main, validate_config
+from lambda_det.engine import (ANY_OVERRIDE, add_dataset_argument, cpu_if_no_cuda, parse_args_with_overrides, positive_int, register_datasets,
+                               run_main, validate_config)
 from lambda_det.engine.lazy import LAZY_KEYS, cpu_if_no_cuda_lazy, dataset_names
 from lambda_det.engine.preflight import ConfigProblems
 from lambda_det.errors import ConfigError, UserError
@@ -78,9 +79,11 @@ def main() -> int:
                         help="count every image at the test-time maximum of proposals and detections")
     parser.add_argument("--json", type=file_path_argument, help="also write the totals to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    add_dataset_argument(parser, "DATASETS.TEST / dataloader.test.dataset.names")  # the images counted, one's own
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides: KEY VALUE ... (yacs), key=value ... (LazyConfig)")
     args = parse_args_with_overrides(parser, override=ANY_OVERRIDE)
+    register_datasets(args)
     # --tasks takes words until the next flag: trailing overrides right after it belong to opts
     tasks = list(args.tasks)
     first_key = next((i for i, t in enumerate(tasks) if ANY_OVERRIDE.match(t)), len(tasks))  # MODEL.DEVICE, train.device=cpu

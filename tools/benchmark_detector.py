@@ -28,9 +28,9 @@ def main() -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace results an earlier run left in --output")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
-    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[1024, 512], help="square input sizes")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", help="square input sizes (default 1024 512)")
     parser.add_argument("--batch", type=positive_int, default=1, help="images per iteration")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="rounds (median reported)")
+    parser.add_argument("--repeats", type=positive_int, help="rounds (median reported; default 3)")
     parser.add_argument("--models", nargs="+", help="subset of the models, by name")
     parser.add_argument("--no-flops", action="store_true", help="skip the GFLOPs counts (tracing takes a while)")
     parser.add_argument("--quick", action="store_true", help="a toy LambdaResNet and its conv twin at 128, once")
@@ -41,6 +41,8 @@ def main() -> int:
         parser.error("--amp needs --device cuda (mixed precision on CPUs is not what GPUs run)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device on this machine")
+    if args.quick and (args.sizes or args.repeats):
+        parser.error(f"{'--sizes' if args.sizes else '--repeats'} does nothing with --quick, which runs its toy models at 128, once")
     models = quick_models() if args.quick else table6_models()
     if args.models:
         known = {m.name: m for m in models}
@@ -48,7 +50,7 @@ def main() -> int:
         if unknown:
             parser.error(f"--models: unknown {unknown}; choose from {list(known)}")
         models = [known[name] for name in args.models]
-    sizes, repeats = ([128], 1) if args.quick else (args.sizes, args.repeats)
+    sizes, repeats = ([128], 1) if args.quick else (args.sizes or [1024, 512], args.repeats or 3)
     if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
         parser.error(f"--tag {args.tag!r}: letters, digits, '-' and '_' only (it becomes part of file names)")
     tag = ("_quick" if args.quick else "") + ("_amp" if args.amp else "")

@@ -22,7 +22,7 @@ from lambda_det.utils.file_safety import path_argument
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=path_argument, help="output directories or ap_by_size.json files")
-    parser.add_argument("--names", nargs="*", default=[], help="row names (default: the run names)")
+    parser.add_argument("--names", nargs="*", default=[], help="row names, in the order of the runs (a run after the last name keeps its own)")
     parser.add_argument("--paper", nargs="*", default=[], choices=list(PAPER_TABLE6), metavar="ROW",
                         help=f"reference rows of the paper's Table 6: {', '.join(PAPER_TABLE6)}")
     parser.add_argument("--output", type=path_argument, default=Path("output/compare"))

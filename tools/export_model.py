@@ -10,8 +10,10 @@ Detectron2's tools/deploy/export_model.py, and check the export against the mode
 Writes model.ts / model.onnx / backbone.onnx and export_info.json (inputs, outputs, checks) into
 --output (an earlier export there is replaced only with --overwrite). The exported model takes one
 image as a (3, H, W) float tensor in INPUT.FORMAT, resized to the config's test size, and returns
-the detections before postprocessing; the export is run on the sample image and on the sample at
-another size and compared with the model (exit status 1 if they differ). Without --sample-image,
+the detections before postprocessing: traced or ONNX, module(image) -> (boxes, scores, classes,
+masks); scripted, module(({'image': image},))[0] -> a dict (export_info.json records the call).
+The export is run on the sample image and on the sample at another size and compared with the
+model (exit status 1 if they differ). Without --sample-image,
 the first image of DATASETS.TEST[0] is the sample. Logic: lambda_det/export.py.
 """
 import argparse
@@ -24,7 +26,8 @@ import lambda_det
 from lambda_det.checkpoint import Checkpointer
 from lambda_det.data import prepare_dataset
 from lambda_det.demo import read_image_bgr
-from lambda_det.engine import build_model_on_cpu, parse_args_with_overrides, run_folder_lock, run_main, validate_config
+from lambda_det.engine import (add_dataset_argument, build_model_on_cpu, parse_args_with_overrides, register_datasets, run_folder_lock,
+                               run_main, validate_config)
 from lambda_det.errors import UserError, WeightsError
 from lambda_det.export import FORMATS, METHODS, export_and_check, file_name, resize_for_model
 from lambda_det.utils.file_safety import existing, path_argument, refuse_file, refuse_overwrite
@@ -39,8 +42,10 @@ def main() -> int:
     parser.add_argument("--output", required=True, type=path_argument, help="directory for the exported files")
     parser.add_argument("--backbone-only", action="store_true", help="ONNX of backbone + FPN only (p2..p6)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
+    add_dataset_argument(parser, "DATASETS.TEST")  # the default sample image, from one's own data
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     args = parse_args_with_overrides(parser)
+    register_datasets(args)
     if args.export_method == "scripting" and args.format != "torchscript":
         parser.error("--export-method scripting makes TorchScript: use --format torchscript")
     if args.backbone_only and args.format != "onnx":

@@ -57,8 +57,9 @@ def dataset_statistics(name: str) -> Dict:
 
 def statistics_table(stats: List[Dict]) -> str:
     head = ["dataset", "images", "instances", "small %", "medium %", "large %", "per class"]
-    return markdown_table(head, [[s["dataset"], s["images"], s["instances"], s["small_pct"], s["medium_pct"], s["large_pct"],
-                                  ", ".join(f"{k} {v}" for k, v in s["per_class"].items())] for s in stats])
+    share = lambda pct: "-" if pct is None else pct  # noqa: E731  (a dataset without instances has no shares)
+    return markdown_table(head, [[s["dataset"], s["images"], s["instances"], share(s["small_pct"]), share(s["medium_pct"]),
+                                  share(s["large_pct"]), ", ".join(f"{k} {v}" for k, v in s["per_class"].items())] for s in stats])
 
 
 __all__ = ["dataset_statistics", "statistics_table"]

@@ -101,6 +101,14 @@ def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Se
     argv = list(sys.argv[1:] if argv is None else argv)
     first = _first_override(parser, argv, override)
     flags = [option for action in parser._actions for option in action.option_strings]
+    # an unknown flag before them: argparse hands it and all after it to the overrides, then names the
+    # required flags it "lacks" (given after the unknown one)
+    unknown = _unknown_flags(parser, argv[:first] if first is not None else argv)
+    if unknown:
+        name = unknown.split("=", 1)[0]
+        close = sorted((f for f in flags if f.startswith("--") and name.startswith(f)), key=len)[-1:]  # --json-file
+        close = close or difflib.get_close_matches(name, flags, n=1)
+        parser.error(f"unrecognized arguments: {unknown}" + (f"; did you mean {close[0]}?" if close else ""))
     late = [a for a in argv[first:] if a.startswith("--") or a in flags] if first is not None else []
     if late:
         name = late[0].split("=", 1)[0]
@@ -112,6 +120,27 @@ def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Se
         parser.error(f"{late[0]} comes after the config overrides (from {argv[first]} on), where it would be read "
                      "as a config key; put flags before the trailing config overrides")
     return parser.parse_args(argv)
+
+
+def _unknown_flags(parser: argparse.ArgumentParser, argv: List[str]) -> Optional[str]:
+    """The first word that is written as a flag (-x, --name; not a negative number), is not a value a
+    flag takes, and is no flag of ``parser`` nor the unique abbreviation of one, as argparse reads them."""
+    flags = {option: action for action in parser._actions for option in action.option_strings}
+    values_owed = 0
+    for token in argv:
+        if values_owed:
+            values_owed -= 1
+            continue
+        name = token.split("=", 1)[0]
+        if not re.match(r"^--?[A-Za-z]", name):
+            continue
+        matches = [flag for flag in flags if flag == name] or [flag for flag in flags if flag.startswith("--") and flag.startswith(name)]
+        if len(matches) != 1:
+            return token
+        action = flags[matches[0]]
+        if "=" not in token:
+            values_owed = 1 if action.nargs is None else action.nargs if isinstance(action.nargs, int) else 0
+    return None
 
 
 def _first_override(parser: argparse.ArgumentParser, argv: List[str], override: re.Pattern) -> Optional[int]:
