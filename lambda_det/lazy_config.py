@@ -200,9 +200,12 @@ def callable_target(node: DictConfig):
 
 
 def accepts_argument(target, name: str) -> bool:
-    """Whether the callable of an L(...) node takes the argument ``name`` (or any keyword). A class
-    whose __init__ takes ``**kwargs`` hands them to its base's (Detectron2's StandardROIHeads to
-    ROIHeads): the keyword is taken where a base class along the way names it or takes any."""
+    """Whether the callable of an L(...) node takes the argument ``name``. One that takes any keyword
+    (``**kwargs``) takes it too, unless it is a near miss of an argument named where the keywords are
+    handed on (a class's to its bases' __init__: Detectron2's StandardROIHeads to ROIHeads), which is
+    taken for a misspelling (``num_clases``); a keyword it keeps for itself (Detectron2's Conv2d's
+    ``norm``) is no near miss of its base's."""
+    named = []
     for init in _inits(target):
         try:
             parameters = inspect.signature(init).parameters
@@ -210,9 +213,12 @@ def accepts_argument(target, name: str) -> bool:
             return True
         if name in parameters:
             return True
+        named += [n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
         if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-            return False
-    return True
+            if init is _inits(target)[0]:  # takes no keyword of any name
+                return False
+            break
+    return not difflib.get_close_matches(name, named, n=1, cutoff=0.8)
 
 
 def _inits(target) -> list:

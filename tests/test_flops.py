@@ -139,6 +139,7 @@ def test_analyze_model_counts_ones_own_dataset_and_names_an_unknown_flag(tmp_pat
     assert "unrecognized arguments: --foo" in err and "required" not in err
     assert run_tool("analyze_model.py", "--tasks", "parameter", "--json-file", out, "--config-file", TOY_CONFIG) == 2
     assert "unrecognized arguments: --json-file; did you mean --json?" in capsys.readouterr().err
+    assert run_tool("analyze_model.py", "--config-file", TOY_CONFIG, "-n1", "--tasks", "parameter", *TINY) == 0  # argparse's -n 1
 
 
 def test_analyze_model_names_only_the_unknown_task_not_the_overrides_after_it(capsys):

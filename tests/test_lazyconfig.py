@@ -6,6 +6,7 @@ the same module tree, parameter count and, with the same weights, the same outpu
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -21,8 +22,10 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
+from detectron2.layers import Conv2d
 from detectron2.model_zoo import get_config as detectron2_config
 from detectron2.modeling import build_model
+from detectron2.modeling.roi_heads import StandardROIHeads
 from omegaconf import OmegaConf
 
 from conftest import REPO, TINY, TOY_CONFIG, run_tool
@@ -31,11 +34,13 @@ from test_reliability import hashes
 from lambda_det import model_zoo  # importing lambda_det registers the backbones and the toy datasets
 from lambda_det.analysis import detections_limit, worst_case
 from lambda_det.data import build_train_mapper
-from lambda_det.engine.lazy import build_lazy_model, describe_lazy_model, lambda_resnet_keys_named_as_lazy
+from lambda_det.engine.lazy import (build_lazy_model, describe_lazy_model, lambda_resnet_keys_named_as_lazy, lazy_evaluator,
+                                    load_lazy_run_config)
 from lambda_det.errors import ConfigError
+from lambda_det.evaluation import WholeFilesCOCOEvaluator
 from lambda_det.config import load_config
 from lambda_det.demo import Demo, class_names
-from lambda_det.lazy_config import config_text, load_lazy_config
+from lambda_det.lazy_config import accepts_argument, config_text, load_lazy_config
 from lambda_det.modeling import lambda_resnet_config
 
 NEW_BASELINES = REPO / "configs" / "new_baselines"
@@ -526,6 +531,24 @@ def test_the_demo_reads_a_lazyconfig_as_evaluation_does(tmp_path, monkeypatch):
     # the evaluation record's model: the layout, whether the backbone is the callable or its saved name
     described = describe_lazy_model(load_lazy_config(str(TOY_LSJ)))
     assert "C-C-L-L" in described and describe_lazy_model(loaded) == described
+
+
+def test_a_lazyconfig_run_evaluates_with_whole_files_and_saves_detectron2s_evaluator(tmp_path):
+    """Detectron2's COCOEvaluator writes in place; a run builds its subclass that removes a half file
+    (tests/test_reliability.py), while the config (config.yaml) keeps the config's own evaluator."""
+    cfg = load_lazy_run_config(argparse.Namespace(config_file=str(TOY_LSJ), opts=[f"train.output_dir={tmp_path}"]))
+    before = config_text(cfg)
+    evaluator = lazy_evaluator(cfg)
+    assert type(evaluator) is WholeFilesCOCOEvaluator and evaluator._output_dir == str(tmp_path / "inference" / "toy_shapes_val")
+    assert config_text(cfg) == before and "detectron2.evaluation.coco_evaluation.COCOEvaluator" in before
+
+
+def test_an_argument_is_taken_where_a_class_takes_it_or_keeps_any_keyword_for_itself():
+    """A class taking **kwargs: a near miss of its bases' arguments is a misspelling; a keyword it keeps
+    (Detectron2's Conv2d pops norm and activation) is taken."""
+    assert not accepts_argument(StandardROIHeads, "num_clases") and accepts_argument(StandardROIHeads, "num_classes")
+    assert accepts_argument(Conv2d, "norm") and accepts_argument(Conv2d, "activation")
+    assert not accepts_argument(Conv2d, "kernel_sise") and not accepts_argument(torch.nn.Linear, "bias_")
 
 
 def test_a_function_written_in_the_config_file_is_saved_by_where_it_is_written(tmp_path):

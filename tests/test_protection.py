@@ -636,6 +636,7 @@ def test_benchmark_checks_its_output_before_timing(tmp_path, capsys):
     ("benchmark_detector.py", ["--quick", "--sizes", "1024"], "--sizes does nothing with --quick, which runs its toy models at 128"),
     ("benchmark_detector.py", ["--quick", "--repeats", "3"], "--repeats does nothing with --quick"),
     ("analyze_model.py", ["--foo", "1", "--config-file", "x.yaml", "--tasks", "flop"], "unrecognized arguments: --foo"),
+    ("train_net.py", ["--num", "2", "--config-file", "x.yaml"], "ambiguous option: --num could match --num-gpus, --num-machines"),
     ("export_model.py", ["--frmat", "onnx", "--config-file", "x.yaml"], "unrecognized arguments: --frmat; did you mean --format?"),
 ])
 def test_command_line_values_are_named_with_what_is_allowed(tool, argv, expected, capsys):

@@ -22,12 +22,14 @@ import pytest
 import torch
 from conftest import REPO, TINY, TOY_CONFIG, run_tool
 from detectron2.engine import HookBase, TrainerBase
+from detectron2.evaluation import coco_evaluation
 from PIL import Image
 
 from lambda_det.checkpoint import Checkpointer
 from lambda_det.config import load_config
 from lambda_det.data import prepare_dataset
 from lambda_det.engine import evaluation_files, interrupted, run_folder_lock
+from lambda_det.engine.launching import unfinished_evaluation_configs
 from lambda_det.engine.trainer import EvalHook
 from lambda_det.errors import OutputError
 from lambda_det.evaluation import build_coco_evaluator, write_ap_by_size
@@ -716,6 +718,27 @@ def test_a_full_disk_in_the_evaluators_files_leaves_no_half_file_and_names_it(tm
         evaluator.evaluate()
     assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "instances_predictions.pth"))
     assert list(tmp_path.iterdir()) == []
+    # the results after the predictions: only the half results go, the whole predictions stay
+    monkeypatch.undo()
+    real_open = coco_evaluation.PathManager.open
+
+    def full_for_json(path, mode="r", **kwargs):
+        f = real_open(path, mode, **kwargs)
+        if str(path).endswith(".json") and "w" in mode:
+            def write(text):
+                real_write(text[:10])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_write, f.write = f.write, write
+        return f
+
+    monkeypatch.setattr(coco_evaluation.PathManager, "open", full_for_json)
+    evaluator.reset()
+    evaluator._predictions = [{"image_id": 1, "instances": []}]
+    with pytest.raises(OSError) as info:
+        evaluator.evaluate()
+    assert info.value.filename == str(tmp_path / "coco_instances_results.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["instances_predictions.pth"]
+    assert torch.load(tmp_path / "instances_predictions.pth") == [{"image_id": 1, "instances": []}]
 
 
 def test_a_full_disk_while_a_report_is_written_names_the_report_not_its_temporary_file(tmp_path, monkeypatch):
@@ -743,14 +766,15 @@ def test_a_run_whose_last_step_failed_is_not_evaluated(tmp_path):
         def run_step(self):
             pass
 
-    for fails, expected in ((True, []), (False, ["evaluated"])):
+    # (a run that fails in its last step; one that ends; a finished run resumed, whose loop does not run)
+    for fails, start, expected in ((True, 0, []), (False, 0, ["evaluated"]), (False, 3, ["evaluated"])):
         evaluated, trainer = [], Steps()
         trainer.register_hooks([FullDiskAtTheEnd() if fails else None, EvalHook(0, lambda: evaluated.append("evaluated"))])
         if fails:
             with pytest.raises(OSError, match="No space left on device"):
-                trainer.train(0, 3)
+                trainer.train(start, 3)
         else:
-            trainer.train(0, 3)
+            trainer.train(start, 3)
         assert evaluated == expected
 
 
@@ -771,12 +795,21 @@ def test_a_full_disk_when_the_lock_is_taken_is_one_line_and_leaves_nothing(tmp_p
 
 
 def test_an_evaluation_interrupted_before_its_results_is_said_so_and_does_not_block_the_next(tmp_path):
-    folder = tmp_path / "inference" / "val"
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text("model: {}\n")  # written first, at the start of an evaluation
-    assert evaluation_files(str(tmp_path), ["val"]) == []
-    (folder / "instances_predictions.pth").write_bytes(b"results")
-    assert sorted(p.name for p in evaluation_files(str(tmp_path), ["val"])) == ["config.yaml", "instances_predictions.pth"]
+    """--eval-only writes its config.yaml first; after a Ctrl-C it alone was left, and the next evaluation
+    was refused for it. Only a lone config.yaml written since the run began is removed."""
+    earlier = tmp_path / "inference" / "other" / "config.yaml"  # another evaluation's, interrupted before this run
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("model: {}\n")
+    os.utime(earlier, ns=(0, 0))
+    since = time.time_ns()
+    ours, finished = tmp_path / "inference" / "val" / "config.yaml", tmp_path / "inference_TTA" / "val" / "config.yaml"
+    for config in (ours, finished):
+        config.parent.mkdir(parents=True)
+        config.write_text("model: {}\n")
+    (finished.parent / "instances_predictions.pth").write_bytes(b"results")
+    assert evaluation_files(str(tmp_path), ["val"]) == [ours]  # protected, as every file an evaluation writes
+    assert unfinished_evaluation_configs(str(tmp_path), since, remove=True) == [ours]
+    assert not ours.exists() and finished.exists() and earlier.exists()
     message = interrupted(str(tmp_path), ["python", "tools/lazyconfig_train_net.py", "--eval-only"], "train.output_dir", eval_only=True)
     assert message.startswith(f"interrupted before the evaluation finished (train.output_dir {tmp_path})")
     assert "checkpoint" not in message

@@ -79,7 +79,7 @@ def main() -> int:
                         help="count every image at the test-time maximum of proposals and detections")
     parser.add_argument("--json", type=file_path_argument, help="also write the totals to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    add_dataset_argument(parser, "DATASETS.TEST / dataloader.test.dataset.names")  # the images counted, one's own
+    add_dataset_argument(parser, "DATASETS.TEST / dataloader.test.dataset.names", classes=None)  # the images counted
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides: KEY VALUE ... (yacs), key=value ... (LazyConfig)")
     args = parse_args_with_overrides(parser, override=ANY_OVERRIDE)

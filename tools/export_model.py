@@ -10,8 +10,9 @@ Detectron2's tools/deploy/export_model.py, and check the export against the mode
 Writes model.ts / model.onnx / backbone.onnx and export_info.json (inputs, outputs, checks) into
 --output (an earlier export there is replaced only with --overwrite). The exported model takes one
 image as a (3, H, W) float tensor in INPUT.FORMAT, resized to the config's test size, and returns
-the detections before postprocessing: traced or ONNX, module(image) -> (boxes, scores, classes,
-masks); scripted, module(({'image': image},))[0] -> a dict (export_info.json records the call).
+the detections before postprocessing: traced, module(image) -> (boxes, scores, classes, masks);
+ONNX, as onnxruntime's run(None, {'image': image}); scripted, module(({'image': image},))[0] -> a
+dict (export_info.json records the call).
 The export is run on the sample image and on the sample at another size and compared with the
 model (exit status 1 if they differ). Without --sample-image,
 the first image of DATASETS.TEST[0] is the sample. Logic: lambda_det/export.py.
@@ -42,7 +43,7 @@ def main() -> int:
     parser.add_argument("--output", required=True, type=path_argument, help="directory for the exported files")
     parser.add_argument("--backbone-only", action="store_true", help="ONNX of backbone + FPN only (p2..p6)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
-    add_dataset_argument(parser, "DATASETS.TEST")  # the default sample image, from one's own data
+    add_dataset_argument(parser, "DATASETS.TEST", classes=None)  # the default sample image, from one's own data
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     args = parse_args_with_overrides(parser)
     register_datasets(args)

@@ -225,10 +225,13 @@ def check_datasets(names: Iterable[str], key: str, num_classes: Optional[int], n
             )
 
 
-def model_num_classes(cfg) -> Tuple[int, str]:
-    """The number of classes a yacs config's model predicts, and its key: RetinaNet keeps its own."""
+def model_num_classes(cfg) -> Tuple[Optional[int], str]:
+    """The number of classes a yacs config's model predicts, and its key: RetinaNet keeps its own; a
+    ProposalNetwork (proposals only) predicts none (None), whatever its unread key holds."""
     if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
         return cfg.MODEL.RETINANET.NUM_CLASSES, "MODEL.RETINANET.NUM_CLASSES"
+    if cfg.MODEL.META_ARCHITECTURE == "ProposalNetwork":
+        return None, "MODEL.ROI_HEADS.NUM_CLASSES"
     return cfg.MODEL.ROI_HEADS.NUM_CLASSES, "MODEL.ROI_HEADS.NUM_CLASSES"
 
 
@@ -238,7 +241,7 @@ def check_dataset_dicts(cfg, dataset_dicts: Sequence[dict], names: Sequence[str]
     kinds = set()
     for record in dataset_dicts:
         for ann in record.get("annotations", ()):
-            if not 0 <= ann["category_id"] < num_classes:
+            if num_classes is not None and not 0 <= ann["category_id"] < num_classes:
                 raise ConfigError(
                     f"{record.get('file_name', 'an image')} of {list(names)} has an annotation of class "
                     f"{ann['category_id']}, outside {key}={num_classes}"

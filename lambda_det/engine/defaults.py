@@ -67,13 +67,13 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 def add_dataset_argument(parser: argparse.ArgumentParser, keys: str = "DATASETS.TRAIN / DATASETS.TEST",
-                         classes: str = "MODEL.ROI_HEADS.NUM_CLASSES") -> None:
+                         classes: Optional[str] = "MODEL.ROI_HEADS.NUM_CLASSES") -> None:
     """--dataset NAME JSON IMAGES (repeatable); ``keys``, ``classes``: the config keys that name
-    datasets and the class count, as the tool's config spells them."""
+    datasets and the class count, as the tool's config spells them (None: the tool checks no count)."""
     parser.add_argument(
         "--dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGES"),
-        help=f"register a COCO-format dataset (annotation json, image folder) under NAME, for {keys} "
-        f"({classes} must be its number of categories); repeatable",
+        help=f"register a COCO-format dataset (annotation json, image folder) under NAME, for {keys}"
+        + (f" ({classes} must be its number of categories)" if classes else "") + "; repeatable",
     )
 
 
@@ -103,12 +103,9 @@ def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Se
     flags = [option for action in parser._actions for option in action.option_strings]
     # an unknown flag before them: argparse hands it and all after it to the overrides, then names the
     # required flags it "lacks" (given after the unknown one)
-    unknown = _unknown_flags(parser, argv[:first] if first is not None else argv)
-    if unknown:
-        name = unknown.split("=", 1)[0]
-        close = sorted((f for f in flags if f.startswith("--") and name.startswith(f)), key=len)[-1:]  # --json-file
-        close = close or difflib.get_close_matches(name, flags, n=1)
-        parser.error(f"unrecognized arguments: {unknown}" + (f"; did you mean {close[0]}?" if close else ""))
+    problem = _unknown_flags(parser, argv[:first] if first is not None else argv)
+    if problem:
+        parser.error(problem)
     late = [a for a in argv[first:] if a.startswith("--") or a in flags] if first is not None else []
     if late:
         name = late[0].split("=", 1)[0]
@@ -123,8 +120,10 @@ def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Optional[Se
 
 
 def _unknown_flags(parser: argparse.ArgumentParser, argv: List[str]) -> Optional[str]:
-    """The first word that is written as a flag (-x, --name; not a negative number), is not a value a
-    flag takes, and is no flag of ``parser`` nor the unique abbreviation of one, as argparse reads them."""
+    """What is wrong with the first word that is written as a flag (-x, --name; not a negative number)
+    and is not a value a flag takes, as argparse reads flags: no flag of ``parser``, nor a unique
+    abbreviation of one (``--num`` of --num-gpus / --num-machines is ambiguous), nor a short flag with
+    its value attached (``-n5``); None when every one is a flag."""
     flags = {option: action for action in parser._actions for option in action.option_strings}
     values_owed = 0
     for token in argv:
@@ -134,13 +133,27 @@ def _unknown_flags(parser: argparse.ArgumentParser, argv: List[str]) -> Optional
         name = token.split("=", 1)[0]
         if not re.match(r"^--?[A-Za-z]", name):
             continue
-        matches = [flag for flag in flags if flag == name] or [flag for flag in flags if flag.startswith("--") and flag.startswith(name)]
-        if len(matches) != 1:
-            return token
-        action = flags[matches[0]]
+        if name in flags:
+            action = flags[name]
+        elif not name.startswith("--") and token[:2] in flags:  # -n5
+            continue
+        else:
+            matches = [flag for flag in flags if flag.startswith("--") and flag.startswith(name)]
+            if len(matches) > 1:
+                return f"ambiguous option: {token} could match {', '.join(matches)}"
+            if not matches:
+                close = sorted((f for f in flags if f.startswith("--") and name.startswith(f)), key=len)[-1:]  # --json-file
+                close = close or difflib.get_close_matches(name, flags, n=1)
+                return f"unrecognized arguments: {token}" + (f"; did you mean {close[0]}?" if close else "")
+            action = flags[matches[0]]
         if "=" not in token:
-            values_owed = 1 if action.nargs is None else action.nargs if isinstance(action.nargs, int) else 0
+            values_owed = _values_taken(action)
     return None
+
+
+def _values_taken(action: argparse.Action) -> int:
+    """The words after a flag that are its values, where their count is fixed (else 0: '+', '*', '?')."""
+    return 1 if action.nargs is None else action.nargs if isinstance(action.nargs, int) else 0
 
 
 def _first_override(parser: argparse.ArgumentParser, argv: List[str], override: re.Pattern) -> Optional[int]:
@@ -160,7 +173,7 @@ def _first_override(parser: argparse.ArgumentParser, argv: List[str], override: 
             if action.nargs == argparse.REMAINDER:
                 return i + 1 if i + 1 < len(argv) else None
             if "=" not in token:
-                values_owed = 1 if action.nargs is None else action.nargs if isinstance(action.nargs, int) else 0
+                values_owed = _values_taken(action)
         elif not by_flag and override.match(token):
             return i
     return None

@@ -7,8 +7,9 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.engine import launch
@@ -93,6 +94,7 @@ def launch_in_run_folder(main: Callable, args, output_dir: str, argv: Optional[S
     the command that goes on; 1 a failed write, naming the file, with the last intact checkpoint)."""
     argv = list(sys.argv if argv is None else argv)
     processes = args.num_gpus * args.num_machines
+    started_ns = time.time_ns()
     with run_folder_lock(output_dir, flag):
         try:
             launch(functools.partial(_main_in_worker, main) if processes > 1 else main, args.num_gpus,
@@ -102,6 +104,8 @@ def launch_in_run_folder(main: Callable, args, output_dir: str, argv: Optional[S
                 return 2
             raise
         except KeyboardInterrupt:
+            if args.eval_only:
+                unfinished_evaluation_configs(output_dir, started_ns, remove=True)
             command = ["python", *argv] if args.resume or args.eval_only else ["python", argv[0], "--resume", *argv[1:]]
             print(f"error: {interrupted(output_dir, command, flag, eval_only=args.eval_only)}", file=sys.stderr)
             return 130
@@ -118,4 +122,20 @@ def launch_in_run_folder(main: Callable, args, output_dir: str, argv: Optional[S
     return 0
 
 
-__all__ = ["final_evaluation_written", "launch_in_run_folder", "should_resume_finished_run"]
+def unfinished_evaluation_configs(output_dir: str, since_ns: int, *, remove: bool = False) -> List[Path]:
+    """The config.yaml files an evaluation wrote (first, Detectron2's way) into its inference folders
+    since ``since_ns`` with no result beside them yet; with ``remove``, removed: an interrupted
+    evaluation leaves nothing that would hold the next one back."""
+    found = []
+    for config in Path(output_dir).glob("inference*/*/config.yaml"):
+        try:
+            if config.stat().st_mtime_ns >= since_ns and [p.name for p in config.parent.iterdir()] == ["config.yaml"]:
+                if remove:
+                    config.unlink()
+                found.append(config)
+        except OSError:  # gone meanwhile, or unreadable: not one to judge
+            pass
+    return found
+
+
+__all__ = ["final_evaluation_written", "launch_in_run_folder", "should_resume_finished_run", "unfinished_evaluation_configs"]

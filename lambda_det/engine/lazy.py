@@ -12,6 +12,7 @@ after every evaluation.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import numbers
 import re
@@ -232,9 +233,10 @@ def lambda_resnet_options(cfg) -> Optional[dict]:
 
 def largest_image_sides(cfg) -> List[Tuple[str, Optional[int]]]:
     """The largest image side each data loader's augmentations let through (a FixedSizeCrop's crop,
-    which it pads to, ResizeScale's largest scale or ResizeShortestEdge's max_size, whichever comes
-    last), with their key in words; None where nothing bounds it. Loaders whose augmentations cannot
-    be built are left to the build of the loader to name."""
+    which it pads to, Resize's shape, ResizeScale's largest scale or ResizeShortestEdge's max_size,
+    whichever comes last), with their key in words; None where its resize bounds none (no max_size,
+    or a short side of 0: no resize). Loaders whose size no known augmentation decides are left out,
+    as are those whose augmentations cannot be built (the build of the loader names them)."""
     sides = []
     for split in ("train", "test"):
         key = f"dataloader.{split}.mapper.augmentations"
@@ -244,19 +246,35 @@ def largest_image_sides(cfg) -> List[Tuple[str, Optional[int]]]:
             continue
         if augmentations is None:
             continue
-        side = None
+        side = decided = None
         for aug in augmentations:
             if isinstance(aug, T.FixedSizeCrop):
                 side = max(aug.crop_size)
+            elif isinstance(aug, T.Resize):
+                side = max(aug.shape)
             elif isinstance(aug, T.ResizeScale):
                 side = int(max(aug.target_height, aug.target_width) * aug.max_scale)
             elif isinstance(aug, T.ResizeShortestEdge):  # a short side of 0 leaves the image as it is
                 side = aug.max_size if aug.max_size < sys.maxsize and 0 not in aug.short_edge_length else None
-        sides.append((key if side is None else f"{key} (images of up to {side} pixels a side)", side))
+            else:
+                continue
+            decided = True
+        if decided:
+            sides.append((key if side is None else f"{key} (images of up to {side} pixels a side)", side))
     return sides
 
 
-def global_scope_problems(cfg) -> List[str]:
+def lazy_evaluator(cfg):
+    """dataloader.evaluator, built; Detectron2's COCOEvaluator as WholeFilesCOCOEvaluator (the same
+    arguments, its files whole or absent), while the config and its config.yaml keep Detectron2's."""
+    node = cfg.dataloader.evaluator
+    if node.get("_target_") is COCOEvaluator:
+        node = copy.deepcopy(node)
+        node._target_ = WholeFilesCOCOEvaluator
+    return instantiate(node)
+
+
+def lazy_global_scope_problems(cfg) -> List[str]:
     """A global-scope LambdaResNet's tables against the largest maps the data loaders give it, named by
     the LazyConfig's keys (the rule of ``largest_map_problems``, as train_net applies it to INPUT.*)."""
     options = lambda_resnet_options(cfg)
@@ -327,7 +345,7 @@ def lazy_preflight(cfg, args) -> None:
         check_trainable(datasets[:-1], masks=masks)
     check_coco_files(test, masks=masks)
     model = build_lazy_model(cfg)  # names the backbone's arguments that cannot work, before their sizes are checked
-    ConfigError.check(global_scope_problems(cfg))
+    ConfigError.check(lazy_global_scope_problems(cfg))
     checkpoints = None if args.eval_only else train.max_iter // train.checkpointer.period + 1
     check_model_and_output(LAZY_KEYS, model, output_dir, strict_weights, checkpoints=checkpoints, fit_cfg=cfg)
 
@@ -380,10 +398,7 @@ def lazy_test(cfg, model, *, config_file: str, weights: Optional[str] = None, it
     ap_by_size.{json,md,png} with what produced them in train.output_dir/inference/<dataset>/."""
     name = evaluation_dataset(cfg)
     prepare_dataset(name)
-    evaluator = instantiate(cfg.dataloader.evaluator)
-    if type(evaluator) is COCOEvaluator:  # the same evaluator, its files whole or absent (not in config.yaml)
-        evaluator.__class__ = WholeFilesCOCOEvaluator
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), lazy_evaluator(cfg))
     if not comm.is_main_process() or not results:
         return results
     print_csv_format(results)

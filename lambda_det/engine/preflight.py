@@ -125,7 +125,7 @@ def validate_config(cfg, *, training: bool, world_size: int = 1) -> None:
     if not sizes or any(not _is_int(s) or s < 1 for s in sizes):
         p.add("INPUT.MIN_SIZE_TRAIN", "must be one or more integers >= 1")
     if not _accepted_by(lambda: T.ResizeShortestEdge([1, 2], 2, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)):
-        p.add("INPUT.MIN_SIZE_TRAIN_SAMPLING", "is no sample_style of Detectron2's ResizeShortestEdge ('choice', 'range')")
+        p.add("INPUT.MIN_SIZE_TRAIN_SAMPLING", "is no sample_style of Detectron2's ResizeShortestEdge (see its docstring)")
     if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range" and (len(sizes) != 2 or sizes[0] >= sizes[1]):
         p.add("INPUT.MIN_SIZE_TRAIN", "needs 2 values low < high with INPUT.MIN_SIZE_TRAIN_SAMPLING='range'")
     p.integer("INPUT.MAX_SIZE_TRAIN", 1)
@@ -198,18 +198,17 @@ def _accepted_by(build) -> bool:
     return True
 
 
-def _head_feature_keys(cfg) -> List[str]:
-    """The keys naming the backbone features that the heads of Detectron2's meta-architectures read;
-    the first is the head that builds the anchors (RPN, RetinaNet), where there is one."""
+def _head_feature_keys(cfg) -> Tuple[Optional[str], List[str]]:
+    """The keys naming the backbone features that the heads of Detectron2's meta-architectures read:
+    (the one of the head that builds anchors, RPN's or RetinaNet's, or None; all of them)."""
     architecture = cfg.MODEL.META_ARCHITECTURE
     if architecture == "RetinaNet":
-        return ["MODEL.RETINANET.IN_FEATURES"]
-    keys = []
-    if architecture in ("GeneralizedRCNN", "ProposalNetwork", "PanopticFPN") and cfg.MODEL.PROPOSAL_GENERATOR.NAME in ("RPN", "RRPN"):
-        keys.append("MODEL.RPN.IN_FEATURES")
-    if architecture in ("GeneralizedRCNN", "PanopticFPN"):
-        keys.append("MODEL.ROI_HEADS.IN_FEATURES")
-    return keys
+        return "MODEL.RETINANET.IN_FEATURES", ["MODEL.RETINANET.IN_FEATURES"]
+    rpn = (architecture in ("GeneralizedRCNN", "ProposalNetwork", "PanopticFPN")
+           and cfg.MODEL.PROPOSAL_GENERATOR.NAME in ("RPN", "RRPN"))
+    roi_heads = architecture in ("GeneralizedRCNN", "PanopticFPN")
+    anchors = "MODEL.RPN.IN_FEATURES" if rpn else None
+    return anchors, [key for key, read in ((anchors, rpn), ("MODEL.ROI_HEADS.IN_FEATURES", roi_heads)) if read]
 
 
 def _check_feature_names(p: ConfigProblems) -> None:
@@ -227,21 +226,21 @@ def _check_feature_names(p: ConfigProblems) -> None:
     levels = [int(f[-1]) for f in cfg.MODEL.FPN.IN_FEATURES]
     top_levels = 2 if name.endswith("retinanet_resnet_fpn_backbone") else 1  # LastLevelP6P7, else LastLevelMaxPool
     available = [f"p{level}" for level in levels] + [f"p{max(levels) + i}" for i in range(1, top_levels + 1)]
-    for key in _head_feature_keys(cfg):
+    for key in _head_feature_keys(cfg)[1]:
         missing = [f for f in p.get(key) if f not in available]
         if missing:
             p.add(key, f"asks for {missing}; the FPN makes {available}")
 
 
 def _check_anchors(p: ConfigProblems) -> None:
-    heads = _head_feature_keys(p.cfg)
-    if not heads or heads[0] == "MODEL.ROI_HEADS.IN_FEATURES":  # no head builds anchors
+    anchors = _head_feature_keys(p.cfg)[0]
+    if anchors is None:
         return
-    levels = len(p.get(heads[0]))
+    levels = len(p.get(anchors))
     for key in ("MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"):
         value = p.get(key)
         if len(value) not in (1, levels):
-            p.add(key, f"needs 1 entry or one per {heads[0]} level ({levels})")
+            p.add(key, f"needs 1 entry or one per {anchors} level ({levels})")
         elif any(not _is_number(x) or x <= 0 for entry in value for x in (entry if isinstance(entry, (list, tuple)) else [entry])):
             p.add(key, "every value must be > 0")
 
@@ -271,7 +270,7 @@ def _show(value) -> str:
 
 # what an evaluation writes into OUTPUT_DIR/inference/<dataset>/ (Detectron2's COCOEvaluator, the
 # config, the AP-by-size report)
-EVALUATION_FILES = ("coco_instances_results.json", "instances_predictions.pth", "config.yaml",
+EVALUATION_FILES = ("coco_instances_results.json", "instances_predictions.pth", "box_proposals.pkl", "config.yaml",
                     "ap_by_size.json", "ap_by_size.md", "ap_by_size.png")
 
 
@@ -282,12 +281,9 @@ def earlier_evaluation(cfg) -> List[Path]:
 
 
 def evaluation_files(output_dir: str, dataset_names: Sequence[str], kinds: Sequence[str] = (INFERENCE_FOLDER,)) -> List[Path]:
-    """The files an evaluation of ``dataset_names`` into ``output_dir`` (its ``kinds`` of folder) would
-    replace; a config.yaml alone is an evaluation's that was interrupted before any result (it is
-    written first): replaced with no question, as it holds nothing to lose."""
+    """The files an evaluation of ``dataset_names`` into ``output_dir`` (its ``kinds`` of folder) would replace."""
     folders = [Path(output_dir) / kind / name for kind in kinds for name in dataset_names]
-    found = [[folder / name for name in EVALUATION_FILES if (folder / name).exists()] for folder in folders]
-    return [path for files in found if [p.name for p in files] != ["config.yaml"] for path in files]
+    return [folder / name for folder in folders for name in EVALUATION_FILES if (folder / name).exists()]
 
 
 def evaluation_reports(output_dir: str, dataset_names: Sequence[str], kinds: Sequence[str] = (INFERENCE_FOLDER,)) -> List[Path]:

@@ -26,10 +26,11 @@ def has_detectron2_ops() -> bool:
 
 
 class WholeFilesCOCOEvaluator(COCOEvaluator):
-    """Detectron2's COCOEvaluator, whose files are written under their own names: when a write fails
-    (a full disk), the half-written file is removed and the error is the OSError naming it."""
+    """Detectron2's COCOEvaluator, which writes its files in place, under their own names: when one
+    of those writes fails (a full disk), this removes the half-written file and raises the OSError
+    naming it (torch's zip writer raises a RuntimeError in its cleanup)."""
 
-    OUTPUTS = ("instances_predictions.pth", "coco_instances_results.json")
+    OUTPUTS = ("instances_predictions.pth", "box_proposals.pkl", "coco_instances_results.json")  # in the order written
 
     def evaluate(self, img_ids=None):
         paths = [Path(self._output_dir) / name for name in self.OUTPUTS] if self._output_dir else []
@@ -40,9 +41,9 @@ class WholeFilesCOCOEvaluator(COCOEvaluator):
             failed = raised_while_handling(exc, OSError)
             if failed is None or not paths or raised_while_handling(exc, KeyboardInterrupt):
                 raise
-            # the file being written is the one changed last (the predictions come before the results)
+            # the file being written is the last one changed, in the order they are written (times can tie)
             changed = [path for path in paths if _identity(path) not in (None, before[path])]
-            partial = max(changed, key=lambda path: os.stat(path).st_mtime_ns) if changed else None
+            partial = changed[-1] if changed else None
             if partial is not None:
                 partial.unlink(missing_ok=True)
             raise OSError(failed.errno, failed.strerror or str(failed), str(partial or failed.filename or self._output_dir)) from None

@@ -72,8 +72,8 @@ class LambdaLayer(nn.Module):
             operator of ``lambda_det.layers.fused``), "triton" (the CUDA operator of
             ``lambda_det.layers.triton_lambda``), or "auto": the fastest for the shape, the device and
             whether gradients are needed. All compute the same function from the same parameters.
-        norm: normalization of queries and values, by Detectron2's ``get_norm``: "BN", "SyncBN",
-            "FrozenBN", "GN" or "" (none; an ablation that costs 2.2 points in App. A).
+        norm: normalization of queries and values: any name Detectron2's ``get_norm`` builds ("BN",
+            "SyncBN", "FrozenBN", "GN", ...) or "" (none; an ablation that costs 2.2 points in App. A).
         global_max_size: (height, width) or side of the largest map a global layer accepts.
         pool: the pooling of a stride-2 layer: "avg3x3" (the paper's 3x3 average, App. D) or
             "avg2x2" (timm's lambda models).
