@@ -30,7 +30,7 @@ from lambda_det.config import load_config
 from lambda_det.data import prepare_dataset
 from lambda_det.engine import evaluation_files, interrupted, run_folder_lock
 from lambda_det.engine.launching import unfinished_evaluation_configs
-from lambda_det.engine.trainer import EvalHook
+from lambda_det.engine.trainer import CompletedRunEvalHook
 from lambda_det.errors import OutputError
 from lambda_det.evaluation import build_coco_evaluator, write_ap_by_size
 
@@ -769,7 +769,7 @@ def test_a_run_whose_last_step_failed_is_not_evaluated(tmp_path):
     # (a run that fails in its last step; one that ends; a finished run resumed, whose loop does not run)
     for fails, start, expected in ((True, 0, []), (False, 0, ["evaluated"]), (False, 3, ["evaluated"])):
         evaluated, trainer = [], Steps()
-        trainer.register_hooks([FullDiskAtTheEnd() if fails else None, EvalHook(0, lambda: evaluated.append("evaluated"))])
+        trainer.register_hooks([FullDiskAtTheEnd() if fails else None, CompletedRunEvalHook(0, lambda: evaluated.append("evaluated"))])
         if fails:
             with pytest.raises(OSError, match="No space left on device"):
                 trainer.train(start, 3)

@@ -450,7 +450,7 @@ def _free_name(path: Path) -> Path:
 
 
 def share_cpu_cores(cfg, processes_per_machine: int, device: Optional[str] = None) -> None:
-    """N training processes on CPUs: each gets its share of the cores (each taking all of them, they fight over the cores and all run slower).
+    """N training processes on CPUs: each gets its share of the cores (when each takes all of them, all run slower).
     ``device``: where the model runs, when ``cfg`` is no yacs config (a LazyConfig's train.device).
 
     An explicit OMP_NUM_THREADS is the user's choice and is kept.

@@ -40,7 +40,7 @@ from ..modeling import build_lambda_resnet, lambda_resnet_config, largest_map_pr
 from ..modeling.layouts import stage_layouts
 from .defaults import add_dataset_argument, check_launch_args, register_datasets, setup_process, share_cpu_cores
 from .preflight import ConfigProblems, RunKeys, check_model_and_output, check_output_and_weights, evaluation_files, explained_build_errors
-from .trainer import EvalHook, dataset_size, iterations_trained
+from .trainer import CompletedRunEvalHook, dataset_size, iterations_trained
 
 logger = logging.getLogger("lambda_det")
 
@@ -455,7 +455,7 @@ def lazy_train(cfg, args):
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **train.checkpointer) if main_process else None,
-        EvalHook(train.eval_period, lambda: lazy_test(cfg, model, config_file=args.config_file)),
+        CompletedRunEvalHook(train.eval_period, lambda: lazy_test(cfg, model, config_file=args.config_file)),
         hooks.PeriodicWriter(default_writers(train.output_dir, train.max_iter), period=train.log_period) if main_process else None,
     ])
     resumed = args.resume and checkpointer.has_checkpoint()

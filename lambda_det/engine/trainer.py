@@ -25,7 +25,7 @@ from ..evaluation import INFERENCE_FOLDER, TTA_FOLDER, build_coco_evaluator, eva
 logger = logging.getLogger("lambda_det")
 
 
-class EvalHook(hooks.EvalHook):
+class CompletedRunEvalHook(hooks.EvalHook):
     """Detectron2's EvalHook, whose evaluation after the last iteration runs only when the iterations
     completed: Detectron2 calls ``after_train`` in a ``finally``, so a run stopped by an error in its
     last step (a final checkpoint that could not be written) evaluated weights it never saved, and an
@@ -68,9 +68,9 @@ class Trainer(DefaultTrainer):
         built = super().build_hooks()
         for i, hook in enumerate(built):
             if isinstance(hook, hooks.EvalHook):
-                built[i] = EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
+                built[i] = CompletedRunEvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate)
         if self.cfg.TEST.AUG.ENABLED:  # as Detectron2's train_net: once more after training, augmented
-            built.append(EvalHook(0, self._evaluate_with_tta))
+            built.append(CompletedRunEvalHook(0, self._evaluate_with_tta))
         return built
 
     def _evaluate(self):
