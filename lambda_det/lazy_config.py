@@ -205,8 +205,8 @@ def accepts_argument(target, name: str) -> bool:
     handed on (a class's to its bases' __init__: Detectron2's StandardROIHeads to ROIHeads), which is
     taken for a misspelling (``num_clases``); a keyword it keeps for itself (Detectron2's Conv2d's
     ``norm``) is no near miss of its base's."""
-    named = []
-    for init in _inits(target):
+    named, inits = [], _inits(target)
+    for init in inits:
         try:
             parameters = inspect.signature(init).parameters
         except (TypeError, ValueError):  # a builtin without a signature: let it say so when called
@@ -215,7 +215,7 @@ def accepts_argument(target, name: str) -> bool:
             return True
         named += [n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
         if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-            if init is _inits(target)[0]:  # takes no keyword of any name
+            if init is inits[0]:  # takes no keyword of any name
                 return False
             break
     return not difflib.get_close_matches(name, named, n=1, cutoff=0.8)

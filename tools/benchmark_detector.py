@@ -22,15 +22,18 @@ from lambda_det.engine import positive_int, run_folder_lock, run_main
 from lambda_det.utils.file_safety import ensure_writable_dir, existing, path_argument, refuse_overwrite
 
 
+SIZES, REPEATS = [1024, 512], 3
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=path_argument, default=Path("output/benchmarks"))
     parser.add_argument("--overwrite", action="store_true", help="replace results an earlier run left in --output")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
-    parser.add_argument("--sizes", type=positive_int, nargs="+", help="square input sizes (default 1024 512)")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", help=f"square input sizes (default {' '.join(map(str, SIZES))})")
     parser.add_argument("--batch", type=positive_int, default=1, help="images per iteration")
-    parser.add_argument("--repeats", type=positive_int, help="rounds (median reported; default 3)")
+    parser.add_argument("--repeats", type=positive_int, help=f"rounds (median reported; default {REPEATS})")
     parser.add_argument("--models", nargs="+", help="subset of the models, by name")
     parser.add_argument("--no-flops", action="store_true", help="skip the GFLOPs counts (tracing takes a while)")
     parser.add_argument("--quick", action="store_true", help="a toy LambdaResNet and its conv twin at 128, once")
@@ -50,7 +53,7 @@ def main() -> int:
         if unknown:
             parser.error(f"--models: unknown {unknown}; choose from {list(known)}")
         models = [known[name] for name in args.models]
-    sizes, repeats = ([128], 1) if args.quick else (args.sizes or [1024, 512], args.repeats or 3)
+    sizes, repeats = ([128], 1) if args.quick else (args.sizes or SIZES, args.repeats or REPEATS)
     if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
         parser.error(f"--tag {args.tag!r}: letters, digits, '-' and '_' only (it becomes part of file names)")
     tag = ("_quick" if args.quick else "") + ("_amp" if args.amp else "")

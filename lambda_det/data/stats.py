@@ -57,9 +57,12 @@ def dataset_statistics(name: str) -> Dict:
 
 def statistics_table(stats: List[Dict]) -> str:
     head = ["dataset", "images", "instances", "small %", "medium %", "large %", "per class"]
-    share = lambda pct: "-" if pct is None else pct  # noqa: E731  (a dataset without instances has no shares)
-    return markdown_table(head, [[s["dataset"], s["images"], s["instances"], share(s["small_pct"]), share(s["medium_pct"]),
-                                  share(s["large_pct"]), ", ".join(f"{k} {v}" for k, v in s["per_class"].items())] for s in stats])
+    return markdown_table(head, [[s["dataset"], s["images"], s["instances"], *(_share(s[k]) for k in ("small_pct", "medium_pct", "large_pct")),
+                                  ", ".join(f"{k} {v}" for k, v in s["per_class"].items())] for s in stats])
+
+
+def _share(pct):
+    return "-" if pct is None else pct  # a dataset without instances has no shares
 
 
 __all__ = ["dataset_statistics", "statistics_table"]

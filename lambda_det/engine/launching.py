@@ -94,7 +94,7 @@ def launch_in_run_folder(main: Callable, args, output_dir: str, argv: Optional[S
     the command that goes on; 1 a failed write, naming the file, with the last intact checkpoint)."""
     argv = list(sys.argv if argv is None else argv)
     processes = args.num_gpus * args.num_machines
-    started_ns = time.time_ns()
+    started_ns = time.time_ns() - 10**9  # file times come from a coarser clock, which may lag this one
     with run_folder_lock(output_dir, flag):
         try:
             launch(functools.partial(_main_in_worker, main) if processes > 1 else main, args.num_gpus,

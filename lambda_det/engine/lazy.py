@@ -223,11 +223,8 @@ def lambda_resnet_node(cfg) -> Optional[str]:
     return walk(OmegaConf.to_container(model, resolve=False), "model") if isinstance(model, DictConfig) else None
 
 
-def lambda_resnet_options(cfg) -> Optional[dict]:
-    """The MODEL.LAMBDA_RESNET values (lower case) the model's ``build_lambda_resnet`` node is given, or None."""
-    node = lambda_resnet_node(cfg)
-    if node is None:
-        return None
+def lambda_resnet_options(cfg, node: str) -> dict:
+    """The MODEL.LAMBDA_RESNET values (lower case) the ``build_lambda_resnet`` node at ``node`` is given."""
     return {k: v for k, v in OmegaConf.select(cfg, node).items() if k not in ("_target_", "in_channels", "num_classes")}
 
 
@@ -277,12 +274,11 @@ def lazy_evaluator(cfg):
 def lazy_global_scope_problems(cfg) -> List[str]:
     """A global-scope LambdaResNet's tables against the largest maps the data loaders give it, named by
     the LazyConfig's keys (the rule of ``largest_map_problems``, as train_net applies it to INPUT.*)."""
-    options = lambda_resnet_options(cfg)
-    if options is None:
+    node = lambda_resnet_node(cfg)
+    if node is None:
         return []
-    c = lambda_resnet_config(**options).MODEL.LAMBDA_RESNET
-    problems = largest_map_problems(c, stage_layouts(c), largest_image_sides(cfg))
-    return [named_as_lazy(line, lambda_resnet_node(cfg)) for line in problems]
+    c = lambda_resnet_config(**lambda_resnet_options(cfg, node)).MODEL.LAMBDA_RESNET
+    return [named_as_lazy(line, node) for line in largest_map_problems(c, stage_layouts(c), largest_image_sides(cfg))]
 
 
 @contextmanager
@@ -373,9 +369,9 @@ def describe_lazy_model(cfg) -> str:
     """The model in words, as ``describe_model`` writes it for yacs configs: a LambdaResNet's
     layout from its ``build_lambda_resnet`` arguments (the callable itself, or its name in a saved
     config.yaml), another backbone by its callable."""
-    options = lambda_resnet_options(cfg)
-    if options is not None:
-        yacs = lambda_resnet_config(**options)
+    node = lambda_resnet_node(cfg)
+    if node is not None:
+        yacs = lambda_resnet_config(**lambda_resnet_options(cfg, node))
         yacs.MODEL.BACKBONE.NAME = "build_lambda_resnet_fpn_backbone"
         return describe_model(yacs)
     bottom_up = OmegaConf.select(cfg, "model.backbone.bottom_up", default=None)
